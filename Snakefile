@@ -1,0 +1,27 @@
+# Dataset-scale saliency audits of image classifiers.
+# Run: snakemake --cores N   (the default profile in profiles/default is picked up automatically)
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/ingest.smk"
+include: "rules/model.smk"
+include: "rules/features.smk"
+include: "rules/reference.smk"
+include: "rules/explain.smk"
+include: "rules/metrics.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        all_reports(),
+    default_target: True

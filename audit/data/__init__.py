@@ -1,0 +1,1 @@
+"""Dataset ingest and the chunked Zarr image store."""

@@ -1,0 +1,65 @@
+"""In-memory image dataset and its Zarr image store (``images.zarr``).
+
+Store layout: ``image`` (uint8, dims image × channel × y × x) with
+coordinates ``image_id``, ``label`` (class index), ``split``; the class names
+are in ``attrs["class_names"]`` (index = class index).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+
+from audit.storage import open_zarr, write_zarr
+
+
+@dataclass
+class ImageDataset:
+    """Images with labels.
+
+    Attributes:
+        images: uint8 array (N, 3, H, W), RGB, 0–255.
+        labels: int64 array (N,), class indices into ``class_names``.
+        split: str array (N,), e.g. ``train`` / ``audit``.
+        image_ids: str array (N,), unique.
+        class_names: list of C names.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    split: np.ndarray
+    image_ids: np.ndarray
+    class_names: list[str]
+
+    def to_xarray(self, chunk: int) -> xr.Dataset:
+        """The dataset as an xarray Dataset chunked by ``chunk`` images."""
+        ds = xr.Dataset(
+            {"image": (("image", "channel", "y", "x"), self.images)},
+            coords={
+                "image_id": ("image", self.image_ids.astype(str)),
+                "label": ("image", self.labels.astype(np.int64)),
+                "split": ("image", self.split.astype(str)),
+                "channel": ["R", "G", "B"],
+            },
+            attrs={"class_names": list(self.class_names)},
+        )
+        return ds.chunk({"image": chunk})
+
+
+def write_image_store(dataset: ImageDataset, path: str | os.PathLike, chunk: int = 256) -> None:
+    """Write ``dataset`` to ``images.zarr`` at ``path`` (atomic)."""
+    write_zarr(dataset.to_xarray(chunk), path)
+
+
+def read_image_store(path: str | os.PathLike) -> ImageDataset:
+    """Load an ``images.zarr`` store fully into memory."""
+    ds = open_zarr(path).load()
+    return ImageDataset(
+        images=ds["image"].values,
+        labels=ds["label"].values.astype(np.int64),
+        split=ds["split"].values.astype(str),
+        image_ids=ds["image_id"].values.astype(str),
+        class_names=list(ds.attrs["class_names"]),
+    )

@@ -1,0 +1,60 @@
+"""The bundled demo dataset: scikit-learn's 1,797 handwritten digits.
+
+The 8×8 greyscale digits (values 0–16) are upsampled bilinearly to a square
+RGB image so that CNN feature maps keep a useful spatial size.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+
+from audit.data.dataset import ImageDataset
+
+
+def load_digits_dataset(image_size: int, audit_fraction: float, seed: int, limit: int | None = None) -> ImageDataset:
+    """Load the digits as an :class:`ImageDataset`.
+
+    Args:
+        image_size: side of the output images in pixels.
+        audit_fraction: share of each class held out as the ``audit`` split
+            (the rest is ``train``), stratified, with a fixed ``seed``.
+        seed: seed of the split (and of the ``limit`` subsample).
+        limit: keep only this many images (stratified), for tiny test audits.
+    """
+    digits = load_digits()
+    raw = digits.images.astype(np.float32) / 16.0  # (N, 8, 8) in [0, 1]
+    labels = digits.target.astype(np.int64)
+    rng = np.random.default_rng(seed)
+    keep = np.arange(len(labels))
+    if limit is not None and limit < len(labels):
+        keep = np.sort(_stratified_sample(labels, limit, rng))
+    raw, labels = raw[keep], labels[keep]
+
+    tensor = torch.from_numpy(raw)[:, None]
+    resized = F.interpolate(tensor, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    grey = (resized.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    images = np.repeat(grey, 3, axis=1)  # (N, 3, H, W)
+
+    audit_index = _stratified_sample(labels, int(round(audit_fraction * len(labels))), rng)
+    split = np.full(len(labels), "train", dtype=object)
+    split[audit_index] = "audit"
+    return ImageDataset(
+        images=images,
+        labels=labels,
+        split=split.astype(str),
+        image_ids=np.array([f"digits-{i:04d}" for i in keep]),
+        class_names=[str(c) for c in digits.target_names],
+    )
+
+
+def _stratified_sample(labels: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of ``count`` items drawn per class in proportion to class size."""
+    chosen = []
+    classes = np.unique(labels)
+    for c in classes:
+        members = np.flatnonzero(labels == c)
+        take = int(round(count * len(members) / len(labels)))
+        chosen.append(rng.choice(members, size=min(take, len(members)), replace=False))
+    return np.concatenate(chosen)

@@ -1,0 +1,1 @@
+"""Saliency explainers: Grad-CAM, Finer-CAM and DiffCAM, and their store."""

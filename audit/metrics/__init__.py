@@ -1,0 +1,1 @@
+"""Faithfulness metrics of saliency maps."""

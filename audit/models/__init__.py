@@ -1,0 +1,1 @@
+"""timm models: construction, preprocessing, training and checkpoints."""

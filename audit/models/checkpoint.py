@@ -1,0 +1,99 @@
+"""Model checkpoints with their metadata, loaded with ``weights_only=True``.
+
+A checkpoint is a dict ``{"state_dict": ..., "meta": {...}}`` where ``meta``
+holds only plain Python types: the timm model name and keyword arguments,
+the class names, the preprocessing (input size, mean, std), the explained
+layer and training figures.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from audit.storage import atomic_path
+
+
+@dataclass
+class ModelMeta:
+    """What is needed to rebuild and use a model.
+
+    Attributes:
+        name: timm model name.
+        kwargs: extra keyword arguments of ``timm.create_model``.
+        class_names: C class names, index = logit index.
+        input_size: (channels, height, width) the model expects.
+        mean, std: per-channel normalisation of inputs in [0, 1].
+        layer: dotted module name of the explained layer.
+        metrics: training figures (e.g. ``audit_accuracy``).
+    """
+
+    name: str
+    kwargs: dict[str, Any]
+    class_names: list[str]
+    input_size: tuple[int, int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    layer: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def build_model(meta: ModelMeta) -> nn.Module:
+    """Create the timm model described by ``meta`` (random weights, no download)."""
+    model = timm.create_model(meta.name, pretrained=False, num_classes=len(meta.class_names), **meta.kwargs)
+    model.get_submodule(meta.layer)  # fails early with a clear AttributeError if the layer is unknown
+    return model
+
+
+def save_checkpoint(model: nn.Module, meta: ModelMeta, path: str | os.PathLike) -> None:
+    """Write the model's weights and ``meta`` to ``path`` (atomic)."""
+    payload = {"state_dict": model.state_dict(), "meta": _plain(asdict(meta))}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelMeta]:
+    """Rebuild the model from a checkpoint written by :func:`save_checkpoint`.
+
+    Returns the model in eval mode on ``device`` and its metadata. Raises
+    ``ValueError`` naming the mismatching keys or shapes when the weights do
+    not fit the architecture.
+    """
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    meta_dict = payload["meta"]
+    meta = ModelMeta(
+        **{**meta_dict, "input_size": tuple(meta_dict["input_size"]), "mean": tuple(meta_dict["mean"]), "std": tuple(meta_dict["std"])}
+    )
+    model = build_model(meta)
+    _load_state(model, payload["state_dict"], str(path))
+    return model.to(device).eval(), meta
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or wrong_shape:
+        raise ValueError(
+            f"checkpoint {source} does not match the model: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatch {wrong_shape[:5]}"
+        )
+    model.load_state_dict(state)
+
+
+def _plain(value: Any) -> Any:
+    """Convert tuples to lists recursively so the payload loads with weights_only."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,141 @@
+"""Training a classifier on the demo data (CPU-friendly, deterministic seed)."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from audit.data.dataset import ImageDataset
+from audit.features import capture_layer
+from audit.models.checkpoint import ModelMeta, build_model
+from audit.models.preprocess import to_model_input
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation settings. ``shift`` is the max random translation in pixels."""
+
+    epochs: int = 8
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    shift: int = 4
+    seed: int = 0
+
+
+def train_classifier(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    settings: TrainSettings,
+) -> list[float]:
+    """Train ``model`` in place with AdamW and a one-cycle schedule.
+
+    Args:
+        images: uint8 (N, 3, H, W). labels: int (N,).
+    Returns:
+        the mean training loss of each epoch.
+    """
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    x_all = to_model_input(images, mean, std)
+    y_all = torch.as_tensor(labels, dtype=torch.long)
+    steps_per_epoch = int(np.ceil(len(y_all) / settings.batch_size))
+    optimiser = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch)
+    losses = []
+    model.train()
+    for epoch in tqdm(range(settings.epochs), desc="train", unit="epoch"):
+        order = rng.permutation(len(y_all))
+        total = 0.0
+        for start in range(0, len(order), settings.batch_size):
+            idx = torch.as_tensor(order[start : start + settings.batch_size])
+            x = _random_shift(x_all[idx], settings.shift, rng)
+            loss = F.cross_entropy(model(x), y_all[idx])
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            total += loss.item() * len(idx)
+        losses.append(total / len(order))
+        log.info("epoch %d loss %.4f", epoch + 1, losses[-1])
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, mean, std, batch_size: int = 256) -> float:
+    """Top-1 accuracy of ``model`` on uint8 ``images`` (N, 3, H, W)."""
+    model.eval()
+    correct = 0
+    for start in range(0, len(labels), batch_size):
+        x = to_model_input(images[start : start + batch_size], mean, std)
+        correct += (model(x).argmax(1).numpy() == labels[start : start + batch_size]).sum()
+    return float(correct / max(len(labels), 1))
+
+
+def _random_shift(x: torch.Tensor, shift: int, rng: np.random.Generator) -> torch.Tensor:
+    """Translate the batch by a random offset in [-shift, shift] (edge-replicated)."""
+    if shift <= 0:
+        return x
+    dy, dx = rng.integers(-shift, shift + 1, size=2)
+    padded = F.pad(x, (shift, shift, shift, shift), mode="replicate")
+    h, w = x.shape[-2:]
+    return padded[..., shift + dy : shift + dy + h, shift + dx : shift + dx + w]
+
+
+def fit_model(dataset: ImageDataset, name: str, kwargs: dict, layer: str, settings: TrainSettings) -> tuple[nn.Module, ModelMeta]:
+    """Build a timm model for ``dataset``, train it on the ``train`` split, score it on the rest.
+
+    Normalisation comes from the model's pretrained config. The metadata's
+    ``metrics`` get ``train_accuracy``, ``audit_accuracy`` (held-out split),
+    ``final_loss`` and ``train_seconds``.
+    """
+    meta = ModelMeta(
+        name=name,
+        kwargs=dict(kwargs),
+        class_names=list(dataset.class_names),
+        input_size=tuple(dataset.images.shape[1:]),
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+        layer=layer,
+    )
+    model = build_model(meta)
+    meta.mean = tuple(float(v) for v in model.pretrained_cfg.get("mean", (0.5, 0.5, 0.5)))
+    meta.std = tuple(float(v) for v in model.pretrained_cfg.get("std", (0.5, 0.5, 0.5)))
+    shape = layer_output_shape(model, meta)
+    log.info("explained layer %s output (channels, height, width) = %s", layer, shape)
+    train = dataset.split == "train"
+    held_out = ~train
+    started = time.perf_counter()
+    losses = train_classifier(model, dataset.images[train], dataset.labels[train], meta.mean, meta.std, settings)
+    meta.metrics = {
+        "train_seconds": round(time.perf_counter() - started, 1),
+        "final_loss": round(losses[-1], 4),
+        "train_accuracy": accuracy(model, dataset.images[train], dataset.labels[train], meta.mean, meta.std),
+        "audit_accuracy": accuracy(model, dataset.images[held_out], dataset.labels[held_out], meta.mean, meta.std),
+    }
+    log.info("training figures %s", meta.metrics)
+    return model, meta
+
+
+@torch.no_grad()
+def layer_output_shape(model: nn.Module, meta: ModelMeta) -> tuple[int, int, int]:
+    """(channels, height, width) of the explained layer; ``ValueError`` if it has no spatial map."""
+    model.eval()
+    with capture_layer(model, meta.layer) as captured:
+        model(torch.zeros(1, *meta.input_size))
+    shape = tuple(captured["A"].shape[1:])
+    if len(shape) != 3:
+        raise ValueError(f"layer {meta.layer!r} of {meta.name} outputs shape {shape}; a (channels, height, width) map is needed")
+    return shape

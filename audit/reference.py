@@ -1,0 +1,165 @@
+"""Reference-group statistics: per-class and complement Gaussians of embeddings.
+
+Everything derives from *sufficient statistics* accumulated in one pass in
+float64: per class the count n, the sum Σz (K,) and the sum of outer products
+Σzzᵀ (K, K). Complements ("all other classes") and leave-one-out groups are
+totals minus a part, never a second pass over the data.
+
+Covariances are shrunk with the Oracle Approximating Shrinkage (OAS, Chen et
+al. 2010, in scikit-learn's form), which needs only tr(S) and tr(S²) and so
+works from sufficient statistics alone:
+    S_shrunk = (1 − λ) S + λ · tr(S)/K · I.
+Solves use the Cholesky factor; no explicit inverse is formed.
+
+Store layout (``reference.zarr``): dims ``group``, ``channel``, ``channel_b``;
+variables ``count`` (group), ``mean`` (group, channel), ``shrinkage`` (group),
+``condition`` (group), ``cholesky`` (group, channel, channel_b, lower factor of
+the shrunk covariance) and the class sufficient statistics ``class_sum``
+(class, channel) and ``class_outer`` (class, channel, channel_b). Group names
+are ``class:<name>``, ``others:<name>`` and ``all``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dask
+import dask.array as da
+import numpy as np
+import scipy.linalg
+import xarray as xr
+
+
+@dataclass
+class SufficientStatistics:
+    """count (G,), total (G, K) and outer (G, K, K) in float64, one row per group."""
+
+    count: np.ndarray
+    total: np.ndarray
+    outer: np.ndarray
+
+    def __add__(self, other: "SufficientStatistics") -> "SufficientStatistics":
+        return SufficientStatistics(self.count + other.count, self.total + other.total, self.outer + other.outer)
+
+    def sum_groups(self) -> "SufficientStatistics":
+        """All groups pooled into one (shape (1, ...))."""
+        return SufficientStatistics(self.count.sum(0, keepdims=True), self.total.sum(0, keepdims=True), self.outer.sum(0, keepdims=True))
+
+    def complements(self) -> "SufficientStatistics":
+        """For each group, the statistics of all *other* groups (totals minus the group)."""
+        pooled = self.sum_groups()
+        return SufficientStatistics(pooled.count - self.count, pooled.total - self.total, pooled.outer - self.outer)
+
+
+@dataclass
+class ShrunkGaussian:
+    """A reference group: mean (K,), shrunk covariance's lower Cholesky factor (K, K), λ, n."""
+
+    mean: np.ndarray
+    cholesky: np.ndarray
+    shrinkage: float
+    count: float
+
+    def solve(self, rhs: np.ndarray) -> np.ndarray:
+        """S⁻¹ · rhs for rhs (K,) or (K, M), by Cholesky solve in float64."""
+        return scipy.linalg.cho_solve((self.cholesky, True), np.asarray(rhs, dtype=np.float64))
+
+    def mahalanobis_squared(self, z: np.ndarray) -> np.ndarray:
+        """(z − μ)ᵀ S⁻¹ (z − μ) for z (K,) or (M, K)."""
+        diff = np.atleast_2d(np.asarray(z, dtype=np.float64)) - self.mean
+        white = scipy.linalg.solve_triangular(self.cholesky, diff.T, lower=True)
+        return (white**2).sum(0)
+
+
+def class_statistics(embedding: da.Array, labels: np.ndarray, num_classes: int, num_workers: int = 1) -> SufficientStatistics:
+    """Accumulate per-class sufficient statistics of ``embedding`` (N, K) in one pass.
+
+    Each Dask chunk of images contributes its partial sums; the partials are
+    added up. ``labels`` (N,) holds class indices in [0, num_classes).
+    """
+    embedding = embedding.rechunk({1: -1})
+    offsets = np.concatenate([[0], np.cumsum(embedding.chunks[0])])
+    parts = [
+        dask.delayed(_chunk_statistics)(block, labels[offsets[i] : offsets[i + 1]], num_classes)
+        for i, block in enumerate(embedding.to_delayed().ravel())
+    ]
+    (partials,) = dask.compute(parts, scheduler="threads", num_workers=num_workers)
+    total = partials[0]
+    for part in partials[1:]:
+        total = total + part
+    return total
+
+
+def _chunk_statistics(block: np.ndarray, labels: np.ndarray, num_classes: int) -> SufficientStatistics:
+    z = np.asarray(block, dtype=np.float64)
+    onehot = np.zeros((len(labels), num_classes))
+    onehot[np.arange(len(labels)), labels] = 1.0
+    outer = np.einsum("nc,nk,nl->ckl", onehot, z, z, optimize=True)
+    return SufficientStatistics(onehot.sum(0), onehot.T @ z, outer)
+
+
+def oas_gaussian(count: float, total: np.ndarray, outer: np.ndarray) -> ShrunkGaussian:
+    """The OAS-shrunk Gaussian of one group from its sufficient statistics.
+
+    Raises ``ValueError`` when ``count`` < 2 (no covariance can be estimated).
+    """
+    if count < 2:
+        raise ValueError(f"a reference group needs at least 2 images, got {count:g}")
+    mean = total / count
+    empirical = outer / count - np.outer(mean, mean)  # maximum-likelihood covariance
+    empirical = (empirical + empirical.T) / 2
+    k = len(mean)
+    mu = np.trace(empirical) / k
+    alpha = np.mean(empirical**2)
+    numerator = alpha + mu**2
+    denominator = (count + 1) * (alpha - mu**2 / k)
+    shrinkage = 1.0 if denominator == 0 else min(numerator / denominator, 1.0)
+    covariance = (1 - shrinkage) * empirical
+    covariance[np.diag_indices(k)] += shrinkage * mu
+    cholesky = np.linalg.cholesky(covariance)
+    return ShrunkGaussian(mean=mean, cholesky=cholesky, shrinkage=float(shrinkage), count=float(count))
+
+
+def leave_one_out(stats: SufficientStatistics, group: int, z: np.ndarray) -> ShrunkGaussian:
+    """Group ``group`` of ``stats`` without the member embedding ``z`` (K,)."""
+    z = np.asarray(z, dtype=np.float64)
+    return oas_gaussian(stats.count[group] - 1, stats.total[group] - z, stats.outer[group] - np.outer(z, z))
+
+
+def reference_store(stats: SufficientStatistics, class_names: list[str]) -> xr.Dataset:
+    """Build ``reference.zarr`` (see module docstring) from per-class statistics."""
+    groups, names = [], []
+    for kind, source in (("class", stats), ("others", stats.complements())):
+        for c, name in enumerate(class_names):
+            groups.append(oas_gaussian(source.count[c], source.total[c], source.outer[c]))
+            names.append(f"{kind}:{name}")
+    pooled = stats.sum_groups()
+    groups.append(oas_gaussian(pooled.count[0], pooled.total[0], pooled.outer[0]))
+    names.append("all")
+    cholesky = np.stack([g.cholesky for g in groups])
+    return xr.Dataset(
+        {
+            "count": ("group", np.array([g.count for g in groups])),
+            "mean": (("group", "channel"), np.stack([g.mean for g in groups])),
+            "shrinkage": ("group", np.array([g.shrinkage for g in groups])),
+            "condition": ("group", np.array([np.linalg.cond(c @ c.T) for c in cholesky])),
+            "cholesky": (("group", "channel", "channel_b"), cholesky),
+            "class_sum": (("class", "channel"), stats.total),
+            "class_outer": (("class", "channel", "channel_b"), stats.outer),
+            "class_count": ("class", stats.count),
+        },
+        coords={"group": names, "class": class_names},
+        attrs={"estimator": "oas", "dtype": "float64"},
+    )
+
+
+def group_from_store(store: xr.Dataset, name: str) -> ShrunkGaussian:
+    """Load one named group (e.g. ``"others:3"``) from a reference store."""
+    g = store.sel(group=name)
+    return ShrunkGaussian(
+        mean=g["mean"].values, cholesky=g["cholesky"].values, shrinkage=float(g["shrinkage"]), count=float(g["count"])
+    )
+
+
+def class_statistics_from_store(store: xr.Dataset) -> SufficientStatistics:
+    """The per-class sufficient statistics kept in a reference store."""
+    return SufficientStatistics(store["class_count"].values, store["class_sum"].values, store["class_outer"].values)

@@ -1,0 +1,79 @@
+"""Report figures (seaborn/matplotlib), returned as PNG data URIs."""
+from __future__ import annotations
+
+import base64
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+
+def to_data_uri(figure: plt.Figure) -> str:
+    """Encode ``figure`` as a base64 PNG data URI and close it."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(figure)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def score_distribution(anomalies: pd.DataFrame, top: int) -> str:
+    """Per-class distribution of the anomaly score (log scale), top-``top`` images marked."""
+    figure, axis = plt.subplots(figsize=(9, 3.5))
+    order = sorted(anomalies["class_name"].unique(), key=lambda n: anomalies.loc[anomalies["class_name"] == n, "label"].iloc[0])
+    sns.boxplot(data=anomalies, x="class_name", y="score", order=order, color="#dddddd", fliersize=0, ax=axis, log_scale=True)
+    sns.stripplot(data=anomalies, x="class_name", y="score", order=order, hue=anomalies["rank"] <= top, palette={False: "#888888", True: "#d62728"}, size=3, ax=axis, legend=False)
+    axis.set(xlabel="class", ylabel="squared Mahalanobis distance to own class (log)")
+    return to_data_uri(figure)
+
+
+def heatmap(matrix: np.ndarray, names: list[str], title: str, fmt: str) -> str:
+    """An annotated class × class heatmap."""
+    figure, axis = plt.subplots(figsize=(5, 4.2))
+    sns.heatmap(pd.DataFrame(matrix, index=names, columns=names), annot=len(names) <= 12, fmt=fmt, cmap="mako", ax=axis, cbar=True)
+    axis.set_title(title)
+    return to_data_uri(figure)
+
+
+def map_grid(images: list[np.ndarray], maps: list[list[np.ndarray | None]], row_labels: list[str], column_labels: list[str], signed: list[bool]) -> str:
+    """A grid: one row per image, first column the image, then one overlay per map column.
+
+    Args:
+        images: uint8 (3, H, W) per row. maps: per row, one (H, W) map (or None) per column.
+        signed: per column, whether to draw a symmetric diverging colour scale (else 0..max).
+    """
+    rows, columns = len(images), len(column_labels) + 1
+    figure, axes = plt.subplots(rows, columns, figsize=(1.7 * columns, 1.7 * rows), squeeze=False)
+    for r, image in enumerate(images):
+        grey = image.transpose(1, 2, 0).mean(axis=2)
+        axes[r, 0].imshow(grey, cmap="gray")
+        axes[r, 0].set_ylabel(row_labels[r], fontsize=7, rotation=0, ha="right", va="center")
+        for c, saliency in enumerate(maps[r]):
+            axis = axes[r, c + 1]
+            axis.imshow(grey, cmap="gray")
+            if saliency is not None:
+                limit = float(np.abs(saliency).max()) or 1.0
+                if signed[c]:
+                    axis.imshow(saliency, cmap="RdBu_r", vmin=-limit, vmax=limit, alpha=0.6)
+                else:
+                    axis.imshow(saliency, cmap="inferno", vmin=0, vmax=limit, alpha=0.6)
+    for c, label in enumerate(["image"] + column_labels):
+        axes[0, c].set_title(label, fontsize=8)
+    for axis in axes.ravel():
+        axis.set_xticks([])
+        axis.set_yticks([])
+    figure.tight_layout()
+    return to_data_uri(figure)
+
+
+def deletion_by_method(metrics: pd.DataFrame) -> str:
+    """Deletion AUC per method and reference (lower = more faithful)."""
+    data = metrics[metrics["metric"] == "deletion_auc"]
+    figure, axis = plt.subplots(figsize=(7, 3))
+    sns.boxplot(data=data, y="variant", x="value", ax=axis, color="#9ecae1")
+    axis.set(xlabel="deletion AUC (target probability; lower is better)", ylabel="")
+    return to_data_uri(figure)

@@ -1,0 +1,135 @@
+"""Assemble the audit report: one self-contained HTML file with embedded figures.
+
+Every name shown (class names, image ids, audit name) goes through Jinja2's
+autoescaping.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from audit.metrics.summary import summarise_metrics
+from audit.report import figures
+from audit.similarity import confusion_counts, weight_cosine
+
+
+@dataclass
+class ReportInputs:
+    """Everything the report reads.
+
+    Attributes:
+        images: the image store; features: the feature store.
+        anomalies, pairs, metrics: the stage tables.
+        saliency: method name → saliency store.
+        classifier_weight: (C, D) rows of the classifier, for the similarity heatmap.
+        model: model description (name, layer, training metrics).
+    """
+
+    audit: str
+    images: xr.Dataset
+    features: xr.Dataset
+    anomalies: pd.DataFrame
+    pairs: pd.DataFrame
+    metrics: pd.DataFrame
+    saliency: dict[str, xr.Dataset]
+    classifier_weight: np.ndarray
+    model: dict
+    top_anomalies: int
+    top_pairs: int
+
+
+class _MapIndex:
+    """Look up image-resolution maps by (variant, purpose, image_id, target)."""
+
+    def __init__(self, saliency: dict[str, xr.Dataset]):
+        self._maps = {}
+        for store in saliency.values():
+            image_map = store["image_map"].values
+            keys = zip(store["variant"].values, store["purpose"].values, store["image_id"].values, store["target"].values)
+            for m, key in enumerate(keys):
+                self._maps[tuple(str(k) for k in key)] = image_map[m]
+
+    def get(self, variant: str, purpose: str, image_id: str, target: int) -> np.ndarray | None:
+        return self._maps.get((variant, purpose, image_id, str(target)))
+
+
+def render_report(inputs: ReportInputs) -> str:
+    """The report's HTML text."""
+    class_names = [str(c) for c in inputs.features["class"].values]
+    labels = inputs.features["label"].values
+    predictions = inputs.features["prediction"].values
+    split = inputs.features["split"].values
+    held_out = split != "train" if (split != "train").any() else np.ones(len(split), bool)
+    image_index = {str(i): n for n, i in enumerate(inputs.images["image_id"].values)}
+    images = inputs.images["image"]
+    maps = _MapIndex(inputs.saliency)
+
+    anomaly_sections = []
+    for c, name in enumerate(class_names):
+        top = inputs.anomalies[(inputs.anomalies["label"] == c) & (inputs.anomalies["rank"] <= inputs.top_anomalies)]
+        if top.empty:
+            continue
+        columns = ["diffcam vs own class", "diffcam vs all others", "gradcam"]
+        grid = figures.map_grid(
+            [images[image_index[i]].values for i in top["image_id"]],
+            [[maps.get(v, "anomaly", i, c) for v in columns] for i in top["image_id"]],
+            [f"#{r} {i}" for r, i in zip(top["rank"], top["image_id"])],
+            columns,
+            signed=[True, True, False],
+        )
+        rows = [
+            {"rank": int(r.rank), "image_id": r.image_id, "score": f"{r.score:.1f}", "prediction": class_names[int(r.prediction)], "split": r.split}
+            for r in top.itertuples()
+        ]
+        anomaly_sections.append({"name": name, "figure": grid, "rows": rows})
+
+    pair_sections = []
+    for pair in inputs.pairs.head(inputs.top_pairs).itertuples():
+        for a, b in ((pair.class_a, pair.class_b), (pair.class_b, pair.class_a)):
+            sal = inputs.saliency["gradcam"]
+            chosen = [str(i) for i, p, t in zip(sal["image_id"].values, sal["purpose"].values, sal["compare"].values) if p == "pair" and int(t) == b]
+            chosen = [i for i in dict.fromkeys(chosen) if labels[image_index[i]] == a]
+            if not chosen:
+                continue
+            columns = ["gradcam", "finercam vs pair class", "diffcam vs pair class"]
+            grid = figures.map_grid(
+                [images[image_index[i]].values for i in chosen],
+                [[maps.get(v, "pair", i, a) for v in columns] for i in chosen],
+                [f"{i} (pred {class_names[predictions[image_index[i]]]})" for i in chosen],
+                [f"Grad-CAM {class_names[a]}", f"Finer-CAM {class_names[a]} − γ·{class_names[b]}", f"DiffCAM vs {class_names[b]}"],
+                signed=[False, False, True],
+            )
+            pair_sections.append({"a": class_names[a], "b": class_names[b], "figure": grid})
+
+    summary = summarise_metrics(inputs.metrics)
+    summary["fraction"] = summary["fraction"].map(lambda f: "" if pd.isna(f) else f"{f:.0%}")
+    context = {
+        "audit": inputs.audit,
+        "top_anomalies": inputs.top_anomalies,
+        "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "model": inputs.model,
+        "num_images": len(labels),
+        "num_classes": len(class_names),
+        "split_counts": pd.Series(split).value_counts().to_dict(),
+        "held_out_accuracy": float((labels[held_out] == predictions[held_out]).mean()),
+        "layer_shape": "×".join(str(s) for s in inputs.features["activation"].shape[1:]),
+        "score_figure": figures.score_distribution(inputs.anomalies, inputs.top_anomalies),
+        "anomaly_sections": anomaly_sections,
+        "similarity_figure": figures.heatmap(weight_cosine(inputs.classifier_weight), class_names, "classifier-weight cosine", ".2f"),
+        "confusion_figure": figures.heatmap(confusion_counts(labels[held_out], predictions[held_out], len(class_names)), class_names, "confusions (held-out)", "d"),
+        "pairs": inputs.pairs.head(10).to_dict("records"),
+        "pair_sections": pair_sections,
+        "metric_rows": summary.to_dict("records"),
+        "deletion_figure": figures.deletion_by_method(inputs.metrics),
+        "metric_conventions": inputs.metrics[["baseline", "steps", "score", "order"]].drop_duplicates().to_dict("records"),
+    }
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=True, undefined=jinja2.StrictUndefined
+    )
+    return environment.get_template("template.html.j2").render(**context)

@@ -1,0 +1,54 @@
+"""Class similarity: which class pairs does the model find most alike?
+
+``pairs.parquet`` has one row per unordered class pair (a < b): classifier-weight
+cosine, confusion counts both ways (on held-out images), the Euclidean distance
+between the class means of the embedding, and a rank (1 = most alike: most
+confusions, then highest weight cosine).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def weight_cosine(weight: np.ndarray) -> np.ndarray:
+    """Cosine similarity (C, C) of the classifier rows ``weight`` (C, D)."""
+    unit = weight / np.linalg.norm(weight, axis=1, keepdims=True).clip(1e-12)
+    return unit @ unit.T
+
+
+def confusion_counts(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """Confusion matrix (C, C): entry [a, b] counts images of class a predicted as b."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (labels, predictions), 1)
+    return matrix
+
+
+def pair_table(class_names: list[str], weight: np.ndarray, confusion: np.ndarray, class_means: np.ndarray) -> pd.DataFrame:
+    """The class-pair table (see module docstring).
+
+    Args:
+        weight: classifier weights (C, D). confusion: (C, C) counts.
+        class_means: class means of the embedding (C, K).
+    """
+    cosine = weight_cosine(weight)
+    rows = []
+    for a in range(len(class_names)):
+        for b in range(a + 1, len(class_names)):
+            rows.append(
+                {
+                    "class_a": a,
+                    "class_b": b,
+                    "name_a": class_names[a],
+                    "name_b": class_names[b],
+                    "weight_cosine": float(cosine[a, b]),
+                    "confused_a_as_b": int(confusion[a, b]),
+                    "confused_b_as_a": int(confusion[b, a]),
+                    "mean_distance": float(np.linalg.norm(class_means[a] - class_means[b])),
+                }
+            )
+    table = pd.DataFrame(rows)
+    table["confusions"] = table["confused_a_as_b"] + table["confused_b_as_a"]
+    table = table.sort_values(["confusions", "weight_cosine"], ascending=False, ignore_index=True)
+    table["rank"] = np.arange(1, len(table) + 1)
+    return table

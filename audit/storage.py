@@ -1,0 +1,64 @@
+"""Atomic writes: outputs appear complete or not at all.
+
+Each writer produces its artefact under a temporary sibling name and renames it
+into place, so an interrupted job never leaves a half-written store that a
+later stage would read as complete.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+import xarray as xr
+
+
+@contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; move it onto ``target`` on success.
+
+    Works for files and directories (Zarr stores). On failure the temporary is
+    removed and any previous ``target`` is left untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    _remove(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    _remove(target)
+    os.replace(tmp, target)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def write_zarr(dataset: xr.Dataset, target: str | os.PathLike) -> None:
+    """Write ``dataset`` as a Zarr v3 store at ``target``, atomically."""
+    with atomic_path(target) as tmp:
+        dataset.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
+
+
+def open_zarr(path: str | os.PathLike) -> xr.Dataset:
+    """Open a store written by :func:`write_zarr` lazily (Dask-backed)."""
+    with warnings.catch_warnings():
+        # Snakemake leaves a .snakemake_timestamp file inside directory() outputs.
+        warnings.filterwarnings("ignore", message=".*snakemake_timestamp.*")
+        return xr.open_zarr(path, zarr_format=3, consolidated=False)
+
+
+def write_parquet(frame: pd.DataFrame, target: str | os.PathLike) -> None:
+    """Write ``frame`` to a Parquet file at ``target``, atomically."""
+    with atomic_path(target) as tmp:
+        frame.to_parquet(tmp, index=False)

@@ -1,0 +1,38 @@
+rule explain_plan:
+    input:
+        features="results/{audit}/features.zarr",
+        anomalies="results/{audit}/anomalies.parquet",
+        pairs="results/{audit}/pairs.parquet",
+    output:
+        "results/{audit}/explain_plan.parquet",
+    params:
+        explain=lambda wildcards: audit_config(wildcards)["explain"],
+    conda:
+        "../workflow/envs/audit.yaml"
+    log:
+        "logs/{audit}/explain_plan.log",
+    script:
+        "../workflow/scripts/explain_plan.py"
+
+
+rule explain:
+    input:
+        plan="results/{audit}/explain_plan.parquet",
+        images="results/{audit}/images.zarr",
+        checkpoint="results/{audit}/model/checkpoint.pt",
+        features="results/{audit}/features.zarr",
+        reference="results/{audit}/reference.zarr",
+    output:
+        directory("results/{audit}/saliency/{method}.zarr"),
+    params:
+        explain=lambda wildcards: audit_config(wildcards)["explain"],
+    resources:
+        gpu=1,
+    conda:
+        "../workflow/envs/audit.yaml"
+    log:
+        "logs/{audit}/explain_{method}.log",
+    benchmark:
+        "benchmarks/rules/{audit}/explain_{method}.tsv"
+    script:
+        "../workflow/scripts/explain.py"

@@ -1,0 +1,31 @@
+rule reference_stats:
+    input:
+        features="results/{audit}/features.zarr",
+        checkpoint="results/{audit}/model/checkpoint.pt",
+    output:
+        reference=directory("results/{audit}/reference.zarr"),
+        pairs="results/{audit}/pairs.parquet",
+    conda:
+        "../workflow/envs/audit.yaml"
+    log:
+        "logs/{audit}/reference_stats.log",
+    benchmark:
+        "benchmarks/rules/{audit}/reference_stats.tsv"
+    script:
+        "../workflow/scripts/reference_stats.py"
+
+
+rule anomaly_scores:
+    input:
+        features="results/{audit}/features.zarr",
+        reference="results/{audit}/reference.zarr",
+    output:
+        "results/{audit}/anomalies.parquet",
+    conda:
+        "../workflow/envs/audit.yaml"
+    log:
+        "logs/{audit}/anomaly_scores.log",
+    benchmark:
+        "benchmarks/rules/{audit}/anomaly_scores.tsv"
+    script:
+        "../workflow/scripts/anomaly_scores.py"

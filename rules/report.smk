@@ -1,0 +1,21 @@
+rule report:
+    input:
+        images="results/{audit}/images.zarr",
+        features="results/{audit}/features.zarr",
+        checkpoint="results/{audit}/model/checkpoint.pt",
+        anomalies="results/{audit}/anomalies.parquet",
+        pairs="results/{audit}/pairs.parquet",
+        metrics="results/{audit}/metrics.parquet",
+        saliency=saliency_stores,
+    output:
+        "reports/{audit}.html",
+    params:
+        explain=lambda wildcards: audit_config(wildcards)["explain"],
+    conda:
+        "../workflow/envs/audit.yaml"
+    log:
+        "logs/{audit}/report.log",
+    benchmark:
+        "benchmarks/rules/{audit}/report.tsv"
+    script:
+        "../workflow/scripts/report.py"

@@ -1,0 +1,19 @@
+"""Snakemake adapter: leave-one-out Mahalanobis anomaly scores within each class."""
+from audit.anomaly import anomaly_table
+from audit.reference import class_statistics_from_store
+from audit.runtime import configure
+from audit.storage import open_zarr, write_parquet
+
+configure(snakemake.log[0], snakemake.threads)
+features = open_zarr(snakemake.input.features)
+reference = open_zarr(snakemake.input.reference).load()
+table = anomaly_table(
+    features["embedding"].values,
+    features["label"].values,
+    features["prediction"].values,
+    features["image_id"].values,
+    features["split"].values,
+    class_statistics_from_store(reference),
+    [str(c) for c in features["class"].values],
+)
+write_parquet(table, snakemake.output[0])

@@ -1,0 +1,23 @@
+"""Snakemake adapter: reference-group statistics (Dask) and the class-pair table."""
+from audit.models.checkpoint import load_checkpoint
+from audit.reference import class_statistics, reference_store
+from audit.runtime import configure
+from audit.similarity import confusion_counts, pair_table
+from audit.storage import open_zarr, write_parquet, write_zarr
+
+configure(snakemake.log[0], snakemake.threads)
+features = open_zarr(snakemake.input.features)
+class_names = [str(c) for c in features["class"].values]
+labels = features["label"].values
+stats = class_statistics(features["embedding"].data, labels, len(class_names), num_workers=snakemake.threads)
+reference = reference_store(stats, class_names)
+write_zarr(reference, snakemake.output.reference)
+
+model, _ = load_checkpoint(snakemake.input.checkpoint)
+held_out = features["split"].values != "train"
+if not held_out.any():
+    held_out[:] = True
+confusion = confusion_counts(labels[held_out], features["prediction"].values[held_out], len(class_names))
+class_means = reference["mean"].sel(group=[f"class:{c}" for c in class_names]).values
+pairs = pair_table(class_names, model.get_classifier().weight.detach().numpy(), confusion, class_means)
+write_parquet(pairs, snakemake.output.pairs)

@@ -1,0 +1,28 @@
+"""Snakemake adapter: render the self-contained HTML report of one audit."""
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from audit.models.checkpoint import load_checkpoint
+from audit.report.render import ReportInputs, render_report
+from audit.runtime import configure
+from audit.storage import atomic_path, open_zarr
+
+configure(snakemake.log[0], snakemake.threads)
+model, meta = load_checkpoint(snakemake.input.checkpoint)
+inputs = ReportInputs(
+    audit=snakemake.wildcards.audit,
+    images=open_zarr(snakemake.input.images).load(),
+    features=open_zarr(snakemake.input.features),
+    anomalies=pd.read_parquet(snakemake.input.anomalies),
+    pairs=pd.read_parquet(snakemake.input.pairs),
+    metrics=pd.read_parquet(snakemake.input.metrics),
+    saliency={Path(path).stem: open_zarr(path).load() for path in snakemake.input.saliency},
+    classifier_weight=model.get_classifier().weight.detach().numpy(),
+    model=asdict(meta),
+    top_anomalies=snakemake.params.explain["top_anomalies"],
+    top_pairs=snakemake.params.explain["top_pairs"],
+)
+with atomic_path(snakemake.output[0]) as tmp:
+    tmp.write_text(render_report(inputs), encoding="utf-8")

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pandas as pd
 import xarray as xr
 
@@ -45,17 +46,33 @@ def _remove(path: Path) -> None:
 
 
 def write_zarr(dataset: xr.Dataset, target: str | os.PathLike) -> None:
-    """Write ``dataset`` as a Zarr v3 store at ``target``, atomically."""
+    """Write ``dataset`` as a Zarr v3 store at ``target``, atomically.
+
+    Strings are stored as variable-length UTF-8 (numpy ``StringDType``), the
+    string type with a Zarr v3 specification.
+    """
+    converted = dataset.copy()
+    for name, variable in dataset.variables.items():
+        if variable.dtype.kind in "UO":
+            converted[name] = variable.astype(np.dtypes.StringDType())
     with atomic_path(target) as tmp:
-        dataset.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
+        converted.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
 
 
 def open_zarr(path: str | os.PathLike) -> xr.Dataset:
-    """Open a store written by :func:`write_zarr` lazily (Dask-backed)."""
+    """Open a store written by :func:`write_zarr` lazily (Dask-backed).
+
+    Strings come back as object arrays of ``str`` (numpy's variable-width
+    ``StringDType`` cannot be cast to fixed-width ``str``).
+    """
     with warnings.catch_warnings():
         # Snakemake leaves a .snakemake_timestamp file inside directory() outputs.
         warnings.filterwarnings("ignore", message=".*snakemake_timestamp.*")
-        return xr.open_zarr(path, zarr_format=3, consolidated=False)
+        dataset = xr.open_zarr(path, zarr_format=3, consolidated=False)
+    for name, variable in dataset.variables.items():
+        if variable.dtype.kind == "T":
+            dataset[name] = variable.astype(object)
+    return dataset
 
 
 def write_parquet(frame: pd.DataFrame, target: str | os.PathLike) -> None:

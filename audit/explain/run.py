@@ -29,7 +29,7 @@ def gradient_maps(
     for start in tqdm(range(0, len(plan), batch_size), desc="gradient maps", unit="batch"):
         rows = plan.iloc[start : start + batch_size]
         x = to_model_input(images[rows["image_index"].to_numpy()], meta.mean, meta.std, device)
-        targets = torch.as_tensor(rows["target"].to_numpy(), dtype=torch.long)
+        targets = torch.tensor(rows["target"].to_numpy(), dtype=torch.long)
         maps.append(finercam(model, meta.layer, x, targets, [list(c) for c in rows["contrasts"]], gamma).float().cpu())
     return torch.cat(maps).numpy()
 

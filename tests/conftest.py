@@ -1,0 +1,28 @@
+"""Shared fixtures: a small timm CNN trained briefly on a few digits."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from audit.data.digits import load_digits_dataset
+from audit.models.train import TrainSettings, fit_model
+
+
+@pytest.fixture(scope="session")
+def digits_small():
+    """300 digits at 32 px (3, 32, 32)."""
+    return load_digits_dataset(image_size=32, audit_fraction=0.3, seed=0, limit=300)
+
+
+@pytest.fixture(scope="session")
+def trained(digits_small):
+    """(model, meta): resnet10t with output_stride 8 (layer4 is 512×4×4 at 32 px), two epochs."""
+    torch.manual_seed(0)
+    model, meta = fit_model(digits_small, "resnet10t", {"output_stride": 8}, "layer4", TrainSettings(epochs=2, seed=0))
+    return model.eval(), meta
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

@@ -1,0 +1,80 @@
+"""Reference statistics against NumPy and scikit-learn on small data."""
+import dask.array as da
+import numpy as np
+import pytest
+from sklearn.covariance import OAS
+
+from audit.reference import (
+    class_statistics,
+    class_statistics_from_store,
+    group_from_store,
+    leave_one_out,
+    oas_gaussian,
+    reference_store,
+)
+
+
+def _data(rng, n=120, k=6, classes=3):
+    labels = rng.integers(0, classes, n)
+    z = rng.normal(size=(n, k)) + labels[:, None] * 0.5
+    return z, labels
+
+
+def test_class_statistics_match_numpy_over_several_chunks(rng):
+    z, labels = _data(rng)
+    stats = class_statistics(da.from_array(z, chunks=(17, 6)), labels, 3, num_workers=2)
+    for c in range(3):
+        members = z[labels == c]
+        assert stats.count[c] == len(members)
+        np.testing.assert_allclose(stats.total[c], members.sum(0))
+        np.testing.assert_allclose(stats.outer[c], members.T @ members)
+
+
+def test_oas_matches_scikit_learn(rng):
+    z, _ = _data(rng, n=40, k=10)
+    group = oas_gaussian(len(z), z.sum(0), z.T @ z)
+    reference = OAS().fit(z)
+    assert group.shrinkage == pytest.approx(reference.shrinkage_, rel=1e-10)
+    np.testing.assert_allclose(group.cholesky @ group.cholesky.T, reference.covariance_, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(group.mean, z.mean(0))
+
+
+def test_mahalanobis_matches_explicit_inverse(rng):
+    z, _ = _data(rng, n=50, k=5)
+    group = oas_gaussian(len(z), z.sum(0), z.T @ z)
+    covariance = group.cholesky @ group.cholesky.T
+    probe = rng.normal(size=(4, 5))
+    expected = np.einsum("mk,kl,ml->m", probe - group.mean, np.linalg.inv(covariance), probe - group.mean)
+    np.testing.assert_allclose(group.mahalanobis_squared(probe), expected, rtol=1e-10)
+
+
+def test_complements_and_leave_one_out_equal_direct_statistics(rng):
+    z, labels = _data(rng)
+    stats = class_statistics(da.from_array(z, chunks=(50, 6)), labels, 3)
+    others = stats.complements()
+    rest = z[labels != 1]
+    np.testing.assert_allclose(others.total[1], rest.sum(0))
+    np.testing.assert_allclose(others.outer[1], rest.T @ rest)
+    members = np.flatnonzero(labels == 2)
+    without = z[members[1:]]
+    loo = leave_one_out(stats, 2, z[members[0]])
+    direct = OAS().fit(without)
+    np.testing.assert_allclose(loo.mean, without.mean(0))
+    np.testing.assert_allclose(loo.cholesky @ loo.cholesky.T, direct.covariance_, rtol=1e-8, atol=1e-10)
+
+
+def test_reference_store_groups(rng):
+    z, labels = _data(rng)
+    stats = class_statistics(da.from_array(z, chunks=(40, 6)), labels, 3)
+    store = reference_store(stats, ["a", "b", "c"])
+    assert list(store["group"].values) == ["class:a", "class:b", "class:c", "others:a", "others:b", "others:c", "all"]
+    assert store["count"].sel(group="others:b").item() == (labels != 1).sum()
+    assert store.attrs["estimator"] == "oas"
+    assert ((store["shrinkage"] >= 0) & (store["shrinkage"] <= 1)).all()
+    np.testing.assert_allclose(group_from_store(store, "class:c").mean, z[labels == 2].mean(0))
+    np.testing.assert_allclose(class_statistics_from_store(store).outer, stats.outer)
+
+
+def test_group_with_one_image_is_a_clear_error():
+    with pytest.raises(ValueError, match="at least 2 images"):
+        oas_gaussian(1, np.ones(3), np.eye(3))

@@ -50,11 +50,13 @@ def load_digits_dataset(image_size: int, audit_fraction: float, seed: int, limit
 
 
 def _stratified_sample(labels: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of ``count`` items drawn per class in proportion to class size."""
-    chosen = []
-    classes = np.unique(labels)
-    for c in classes:
-        members = np.flatnonzero(labels == c)
-        take = int(round(count * len(members) / len(labels)))
-        chosen.append(rng.choice(members, size=min(take, len(members)), replace=False))
+    """Indices of exactly ``count`` items, drawn per class in proportion to class size.
+
+    Class quotas are rounded by the largest-remainder method so they add up to ``count``.
+    """
+    classes, sizes = np.unique(labels, return_counts=True)
+    exact = count * sizes / len(labels)
+    quota = np.floor(exact).astype(int)
+    quota[np.argsort(-(exact - quota), kind="stable")[: count - quota.sum()]] += 1
+    chosen = [rng.choice(np.flatnonzero(labels == c), size=q, replace=False) for c, q in zip(classes, quota)]
     return np.concatenate(chosen)

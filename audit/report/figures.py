@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import base64
 import io
+import warnings
 
 import matplotlib
 
 matplotlib.use("Agg")
+# seaborn 0.13.2 passes matplotlib's deprecated `vert` argument to boxplots.
+warnings.filterwarnings("ignore", message="vert: bool was deprecated", category=matplotlib.MatplotlibDeprecationWarning)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402

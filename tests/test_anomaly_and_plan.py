@@ -1,0 +1,59 @@
+"""Anomaly ranking on planted outliers, the class-pair table and the explanation plan."""
+import dask.array as da
+import numpy as np
+import pandas as pd
+
+from audit.anomaly import anomaly_table
+from audit.explain.plan import explain_plan
+from audit.reference import class_statistics, oas_gaussian
+from audit.similarity import confusion_counts, pair_table
+
+
+def _planted(rng):
+    labels = np.repeat([0, 1], 40)
+    z = rng.normal(size=(80, 6)) + labels[:, None] * 3.0
+    z[7] += 12.0  # planted outlier in class 0
+    z[50] -= 12.0  # planted outlier in class 1
+    return z, labels
+
+
+def test_planted_outliers_rank_first_and_scores_match_brute_force(rng):
+    z, labels = _planted(rng)
+    stats = class_statistics(da.from_array(z, chunks=(25, 6)), labels, 2)
+    ids = np.array([f"i{n}" for n in range(80)])
+    table = anomaly_table(z, labels, labels, ids, np.full(80, "audit"), stats, ["a", "b"])
+    top = table[table["rank"] == 1].set_index("label")["image_id"]
+    assert top[0] == "i7" and top[1] == "i50"
+    others = np.delete(z[labels == 0], 7, axis=0)
+    brute = oas_gaussian(len(others), others.sum(0), others.T @ others).mahalanobis_squared(z[7])[0]
+    assert np.isclose(table.set_index("image_id").loc["i7", "score"], brute, rtol=1e-9)
+
+
+def test_pair_table_orders_confused_pairs_first(rng):
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    predictions = np.array([0, 2, 1, 1, 0, 2])
+    confusion = confusion_counts(labels, predictions, 3)
+    assert confusion[0, 2] == 1 and confusion[2, 0] == 1 and confusion.sum() == 6
+    table = pair_table(["a", "b", "c"], rng.normal(size=(3, 4)), confusion, rng.normal(size=(3, 5)))
+    assert (table.loc[0, "class_a"], table.loc[0, "class_b"], table.loc[0, "confusions"]) == (0, 2, 2)
+    assert list(table["rank"]) == [1, 2, 3]
+    assert table["weight_cosine"].between(-1, 1).all()
+
+
+def test_plan_rows_per_subject():
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    ids = np.array([f"i{n}" for n in range(6)])
+    probability = np.array([[0.9, 0.05, 0.05], [0.6, 0.3, 0.1], [0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.05, 0.9, 0.05]])
+    anomalies = pd.DataFrame({"image_id": ids, "label": labels, "rank": [1, 2, 3, 1, 2, 3]})
+    pairs = pd.DataFrame({"class_a": [0], "class_b": [1]})
+    plan = explain_plan(anomalies, pairs, ids, labels, probability, top_anomalies=1, top_pairs=1, images_per_pair=1, finer_contrasts=2)
+    anomaly = plan[plan["purpose"] == "anomaly"]
+    assert set(anomaly["image_id"]) == {"i0", "i3"}
+    assert set(anomaly.loc[anomaly["method"] == "diffcam", "reference"]) == {"others:0", "own-class-loo:0", "others:1", "own-class-loo:1"}
+    finer = anomaly[(anomaly["method"] == "finercam") & (anomaly["image_id"] == "i0")].iloc[0]
+    assert list(finer["contrasts"]) == [1, 2] and finer["compare"] == 1
+    pair = plan[plan["purpose"] == "pair"]
+    # The most 1-like image of class 0 is i1; the most 0-like of class 1 is i3.
+    assert set(pair["image_id"]) == {"i1", "i3"}
+    row = pair[(pair["image_id"] == "i1") & (pair["method"] == "diffcam") & (pair["reference"] != "others:0")].iloc[0]
+    assert row["reference"] == "class:1" and row["compare"] == 1 and row["target"] == 0

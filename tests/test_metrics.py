@@ -1,0 +1,77 @@
+"""Perturbation metrics on hand-computable cases and direction checks."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from audit.metrics.perturbation import baseline_images, deletion_auc, perturbed_probabilities, relative_confidence_drop, removal_masks
+from audit.metrics.summary import bootstrap_interval, summarise_metrics
+from audit.models.checkpoint import ModelMeta
+
+
+class QuadrantModel(nn.Module):
+    """Logit 0 = 20 · mean brightness of the top-left quadrant; logit 1 = 5."""
+
+    def forward(self, x):
+        quadrant = x[:, :, :4, :4].mean(dim=(1, 2, 3))
+        return torch.stack([20 * quadrant, torch.full_like(quadrant, 5.0)], dim=1)
+
+
+META = ModelMeta(name="toy", kwargs={}, class_names=["a", "b"], input_size=(3, 8, 8), mean=(0, 0, 0), std=(1, 1, 1), layer="")
+
+
+def test_removal_masks_remove_the_top_fraction_in_order():
+    saliency = torch.arange(16, dtype=torch.float32).reshape(1, 4, 4)
+    masks = removal_masks(saliency, torch.tensor([0.0, 0.25, 1.0]))
+    assert masks.shape == (1, 3, 4, 4)
+    assert masks[0, 0].sum() == 0 and masks[0, 2].all()
+    assert masks[0, 1].sum() == 4
+    assert masks[0, 1, 3].all()  # the last row holds the four largest values
+
+
+def test_deletion_auc_is_trapezoid_over_fraction_removed():
+    fractions = np.linspace(0, 1, 5)
+    curve = np.array([[1.0, 1.0, 0.0, 0.0, 0.0]])
+    assert deletion_auc(curve, fractions)[0] == pytest.approx(0.25 + 0.125)
+
+
+def test_relative_confidence_drop_arithmetic():
+    before = torch.tensor([[0.7, 0.2, 0.1]])
+    after = torch.tensor([[0.3, 0.5, 0.2]])
+    rd = relative_confidence_drop(before, after, torch.tensor([0]), torch.tensor([1]))
+    assert rd.item() == pytest.approx((0.7 - 0.3) - (0.2 - 0.5))
+
+
+def test_the_right_map_beats_the_reversed_map_on_deletion():
+    x = torch.ones(1, 3, 8, 8)
+    right = torch.zeros(1, 8, 8)
+    right[:, :4, :4] = 1.0
+    fractions = torch.linspace(0, 1, 17)
+    curves = {}
+    for name, saliency in {"right": right, "reversed": 1 - right}.items():
+        probabilities = perturbed_probabilities(QuadrantModel(), META, x, saliency, fractions, "zero", batch_size=8)
+        curves[name] = probabilities[0, :, 0].numpy()
+    auc = {name: deletion_auc(curve[None], fractions.numpy())[0] for name, curve in curves.items()}
+    assert auc["right"] < auc["reversed"] - 0.3
+    # Removing exactly the quadrant (a quarter of the pixels) leaves logit 0 at 0 against 5.
+    assert curves["right"][4] == pytest.approx(torch.softmax(torch.tensor([0.0, 5.0]), 0)[0].item(), rel=1e-5)
+
+
+def test_baselines():
+    x = torch.rand(2, 3, 16, 16)
+    assert baseline_images(x, "zero").abs().sum() == 0
+    torch.testing.assert_close(baseline_images(x, "mean")[:, :, 3, 5], x.mean(dim=(2, 3)))
+    blurred = baseline_images(x, "blur")
+    assert blurred.shape == x.shape and blurred.std() < x.std()
+    with pytest.raises(ValueError, match="unknown baseline"):
+        baseline_images(x, "noise")
+
+
+def test_bootstrap_interval_contains_the_mean_and_summary_has_conventions(rng):
+    values = rng.normal(loc=2.0, size=200)
+    low, high = bootstrap_interval(values)
+    assert low < values.mean() < high and high - low < 0.5
+    table = pd.DataFrame({"variant": "v", "metric": "deletion_auc", "fraction": np.nan, "value": values})
+    summary = summarise_metrics(table)
+    assert len(summary) == 1 and summary["n"].item() == 200

@@ -1,0 +1,144 @@
+"""The Snakemake workflow: lint, dry-run, schema errors and an end-to-end run on a tiny config."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from audit.storage import open_zarr
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+TINY = ROOT / "tests" / "data" / "tiny.yaml"
+
+
+def snakemake(*args: str) -> subprocess.CompletedProcess:
+    """Run snakemake at the repository root; ``stdout`` holds stdout and stderr together."""
+    return subprocess.run([SNAKEMAKE, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+
+
+def test_lint_is_clean():
+    result = snakemake("--lint")
+    assert result.returncode == 0, result.stdout
+    assert "Congratulations, your workflow is in a good condition!" in result.stdout
+
+
+def test_dry_run_of_the_demo_lists_every_stage(tmp_path):
+    result = snakemake("-n", "--quiet", "rules", "--directory", str(tmp_path), "--configfile", str(ROOT / "config" / "config.yaml"))
+    assert result.returncode == 0, result.stdout
+    for rule in ("ingest", "train_model", "extract_features", "reference_stats", "anomaly_scores", "explain_plan", "explain", "metrics", "gather_metrics", "report"):
+        assert rule in result.stdout
+
+
+def test_config_that_fails_the_schema_is_a_clear_error(tmp_path):
+    config = yaml.safe_load(TINY.read_text())
+    config["audits"]["tiny"]["metrics"]["baseline"] = "noise"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(bad))
+    assert result.returncode != 0
+    assert "'noise' is not one of ['zero', 'mean', 'blur']" in result.stdout
+    assert "instance['audits']['tiny']['metrics']['baseline']" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def tiny_audit(tmp_path_factory) -> Path:
+    """Run the whole workflow on the tiny config in a scratch directory."""
+    workdir = tmp_path_factory.mktemp("tiny")
+    result = snakemake("reports/tiny.html", "--cores", "2", "--directory", str(workdir), "--configfile", str(TINY))
+    assert result.returncode == 0, result.stdout[-5000:]
+    return workdir
+
+
+def test_end_to_end_artefacts_are_well_formed(tiny_audit):
+    results = tiny_audit / "results" / "tiny"
+    images = open_zarr(results / "images.zarr")
+    assert images["image"].dims == ("image", "channel", "y", "x") and images["image"].dtype == np.uint8
+    assert images.sizes["image"] == 240 and set(images["split"].values) == {"train", "audit"}
+
+    features = open_zarr(results / "features.zarr")
+    assert features["activation"].dims == ("image", "channel", "y", "x")
+    assert features.sizes["image"] == 240 and features.sizes["class"] == 10
+    assert np.isfinite(features["activation"].values).all()
+
+    reference = open_zarr(results / "reference.zarr")
+    assert reference.sizes["group"] == 21 and reference.attrs["estimator"] == "oas"
+    assert ((reference["shrinkage"] > 0) & (reference["shrinkage"] <= 1)).all()
+
+    anomalies = pd.read_parquet(results / "anomalies.parquet")
+    assert len(anomalies) == 240 and (anomalies["score"] > 0).all()
+    assert (anomalies.groupby("label")["rank"].min() == 1).all()
+
+    pairs = pd.read_parquet(results / "pairs.parquet")
+    assert len(pairs) == 45 and {"weight_cosine", "confused_a_as_b", "confused_b_as_a", "mean_distance", "rank"} <= set(pairs.columns)
+
+    for method in ("gradcam", "finercam", "diffcam"):
+        saliency = open_zarr(results / "saliency" / f"{method}.zarr")
+        assert saliency["layer_map"].dims == ("map", "layer_y", "layer_x") and saliency.sizes["layer_y"] == 4
+        assert saliency["image_map"].shape[1:] == (32, 32)
+        assert np.isfinite(saliency["image_map"].values).all()
+        assert saliency.attrs["method"] == method
+
+    metrics = pd.read_parquet(results / "metrics.parquet")
+    assert set(metrics["metric"]) == {"deletion_auc", "relative_confidence_drop"}
+    assert set(metrics.loc[metrics["metric"] == "relative_confidence_drop", "fraction"]) == {0.05, 0.1}
+    assert (metrics["baseline"] == "blur").all() and (metrics["steps"] == 5).all()
+    assert metrics.loc[metrics["metric"] == "deletion_auc", "value"].between(0, 1).all()
+
+    for log in ("ingest", "train_model", "extract_features", "reference_stats", "report"):
+        assert (tiny_audit / "logs" / "tiny" / f"{log}.log").exists()
+
+    html = (tiny_audit / "reports" / "tiny.html").read_text()
+    assert "Intra-class anomaly ranking" in html and "Class-pair discrimination" in html and "Method quality" in html
+    assert "data:image/png;base64," in html and 'src="http' not in html
+
+
+def test_rerun_has_nothing_to_do(tiny_audit):
+    result = snakemake("reports/tiny.html", "-n", "--directory", str(tiny_audit), "--configfile", str(TINY))
+    assert result.returncode == 0
+    assert "Nothing to be done" in result.stdout
+
+
+def test_report_escapes_names(tiny_audit):
+    from audit.models.checkpoint import load_checkpoint
+    from audit.report.render import ReportInputs, render_report
+
+    results = tiny_audit / "results" / "tiny"
+    model, meta = load_checkpoint(results / "model" / "checkpoint.pt")
+    evil = "<script>alert(1)</script>"
+    features = open_zarr(results / "features.zarr")
+    features = features.assign_coords({"class": [evil] + list(features["class"].values[1:])})
+    html = render_report(
+        ReportInputs(
+            audit="x&y",
+            images=open_zarr(results / "images.zarr").load(),
+            features=features,
+            anomalies=pd.read_parquet(results / "anomalies.parquet").assign(class_name=lambda d: d["class_name"].replace("0", evil)),
+            pairs=pd.read_parquet(results / "pairs.parquet").replace({"name_a": {"0": evil}}),
+            metrics=pd.read_parquet(results / "metrics.parquet"),
+            saliency={m: open_zarr(results / "saliency" / f"{m}.zarr").load() for m in ("gradcam", "finercam", "diffcam")},
+            classifier_weight=model.get_classifier().weight.detach().numpy(),
+            model={"name": meta.name, "layer": meta.layer, "metrics": meta.metrics},
+            top_anomalies=1,
+            top_pairs=1,
+        )
+    )
+    assert evil not in html
+    assert "&lt;script&gt;" in html and "x&amp;y" in html
+
+
+def test_interrupted_output_is_never_taken_as_complete(tiny_audit, tmp_path):
+    """A stage killed mid-write leaves only a temporary; the rerun rebuilds the output."""
+    workdir = tmp_path / "copy"
+    shutil.copytree(tiny_audit, workdir, ignore=shutil.ignore_patterns(".snakemake"))
+    shutil.rmtree(workdir / "results" / "tiny" / "reference.zarr")
+    (workdir / "results" / "tiny" / ".reference.zarr.tmp-1").mkdir()  # what a killed writer leaves
+    result = snakemake("reports/tiny.html", "-n", "--directory", str(workdir), "--configfile", str(TINY))
+    assert result.returncode == 0
+    assert "reference_stats" in result.stdout

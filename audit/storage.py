@@ -51,12 +51,33 @@ def write_zarr(dataset: xr.Dataset, target: str | os.PathLike) -> None:
     Strings are stored as variable-length UTF-8 (numpy ``StringDType``), the
     string type with a Zarr v3 specification.
     """
+    with atomic_path(target) as tmp:
+        write_zarr_part(dataset, tmp, append=False)
+
+
+def write_zarr_part(dataset: xr.Dataset, path: str | os.PathLike, append: bool, image_chunk: int | None = None) -> None:
+    """Create the Zarr v3 store at ``path`` from ``dataset``, or append it along ``image``.
+
+    ``image_chunk`` (on creation) fixes the chunk length along ``image`` of
+    every variable with that dimension (other dimensions whole). Not atomic by
+    itself: for a single writer building a store under a temporary name (see
+    :func:`atomic_path`). Never use it from parallel writers.
+    """
     converted = dataset.copy()
     for name, variable in dataset.variables.items():
         if variable.dtype.kind in "UO":
             converted[name] = variable.astype(np.dtypes.StringDType())
-    with atomic_path(target) as tmp:
-        converted.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
+    if append:
+        converted.drop_vars([n for n in converted.variables if "image" not in converted[n].dims]).to_zarr(
+            path, append_dim="image", zarr_format=3, consolidated=False
+        )
+    else:
+        encoding = {}
+        if image_chunk is not None:
+            for name, variable in converted.variables.items():
+                if "image" in variable.dims:
+                    encoding[name] = {"chunks": tuple(image_chunk if d == "image" else n for d, n in zip(variable.dims, variable.shape))}
+        converted.to_zarr(path, mode="w", zarr_format=3, consolidated=False, encoding=encoding)
 
 
 def open_zarr(path: str | os.PathLike) -> xr.Dataset:

@@ -59,7 +59,8 @@ def tiny_audit(tmp_path_factory) -> Path:
 def test_end_to_end_artefacts_are_well_formed(tiny_audit):
     results = tiny_audit / "results" / "tiny"
     images = open_zarr(results / "images.zarr")
-    assert images["image"].dims == ("image", "channel", "y", "x") and images["image"].dtype == np.uint8
+    assert images["pixels"].dims == ("image", "channel", "y", "x") and images["pixels"].dtype == np.uint8
+    assert "pixels" in images.data_vars
     assert images.sizes["image"] == 240 and set(images["split"].values) == {"train", "audit"}
 
     features = open_zarr(results / "features.zarr")

@@ -1,6 +1,6 @@
 """In-memory image dataset and its Zarr image store (``images.zarr``).
 
-Store layout: ``image`` (uint8, dims image × channel × y × x) with
+Store layout: ``pixels`` (uint8, dims image × channel × y × x) with
 coordinates ``image_id``, ``label`` (class index), ``split``; the class names
 are in ``attrs["class_names"]`` (index = class index).
 """
@@ -36,7 +36,7 @@ class ImageDataset:
     def to_xarray(self, chunk: int) -> xr.Dataset:
         """The dataset as an xarray Dataset chunked by ``chunk`` images."""
         ds = xr.Dataset(
-            {"image": (("image", "channel", "y", "x"), self.images)},
+            {"pixels": (("image", "channel", "y", "x"), self.images)},
             coords={
                 "image_id": ("image", self.image_ids.astype(str)),
                 "label": ("image", self.labels.astype(np.int64)),
@@ -57,7 +57,7 @@ def read_image_store(path: str | os.PathLike) -> ImageDataset:
     """Load an ``images.zarr`` store fully into memory."""
     ds = open_zarr(path).load()
     return ImageDataset(
-        images=ds["image"].values,
+        images=ds["pixels"].values,
         labels=ds["label"].values.astype(np.int64),
         split=ds["split"].values.astype(str),
         image_ids=ds["image_id"].values.astype(str),

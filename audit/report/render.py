@@ -67,7 +67,7 @@ def render_report(inputs: ReportInputs) -> str:
     split = inputs.features["split"].values
     held_out = split != "train" if (split != "train").any() else np.ones(len(split), bool)
     image_index = {str(i): n for n, i in enumerate(inputs.images["image_id"].values)}
-    images = inputs.images["image"]
+    images = inputs.images["pixels"]
     maps = _MapIndex(inputs.saliency)
 
     anomaly_sections = []

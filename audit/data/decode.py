@@ -1,0 +1,81 @@
+"""Decoding one image (and its mask or box) to the store's fixed square size.
+
+Geometry: the shorter side is resized to ``size`` (bilinear; nearest for
+masks), then the centre ``size × size`` square is cropped, as timm's
+evaluation transform does with crop_pct = 1. Boxes follow the same transform
+and are clipped to the crop.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+
+class RejectedImage(Exception):
+    """An image that cannot enter the store; the message is the reason."""
+
+
+@dataclass
+class DecodedImage:
+    """image uint8 (3, size, size); mask bool (size, size) or None; box float (4,) x0 y0 x1 y1 or None."""
+
+    image: np.ndarray
+    mask: np.ndarray | None
+    box: np.ndarray | None
+
+
+def decode(path: str, size: int, mask_path: str = "", box: str = "") -> DecodedImage:
+    """Load ``path`` as RGB at ``size`` × ``size``; raise :class:`RejectedImage` with the reason."""
+    original = _open(path, "RGB")
+    geometry = _Geometry(original.size, size)
+    image = np.asarray(geometry.apply(original, Image.Resampling.BILINEAR)).transpose(2, 0, 1).copy()
+    mask = None
+    if mask_path:
+        mask_image = _open(mask_path, "L", what="mask")
+        if mask_image.size != original.size:
+            raise RejectedImage(f"mask size {mask_image.size} differs from image size {original.size}")
+        mask = np.asarray(geometry.apply(mask_image, Image.Resampling.NEAREST)) > 0
+    return DecodedImage(image=image, mask=mask, box=geometry.box(_parse_box(box)) if box else None)
+
+
+def _open(path: str, mode: str, what: str = "image") -> Image.Image:
+    try:
+        with Image.open(path) as handle:
+            handle.load()
+            return handle.convert(mode)
+    except FileNotFoundError:
+        raise RejectedImage(f"{what} file not found") from None
+    except Exception as error:  # PIL raises many types for corrupt data
+        raise RejectedImage(f"unreadable {what}: {type(error).__name__}: {error}") from None
+
+
+def _parse_box(text: str) -> np.ndarray:
+    try:
+        box = np.array([float(v) for v in text.replace(",", " ").split()], dtype=np.float64)
+    except ValueError:
+        raise RejectedImage(f"box {text!r} is not four numbers") from None
+    if box.shape != (4,) or box[2] <= box[0] or box[3] <= box[1]:
+        raise RejectedImage(f"box {text!r} is not 'x0 y0 x1 y1' with x1 > x0 and y1 > y0")
+    return box
+
+
+class _Geometry:
+    """Resize-shorter-side-then-centre-crop for an original (width, height)."""
+
+    def __init__(self, original: tuple[int, int], size: int):
+        width, height = original
+        self.scale = size / min(width, height)
+        self.resized = (max(size, round(width * self.scale)), max(size, round(height * self.scale)))
+        self.left = (self.resized[0] - size) // 2
+        self.top = (self.resized[1] - size) // 2
+        self.size = size
+
+    def apply(self, image: Image.Image, resample: Image.Resampling) -> Image.Image:
+        resized = image.resize(self.resized, resample)
+        return resized.crop((self.left, self.top, self.left + self.size, self.top + self.size))
+
+    def box(self, box: np.ndarray) -> np.ndarray:
+        moved = box * self.scale - np.array([self.left, self.top, self.left, self.top])
+        return np.clip(moved, 0, self.size)

@@ -1,0 +1,82 @@
+"""Users' datasets as a manifest table: from a CSV/TSV file or an ImageFolder tree.
+
+A manifest has one row per image with columns ``path`` (absolute, or relative
+to the manifest's folder) and ``label`` (class name), and optionally
+``image_id`` (default: the path relative to the root), ``split`` (default
+``audit``), ``mask`` (path of a mask image, non-zero = object) and ``box``
+(``x0 y0 x1 y1`` in pixels of the original image).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+REQUIRED_COLUMNS = ("path", "label")
+OPTIONAL_COLUMNS = ("image_id", "split", "mask", "box")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm"}
+
+
+def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a CSV (``,``) or TSV (``.tsv``/``.tab``: tab) manifest and normalise it.
+
+    Raises ``ValueError`` naming the missing or unknown columns. Paths are
+    made absolute against the manifest's folder; missing optional columns are
+    filled with their defaults.
+    """
+    path = Path(path)
+    separator = "\t" if path.suffix.lower() in {".tsv", ".tab"} else ","
+    table = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False)
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    unknown = [c for c in table.columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+    if missing or unknown:
+        raise ValueError(
+            f"manifest {path}: missing columns {missing}, unknown columns {unknown}; "
+            f"expected {list(REQUIRED_COLUMNS)} and optionally {list(OPTIONAL_COLUMNS)}"
+        )
+    return normalise_manifest(table, path.parent)
+
+
+def imagefolder_manifest(root: str | os.PathLike) -> pd.DataFrame:
+    """List an ImageFolder tree ``root/<class>/<image>`` (nested folders allowed) as a manifest.
+
+    Files with an image suffix are listed; the class is the first folder level.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"ImageFolder root {root} is not a directory")
+    rows = [
+        {"path": str(file), "label": class_dir.name}
+        for class_dir in sorted(p for p in root.iterdir() if p.is_dir())
+        for file in sorted(class_dir.rglob("*"))
+        if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    if not rows:
+        raise ValueError(f"ImageFolder root {root} holds no images in class folders")
+    return normalise_manifest(pd.DataFrame(rows), root)
+
+
+def normalise_manifest(table: pd.DataFrame, root: Path) -> pd.DataFrame:
+    """Absolute paths, default ids and splits, all optional columns present (empty = none)."""
+    table = table.copy()
+    table["path"] = [str(p if Path(p).is_absolute() else root / p) for p in table["path"]]
+    if "image_id" not in table or (table["image_id"] == "").all():
+        table["image_id"] = [_relative_id(p, root) for p in table["path"]]
+    if "split" not in table:
+        table["split"] = "audit"
+    table["split"] = table["split"].replace("", "audit")
+    for column in ("mask", "box"):
+        if column not in table:
+            table[column] = ""
+    if "mask" in table:
+        table["mask"] = [str(m if m == "" or Path(m).is_absolute() else root / m) for m in table["mask"]]
+    table["label"] = table["label"].str.strip()
+    return table[list(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)].reset_index(drop=True)
+
+
+def _relative_id(path: str, root: Path) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return path

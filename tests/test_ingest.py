@@ -1,0 +1,103 @@
+"""Ingest of users' data: ImageFolder trees and CSV/TSV manifests, with rejects."""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from audit.data.dataset import read_image_store
+from audit.data.decode import RejectedImage, decode
+from audit.data.ingest import ingest_manifest
+from audit.data.manifest import imagefolder_manifest, read_manifest
+from audit.storage import open_zarr
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+@pytest.fixture
+def folder(tmp_path, rng):
+    root = tmp_path / "tree"
+    for name in ("cat", "dog"):
+        for i in range(5):
+            _save(root / name / f"{i}.png", rng.integers(0, 255, (12 + i, 20, 3), dtype=np.uint8))
+    (root / "cat" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (root / "dog" / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_imagefolder_ingest_rejects_corrupt_files_and_keeps_the_rest(folder, tmp_path):
+    manifest = imagefolder_manifest(folder)
+    assert len(manifest) == 11  # the .txt file is not listed
+    rejects = ingest_manifest(manifest, tmp_path / "images.zarr", size=8, chunk=3, workers=2)
+    assert list(rejects["image_id"]) == ["cat/corrupt.png"]
+    assert rejects["reason"].str.startswith("unreadable image").all()
+    dataset = read_image_store(tmp_path / "images.zarr")
+    assert dataset.images.shape == (10, 3, 8, 8) and dataset.images.dtype == np.uint8
+    assert dataset.class_names == ["cat", "dog"]
+    assert (dataset.labels == np.repeat([0, 1], 5)).all()
+    assert set(dataset.split) == {"audit"}
+    assert open_zarr(tmp_path / "images.zarr")["pixels"].encoding["chunks"][0] == 3
+
+
+def test_manifest_rejects_each_bad_row_with_its_reason(tmp_path, rng):
+    for i in range(4):
+        _save(tmp_path / "img" / f"{i}.png", rng.integers(0, 255, (10, 10, 3), dtype=np.uint8))
+    _save(tmp_path / "img" / "mask_small.png", np.zeros((5, 5), np.uint8))
+    rows = [
+        ("img/0.png", "a", "x0", ""),
+        ("img/1.png", "b", "x1", ""),
+        ("img/2.png", "zebra", "x2", ""),  # unknown label
+        ("img/3.png", "a", "x1", ""),  # duplicate id
+        ("img/missing.png", "b", "x4", ""),  # missing file
+        ("img/2.png", "", "x5", ""),  # empty label
+        ("img/3.png", "b", "x6", "img/mask_small.png"),  # mask of another size
+    ]
+    pd.DataFrame(rows, columns=["path", "label", "image_id", "mask"]).to_csv(tmp_path / "manifest.tsv", sep="\t", index=False)
+    rejects = ingest_manifest(read_manifest(tmp_path / "manifest.tsv"), tmp_path / "images.zarr", size=8, classes=["b", "a"])
+    reasons = dict(zip(rejects["image_id"], rejects["reason"]))
+    assert reasons == {
+        "x2": "unknown label",
+        "x1": "duplicate image_id (first occurrence kept)",
+        "x4": "image file not found",
+        "x5": "empty label",
+        "x6": "mask size (5, 5) differs from image size (10, 10)",
+    }
+    dataset = read_image_store(tmp_path / "images.zarr")
+    assert list(dataset.image_ids) == ["x0", "x1"]
+    assert dataset.class_names == ["b", "a"] and list(dataset.labels) == [1, 0]  # the configured mapping
+
+
+def test_manifest_with_unknown_columns_is_a_clear_error(tmp_path):
+    (tmp_path / "m.csv").write_text("file,class\na.png,x\n")
+    with pytest.raises(ValueError, match=r"missing columns \['path', 'label'\], unknown columns \['file', 'class'\]"):
+        read_manifest(tmp_path / "m.csv")
+
+
+def test_decode_crops_the_centre_and_moves_masks_and_boxes(tmp_path):
+    image = np.zeros((20, 40, 3), np.uint8)
+    image[:, 10:30] = 255  # a white centre band 20 px wide: the centre crop
+    mask = np.zeros((20, 40), np.uint8)
+    mask[5:10, 15:20] = 1
+    _save(tmp_path / "i.png", image)
+    _save(tmp_path / "m.png", mask)
+    decoded = decode(str(tmp_path / "i.png"), 10, str(tmp_path / "m.png"), "15 5 20 10")
+    assert decoded.image.shape == (3, 10, 10)
+    assert decoded.image[:, :, 1:-1].min() > 200  # shorter side 20 → 10, width 40 → 20, crop x 5..15
+    np.testing.assert_allclose(decoded.box, [2.5, 2.5, 5.0, 5.0])
+    # Nearest resampling by 1/2 takes source rows/columns 2i + 1: mask rows 5..9 → 2..4, columns 15..19 → 7..9 → 2..4 after the crop.
+    assert decoded.mask[2:5, 2:5].all() and decoded.mask.sum() == 9
+    with pytest.raises(RejectedImage, match="not 'x0 y0 x1 y1'"):
+        decode(str(tmp_path / "i.png"), 10, box="5 5 1 1")
+
+
+def test_all_rows_rejected_is_an_error(tmp_path):
+    manifest = pd.DataFrame({"path": [str(tmp_path / "none.png")], "label": ["a"]})
+    from audit.data.manifest import normalise_manifest
+
+    with pytest.raises(ValueError, match="no image could be ingested"):
+        ingest_manifest(normalise_manifest(manifest, tmp_path), tmp_path / "images.zarr", size=8)
+    assert not (tmp_path / "images.zarr").exists()

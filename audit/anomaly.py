@@ -2,7 +2,9 @@
 
 The score of image i of class c is the squared Mahalanobis distance of its
 embedding z_i to the OAS-shrunk Gaussian of class c *without* image i
-(leave-one-out from the class sufficient statistics).
+(leave-one-out from the class sufficient statistics). Small classes use the
+pooled within-class covariance (``pooled`` is True); the only image of a
+class has no reference and a NaN score, ranked last.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from audit.reference import SufficientStatistics, leave_one_out
+from audit.reference import LeaveOneOut
 
 
 def anomaly_table(
@@ -19,26 +21,28 @@ def anomaly_table(
     predictions: np.ndarray,
     image_ids: np.ndarray,
     split: np.ndarray,
-    stats: SufficientStatistics,
+    leave_one_out: LeaveOneOut,
     class_names: list[str],
 ) -> pd.DataFrame:
     """Score every image against its own class without it.
 
     Args:
         embedding: (N, K) embeddings; labels, predictions: (N,) class indices.
-        stats: per-class sufficient statistics over the same N images.
+        leave_one_out: the class groups of the same N images.
     Returns:
         a table with image_id, label, class_name, prediction, split, score
         (squared Mahalanobis distance, unitless), shrinkage (λ of the LOO
-        group) and rank (1 = most anomalous within its class), sorted by
-        class then rank.
+        group), pooled and rank (1 = most anomalous within its class), sorted
+        by class then rank.
     """
-    scores = np.empty(len(labels))
-    shrinkage = np.empty(len(labels))
+    scores = np.full(len(labels), np.nan)
+    shrinkage = np.full(len(labels), np.nan)
+    pooled = np.zeros(len(labels), bool)
     for i in tqdm(range(len(labels)), desc="anomaly", unit="img", mininterval=2):
-        group = leave_one_out(stats, labels[i], embedding[i])
-        scores[i] = group.mahalanobis_squared(embedding[i])[0]
-        shrinkage[i] = group.shrinkage
+        group = leave_one_out.group(labels[i], embedding[i])
+        if group is not None:
+            scores[i] = group.mahalanobis_squared(embedding[i])[0]
+            shrinkage[i], pooled[i] = group.shrinkage, group.pooled
     table = pd.DataFrame(
         {
             "image_id": image_ids,
@@ -48,7 +52,8 @@ def anomaly_table(
             "split": split,
             "score": scores,
             "shrinkage": shrinkage,
+            "pooled": pooled,
         }
     )
-    table["rank"] = table.groupby("label")["score"].rank(ascending=False, method="first").astype(int)
+    table["rank"] = table.groupby("label")["score"].rank(ascending=False, method="first", na_option="bottom").astype(int)
     return table.sort_values(["label", "rank"], ignore_index=True)

@@ -88,3 +88,15 @@ def features_to_xarray(dataset: ImageDataset, meta: ModelMeta, activations: np.n
 def write_feature_store(ds: xr.Dataset, path: str | os.PathLike) -> None:
     """Write ``features.zarr`` atomically."""
     write_zarr(ds, path)
+
+
+@torch.no_grad()
+def layer_output_shape(model: nn.Module, meta: ModelMeta) -> tuple[int, int, int]:
+    """(channels, height, width) of the explained layer; ``ValueError`` if it has no spatial map."""
+    model.eval()
+    with capture_layer(model, meta.layer) as captured:
+        model(torch.zeros(1, *meta.input_size))
+    shape = tuple(captured["A"].shape[1:])
+    if len(shape) != 3:
+        raise ValueError(f"layer {meta.layer!r} of {meta.name} outputs shape {shape}; a (channels, height, width) map is needed")
+    return shape

@@ -11,12 +11,19 @@ works from sufficient statistics alone:
     S_shrunk = (1 − λ) S + λ · tr(S)/K · I.
 Solves use the Cholesky factor; no explicit inverse is formed.
 
+A group with fewer than ``min_images`` images (at least 2) keeps its own mean
+but borrows the *pooled within-class* covariance (the scatter of every image
+around its class mean, over N − C degrees of freedom, OAS-shrunk); a group
+with no image has no reference (NaN, ``covariance`` = ``none``).
+
 Store layout (``reference.zarr``): dims ``group``, ``channel``, ``channel_b``;
 variables ``count`` (group), ``mean`` (group, channel), ``shrinkage`` (group),
-``condition`` (group), ``cholesky`` (group, channel, channel_b, lower factor of
-the shrunk covariance) and the class sufficient statistics ``class_sum``
-(class, channel) and ``class_outer`` (class, channel, channel_b). Group names
-are ``class:<name>``, ``others:<name>`` and ``all``.
+``condition`` (group), ``covariance`` (group: ``own``, ``pooled`` or
+``none``), ``cholesky`` (group, channel, channel_b, lower factor of the shrunk
+covariance) and the class sufficient statistics ``class_count`` (class),
+``class_sum`` (class, channel) and ``class_outer`` (class, channel,
+channel_b). Group names are ``class:<name>``, ``others:<name>``, ``all`` and
+``pooled-within-class``; attrs hold ``min_images``.
 """
 from __future__ import annotations
 
@@ -52,12 +59,16 @@ class SufficientStatistics:
 
 @dataclass
 class ShrunkGaussian:
-    """A reference group: mean (K,), shrunk covariance's lower Cholesky factor (K, K), λ, n."""
+    """A reference group: mean (K,), shrunk covariance's lower Cholesky factor (K, K), λ, n.
+
+    ``pooled`` marks a group too small for its own covariance, using the pooled within-class one.
+    """
 
     mean: np.ndarray
     cholesky: np.ndarray
     shrinkage: float
     count: float
+    pooled: bool = False
 
     def solve(self, rhs: np.ndarray) -> np.ndarray:
         """S⁻¹ · rhs for rhs (K,) or (K, M), by Cholesky solve in float64."""
@@ -119,44 +130,84 @@ def oas_gaussian(count: float, total: np.ndarray, outer: np.ndarray) -> ShrunkGa
     return ShrunkGaussian(mean=mean, cholesky=cholesky, shrinkage=float(shrinkage), count=float(count))
 
 
-def leave_one_out(stats: SufficientStatistics, group: int, z: np.ndarray) -> ShrunkGaussian:
-    """Group ``group`` of ``stats`` without the member embedding ``z`` (K,)."""
-    z = np.asarray(z, dtype=np.float64)
-    return oas_gaussian(stats.count[group] - 1, stats.total[group] - z, stats.outer[group] - np.outer(z, z))
+def pooled_within_class(stats: SufficientStatistics) -> ShrunkGaussian:
+    """OAS-shrunk pooled within-class covariance (mean 0) over N − C degrees of freedom."""
+    present = stats.count > 0
+    scatter = sum(
+        stats.outer[c] - np.outer(stats.total[c], stats.total[c]) / stats.count[c] for c in np.flatnonzero(present)
+    )
+    dof = stats.count.sum() - present.sum()
+    return oas_gaussian(dof, np.zeros(stats.total.shape[1]), scatter)
 
 
-def reference_store(stats: SufficientStatistics, class_names: list[str]) -> xr.Dataset:
+def group_gaussian(count: float, total: np.ndarray, outer: np.ndarray, pooled: ShrunkGaussian, min_images: int) -> ShrunkGaussian | None:
+    """The group's own OAS Gaussian, its mean with the ``pooled`` covariance when small, or None when empty."""
+    if count >= max(min_images, 2):
+        return oas_gaussian(count, total, outer)
+    if count >= 1:
+        return ShrunkGaussian(mean=total / count, cholesky=pooled.cholesky, shrinkage=pooled.shrinkage, count=float(count), pooled=True)
+    return None
+
+
+class LeaveOneOut:
+    """Each class without one of its members, from the class statistics of a reference store."""
+
+    def __init__(self, store: xr.Dataset):
+        self.stats = class_statistics_from_store(store)
+        self.pooled = group_from_store(store, "pooled-within-class")
+        self.min_images = int(store.attrs["min_images"])
+
+    def group(self, label: int, z: np.ndarray) -> ShrunkGaussian | None:
+        """Class ``label`` without the member embedding ``z`` (K,); None when nothing is left."""
+        z = np.asarray(z, dtype=np.float64)
+        s = self.stats
+        return group_gaussian(s.count[label] - 1, s.total[label] - z, s.outer[label] - np.outer(z, z), self.pooled, self.min_images)
+
+
+def reference_store(stats: SufficientStatistics, class_names: list[str], min_images: int = 10) -> xr.Dataset:
     """Build ``reference.zarr`` (see module docstring) from per-class statistics."""
+    pooled = pooled_within_class(stats)
+    everything = stats.sum_groups()
     groups, names = [], []
-    for kind, source in (("class", stats), ("others", stats.complements())):
-        for c, name in enumerate(class_names):
-            groups.append(oas_gaussian(source.count[c], source.total[c], source.outer[c]))
-            names.append(f"{kind}:{name}")
-    pooled = stats.sum_groups()
-    groups.append(oas_gaussian(pooled.count[0], pooled.total[0], pooled.outer[0]))
-    names.append("all")
+    for kind, source in (("class", stats), ("others", stats.complements()), ("all", everything)):
+        for c in range(len(source.count)):
+            groups.append(group_gaussian(source.count[c], source.total[c], source.outer[c], pooled, min_images))
+            names.append("all" if kind == "all" else f"{kind}:{class_names[c]}")
+    groups.append(pooled)
+    names.append("pooled-within-class")
+    k = stats.total.shape[1]
+    empty = ShrunkGaussian(mean=np.full(k, np.nan), cholesky=np.full((k, k), np.nan), shrinkage=np.nan, count=0.0)
+    source = ["none" if g is None else "pooled" if g.pooled else "own" for g in groups]
+    groups = [empty if g is None else g for g in groups]
     cholesky = np.stack([g.cholesky for g in groups])
     return xr.Dataset(
         {
             "count": ("group", np.array([g.count for g in groups])),
             "mean": (("group", "channel"), np.stack([g.mean for g in groups])),
             "shrinkage": ("group", np.array([g.shrinkage for g in groups])),
-            "condition": ("group", np.array([np.linalg.cond(c @ c.T) for c in cholesky])),
+            "condition": ("group", np.array([np.linalg.cond(c @ c.T) if s != "none" else np.nan for c, s in zip(cholesky, source)])),
+            "covariance": ("group", np.array(source)),
             "cholesky": (("group", "channel", "channel_b"), cholesky),
             "class_sum": (("class", "channel"), stats.total),
             "class_outer": (("class", "channel", "channel_b"), stats.outer),
             "class_count": ("class", stats.count),
         },
         coords={"group": names, "class": class_names},
-        attrs={"estimator": "oas", "dtype": "float64"},
+        attrs={"estimator": "oas", "dtype": "float64", "min_images": int(min_images)},
     )
 
 
 def group_from_store(store: xr.Dataset, name: str) -> ShrunkGaussian:
-    """Load one named group (e.g. ``"others:3"``) from a reference store."""
+    """Load one named group (e.g. ``"others:3"``) from a reference store; ``ValueError`` if it is empty."""
     g = store.sel(group=name)
+    if str(g["covariance"].values) == "none":
+        raise ValueError(f"reference group {name!r} has no images")
     return ShrunkGaussian(
-        mean=g["mean"].values, cholesky=g["cholesky"].values, shrinkage=float(g["shrinkage"]), count=float(g["count"])
+        mean=g["mean"].values,
+        cholesky=g["cholesky"].values,
+        shrinkage=float(g["shrinkage"]),
+        count=float(g["count"]),
+        pooled=str(g["covariance"].values) == "pooled",
     )
 
 

@@ -13,6 +13,18 @@ def audit_config(wildcards):
     return config["audits"][wildcards.audit]
 
 
+def model_checkpoint(wildcards):
+    """The audit's model: imported from the configured checkpoint, else trained by the workflow."""
+    kind = "imported" if audit_config(wildcards)["model"].get("checkpoint") else "trained"
+    return f"results/{wildcards.audit}/model/{kind}.pt"
+
+
+def dataset_inputs(wildcards):
+    """The manifest file, so that editing it reruns the ingest (ImageFolder trees are listed at run time)."""
+    dataset = audit_config(wildcards)["dataset"]
+    return [dataset["path"]] if dataset["source"] == "manifest" else []
+
+
 def all_reports():
     return expand("reports/{audit}.html", audit=config["audits"])
 

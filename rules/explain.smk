@@ -19,7 +19,7 @@ rule explain:
     input:
         plan="results/{audit}/explain_plan.parquet",
         images="results/{audit}/images.zarr",
-        checkpoint="results/{audit}/model/checkpoint.pt",
+        checkpoint=model_checkpoint,
         features="results/{audit}/features.zarr",
         reference="results/{audit}/reference.zarr",
     output:

@@ -1,7 +1,7 @@
 rule extract_features:
     input:
         images="results/{audit}/images.zarr",
-        checkpoint="results/{audit}/model/checkpoint.pt",
+        checkpoint=model_checkpoint,
     output:
         directory("results/{audit}/features.zarr"),
     params:

@@ -1,11 +1,16 @@
 rule ingest:
+    input:
+        dataset_inputs,
     output:
-        directory("results/{audit}/images.zarr"),
+        images=directory("results/{audit}/images.zarr"),
+        rejects="results/{audit}/rejects.parquet",
     params:
         dataset=lambda wildcards: audit_config(wildcards)["dataset"],
     conda:
         "../workflow/envs/audit.yaml"
     log:
         "logs/{audit}/ingest.log",
+    benchmark:
+        "benchmarks/rules/{audit}/ingest.tsv"
     script:
         "../workflow/scripts/ingest.py"

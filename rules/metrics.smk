@@ -2,7 +2,7 @@ rule metrics:
     input:
         saliency="results/{audit}/saliency/{method}.zarr",
         images="results/{audit}/images.zarr",
-        checkpoint="results/{audit}/model/checkpoint.pt",
+        checkpoint=model_checkpoint,
     output:
         "results/{audit}/metrics/{method}.parquet",
     params:

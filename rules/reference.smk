@@ -1,10 +1,12 @@
 rule reference_stats:
     input:
         features="results/{audit}/features.zarr",
-        checkpoint="results/{audit}/model/checkpoint.pt",
+        checkpoint=model_checkpoint,
     output:
         reference=directory("results/{audit}/reference.zarr"),
         pairs="results/{audit}/pairs.parquet",
+    params:
+        reference=lambda wildcards: audit_config(wildcards)["reference"],
     conda:
         "../workflow/envs/audit.yaml"
     log:

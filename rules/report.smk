@@ -2,10 +2,12 @@ rule report:
     input:
         images="results/{audit}/images.zarr",
         features="results/{audit}/features.zarr",
-        checkpoint="results/{audit}/model/checkpoint.pt",
+        checkpoint=model_checkpoint,
         anomalies="results/{audit}/anomalies.parquet",
         pairs="results/{audit}/pairs.parquet",
         metrics="results/{audit}/metrics.parquet",
+        rejects="results/{audit}/rejects.parquet",
+        reference="results/{audit}/reference.zarr",
         saliency=saliency_stores,
     output:
         "reports/{audit}.html",

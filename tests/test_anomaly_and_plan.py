@@ -5,7 +5,7 @@ import pandas as pd
 
 from audit.anomaly import anomaly_table
 from audit.explain.plan import explain_plan
-from audit.reference import class_statistics, oas_gaussian
+from audit.reference import LeaveOneOut, class_statistics, oas_gaussian, reference_store
 from audit.similarity import confusion_counts, pair_table
 
 
@@ -21,7 +21,7 @@ def test_planted_outliers_rank_first_and_scores_match_brute_force(rng):
     z, labels = _planted(rng)
     stats = class_statistics(da.from_array(z, chunks=(25, 6)), labels, 2)
     ids = np.array([f"i{n}" for n in range(80)])
-    table = anomaly_table(z, labels, labels, ids, np.full(80, "audit"), stats, ["a", "b"])
+    table = anomaly_table(z, labels, labels, ids, np.full(80, "audit"), LeaveOneOut(reference_store(stats, ["a", "b"])), ["a", "b"])
     top = table[table["rank"] == 1].set_index("label")["image_id"]
     assert top[0] == "i7" and top[1] == "i50"
     others = np.delete(z[labels == 0], 7, axis=0)
@@ -44,7 +44,7 @@ def test_plan_rows_per_subject():
     labels = np.array([0, 0, 0, 1, 1, 1])
     ids = np.array([f"i{n}" for n in range(6)])
     probability = np.array([[0.9, 0.05, 0.05], [0.6, 0.3, 0.1], [0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.05, 0.9, 0.05]])
-    anomalies = pd.DataFrame({"image_id": ids, "label": labels, "rank": [1, 2, 3, 1, 2, 3]})
+    anomalies = pd.DataFrame({"image_id": ids, "label": labels, "score": [3.0, 2, 1, 3, 2, 1], "rank": [1, 2, 3, 1, 2, 3]})
     pairs = pd.DataFrame({"class_a": [0], "class_b": [1]})
     plan = explain_plan(anomalies, pairs, ids, labels, probability, top_anomalies=1, top_pairs=1, images_per_pair=1, finer_contrasts=2)
     anomaly = plan[plan["purpose"] == "anomaly"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from audit.models.checkpoint import build_model, load_checkpoint, save_checkpoint
-from audit.models.train import layer_output_shape
+from audit.features import layer_output_shape
 
 
 def test_round_trip_gives_the_same_outputs(trained, tmp_path):

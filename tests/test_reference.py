@@ -4,12 +4,14 @@ import numpy as np
 import pytest
 from sklearn.covariance import OAS
 
+from audit.anomaly import anomaly_table
 from audit.reference import (
+    LeaveOneOut,
     class_statistics,
     class_statistics_from_store,
     group_from_store,
-    leave_one_out,
     oas_gaussian,
+    pooled_within_class,
     reference_store,
 )
 
@@ -57,7 +59,8 @@ def test_complements_and_leave_one_out_equal_direct_statistics(rng):
     np.testing.assert_allclose(others.outer[1], rest.T @ rest)
     members = np.flatnonzero(labels == 2)
     without = z[members[1:]]
-    loo = leave_one_out(stats, 2, z[members[0]])
+    loo = LeaveOneOut(reference_store(stats, ["a", "b", "c"], min_images=5)).group(2, z[members[0]])
+    assert not loo.pooled
     direct = OAS().fit(without)
     np.testing.assert_allclose(loo.mean, without.mean(0))
     np.testing.assert_allclose(loo.cholesky @ loo.cholesky.T, direct.covariance_, rtol=1e-8, atol=1e-10)
@@ -67,7 +70,8 @@ def test_reference_store_groups(rng):
     z, labels = _data(rng)
     stats = class_statistics(da.from_array(z, chunks=(40, 6)), labels, 3)
     store = reference_store(stats, ["a", "b", "c"])
-    assert list(store["group"].values) == ["class:a", "class:b", "class:c", "others:a", "others:b", "others:c", "all"]
+    assert list(store["group"].values) == ["class:a", "class:b", "class:c", "others:a", "others:b", "others:c", "all", "pooled-within-class"]
+    assert set(store["covariance"].values) == {"own"}
     assert store["count"].sel(group="others:b").item() == (labels != 1).sum()
     assert store.attrs["estimator"] == "oas"
     assert ((store["shrinkage"] >= 0) & (store["shrinkage"] <= 1)).all()
@@ -78,3 +82,32 @@ def test_reference_store_groups(rng):
 def test_group_with_one_image_is_a_clear_error():
     with pytest.raises(ValueError, match="at least 2 images"):
         oas_gaussian(1, np.ones(3), np.eye(3))
+
+
+def test_small_and_empty_classes_fall_back_instead_of_failing(rng):
+    labels = np.array([0] * 30 + [1] * 3 + [2] * 1)
+    z = rng.normal(size=(34, 4)) * np.array([1.0, 4.0, 0.3, 2.0]) + labels[:, None]
+    stats = class_statistics(da.from_array(z, chunks=(10, 4)), labels, 4)  # class 3 is empty
+    store = reference_store(stats, ["a", "b", "c", "d"], min_images=5)
+    source = dict(zip(store["group"].values, store["covariance"].values))
+    assert source["class:a"] == "own" and source["class:b"] == "pooled" and source["class:c"] == "pooled" and source["class:d"] == "none"
+
+    centred = np.concatenate([z[labels == c] - z[labels == c].mean(0) for c in range(3)])
+    scatter = centred.T @ centred / (34 - 3)  # N − C degrees of freedom
+    expected = pooled_within_class(stats)
+    assert 0 < expected.shrinkage < 1
+    shrunk = (1 - expected.shrinkage) * scatter + expected.shrinkage * np.trace(scatter) / 4 * np.eye(4)
+    np.testing.assert_allclose(expected.cholesky @ expected.cholesky.T, shrunk, rtol=1e-10)
+
+    small = group_from_store(store, "class:b")
+    assert small.pooled
+    np.testing.assert_allclose(small.mean, z[labels == 1].mean(0))
+    np.testing.assert_allclose(small.cholesky, expected.cholesky)
+    with pytest.raises(ValueError, match="has no images"):
+        group_from_store(store, "class:d")
+
+    table = anomaly_table(z, labels, labels, np.arange(34).astype(str), np.full(34, "audit"), LeaveOneOut(store), ["a", "b", "c", "d"])
+    singleton = table[table["label"] == 2].iloc[0]
+    assert np.isnan(singleton["score"]) and singleton["rank"] == 1
+    assert table.loc[table["label"] == 1, "pooled"].all() and not table.loc[table["label"] == 0, "pooled"].any()
+    assert table.loc[table["label"] != 2, "score"].notna().all()

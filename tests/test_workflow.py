@@ -69,7 +69,7 @@ def test_end_to_end_artefacts_are_well_formed(tiny_audit):
     assert np.isfinite(features["activation"].values).all()
 
     reference = open_zarr(results / "reference.zarr")
-    assert reference.sizes["group"] == 21 and reference.attrs["estimator"] == "oas"
+    assert reference.sizes["group"] == 22 and reference.attrs["estimator"] == "oas"
     assert ((reference["shrinkage"] > 0) & (reference["shrinkage"] <= 1)).all()
 
     anomalies = pd.read_parquet(results / "anomalies.parquet")
@@ -111,7 +111,7 @@ def test_report_escapes_names(tiny_audit):
     from audit.report.render import ReportInputs, render_report
 
     results = tiny_audit / "results" / "tiny"
-    model, meta = load_checkpoint(results / "model" / "checkpoint.pt")
+    model, meta = load_checkpoint(results / "model" / "trained.pt")
     evil = "<script>alert(1)</script>"
     features = open_zarr(results / "features.zarr")
     features = features.assign_coords({"class": [evil] + list(features["class"].values[1:])})
@@ -123,6 +123,8 @@ def test_report_escapes_names(tiny_audit):
             anomalies=pd.read_parquet(results / "anomalies.parquet").assign(class_name=lambda d: d["class_name"].replace("0", evil)),
             pairs=pd.read_parquet(results / "pairs.parquet").replace({"name_a": {"0": evil}}),
             metrics=pd.read_parquet(results / "metrics.parquet"),
+            rejects=pd.DataFrame({"image_id": [evil], "path": ["p"], "label": [evil], "reason": ["unknown label"]}),
+            reference=open_zarr(results / "reference.zarr")[["covariance"]].load(),
             saliency={m: open_zarr(results / "saliency" / f"{m}.zarr").load() for m in ("gradcam", "finercam", "diffcam")},
             classifier_weight=model.get_classifier().weight.detach().numpy(),
             model={"name": meta.name, "layer": meta.layer, "metrics": meta.metrics},
@@ -143,3 +145,60 @@ def test_interrupted_output_is_never_taken_as_complete(tiny_audit, tmp_path):
     result = snakemake("reports/tiny.html", "-n", "--directory", str(workdir), "--configfile", str(TINY))
     assert result.returncode == 0
     assert "reference_stats" in result.stdout
+
+
+def test_users_imagefolder_and_checkpoint_end_to_end(tmp_path, digits_small):
+    """An ImageFolder tree (with a corrupt file and a small class) and a user's safetensors checkpoint."""
+    import safetensors.torch
+    from PIL import Image
+
+    from audit.models.train import TrainSettings, fit_model
+
+    names = {0: "zero", 1: "one", 7: "s<e>ven"}
+    root = tmp_path / "tree"
+    for digit, name in names.items():
+        members = np.flatnonzero(digits_small.labels == digit)[: 6 if digit == 7 else 25]
+        for i in members:
+            (root / name).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(digits_small.images[i].transpose(1, 2, 0)).save(root / name / f"{digits_small.image_ids[i]}.png")
+    (root / "zero" / "broken.png").write_bytes(b"garbage")
+
+    from audit.data.dataset import ImageDataset
+
+    keep = np.isin(digits_small.labels, list(names))
+    subset = ImageDataset(
+        images=digits_small.images[keep],
+        labels=np.searchsorted(sorted(names), digits_small.labels[keep]),
+        split=np.full(keep.sum(), "train"),
+        image_ids=digits_small.image_ids[keep],
+        class_names=sorted(names.values()),
+    )
+    model, _ = fit_model(subset, "resnet10t", {"output_stride": 8}, "layer4", TrainSettings(epochs=1))
+    weights = tmp_path / "user_model.safetensors"
+    safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+
+    config = {
+        "audits": {
+            "user": {
+                "dataset": {"source": "imagefolder", "path": str(root), "image_size": 32, "chunk": 16},
+                "model": {"name": "resnet10t", "kwargs": {"output_stride": 8}, "checkpoint": str(weights)},
+                "explain": {"top_anomalies": 1, "top_pairs": 1, "images_per_pair": 1},
+                "metrics": {"steps": 4},
+            }
+        }
+    }
+    (tmp_path / "user.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake("reports/user.html", "--cores", "2", "--directory", str(tmp_path), "--configfile", str(tmp_path / "user.yaml"))
+    assert result.returncode == 0, result.stdout[-5000:]
+    assert "rule train_model" not in result.stdout and "rule import_model" in result.stdout
+
+    results = tmp_path / "results" / "user"
+    rejects = pd.read_parquet(results / "rejects.parquet")
+    assert list(rejects["image_id"]) == ["zero/broken.png"]
+    features = open_zarr(results / "features.zarr")
+    assert list(features["class"].values) == ["one", "s<e>ven", "zero"] and features.sizes["image"] == 56
+    reference = open_zarr(results / "reference.zarr")
+    assert str(reference["covariance"].sel(group="class:s<e>ven").values) == "pooled"
+    html = (tmp_path / "reports" / "user.html").read_text()
+    assert "Rejected at ingest: 1 images" in html and "s&lt;e&gt;ven" in html and "s<e>ven" not in html
+    assert "pooled within-class covariance" in html

@@ -35,14 +35,14 @@ def explain_plan(
     """Build the plan (see module docstring).
 
     Args:
-        anomalies: the anomaly table (image_id, label, rank).
+        anomalies: the anomaly table (image_id, label, score, rank); images without a score are skipped.
         pairs: the class-pair table, sorted with the most alike first.
         image_ids, labels: (N,) in feature-store order. probability: (N, C).
         finer_contrasts: T, the number of next-highest predictions Finer-CAM contrasts with.
     """
     index_of = {image_id: i for i, image_id in enumerate(image_ids)}
     rows: list[dict] = []
-    top = anomalies[anomalies["rank"] <= top_anomalies]
+    top = anomalies[(anomalies["rank"] <= top_anomalies) & anomalies["score"].notna()]
     for image_id in top["image_id"]:
         i = index_of[image_id]
         rows += _subject_rows(i, image_id, "anomaly", int(labels[i]), None, probability[i], finer_contrasts)

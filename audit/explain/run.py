@@ -12,7 +12,7 @@ from audit.explain.cam import finercam
 from audit.explain.diffcam import diffcam_maps
 from audit.models.checkpoint import ModelMeta
 from audit.models.preprocess import to_model_input
-from audit.reference import class_statistics_from_store, group_from_store, leave_one_out
+from audit.reference import LeaveOneOut, group_from_store
 
 METHODS = ("gradcam", "finercam", "diffcam")
 
@@ -41,7 +41,7 @@ def diffcam_plan_maps(features: xr.Dataset, reference: xr.Dataset, plan: pd.Data
     reference store; ``own-class-loo:<c>`` is class c without the image itself.
     """
     class_names = list(reference["class"].values)
-    class_stats = class_statistics_from_store(reference)
+    leave_one_out = LeaveOneOut(reference)
     out = np.empty((len(plan),) + features["activation"].shape[2:], dtype=np.float32)
     for reference_name, rows in tqdm(plan.groupby("reference", sort=False), desc="diffcam", unit="group"):
         kind, c = reference_name.split(":")
@@ -50,8 +50,8 @@ def diffcam_plan_maps(features: xr.Dataset, reference: xr.Dataset, plan: pd.Data
         positions = plan.index.get_indexer(rows.index)
         if kind == "own-class-loo":
             for j, (a, z) in enumerate(zip(activations, selected["embedding"].values)):
-                group = leave_one_out(class_stats, int(c), z)
-                out[positions[j]] = diffcam_maps(a[None], group, centre)[0]
+                group = leave_one_out.group(int(c), z)
+                out[positions[j]] = diffcam_maps(a[None], group, centre)[0] if group is not None else np.nan
         else:
             group = group_from_store(reference, f"{kind}:{class_names[int(c)]}")
             out[positions] = diffcam_maps(activations, group, centre)

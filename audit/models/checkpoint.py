@@ -69,11 +69,12 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         **{**meta_dict, "input_size": tuple(meta_dict["input_size"]), "mean": tuple(meta_dict["mean"]), "std": tuple(meta_dict["std"])}
     )
     model = build_model(meta)
-    _load_state(model, payload["state_dict"], str(path))
+    load_state_strict(model, payload["state_dict"], str(path))
     return model.to(device).eval(), meta
 
 
-def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``model``; ``ValueError`` naming missing, unexpected and mis-shaped keys."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -12,7 +12,7 @@ from torch import nn
 from tqdm import tqdm
 
 from audit.data.dataset import ImageDataset
-from audit.features import capture_layer
+from audit.features import layer_output_shape
 from audit.models.checkpoint import ModelMeta, build_model
 from audit.models.preprocess import to_model_input
 
@@ -127,15 +127,3 @@ def fit_model(dataset: ImageDataset, name: str, kwargs: dict, layer: str, settin
     }
     log.info("training figures %s", meta.metrics)
     return model, meta
-
-
-@torch.no_grad()
-def layer_output_shape(model: nn.Module, meta: ModelMeta) -> tuple[int, int, int]:
-    """(channels, height, width) of the explained layer; ``ValueError`` if it has no spatial map."""
-    model.eval()
-    with capture_layer(model, meta.layer) as captured:
-        model(torch.zeros(1, *meta.input_size))
-    shape = tuple(captured["A"].shape[1:])
-    if len(shape) != 3:
-        raise ValueError(f"layer {meta.layer!r} of {meta.name} outputs shape {shape}; a (channels, height, width) map is needed")
-    return shape

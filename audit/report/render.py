@@ -25,7 +25,8 @@ class ReportInputs:
 
     Attributes:
         images: the image store; features: the feature store.
-        anomalies, pairs, metrics: the stage tables.
+        anomalies, pairs, metrics, rejects: the stage tables.
+        reference: the reference store (which groups fell back to the pooled covariance).
         saliency: method name → saliency store.
         classifier_weight: (C, D) rows of the classifier, for the similarity heatmap.
         model: model description (name, layer, training metrics).
@@ -37,6 +38,8 @@ class ReportInputs:
     anomalies: pd.DataFrame
     pairs: pd.DataFrame
     metrics: pd.DataFrame
+    rejects: pd.DataFrame
+    reference: xr.Dataset
     saliency: dict[str, xr.Dataset]
     classifier_weight: np.ndarray
     model: dict
@@ -107,6 +110,7 @@ def render_report(inputs: ReportInputs) -> str:
             )
             pair_sections.append({"a": class_names[a], "b": class_names[b], "figure": grid})
 
+    covariance = pd.Series(inputs.reference["covariance"].values, index=inputs.reference["group"].values)
     summary = summarise_metrics(inputs.metrics)
     summary["fraction"] = summary["fraction"].map(lambda f: "" if pd.isna(f) else f"{f:.0%}")
     context = {
@@ -119,6 +123,11 @@ def render_report(inputs: ReportInputs) -> str:
         "split_counts": pd.Series(split).value_counts().to_dict(),
         "held_out_accuracy": float((labels[held_out] == predictions[held_out]).mean()),
         "layer_shape": "×".join(str(s) for s in inputs.features["activation"].shape[1:]),
+        "rejects_by_reason": inputs.rejects["reason"].value_counts().to_dict(),
+        "rejects": inputs.rejects.head(50).to_dict("records"),
+        "pooled_classes": [n for n in class_names if covariance.get(f"class:{n}") == "pooled"],
+        "empty_classes": [n for n in class_names if covariance.get(f"class:{n}") == "none"],
+        "min_images": inputs.reference.attrs["min_images"],
         "score_figure": figures.score_distribution(inputs.anomalies, inputs.top_anomalies),
         "anomaly_sections": anomaly_sections,
         "similarity_figure": figures.heatmap(weight_cosine(inputs.classifier_weight), class_names, "classifier-weight cosine", ".2f"),

@@ -1,6 +1,6 @@
 """Snakemake adapter: leave-one-out Mahalanobis anomaly scores within each class."""
 from audit.anomaly import anomaly_table
-from audit.reference import class_statistics_from_store
+from audit.reference import LeaveOneOut
 from audit.runtime import configure
 from audit.storage import open_zarr, write_parquet
 
@@ -13,7 +13,7 @@ table = anomaly_table(
     features["prediction"].values,
     features["image_id"].values,
     features["split"].values,
-    class_statistics_from_store(reference),
+    LeaveOneOut(reference),
     [str(c) for c in features["class"].values],
 )
 write_parquet(table, snakemake.output[0])

@@ -1,0 +1,81 @@
+"""Users' models: a timm architecture with weights from a local checkpoint file.
+
+Accepted files, all loaded without executing pickled code: a plain state_dict,
+a timm training checkpoint (``state_dict``/``model`` keys, EMA weights
+preferred) or safetensors — read by ``timm.models.load_state_dict`` with
+``weights_only=True``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import timm.models
+from torch import nn
+
+from audit.features import layer_output_shape
+from audit.models.checkpoint import ModelMeta, build_model, load_state_strict
+
+log = logging.getLogger(__name__)
+
+
+def import_model(
+    path: str | os.PathLike,
+    name: str,
+    kwargs: dict,
+    class_names: Sequence[str],
+    layer: str,
+    image_size: int,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> tuple[nn.Module, ModelMeta]:
+    """Build timm model ``name`` for ``class_names`` and load the checkpoint at ``path``.
+
+    ``layer`` ``"auto"`` picks the last feature stage (timm's ``feature_info``).
+    Mean and std default to the model's pretrained config. Raises
+    ``FileNotFoundError`` for a missing file and ``ValueError`` naming the
+    mismatch when the weights do not fit the architecture or the class count.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model checkpoint {path} does not exist")
+    meta = ModelMeta(
+        name=name, kwargs=dict(kwargs), class_names=list(class_names), input_size=(3, image_size, image_size),
+        mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), layer=layer if layer != "auto" else "",
+    )
+    model = build_model(meta)
+    meta.layer = resolve_layer(model, layer)
+    config = model.pretrained_cfg
+    meta.mean = tuple(float(v) for v in (mean if mean is not None else config.get("mean", (0.5, 0.5, 0.5))))
+    meta.std = tuple(float(v) for v in (std if std is not None else config.get("std", (0.5, 0.5, 0.5))))
+    if tuple(config.get("input_size", meta.input_size))[1:] != meta.input_size[1:]:
+        log.warning("%s was configured for input %s; images are fed at %s", name, config.get("input_size"), meta.input_size)
+    state = timm.models.load_state_dict(str(path), use_ema=True, weights_only=True)
+    _check_classifier(model, state, len(class_names), path)
+    load_state_strict(model, state, str(path))
+    log.info("explained layer %s output (channels, height, width) = %s", meta.layer, layer_output_shape(model, meta))
+    return model.eval(), meta
+
+
+def resolve_layer(model: nn.Module, layer: str) -> str:
+    """The explained layer's module name: ``layer`` itself, or for ``"auto"`` the last feature stage."""
+    if layer != "auto":
+        model.get_submodule(layer)
+        return layer
+    if hasattr(model, "blocks") and hasattr(model, "num_prefix_tokens"):
+        raise ValueError("automatic layer choice for vision transformers is not supported yet: name the layer")
+    info = getattr(model, "feature_info", None)
+    if not info:
+        raise ValueError(f"{type(model).__name__} has no feature_info: name the explained layer")
+    return info[-1]["module"]
+
+
+def _check_classifier(model: nn.Module, state: dict, num_classes: int, path: Path) -> None:
+    classifier = model.pretrained_cfg.get("classifier")
+    if not classifier:
+        return
+    key = f"{classifier}.weight"
+    if key in state and state[key].shape[0] != num_classes:
+        raise ValueError(f"checkpoint {path}: classifier {key} has {state[key].shape[0]} outputs but the dataset has {num_classes} classes")

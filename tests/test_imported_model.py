@@ -1,0 +1,69 @@
+"""Users' checkpoints: plain state_dict, timm checkpoint dict, safetensors; clear errors."""
+import pytest
+import safetensors.torch
+import timm
+import torch
+
+from audit.models.imported import import_model, resolve_layer
+
+NAMES = ["a", "b", "c"]
+
+
+@pytest.fixture(scope="module")
+def source_model():
+    torch.manual_seed(0)
+    return timm.create_model("resnet10t", num_classes=3).eval()
+
+
+@pytest.mark.parametrize("form", ["state_dict", "timm_dict", "safetensors", "data_parallel"])
+def test_checkpoint_forms_load_to_the_same_model(source_model, tmp_path, form):
+    state = source_model.state_dict()
+    path = tmp_path / ("weights.safetensors" if form == "safetensors" else "weights.pth")
+    if form == "state_dict":
+        torch.save(state, path)
+    elif form == "timm_dict":
+        torch.save({"epoch": 3, "arch": "resnet10t", "state_dict": state}, path)
+    elif form == "safetensors":
+        safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save({f"module.{k}": v for k, v in state.items()}, path)
+    model, meta = import_model(path, "resnet10t", {}, NAMES, "auto", image_size=64)
+    assert meta.layer == "layer4" and meta.input_size == (3, 64, 64)
+    assert meta.mean == pytest.approx((0.485, 0.456, 0.406))
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(model(x), source_model(x))
+
+
+def test_class_count_mismatch_names_the_classifier(source_model, tmp_path):
+    torch.save(source_model.state_dict(), tmp_path / "w.pth")
+    with pytest.raises(ValueError, match=r"classifier fc.weight has 3 outputs but the dataset has 4 classes"):
+        import_model(tmp_path / "w.pth", "resnet10t", {}, NAMES + ["d"], "auto", image_size=64)
+
+
+def test_other_architecture_names_the_mismatching_keys(source_model, tmp_path):
+    torch.save(source_model.state_dict(), tmp_path / "w.pth")
+    with pytest.raises(ValueError, match="does not match the model"):
+        import_model(tmp_path / "w.pth", "resnet18", {}, NAMES, "auto", image_size=64)
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        import_model(tmp_path / "nope.pth", "resnet10t", {}, NAMES, "auto", image_size=64)
+
+
+def test_pickled_code_in_a_checkpoint_is_refused(source_model, tmp_path):
+    torch.save({"state_dict": source_model.state_dict(), "extra": object()}, tmp_path / "w.pth")
+    with pytest.raises(Exception, match="[Ww]eights only load failed|Unsupported global"):
+        import_model(tmp_path / "w.pth", "resnet10t", {}, NAMES, "auto", image_size=64)
+
+
+def test_normalisation_override_and_named_layer(source_model, tmp_path):
+    torch.save(source_model.state_dict(), tmp_path / "w.pth")
+    _, meta = import_model(tmp_path / "w.pth", "resnet10t", {}, NAMES, "layer3", image_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    assert meta.layer == "layer3" and meta.mean == (0.5, 0.5, 0.5) and meta.std == (0.25, 0.25, 0.25)
+
+
+def test_auto_layer_for_a_vit_asks_for_a_name():
+    vit = timm.create_model("vit_tiny_patch16_224", num_classes=3, img_size=32, patch_size=4)
+    with pytest.raises(ValueError, match="name the layer"):
+        resolve_layer(vit, "auto")

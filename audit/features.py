@@ -1,29 +1,39 @@
 """Feature extraction: activations at the explained layer, embeddings and logits.
 
-Store layout (``features.zarr``), dims named:
+Images are split into shards (contiguous ranges of the image store); each
+shard is extracted by its own job into its own Zarr store, written in whole
+chunks under a temporary name and renamed when complete, so an interrupted
+run redoes only the shards that are missing and never reads a half-written
+one. :func:`open_features` concatenates the shard stores lazily along
+``image``.
+
+Store layout (each ``features/shard-NNNNN.zarr``, and their concatenation), dims named:
     activation  float32 (image, channel, y, x)   the layer's output A
     embedding   float32 (image, channel)         z = spatial mean of A
     logits      float32 (image, class)
     probability float32 (image, class)           softmax of the logits
 coordinates ``image_id``, ``label``, ``prediction``, ``split`` along ``image``
-and ``class`` (class names); attrs: model name, layer.
+and ``class`` (class names); attrs: model name, layer, shard start and stop.
 """
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
-from typing import Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 import xarray as xr
+import zarr
 from torch import nn
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
-from audit.data.dataset import ImageDataset
 from audit.models.checkpoint import ModelMeta
 from audit.models.preprocess import to_model_input
-from audit.storage import write_zarr
+from audit.storage import ChunkedZarrWriter, atomic_path, open_zarr
+
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @contextmanager
@@ -46,51 +56,6 @@ def capture_layer(model: nn.Module, layer: str) -> Iterator[dict[str, torch.Tens
 
 
 @torch.no_grad()
-def extract_features(
-    model: nn.Module, meta: ModelMeta, images: np.ndarray, batch_size: int = 128, device: str = "cpu"
-) -> tuple[np.ndarray, np.ndarray]:
-    """Run the model over uint8 ``images`` (N, 3, H, W).
-
-    Returns:
-        activations float32 (N, K, h, w) at ``meta.layer`` and logits float32 (N, C).
-    """
-    activations, logits = [], []
-    with capture_layer(model, meta.layer) as captured:
-        for start in tqdm(range(0, len(images), batch_size), desc="features", unit="batch"):
-            x = to_model_input(images[start : start + batch_size], meta.mean, meta.std, device)
-            logits.append(model(x).float().cpu())
-            activations.append(captured["A"].float().cpu())
-    return torch.cat(activations).numpy(), torch.cat(logits).numpy()
-
-
-def features_to_xarray(dataset: ImageDataset, meta: ModelMeta, activations: np.ndarray, logits: np.ndarray, chunk: int) -> xr.Dataset:
-    """Assemble the ``features.zarr`` dataset (see module docstring), chunked by image."""
-    probability = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
-    ds = xr.Dataset(
-        {
-            "activation": (("image", "channel", "y", "x"), activations),
-            "embedding": (("image", "channel"), activations.mean(axis=(2, 3))),
-            "logits": (("image", "class"), logits),
-            "probability": (("image", "class"), probability),
-        },
-        coords={
-            "image_id": ("image", dataset.image_ids),
-            "label": ("image", dataset.labels),
-            "prediction": ("image", logits.argmax(1).astype(np.int64)),
-            "split": ("image", dataset.split),
-            "class": meta.class_names,
-        },
-        attrs={"model": meta.name, "layer": meta.layer},
-    )
-    return ds.chunk({"image": chunk})
-
-
-def write_feature_store(ds: xr.Dataset, path: str | os.PathLike) -> None:
-    """Write ``features.zarr`` atomically."""
-    write_zarr(ds, path)
-
-
-@torch.no_grad()
 def layer_output_shape(model: nn.Module, meta: ModelMeta) -> tuple[int, int, int]:
     """(channels, height, width) of the explained layer; ``ValueError`` if it has no spatial map."""
     model.eval()
@@ -100,3 +65,100 @@ def layer_output_shape(model: nn.Module, meta: ModelMeta) -> tuple[int, int, int
     if len(shape) != 3:
         raise ValueError(f"layer {meta.layer!r} of {meta.name} outputs shape {shape}; a (channels, height, width) map is needed")
     return shape
+
+
+@torch.no_grad()
+def forward_features(model: nn.Module, meta: ModelMeta, pixels: torch.Tensor, device: str = "cpu", precision: str = "float32") -> tuple[np.ndarray, np.ndarray]:
+    """Activations (B, K, h, w) and logits (B, C), float32 on the CPU, for uint8 images (B, 3, H, W).
+
+    ``precision`` ``bfloat16``/``float16`` runs the model under autocast on CUDA
+    (ignored on the CPU).
+    """
+    x = to_model_input(pixels.to(device, non_blocking=True), meta.mean, meta.std, device)
+    dtype = PRECISIONS[precision]
+    autocast = torch.autocast("cuda", dtype=dtype) if dtype is not None and x.is_cuda else nullcontext()
+    with capture_layer(model, meta.layer) as captured, autocast:
+        logits = model(x)
+    return captured["A"].float().cpu().numpy(), logits.float().cpu().numpy()
+
+
+def feature_part(coords: xr.Dataset, class_names: Sequence[str], activations: np.ndarray, logits: np.ndarray) -> xr.Dataset:
+    """The feature variables of a run of images whose ``image_id``, ``label``, ``split`` are in ``coords``."""
+    probability = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+    return xr.Dataset(
+        {
+            "activation": (("image", "channel", "y", "x"), activations),
+            "embedding": (("image", "channel"), activations.mean(axis=(2, 3))),
+            "logits": (("image", "class"), logits),
+            "probability": (("image", "class"), probability),
+        },
+        coords={
+            "image_id": ("image", coords["image_id"].values.astype(str)),
+            "label": ("image", coords["label"].values.astype(np.int64)),
+            "prediction": ("image", logits.argmax(1).astype(np.int64)),
+            "split": ("image", coords["split"].values.astype(str)),
+            "class": list(class_names),
+        },
+    )
+
+
+class ShardBatches(IterableDataset):
+    """uint8 batches (B, 3, H, W) of images [start, stop) of an image store, in order.
+
+    Worker w of W reads batches w, w + W, …, which a DataLoader yields back in
+    order. Each batch is read straight from the Zarr array.
+    """
+
+    def __init__(self, images_path: str | os.PathLike, start: int, stop: int, batch_size: int):
+        self.images_path, self.start, self.stop, self.batch_size = str(images_path), start, stop, batch_size
+
+    def __len__(self) -> int:
+        return -(-(self.stop - self.start) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        pixels = zarr.open_group(self.images_path, mode="r")["pixels"]
+        for b in range(worker, len(self), workers):
+            first = self.start + b * self.batch_size
+            yield first, torch.from_numpy(pixels[first : min(first + self.batch_size, self.stop)])
+
+
+def extract_shard(
+    model: nn.Module,
+    meta: ModelMeta,
+    images_path: str | os.PathLike,
+    start: int,
+    stop: int,
+    target: str | os.PathLike,
+    batch_size: int = 128,
+    chunk: int = 256,
+    workers: int = 2,
+    device: str = "cpu",
+    precision: str = "float32",
+) -> int:
+    """Extract features of images [start, stop) of ``images_path`` into the shard store ``target``.
+
+    ``stop`` is clipped to the store's size. Returns the number of images written.
+    """
+    images = open_zarr(images_path)
+    stop = min(stop, images.sizes["image"])
+    coords = images[["image_id", "label", "split"]].isel(image=slice(start, stop)).load()
+    class_names = list(images.attrs["class_names"])
+    batches = ShardBatches(images_path, start, stop, batch_size)
+    loader = DataLoader(batches, batch_size=None, num_workers=workers, pin_memory=device.startswith("cuda"))
+    attrs = {"model": meta.name, "layer": meta.layer, "shard_start": start, "shard_stop": stop}
+    with atomic_path(target) as tmp:
+        writer = ChunkedZarrWriter(tmp, chunk, attrs)
+        for first, pixels in tqdm(loader, total=len(batches), desc=f"features {start}:{stop}", unit="batch"):
+            activations, logits = forward_features(model, meta, pixels, device, precision)
+            rows = coords.isel(image=slice(first - start, first - start + len(pixels)))
+            writer.add(feature_part(rows, class_names, activations, logits))
+        return writer.close()
+
+
+def open_features(paths: Sequence[str | os.PathLike]) -> xr.Dataset:
+    """The shard stores concatenated lazily along ``image`` (in the order given)."""
+    shards = [open_zarr(p) for p in paths]
+    combined = xr.concat(shards, dim="image", data_vars="minimal", coords="minimal", compat="override", join="override")
+    return combined.drop_attrs(deep=False).assign_attrs(model=shards[0].attrs["model"], layer=shards[0].attrs["layer"])

@@ -23,12 +23,14 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; move it onto ``target`` on success.
 
     Works for files and directories (Zarr stores). On failure the temporary is
-    removed and any previous ``target`` is left untouched.
+    removed and any previous ``target`` is left untouched. Temporaries of
+    ``target`` left by a killed process are removed first.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        _remove(stale)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    _remove(tmp)
     try:
         yield tmp
     except BaseException:
@@ -100,3 +102,42 @@ def write_parquet(frame: pd.DataFrame, target: str | os.PathLike) -> None:
     """Write ``frame`` to a Parquet file at ``target``, atomically."""
     with atomic_path(target) as tmp:
         frame.to_parquet(tmp, index=False)
+
+
+class ChunkedZarrWriter:
+    """Build a Zarr v3 store along ``image`` from parts of any length, in whole chunks.
+
+    Parts are buffered and written as whole chunks of ``chunk`` images
+    (appended; the last chunk may be short), so every write is chunk-aligned
+    and memory stays at about one chunk. One writer per store; wrap the path
+    in :func:`atomic_path`.
+    """
+
+    def __init__(self, path: str | os.PathLike, chunk: int, attrs: dict | None = None):
+        self.path, self.chunk, self.attrs = path, chunk, attrs or {}
+        self.buffer: list[xr.Dataset] = []
+        self.buffered = 0
+        self.written = 0
+
+    def add(self, part: xr.Dataset) -> None:
+        """Queue ``part`` (a dataset with an ``image`` dimension) and write every full chunk."""
+        self.buffer.append(part)
+        self.buffered += part.sizes["image"]
+        if self.buffered >= self.chunk:
+            self._flush(whole_chunks_only=True)
+
+    def close(self) -> int:
+        """Write what is left; return the number of images written."""
+        if self.buffered:
+            self._flush(whole_chunks_only=False)
+        return self.written
+
+    def _flush(self, whole_chunks_only: bool) -> None:
+        pending = xr.concat(self.buffer, dim="image", data_vars="minimal", coords="minimal", compat="override", join="override")
+        count = (self.buffered // self.chunk) * self.chunk if whole_chunks_only else self.buffered
+        head = pending.isel(image=slice(0, count))
+        write_zarr_part(head.assign_attrs(self.attrs), self.path, append=self.written > 0, image_chunk=self.chunk)
+        self.written += count
+        rest = pending.isel(image=slice(count, None))
+        self.buffer = [rest] if rest.sizes["image"] else []
+        self.buffered = rest.sizes["image"]

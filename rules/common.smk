@@ -1,10 +1,12 @@
 # Input functions, wildcard constraints and shared lists.
+from audit.data.dataset import image_count, shard_ranges
 
 EXPLAIN_METHODS = ["gradcam", "finercam", "diffcam"]
 
 
 wildcard_constraints:
     audit="[A-Za-z0-9][A-Za-z0-9_.-]*",
+    shard=r"\d{5}",
     method="|".join(EXPLAIN_METHODS),
 
 
@@ -23,6 +25,14 @@ def dataset_inputs(wildcards):
     """The manifest file, so that editing it reruns the ingest (ImageFolder trees are listed at run time)."""
     dataset = audit_config(wildcards)["dataset"]
     return [dataset["path"]] if dataset["source"] == "manifest" else []
+
+
+def feature_shards(wildcards):
+    """The audit's feature shard stores; their number follows from the ingested image count."""
+    images = checkpoints.ingest.get(audit=wildcards.audit).output.images
+    shard_size = audit_config(wildcards)["features"]["shard_size"]
+    ranges = shard_ranges(image_count(images), shard_size)
+    return [f"results/{wildcards.audit}/features/shard-{start // shard_size:05d}.zarr" for start, _ in ranges]
 
 
 def all_reports():

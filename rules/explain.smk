@@ -1,6 +1,6 @@
 rule explain_plan:
     input:
-        features="results/{audit}/features.zarr",
+        features=feature_shards,
         anomalies="results/{audit}/anomalies.parquet",
         pairs="results/{audit}/pairs.parquet",
     output:
@@ -20,7 +20,7 @@ rule explain:
         plan="results/{audit}/explain_plan.parquet",
         images="results/{audit}/images.zarr",
         checkpoint=model_checkpoint,
-        features="results/{audit}/features.zarr",
+        features=feature_shards,
         reference="results/{audit}/reference.zarr",
     output:
         directory("results/{audit}/saliency/{method}.zarr"),

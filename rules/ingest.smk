@@ -1,4 +1,4 @@
-rule ingest:
+checkpoint ingest:
     input:
         dataset_inputs,
     output:

@@ -1,6 +1,6 @@
 rule reference_stats:
     input:
-        features="results/{audit}/features.zarr",
+        features=feature_shards,
         checkpoint=model_checkpoint,
     output:
         reference=directory("results/{audit}/reference.zarr"),
@@ -19,7 +19,7 @@ rule reference_stats:
 
 rule anomaly_scores:
     input:
-        features="results/{audit}/features.zarr",
+        features=feature_shards,
         reference="results/{audit}/reference.zarr",
     output:
         "results/{audit}/anomalies.parquet",

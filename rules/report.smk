@@ -1,7 +1,7 @@
 rule report:
     input:
         images="results/{audit}/images.zarr",
-        features="results/{audit}/features.zarr",
+        features=feature_shards,
         checkpoint=model_checkpoint,
         anomalies="results/{audit}/anomalies.parquet",
         pairs="results/{audit}/pairs.parquet",

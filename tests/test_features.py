@@ -1,29 +1,60 @@
-"""Feature extraction and the features.zarr round trip."""
+"""Sharded feature extraction and the lazily combined feature store."""
 import numpy as np
 import torch
 
-from audit.features import capture_layer, extract_features, features_to_xarray, write_feature_store
-from audit.storage import open_zarr
+from audit.data.dataset import shard_ranges, write_image_store
+from audit.features import capture_layer, extract_shard, forward_features, open_features
 
 
-def test_features_round_trip_with_named_dims(trained, digits_small, tmp_path):
+def test_shards_combine_to_the_model_outputs_with_named_dims(trained, digits_small, tmp_path):
     model, meta = trained
-    activations, logits = extract_features(model, meta, digits_small.images, batch_size=64)
-    assert activations.shape == (len(digits_small.labels), 512, 4, 4)
-    write_feature_store(features_to_xarray(digits_small, meta, activations, logits, chunk=64), tmp_path / "features.zarr")
+    write_image_store(digits_small, tmp_path / "images.zarr", chunk=32)
+    ranges = shard_ranges(len(digits_small.labels), 128)
+    assert ranges == [(0, 128), (128, 256), (256, 300)]
+    paths = [tmp_path / f"shard-{i}.zarr" for i in range(len(ranges))]
+    for (start, stop), path in zip(ranges, paths):
+        written = extract_shard(model, meta, tmp_path / "images.zarr", start, stop + 1000 * (stop == 300), path, batch_size=48, chunk=32, workers=2)
+        assert written == stop - start
 
-    store = open_zarr(tmp_path / "features.zarr")
+    store = open_features(paths)
     assert store["activation"].dims == ("image", "channel", "y", "x")
     assert store["embedding"].dims == ("image", "channel")
     assert store["logits"].dims == ("image", "class")
-    assert store["activation"].chunks[0][0] == 64
+    assert store["activation"].chunks[0][:5] == (32, 32, 32, 32, 32)  # whole chunks within each shard
     assert list(store["class"].values) == digits_small.class_names
     assert list(store["image_id"].values) == list(digits_small.image_ids)
-    np.testing.assert_array_equal(store["activation"].values, activations)
-    np.testing.assert_allclose(store["embedding"].values, activations.mean(axis=(2, 3)), rtol=1e-6)
+    assert (store["label"].values == digits_small.labels).all()
+    activations, logits = forward_features(model, meta, torch.from_numpy(digits_small.images))
+    np.testing.assert_allclose(store["activation"].values, activations, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(store["logits"].values, logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(store["embedding"].values, activations.mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(store["prediction"].values, logits.argmax(1))
     np.testing.assert_allclose(store["probability"].sum("class").values, 1.0, rtol=1e-5)
-    assert store.attrs["layer"] == "layer4"
+    assert store.attrs == {"model": "resnet10t", "layer": "layer4"}
+
+
+def test_an_interrupted_shard_leaves_no_store_and_is_redone(trained, digits_small, tmp_path, monkeypatch):
+    model, meta = trained
+    write_image_store(digits_small, tmp_path / "images.zarr", chunk=32)
+    target = tmp_path / "shard-0.zarr"
+    calls = {"n": 0}
+    original = forward_features
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # killed mid-shard, after two chunks were written
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr("audit.features.forward_features", failing)
+    try:
+        extract_shard(model, meta, tmp_path / "images.zarr", 0, 160, target, batch_size=32, chunk=32, workers=0)
+    except KeyboardInterrupt:
+        pass
+    assert not target.exists() and not list(tmp_path.glob(".shard-0.zarr.tmp-*"))
+    monkeypatch.setattr("audit.features.forward_features", original)
+    assert extract_shard(model, meta, tmp_path / "images.zarr", 0, 160, target, batch_size=32, chunk=32, workers=0) == 160
+    assert open_features([target]).sizes["image"] == 160
 
 
 def test_capture_layer_records_the_module_output(trained):

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from audit.features import open_features
 from audit.storage import open_zarr
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,8 +33,10 @@ def test_lint_is_clean():
 def test_dry_run_of_the_demo_lists_every_stage(tmp_path):
     result = snakemake("-n", "--quiet", "rules", "--directory", str(tmp_path), "--configfile", str(ROOT / "config" / "config.yaml"))
     assert result.returncode == 0, result.stdout
-    for rule in ("ingest", "train_model", "extract_features", "reference_stats", "anomaly_scores", "explain_plan", "explain", "metrics", "gather_metrics", "report"):
+    for rule in ("ingest", "train_model", "reference_stats", "anomaly_scores", "explain_plan", "explain", "metrics", "gather_metrics", "report"):
         assert rule in result.stdout
+    # The number of extraction shards is known once the images are ingested (a Snakemake checkpoint).
+    assert "checkpoint jobs" in result.stdout
 
 
 def test_config_that_fails_the_schema_is_a_clear_error(tmp_path):
@@ -63,7 +66,7 @@ def test_end_to_end_artefacts_are_well_formed(tiny_audit):
     assert "pixels" in images.data_vars
     assert images.sizes["image"] == 240 and set(images["split"].values) == {"train", "audit"}
 
-    features = open_zarr(results / "features.zarr")
+    features = open_features(sorted((results / "features").glob("shard-*.zarr")))
     assert features["activation"].dims == ("image", "channel", "y", "x")
     assert features.sizes["image"] == 240 and features.sizes["class"] == 10
     assert np.isfinite(features["activation"].values).all()
@@ -92,7 +95,7 @@ def test_end_to_end_artefacts_are_well_formed(tiny_audit):
     assert (metrics["baseline"] == "blur").all() and (metrics["steps"] == 5).all()
     assert metrics.loc[metrics["metric"] == "deletion_auc", "value"].between(0, 1).all()
 
-    for log in ("ingest", "train_model", "extract_features", "reference_stats", "report"):
+    for log in ("ingest", "train_model", "extract_features/shard-00000", "reference_stats", "report"):
         assert (tiny_audit / "logs" / "tiny" / f"{log}.log").exists()
 
     html = (tiny_audit / "reports" / "tiny.html").read_text()
@@ -113,7 +116,7 @@ def test_report_escapes_names(tiny_audit):
     results = tiny_audit / "results" / "tiny"
     model, meta = load_checkpoint(results / "model" / "trained.pt")
     evil = "<script>alert(1)</script>"
-    features = open_zarr(results / "features.zarr")
+    features = open_features(sorted((results / "features").glob("shard-*.zarr")))
     features = features.assign_coords({"class": [evil] + list(features["class"].values[1:])})
     html = render_report(
         ReportInputs(
@@ -136,15 +139,25 @@ def test_report_escapes_names(tiny_audit):
     assert "&lt;script&gt;" in html and "x&amp;y" in html
 
 
-def test_interrupted_output_is_never_taken_as_complete(tiny_audit, tmp_path):
-    """A stage killed mid-write leaves only a temporary; the rerun rebuilds the output."""
+def test_rerun_redoes_only_the_unfinished_shard(tiny_audit, tmp_path):
+    """A shard killed mid-write leaves only a temporary: the rerun extracts that shard alone, identically."""
     workdir = tmp_path / "copy"
     shutil.copytree(tiny_audit, workdir, ignore=shutil.ignore_patterns(".snakemake"))
+    shards = workdir / "results" / "tiny" / "features"
+    assert sorted(p.name for p in shards.iterdir()) == [f"shard-{i:05d}.zarr" for i in range(4)]
+    original = open_zarr(shards / "shard-00002.zarr").load()
+    # A run killed during extraction has written some shards and nothing after them.
+    shutil.rmtree(shards / "shard-00002.zarr")
     shutil.rmtree(workdir / "results" / "tiny" / "reference.zarr")
-    (workdir / "results" / "tiny" / ".reference.zarr.tmp-1").mkdir()  # what a killed writer leaves
-    result = snakemake("reports/tiny.html", "-n", "--directory", str(workdir), "--configfile", str(TINY))
-    assert result.returncode == 0
-    assert "reference_stats" in result.stdout
+    (workdir / "results" / "tiny" / "pairs.parquet").unlink()
+    (shards / ".shard-00002.zarr.tmp-99999").mkdir()  # what a killed writer leaves
+    result = snakemake("results/tiny/reference.zarr", "--cores", "2", "--directory", str(workdir), "--configfile", str(TINY))
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert result.stdout.count("rule extract_features:") == 1 and "shard=00002" in result.stdout
+    assert not list(shards.glob(".*tmp*"))
+    rebuilt = open_zarr(shards / "shard-00002.zarr").load()
+    np.testing.assert_allclose(rebuilt["activation"].values, original["activation"].values, rtol=1e-5, atol=1e-6)
+    assert (rebuilt["image_id"].values == original["image_id"].values).all()
 
 
 def test_users_imagefolder_and_checkpoint_end_to_end(tmp_path, digits_small):
@@ -195,7 +208,7 @@ def test_users_imagefolder_and_checkpoint_end_to_end(tmp_path, digits_small):
     results = tmp_path / "results" / "user"
     rejects = pd.read_parquet(results / "rejects.parquet")
     assert list(rejects["image_id"]) == ["zero/broken.png"]
-    features = open_zarr(results / "features.zarr")
+    features = open_features(sorted((results / "features").glob("shard-*.zarr")))
     assert list(features["class"].values) == ["one", "s<e>ven", "zero"] and features.sizes["image"] == 56
     reference = open_zarr(results / "reference.zarr")
     assert str(reference["covariance"].sel(group="class:s<e>ven").values) == "pooled"

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
+import zarr
 
 from audit.storage import open_zarr, write_zarr
 
@@ -63,3 +64,13 @@ def read_image_store(path: str | os.PathLike) -> ImageDataset:
         image_ids=ds["image_id"].values.astype(str),
         class_names=list(ds.attrs["class_names"]),
     )
+
+
+def image_count(path: str | os.PathLike) -> int:
+    """Number of images in an ``images.zarr`` store (reads only its metadata)."""
+    return int(zarr.open_group(str(path), mode="r")["pixels"].shape[0])
+
+
+def shard_ranges(count: int, shard_size: int) -> list[tuple[int, int]]:
+    """Contiguous [start, stop) ranges of at most ``shard_size`` images covering ``count`` images."""
+    return [(start, min(start + shard_size, count)) for start in range(0, count, shard_size)]

@@ -5,9 +5,9 @@ fatal — for: an empty label, a label outside the configured classes, a
 duplicate ``image_id`` (the first occurrence is kept), a missing or
 unreadable/corrupt image or mask, a mask of another size, a malformed box.
 
-The store is written chunk by chunk (one writer, appending along ``image``)
-under a temporary name and renamed at the end, so memory stays at one chunk
-of images and an interrupted ingest leaves nothing that looks complete.
+The store is written in whole chunks (one writer, appending along ``image``)
+under a temporary name and renamed at the end, so memory stays at about one
+chunk of images and an interrupted ingest leaves nothing that looks complete.
 Besides the variables of :mod:`audit.data.dataset`, a manifest with masks
 adds ``mask`` (image, y, x) bool and ``has_mask`` (image); one with boxes adds
 ``box`` (image, corner) float32 in store pixels (x0, y0, x1, y1; NaN = none).
@@ -25,7 +25,7 @@ import xarray as xr
 from tqdm import tqdm
 
 from audit.data.decode import DecodedImage, RejectedImage, decode
-from audit.storage import atomic_path, write_zarr_part
+from audit.storage import ChunkedZarrWriter, atomic_path
 
 log = logging.getLogger(__name__)
 REJECT_COLUMNS = ["image_id", "path", "label", "reason"]
@@ -61,8 +61,8 @@ def ingest_manifest(
     with_masks = bool((candidates["mask"] != "").any())
     with_boxes = bool((candidates["box"] != "").any())
     rejected = [rejects]
-    written = 0
     with atomic_path(target) as tmp, ThreadPoolExecutor(max(1, workers)) as pool:
+        writer = ChunkedZarrWriter(tmp, chunk, attrs={"class_names": class_names})
         for rows, decoded in tqdm(_decoded_chunks(candidates, size, chunk, pool), desc="ingest", unit="chunk", total=-(-len(candidates) // chunk)):
             kept = [i for i, d in enumerate(decoded) if isinstance(d, DecodedImage)]
             bad = [i for i, d in enumerate(decoded) if not isinstance(d, DecodedImage)]
@@ -70,9 +70,8 @@ def ingest_manifest(
                 rejected.append(rows.iloc[bad][["image_id", "path", "label"]].assign(reason=[str(decoded[i]) for i in bad]))
             if not kept:
                 continue
-            part = _chunk_dataset(rows.iloc[kept], [decoded[i] for i in kept], class_index, size, with_masks, with_boxes)
-            write_zarr_part(part.assign_attrs(class_names=class_names), tmp, append=written > 0, image_chunk=chunk)
-            written += len(kept)
+            writer.add(_chunk_dataset(rows.iloc[kept], [decoded[i] for i in kept], class_index, size, with_masks, with_boxes))
+        written = writer.close()
         if written == 0:
             raise ValueError("no image could be ingested: every row was rejected")
     rejects = pd.concat(rejected, ignore_index=True)[REJECT_COLUMNS]

@@ -1,11 +1,12 @@
 """Snakemake adapter: leave-one-out Mahalanobis anomaly scores within each class."""
+from audit.features import open_features
 from audit.anomaly import anomaly_table
 from audit.reference import LeaveOneOut
 from audit.runtime import configure
 from audit.storage import open_zarr, write_parquet
 
 configure(snakemake.log[0], snakemake.threads)
-features = open_zarr(snakemake.input.features)
+features = open_features(snakemake.input.features)
 reference = open_zarr(snakemake.input.reference).load()
 table = anomaly_table(
     features["embedding"].values,

@@ -1,6 +1,7 @@
 """Snakemake adapter: compute one method's maps for its rows of the plan."""
 import pandas as pd
 
+from audit.features import open_features
 from audit.data.dataset import read_image_store
 from audit.explain.run import diffcam_plan_maps, gradient_maps
 from audit.explain.store import saliency_dataset
@@ -14,7 +15,7 @@ settings = snakemake.params.explain
 plan = pd.read_parquet(snakemake.input.plan)
 plan = plan[plan["method"] == method].reset_index(drop=True)
 images = read_image_store(snakemake.input.images).images
-features = open_zarr(snakemake.input.features)
+features = open_features(snakemake.input.features)
 attrs = {"method": method, "layer": features.attrs["layer"], "model": features.attrs["model"]}
 if method == "diffcam":
     maps = diffcam_plan_maps(features, open_zarr(snakemake.input.reference).load(), plan, settings["diffcam_centre"])

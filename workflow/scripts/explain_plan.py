@@ -1,13 +1,14 @@
 """Snakemake adapter: choose the images, targets and references to explain."""
 import pandas as pd
 
+from audit.features import open_features
 from audit.explain.plan import explain_plan
 from audit.runtime import configure
 from audit.storage import open_zarr, write_parquet
 
 configure(snakemake.log[0], snakemake.threads)
 settings = snakemake.params.explain
-features = open_zarr(snakemake.input.features)
+features = open_features(snakemake.input.features)
 plan = explain_plan(
     pd.read_parquet(snakemake.input.anomalies),
     pd.read_parquet(snakemake.input.pairs),

@@ -1,11 +1,21 @@
-"""Snakemake adapter: activations, embeddings and logits of every image into features.zarr."""
-from audit.data.dataset import read_image_store
-from audit.features import extract_features, features_to_xarray, write_feature_store
+"""Snakemake adapter: activations, embeddings and logits of one shard of images."""
+from audit.features import extract_shard
 from audit.models.checkpoint import load_checkpoint
 from audit.runtime import configure
 
 device = configure(snakemake.log[0], snakemake.threads)
-dataset = read_image_store(snakemake.input.images)
+settings = snakemake.params.features
 model, meta = load_checkpoint(snakemake.input.checkpoint, device)
-activations, logits = extract_features(model, meta, dataset.images, snakemake.params.batch_size, device)
-write_feature_store(features_to_xarray(dataset, meta, activations, logits, snakemake.params.chunk), snakemake.output[0])
+extract_shard(
+    model,
+    meta,
+    snakemake.input.images,
+    snakemake.params.start,
+    snakemake.params.stop,
+    snakemake.output[0],
+    batch_size=settings["batch_size"],
+    chunk=snakemake.params.chunk,
+    workers=settings["loader_workers"],
+    device=device,
+    precision=settings["precision"],
+)

@@ -1,4 +1,5 @@
 """Snakemake adapter: reference-group statistics (Dask) and the class-pair table."""
+from audit.features import open_features
 from audit.models.checkpoint import load_checkpoint
 from audit.reference import class_statistics, reference_store
 from audit.runtime import configure
@@ -6,7 +7,7 @@ from audit.similarity import confusion_counts, pair_table
 from audit.storage import open_zarr, write_parquet, write_zarr
 
 configure(snakemake.log[0], snakemake.threads)
-features = open_zarr(snakemake.input.features)
+features = open_features(snakemake.input.features)
 class_names = [str(c) for c in features["class"].values]
 labels = features["label"].values
 stats = class_statistics(features["embedding"].data, labels, len(class_names), num_workers=snakemake.threads)

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from audit.features import open_features
 from audit.models.checkpoint import load_checkpoint
 from audit.report.render import ReportInputs, render_report
 from audit.runtime import configure
@@ -14,7 +15,7 @@ model, meta = load_checkpoint(snakemake.input.checkpoint)
 inputs = ReportInputs(
     audit=snakemake.wildcards.audit,
     images=open_zarr(snakemake.input.images).load(),
-    features=open_zarr(snakemake.input.features),
+    features=open_features(snakemake.input.features),
     anomalies=pd.read_parquet(snakemake.input.anomalies),
     pairs=pd.read_parquet(snakemake.input.pairs),
     metrics=pd.read_parquet(snakemake.input.metrics),

@@ -117,6 +117,11 @@ def fit_model(dataset: ImageDataset, name: str, kwargs: dict, layer: str, settin
     log.info("explained layer %s output (channels, height, width) = %s", layer, shape)
     train = dataset.split == "train"
     held_out = ~train
+    if not train.any() or not held_out.any():
+        raise ValueError(
+            f"training needs images in the 'train' split and held-out images, got {train.sum()} and {held_out.sum()}: "
+            "set model.checkpoint to audit an existing model, or give the manifest a split column"
+        )
     started = time.perf_counter()
     losses = train_classifier(model, dataset.images[train], dataset.labels[train], meta.mean, meta.std, settings)
     meta.metrics = {

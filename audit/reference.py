@@ -82,30 +82,32 @@ class ShrunkGaussian:
 
 
 def class_statistics(embedding: da.Array, labels: np.ndarray, num_classes: int, num_workers: int = 1) -> SufficientStatistics:
-    """Accumulate per-class sufficient statistics of ``embedding`` (N, K) in one pass.
+    """Accumulate per-class sufficient statistics of ``embedding`` (N, K) in one pass, in float64.
 
-    Each Dask chunk of images contributes its partial sums; the partials are
-    added up. ``labels`` (N,) holds class indices in [0, num_classes).
+    Dask loads ``num_workers`` chunks of images at a time; each chunk is added
+    into the accumulators class by class, in place. Memory is the
+    accumulators (C·K² for the outer products) plus a few chunks, whatever N.
+    ``labels`` (N,) holds class indices in [0, num_classes).
     """
     embedding = embedding.rechunk({1: -1})
+    k = embedding.shape[1]
+    stats = SufficientStatistics(np.zeros(num_classes), np.zeros((num_classes, k)), np.zeros((num_classes, k, k)))
     offsets = np.concatenate([[0], np.cumsum(embedding.chunks[0])])
-    parts = [
-        dask.delayed(_chunk_statistics)(block, labels[offsets[i] : offsets[i + 1]], num_classes)
-        for i, block in enumerate(embedding.to_delayed().ravel())
-    ]
-    (partials,) = dask.compute(parts, scheduler="threads", num_workers=num_workers)
-    total = partials[0]
-    for part in partials[1:]:
-        total = total + part
-    return total
+    blocks = embedding.to_delayed().ravel()
+    for first in range(0, len(blocks), num_workers):
+        loaded = dask.compute(*blocks[first : first + num_workers], scheduler="threads", num_workers=num_workers)
+        for i, block in enumerate(loaded, start=first):
+            _accumulate(stats, np.asarray(block, dtype=np.float64), labels[offsets[i] : offsets[i + 1]])
+    return stats
 
 
-def _chunk_statistics(block: np.ndarray, labels: np.ndarray, num_classes: int) -> SufficientStatistics:
-    z = np.asarray(block, dtype=np.float64)
-    onehot = np.zeros((len(labels), num_classes))
-    onehot[np.arange(len(labels)), labels] = 1.0
-    outer = np.einsum("nc,nk,nl->ckl", onehot, z, z, optimize=True)
-    return SufficientStatistics(onehot.sum(0), onehot.T @ z, outer)
+def _accumulate(stats: SufficientStatistics, z: np.ndarray, labels: np.ndarray) -> None:
+    """Add the rows ``z`` (n, K) with class ``labels`` (n,) into ``stats`` in place."""
+    for c in np.unique(labels):
+        members = z[labels == c]
+        stats.count[c] += len(members)
+        stats.total[c] += members.sum(0)
+        stats.outer[c] += members.T @ members
 
 
 def oas_gaussian(count: float, total: np.ndarray, outer: np.ndarray) -> ShrunkGaussian:

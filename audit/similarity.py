@@ -52,3 +52,18 @@ def pair_table(class_names: list[str], weight: np.ndarray, confusion: np.ndarray
     table = table.sort_values(["confusions", "weight_cosine"], ascending=False, ignore_index=True)
     table["rank"] = np.arange(1, len(table) + 1)
     return table
+
+
+def similar_classes(pairs: pd.DataFrame, k: int) -> pd.DataFrame:
+    """For each class, its ``k`` most alike classes by the pair order (confusions, then weight cosine).
+
+    Returns columns class, name, rank (1 = most alike), similar, similar_name,
+    weight_cosine, confusions, mean_distance.
+    """
+    forward = pairs.rename(columns={"class_a": "class", "name_a": "name", "class_b": "similar", "name_b": "similar_name"})
+    backward = pairs.rename(columns={"class_b": "class", "name_b": "name", "class_a": "similar", "name_a": "similar_name"})
+    both = pd.concat([forward, backward], ignore_index=True)
+    both = both.sort_values(["class", "confusions", "weight_cosine"], ascending=[True, False, False], kind="stable")
+    both["rank"] = both.groupby("class").cumcount() + 1
+    columns = ["class", "name", "rank", "similar", "similar_name", "weight_cosine", "confusions", "mean_distance"]
+    return both[both["rank"] <= k][columns].reset_index(drop=True)

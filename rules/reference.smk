@@ -5,6 +5,7 @@ rule reference_stats:
     output:
         reference=directory("results/{audit}/reference.zarr"),
         pairs="results/{audit}/pairs.parquet",
+        similar="results/{audit}/similar_classes.parquet",
     params:
         reference=lambda wildcards: audit_config(wildcards)["reference"],
     conda:

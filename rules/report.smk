@@ -5,6 +5,7 @@ rule report:
         checkpoint=model_checkpoint,
         anomalies="results/{audit}/anomalies.parquet",
         pairs="results/{audit}/pairs.parquet",
+        similar="results/{audit}/similar_classes.parquet",
         metrics="results/{audit}/metrics.parquet",
         rejects="results/{audit}/rejects.parquet",
         reference="results/{audit}/reference.zarr",

@@ -6,7 +6,7 @@ import pandas as pd
 from audit.anomaly import anomaly_table
 from audit.explain.plan import explain_plan
 from audit.reference import LeaveOneOut, class_statistics, oas_gaussian, reference_store
-from audit.similarity import confusion_counts, pair_table
+from audit.similarity import confusion_counts, pair_table, similar_classes
 
 
 def _planted(rng):
@@ -38,6 +38,9 @@ def test_pair_table_orders_confused_pairs_first(rng):
     assert (table.loc[0, "class_a"], table.loc[0, "class_b"], table.loc[0, "confusions"]) == (0, 2, 2)
     assert list(table["rank"]) == [1, 2, 3]
     assert table["weight_cosine"].between(-1, 1).all()
+    similar = similar_classes(table, k=1)
+    assert list(similar["class"]) == [0, 1, 2]
+    assert list(similar["similar"])[0] == 2 and list(similar["similar"])[2] == 0  # a and c confuse each other
 
 
 def test_plan_rows_per_subject():

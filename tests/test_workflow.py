@@ -79,6 +79,8 @@ def test_end_to_end_artefacts_are_well_formed(tiny_audit):
     assert len(anomalies) == 240 and (anomalies["score"] > 0).all()
     assert (anomalies.groupby("label")["rank"].min() == 1).all()
 
+    similar = pd.read_parquet(results / "similar_classes.parquet")
+    assert len(similar) == 30 and (similar.groupby("class")["rank"].max() == 3).all()
     pairs = pd.read_parquet(results / "pairs.parquet")
     assert len(pairs) == 45 and {"weight_cosine", "confused_a_as_b", "confused_b_as_a", "mean_distance", "rank"} <= set(pairs.columns)
 
@@ -125,6 +127,7 @@ def test_report_escapes_names(tiny_audit):
             features=features,
             anomalies=pd.read_parquet(results / "anomalies.parquet").assign(class_name=lambda d: d["class_name"].replace("0", evil)),
             pairs=pd.read_parquet(results / "pairs.parquet").replace({"name_a": {"0": evil}}),
+            similar=pd.read_parquet(results / "similar_classes.parquet").replace({"name": {"0": evil}}),
             metrics=pd.read_parquet(results / "metrics.parquet"),
             rejects=pd.DataFrame({"image_id": [evil], "path": ["p"], "label": [evil], "reason": ["unknown label"]}),
             reference=open_zarr(results / "reference.zarr")[["covariance"]].load(),
@@ -182,7 +185,7 @@ def test_users_imagefolder_and_checkpoint_end_to_end(tmp_path, digits_small):
     subset = ImageDataset(
         images=digits_small.images[keep],
         labels=np.searchsorted(sorted(names), digits_small.labels[keep]),
-        split=np.full(keep.sum(), "train"),
+        split=np.where(np.arange(keep.sum()) % 4 == 0, "audit", "train"),
         image_ids=digits_small.image_ids[keep],
         class_names=sorted(names.values()),
     )

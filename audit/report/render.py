@@ -25,7 +25,7 @@ class ReportInputs:
 
     Attributes:
         images: the image store; features: the feature store.
-        anomalies, pairs, metrics, rejects: the stage tables.
+        anomalies, pairs, similar, metrics, rejects: the stage tables.
         reference: the reference store (which groups fell back to the pooled covariance).
         saliency: method name → saliency store.
         classifier_weight: (C, D) rows of the classifier, for the similarity heatmap.
@@ -37,6 +37,7 @@ class ReportInputs:
     features: xr.Dataset
     anomalies: pd.DataFrame
     pairs: pd.DataFrame
+    similar: pd.DataFrame
     metrics: pd.DataFrame
     rejects: pd.DataFrame
     reference: xr.Dataset
@@ -133,6 +134,10 @@ def render_report(inputs: ReportInputs) -> str:
         "similarity_figure": figures.heatmap(weight_cosine(inputs.classifier_weight), class_names, "classifier-weight cosine", ".2f"),
         "confusion_figure": figures.heatmap(confusion_counts(labels[held_out], predictions[held_out], len(class_names)), class_names, "confusions (held-out)", "d"),
         "pairs": inputs.pairs.head(10).to_dict("records"),
+        "similar": [
+            {"name": name, "similar": list(zip(group["similar_name"], group["confusions"]))}
+            for name, group in inputs.similar.groupby("name", sort=False)
+        ],
         "pair_sections": pair_sections,
         "metric_rows": summary.to_dict("records"),
         "deletion_figure": figures.deletion_by_method(inputs.metrics),

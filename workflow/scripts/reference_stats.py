@@ -3,7 +3,7 @@ from audit.features import open_features
 from audit.models.checkpoint import load_checkpoint
 from audit.reference import class_statistics, reference_store
 from audit.runtime import configure
-from audit.similarity import confusion_counts, pair_table
+from audit.similarity import confusion_counts, pair_table, similar_classes
 from audit.storage import open_zarr, write_parquet, write_zarr
 
 configure(snakemake.log[0], snakemake.threads)
@@ -22,3 +22,4 @@ confusion = confusion_counts(labels[held_out], features["prediction"].values[hel
 class_means = reference["mean"].sel(group=[f"class:{c}" for c in class_names]).values
 pairs = pair_table(class_names, model.get_classifier().weight.detach().numpy(), confusion, class_means)
 write_parquet(pairs, snakemake.output.pairs)
+write_parquet(similar_classes(pairs, snakemake.params.reference["top_similar"]), snakemake.output.similar)

@@ -18,6 +18,7 @@ inputs = ReportInputs(
     features=open_features(snakemake.input.features),
     anomalies=pd.read_parquet(snakemake.input.anomalies),
     pairs=pd.read_parquet(snakemake.input.pairs),
+    similar=pd.read_parquet(snakemake.input.similar),
     metrics=pd.read_parquet(snakemake.input.metrics),
     rejects=pd.read_parquet(snakemake.input.rejects),
     reference=open_zarr(snakemake.input.reference)[["covariance"]].load(),

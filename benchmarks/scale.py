@@ -1,0 +1,129 @@
+"""Scale benchmark: feature extraction throughput and reference-statistics memory.
+
+Run from the repository root inside the venv:
+
+    python benchmarks/scale.py extraction --images 2048 --size 64
+    python benchmarks/scale.py reference --images 10000 100000
+
+``extraction`` compares, on the same synthetic images, model and batch size,
+a plain forward pass over images already in memory with the full extraction
+of one shard (reading the image store, capturing the layer, writing the
+feature store). ``reference`` measures the peak memory of the reference
+statistics over an embedding store of N images, each N in a fresh process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def extraction(images: int, size: int, batch_size: int, threads: int, workers: int) -> dict:
+    from audit.data.synthetic import write_synthetic_images
+    from audit.features import extract_shard
+    from audit.models.checkpoint import ModelMeta, build_model
+    from audit.models.preprocess import to_model_input
+    from audit.storage import open_zarr
+
+    torch.set_num_threads(threads)
+    meta = ModelMeta("resnet10t", {"output_stride": 8}, [f"c{i}" for i in range(10)], (3, size, size), (0.5,) * 3, (0.25,) * 3, "layer4")
+    model = build_model(meta).eval()
+    with tempfile.TemporaryDirectory() as scratch:
+        store = Path(scratch) / "images.zarr"
+        write_synthetic_images(store, images, 10, size, chunk=256)
+        pixels = open_zarr(store)["pixels"].values
+        with torch.no_grad():  # warm-up
+            model(to_model_input(pixels[:batch_size], meta.mean, meta.std))
+        started = time.perf_counter()
+        with torch.no_grad():
+            for first in range(0, images, batch_size):
+                model(to_model_input(pixels[first : first + batch_size], meta.mean, meta.std))
+        plain = images / (time.perf_counter() - started)
+        started = time.perf_counter()
+        extract_shard(model, meta, store, 0, images, Path(scratch) / "shard.zarr", batch_size=batch_size, chunk=256, workers=workers)
+        extracted = images / (time.perf_counter() - started)
+    return {"images": images, "size": size, "batch_size": batch_size, "threads": threads, "loader_workers": workers,
+            "plain_forward_img_s": round(plain, 1), "extraction_img_s": round(extracted, 1), "ratio": round(extracted / plain, 3)}
+
+
+def write_embeddings(path: Path, images: int, channels: int, classes: int, chunk: int = 4096) -> None:
+    """An embedding store (image, channel) float32 with labels, written chunk by chunk."""
+    import xarray as xr
+
+    from audit.storage import ChunkedZarrWriter
+
+    rng = np.random.default_rng(0)
+    writer = ChunkedZarrWriter(path, chunk)
+    for first in range(0, images, chunk):
+        rows = min(chunk, images - first)
+        block = rng.normal(size=(rows, channels)).astype(np.float32)
+        writer.add(xr.Dataset({"embedding": (("image", "channel"), block)}, coords={"label": ("image", np.arange(first, first + rows) % classes)}))
+    writer.close()
+
+
+def reference_peak(path: Path, classes: int) -> dict:
+    """Peak memory and time of class statistics + reference store over the embedding store at ``path``."""
+    from audit.reference import class_statistics, reference_store
+    from audit.storage import open_zarr
+
+    store = open_zarr(path)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    tracemalloc.start()
+    started = time.perf_counter()
+    stats = class_statistics(store["embedding"].data, store["label"].values, classes, num_workers=2)
+    reference_store(stats, [f"c{i}" for i in range(classes)])
+    seconds = time.perf_counter() - started
+    _, traced = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"images": store.sizes["image"], "channels": store.sizes["channel"], "classes": classes, "seconds": round(seconds, 2),
+            "traced_peak_mb": round(traced / 2**20, 1), "process_peak_rss_mb": round(peak / 1024, 1), "rss_before_mb": round(before / 1024, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    ex = sub.add_parser("extraction")
+    ex.add_argument("--images", type=int, default=2048)
+    ex.add_argument("--size", type=int, default=64)
+    ex.add_argument("--batch-size", type=int, default=128)
+    ex.add_argument("--threads", type=int, default=2)
+    ex.add_argument("--workers", type=int, default=1)
+    ref = sub.add_parser("reference")
+    ref.add_argument("--images", type=int, nargs="+", default=[10_000, 100_000])
+    ref.add_argument("--channels", type=int, default=512)
+    ref.add_argument("--classes", type=int, default=10)
+    ref.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.what == "extraction":
+        print(json.dumps(extraction(args.images, args.size, args.batch_size, args.threads, args.workers)))
+    elif args.measure:
+        print(json.dumps(reference_peak(args.measure, args.classes)))
+    else:
+        results = []
+        for n in args.images:  # the store is written here; a fresh process measures, so peaks do not mix
+            with tempfile.TemporaryDirectory() as scratch:
+                path = Path(scratch) / "embedding.zarr"
+                write_embeddings(path, n, args.channels, args.classes)
+                out = subprocess.run([sys.executable, __file__, "reference", "--measure", str(path), "--classes", str(args.classes)],
+                                     capture_output=True, text=True, check=True)
+            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(json.dumps(results[-1]))
+        base = results[0]
+        for r in results[1:]:
+            print(json.dumps({"images": r["images"], "vs_images": base["images"],
+                              "traced_peak_ratio": round(r["traced_peak_mb"] / base["traced_peak_mb"], 3),
+                              "process_peak_rss_ratio": round(r["process_peak_rss_mb"] / base["process_peak_rss_mb"], 3)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -6,6 +6,9 @@ from audit.runtime import configure
 device = configure(snakemake.log[0], snakemake.threads)
 settings = snakemake.params.features
 model, meta = load_checkpoint(snakemake.input.checkpoint, device)
+workers = settings["loader_workers"]
+if workers == "auto":
+    workers = 0 if device == "cpu" else 4
 extract_shard(
     model,
     meta,
@@ -15,7 +18,7 @@ extract_shard(
     snakemake.output[0],
     batch_size=settings["batch_size"],
     chunk=snakemake.params.chunk,
-    workers=settings["loader_workers"],
+    workers=workers,
     device=device,
     precision=settings["precision"],
 )

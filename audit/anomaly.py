@@ -4,7 +4,8 @@ The score of image i of class c is the squared Mahalanobis distance of its
 embedding z_i to the OAS-shrunk Gaussian of class c *without* image i
 (leave-one-out from the class sufficient statistics). Small classes use the
 pooled within-class covariance (``pooled`` is True); the only image of a
-class has no reference and a NaN score, ranked last.
+class, and an image with NaN or infinite features (left out of the
+statistics), get a NaN score, ranked last.
 """
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ def anomaly_table(
     scores = np.full(len(labels), np.nan)
     shrinkage = np.full(len(labels), np.nan)
     pooled = np.zeros(len(labels), bool)
-    for i in tqdm(range(len(labels)), desc="anomaly", unit="img", mininterval=2):
+    finite = np.isfinite(embedding).all(axis=1)
+    for i in tqdm(np.flatnonzero(finite), desc="anomaly", unit="img", mininterval=2):
         group = leave_one_out.group(labels[i], embedding[i])
         if group is not None:
             scores[i] = group.mahalanobis_squared(embedding[i])[0]

@@ -22,7 +22,8 @@ variables ``count`` (group), ``mean`` (group, channel), ``shrinkage`` (group),
 ``none``), ``cholesky`` (group, channel, channel_b, lower factor of the shrunk
 covariance) and the class sufficient statistics ``class_count`` (class),
 ``class_sum`` (class, channel) and ``class_outer`` (class, channel,
-channel_b). Group names are ``class:<name>``, ``others:<name>``, ``all`` and
+channel_b), and ``class_nonfinite`` (class), images left out for NaN or
+infinite features. Group names are ``class:<name>``, ``others:<name>``, ``all`` and
 ``pooled-within-class``; attrs hold ``min_images``.
 """
 from __future__ import annotations
@@ -43,9 +44,6 @@ class SufficientStatistics:
     count: np.ndarray
     total: np.ndarray
     outer: np.ndarray
-
-    def __add__(self, other: "SufficientStatistics") -> "SufficientStatistics":
-        return SufficientStatistics(self.count + other.count, self.total + other.total, self.outer + other.outer)
 
     def sum_groups(self) -> "SufficientStatistics":
         """All groups pooled into one (shape (1, ...))."""
@@ -81,24 +79,32 @@ class ShrunkGaussian:
         return (white**2).sum(0)
 
 
-def class_statistics(embedding: da.Array, labels: np.ndarray, num_classes: int, num_workers: int = 1) -> SufficientStatistics:
+def class_statistics(embedding: da.Array, labels: np.ndarray, num_classes: int, num_workers: int = 1) -> tuple[SufficientStatistics, np.ndarray]:
     """Accumulate per-class sufficient statistics of ``embedding`` (N, K) in one pass, in float64.
 
     Dask loads ``num_workers`` chunks of images at a time; each chunk is added
     into the accumulators class by class, in place. Memory is the
     accumulators (C·K² for the outer products) plus a few chunks, whatever N.
-    ``labels`` (N,) holds class indices in [0, num_classes).
+    ``labels`` (N,) holds class indices in [0, num_classes). Rows with a NaN
+    or infinite value are left out.
+
+    Returns:
+        the statistics and the number of left-out rows per class (C,).
     """
     embedding = embedding.rechunk({1: -1})
     k = embedding.shape[1]
     stats = SufficientStatistics(np.zeros(num_classes), np.zeros((num_classes, k)), np.zeros((num_classes, k, k)))
+    nonfinite = np.zeros(num_classes, dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(embedding.chunks[0])])
     blocks = embedding.to_delayed().ravel()
     for first in range(0, len(blocks), num_workers):
         loaded = dask.compute(*blocks[first : first + num_workers], scheduler="threads", num_workers=num_workers)
         for i, block in enumerate(loaded, start=first):
-            _accumulate(stats, np.asarray(block, dtype=np.float64), labels[offsets[i] : offsets[i + 1]])
-    return stats
+            z, block_labels = np.asarray(block, dtype=np.float64), labels[offsets[i] : offsets[i + 1]]
+            finite = np.isfinite(z).all(axis=1)
+            np.add.at(nonfinite, block_labels[~finite], 1)
+            _accumulate(stats, z[finite], block_labels[finite])
+    return stats, nonfinite
 
 
 def _accumulate(stats: SufficientStatistics, z: np.ndarray, labels: np.ndarray) -> None:
@@ -166,8 +172,11 @@ class LeaveOneOut:
         return group_gaussian(s.count[label] - 1, s.total[label] - z, s.outer[label] - np.outer(z, z), self.pooled, self.min_images)
 
 
-def reference_store(stats: SufficientStatistics, class_names: list[str], min_images: int = 10) -> xr.Dataset:
-    """Build ``reference.zarr`` (see module docstring) from per-class statistics."""
+def reference_store(stats: SufficientStatistics, class_names: list[str], min_images: int = 10, nonfinite: np.ndarray | None = None) -> xr.Dataset:
+    """Build ``reference.zarr`` (see module docstring) from per-class statistics.
+
+    ``nonfinite`` (C,) counts the images per class left out for NaN or infinite features.
+    """
     pooled = pooled_within_class(stats)
     everything = stats.sum_groups()
     groups, names = [], []
@@ -193,6 +202,7 @@ def reference_store(stats: SufficientStatistics, class_names: list[str], min_ima
             "class_sum": (("class", "channel"), stats.total),
             "class_outer": (("class", "channel", "channel_b"), stats.outer),
             "class_count": ("class", stats.count),
+            "class_nonfinite": ("class", np.zeros(len(class_names), np.int64) if nonfinite is None else nonfinite),
         },
         coords={"group": names, "class": class_names},
         attrs={"estimator": "oas", "dtype": "float64", "min_images": int(min_images)},

@@ -79,7 +79,7 @@ def reference_peak(path: Path, classes: int) -> dict:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tracemalloc.start()
     started = time.perf_counter()
-    stats = class_statistics(store["embedding"].data, store["label"].values, classes, num_workers=2)
+    stats, _ = class_statistics(store["embedding"].data, store["label"].values, classes, num_workers=2)
     reference_store(stats, [f"c{i}" for i in range(classes)])
     seconds = time.perf_counter() - started
     _, traced = tracemalloc.get_traced_memory()

@@ -19,7 +19,7 @@ def _planted(rng):
 
 def test_planted_outliers_rank_first_and_scores_match_brute_force(rng):
     z, labels = _planted(rng)
-    stats = class_statistics(da.from_array(z, chunks=(25, 6)), labels, 2)
+    stats, _ = class_statistics(da.from_array(z, chunks=(25, 6)), labels, 2)
     ids = np.array([f"i{n}" for n in range(80)])
     table = anomaly_table(z, labels, labels, ids, np.full(80, "audit"), LeaveOneOut(reference_store(stats, ["a", "b"])), ["a", "b"])
     top = table[table["rank"] == 1].set_index("label")["image_id"]

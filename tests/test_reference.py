@@ -24,7 +24,7 @@ def _data(rng, n=120, k=6, classes=3):
 
 def test_class_statistics_match_numpy_over_several_chunks(rng):
     z, labels = _data(rng)
-    stats = class_statistics(da.from_array(z, chunks=(17, 6)), labels, 3, num_workers=2)
+    stats, _ = class_statistics(da.from_array(z, chunks=(17, 6)), labels, 3, num_workers=2)
     for c in range(3):
         members = z[labels == c]
         assert stats.count[c] == len(members)
@@ -52,7 +52,7 @@ def test_mahalanobis_matches_explicit_inverse(rng):
 
 def test_complements_and_leave_one_out_equal_direct_statistics(rng):
     z, labels = _data(rng)
-    stats = class_statistics(da.from_array(z, chunks=(50, 6)), labels, 3)
+    stats, _ = class_statistics(da.from_array(z, chunks=(50, 6)), labels, 3)
     others = stats.complements()
     rest = z[labels != 1]
     np.testing.assert_allclose(others.total[1], rest.sum(0))
@@ -68,7 +68,7 @@ def test_complements_and_leave_one_out_equal_direct_statistics(rng):
 
 def test_reference_store_groups(rng):
     z, labels = _data(rng)
-    stats = class_statistics(da.from_array(z, chunks=(40, 6)), labels, 3)
+    stats, _ = class_statistics(da.from_array(z, chunks=(40, 6)), labels, 3)
     store = reference_store(stats, ["a", "b", "c"])
     assert list(store["group"].values) == ["class:a", "class:b", "class:c", "others:a", "others:b", "others:c", "all", "pooled-within-class"]
     assert set(store["covariance"].values) == {"own"}
@@ -87,7 +87,7 @@ def test_group_with_one_image_is_a_clear_error():
 def test_small_and_empty_classes_fall_back_instead_of_failing(rng):
     labels = np.array([0] * 30 + [1] * 3 + [2] * 1)
     z = rng.normal(size=(34, 4)) * np.array([1.0, 4.0, 0.3, 2.0]) + labels[:, None]
-    stats = class_statistics(da.from_array(z, chunks=(10, 4)), labels, 4)  # class 3 is empty
+    stats, _ = class_statistics(da.from_array(z, chunks=(10, 4)), labels, 4)  # class 3 is empty
     store = reference_store(stats, ["a", "b", "c", "d"], min_images=5)
     source = dict(zip(store["group"].values, store["covariance"].values))
     assert source["class:a"] == "own" and source["class:b"] == "pooled" and source["class:c"] == "pooled" and source["class:d"] == "none"
@@ -111,3 +111,24 @@ def test_small_and_empty_classes_fall_back_instead_of_failing(rng):
     assert np.isnan(singleton["score"]) and singleton["rank"] == 1
     assert table.loc[table["label"] == 1, "pooled"].all() and not table.loc[table["label"] == 0, "pooled"].any()
     assert table.loc[table["label"] != 2, "score"].notna().all()
+
+
+def test_nan_and_infinite_features_are_left_out_and_counted(rng):
+    z, labels = _data(rng, n=60)
+    broken = z.copy()
+    broken[[3, 10, 11]] = np.nan
+    broken[20, 2] = np.inf
+    stats, nonfinite = class_statistics(da.from_array(broken, chunks=(16, 6)), labels, 3)
+    keep = np.isfinite(broken).all(axis=1)
+    clean, none = class_statistics(da.from_array(z[keep], chunks=(16, 6)), labels[keep], 3)
+    np.testing.assert_allclose(stats.outer, clean.outer)
+    np.testing.assert_allclose(stats.total, clean.total)
+    assert nonfinite.sum() == 4 and none.sum() == 0
+    assert list(nonfinite) == [int((labels[~keep] == c).sum()) for c in range(3)]
+
+    store = reference_store(stats, ["a", "b", "c"], min_images=2, nonfinite=nonfinite)
+    table = anomaly_table(broken, labels, labels, np.arange(60).astype(str), np.full(60, "audit"), LeaveOneOut(store), ["a", "b", "c"])
+    scores = table.set_index("image_id")["score"]
+    assert scores.loc[["3", "10", "11", "20"]].isna().all()
+    reference = anomaly_table(z[keep], labels[keep], labels[keep], np.flatnonzero(keep).astype(str), np.full(keep.sum(), "audit"), LeaveOneOut(store), ["a", "b", "c"])
+    np.testing.assert_allclose(scores.loc[reference["image_id"]].to_numpy(), reference["score"].to_numpy())

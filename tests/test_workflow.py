@@ -130,7 +130,7 @@ def test_report_escapes_names(tiny_audit):
             similar=pd.read_parquet(results / "similar_classes.parquet").replace({"name": {"0": evil}}),
             metrics=pd.read_parquet(results / "metrics.parquet"),
             rejects=pd.DataFrame({"image_id": [evil], "path": ["p"], "label": [evil], "reason": ["unknown label"]}),
-            reference=open_zarr(results / "reference.zarr")[["covariance"]].load(),
+            reference=open_zarr(results / "reference.zarr")[["covariance", "class_nonfinite"]].load(),
             saliency={m: open_zarr(results / "saliency" / f"{m}.zarr").load() for m in ("gradcam", "finercam", "diffcam")},
             classifier_weight=model.get_classifier().weight.detach().numpy(),
             model={"name": meta.name, "layer": meta.layer, "metrics": meta.metrics},

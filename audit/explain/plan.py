@@ -48,7 +48,7 @@ def explain_plan(
         rows += _subject_rows(i, image_id, "anomaly", int(labels[i]), None, probability[i], finer_contrasts)
     for _, pair in pairs.head(top_pairs).iterrows():
         for a, b in ((int(pair["class_a"]), int(pair["class_b"])), (int(pair["class_b"]), int(pair["class_a"]))):
-            members = np.flatnonzero(labels == a)
+            members = np.flatnonzero((labels == a) & np.isfinite(probability).all(axis=1))
             chosen = members[np.argsort(-probability[members, b], kind="stable")[:images_per_pair]]
             for i in chosen:
                 rows += _subject_rows(int(i), image_ids[i], "pair", a, b, probability[i], finer_contrasts)

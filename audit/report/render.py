@@ -129,6 +129,7 @@ def render_report(inputs: ReportInputs) -> str:
         "pooled_classes": [n for n in class_names if covariance.get(f"class:{n}") == "pooled"],
         "empty_classes": [n for n in class_names if covariance.get(f"class:{n}") == "none"],
         "min_images": inputs.reference.attrs["min_images"],
+        "nonfinite": {n: int(k) for n, k in zip(class_names, inputs.reference["class_nonfinite"].values) if k > 0},
         "score_figure": figures.score_distribution(inputs.anomalies, inputs.top_anomalies),
         "anomaly_sections": anomaly_sections,
         "similarity_figure": figures.heatmap(weight_cosine(inputs.classifier_weight), class_names, "classifier-weight cosine", ".2f"),

@@ -10,8 +10,8 @@ configure(snakemake.log[0], snakemake.threads)
 features = open_features(snakemake.input.features)
 class_names = [str(c) for c in features["class"].values]
 labels = features["label"].values
-stats = class_statistics(features["embedding"].data, labels, len(class_names), num_workers=snakemake.threads)
-reference = reference_store(stats, class_names, snakemake.params.reference["min_images"])
+stats, nonfinite = class_statistics(features["embedding"].data, labels, len(class_names), num_workers=snakemake.threads)
+reference = reference_store(stats, class_names, snakemake.params.reference["min_images"], nonfinite)
 write_zarr(reference, snakemake.output.reference)
 
 model, _ = load_checkpoint(snakemake.input.checkpoint)

@@ -10,6 +10,7 @@ one. :func:`open_features` concatenates the shard stores lazily along
 Store layout (each ``features/shard-NNNNN.zarr``, and their concatenation), dims named:
     activation  float32 (image, channel, y, x)   the layer's output A
     embedding   float32 (image, channel)         z = spatial mean of A
+    pre_logits  float32 (image, feature)         the classifier's input (the model's final embedding)
     logits      float32 (image, class)
     probability float32 (image, class)           softmax of the logits
 coordinates ``image_id``, ``label``, ``prediction``, ``split`` along ``image``
@@ -67,28 +68,46 @@ def layer_output_shape(model: nn.Module, meta: ModelMeta) -> tuple[int, int, int
     return shape
 
 
-@torch.no_grad()
-def forward_features(model: nn.Module, meta: ModelMeta, pixels: torch.Tensor, device: str = "cpu", precision: str = "float32") -> tuple[np.ndarray, np.ndarray]:
-    """Activations (B, K, h, w) and logits (B, C), float32 on the CPU, for uint8 images (B, 3, H, W).
+@contextmanager
+def capture_classifier_input(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the input of the model's classifier (timm ``get_classifier()``) under ``"pre_logits"``."""
+    store: dict[str, torch.Tensor] = {}
 
-    ``precision`` ``bfloat16``/``float16`` runs the model under autocast on CUDA
-    (ignored on the CPU).
+    def hook(_module, inputs):
+        store["pre_logits"] = inputs[0]
+
+    handle = model.get_classifier().register_forward_pre_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def forward_features(
+    model: nn.Module, meta: ModelMeta, pixels: torch.Tensor, device: str = "cpu", precision: str = "float32"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Activations (B, K, h, w), pre-logits (B, D) and logits (B, C) for uint8 images (B, 3, H, W).
+
+    All float32 on the CPU. ``precision`` ``bfloat16``/``float16`` runs the
+    model under autocast on CUDA (ignored on the CPU).
     """
     x = to_model_input(pixels.to(device, non_blocking=True), meta.mean, meta.std, device)
     dtype = PRECISIONS[precision]
     autocast = torch.autocast("cuda", dtype=dtype) if dtype is not None and x.is_cuda else nullcontext()
-    with capture_layer(model, meta.layer) as captured, autocast:
+    with capture_layer(model, meta.layer) as captured, capture_classifier_input(model) as head, autocast:
         logits = model(x)
-    return captured["A"].float().cpu().numpy(), logits.float().cpu().numpy()
+    return tuple(t.float().cpu().numpy() for t in (captured["A"], head["pre_logits"], logits))
 
 
-def feature_part(coords: xr.Dataset, class_names: Sequence[str], activations: np.ndarray, logits: np.ndarray) -> xr.Dataset:
+def feature_part(coords: xr.Dataset, class_names: Sequence[str], activations: np.ndarray, pre_logits: np.ndarray, logits: np.ndarray) -> xr.Dataset:
     """The feature variables of a run of images whose ``image_id``, ``label``, ``split`` are in ``coords``."""
     probability = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
     return xr.Dataset(
         {
             "activation": (("image", "channel", "y", "x"), activations),
             "embedding": (("image", "channel"), activations.mean(axis=(2, 3))),
+            "pre_logits": (("image", "feature"), pre_logits),
             "logits": (("image", "class"), logits),
             "probability": (("image", "class"), probability),
         },
@@ -151,9 +170,9 @@ def extract_shard(
     with atomic_path(target) as tmp:
         writer = ChunkedZarrWriter(tmp, chunk, attrs)
         for first, pixels in tqdm(loader, total=len(batches), desc=f"features {start}:{stop}", unit="batch"):
-            activations, logits = forward_features(model, meta, pixels, device, precision)
+            activations, pre_logits, logits = forward_features(model, meta, pixels, device, precision)
             rows = coords.isel(image=slice(first - start, first - start + len(pixels)))
-            writer.add(feature_part(rows, class_names, activations, logits))
+            writer.add(feature_part(rows, class_names, activations, pre_logits, logits))
         return writer.close()
 
 

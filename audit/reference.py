@@ -24,7 +24,8 @@ covariance) and the class sufficient statistics ``class_count`` (class),
 ``class_sum`` (class, channel) and ``class_outer`` (class, channel,
 channel_b), and ``class_nonfinite`` (class), images left out for NaN or
 infinite features. Group names are ``class:<name>``, ``others:<name>``, ``all`` and
-``pooled-within-class``; attrs hold ``min_images``.
+``pooled-within-class``; attrs hold ``min_images``. The workflow adds the
+concept vectors of :mod:`audit.concepts` (``concept_vector``, ``concept_count``).
 """
 from __future__ import annotations
 

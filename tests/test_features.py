@@ -24,9 +24,14 @@ def test_shards_combine_to_the_model_outputs_with_named_dims(trained, digits_sma
     assert list(store["class"].values) == digits_small.class_names
     assert list(store["image_id"].values) == list(digits_small.image_ids)
     assert (store["label"].values == digits_small.labels).all()
-    activations, logits = forward_features(model, meta, torch.from_numpy(digits_small.images))
+    activations, pre_logits, logits = forward_features(model, meta, torch.from_numpy(digits_small.images))
     np.testing.assert_allclose(store["activation"].values, activations, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(store["logits"].values, logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(store["pre_logits"].values, pre_logits, rtol=1e-5, atol=1e-5)
+    # For this CNN the explained layer is the last stage, so the pre-logits are its spatial mean.
+    np.testing.assert_allclose(pre_logits, activations.mean(axis=(2, 3)), rtol=1e-5, atol=1e-5)
+    fc = model.get_classifier()
+    np.testing.assert_allclose(logits, pre_logits @ fc.weight.detach().numpy().T + fc.bias.detach().numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(store["embedding"].values, activations.mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(store["prediction"].values, logits.argmax(1))
     np.testing.assert_allclose(store["probability"].sum("class").values, 1.0, rtol=1e-5)

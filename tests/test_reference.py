@@ -132,3 +132,23 @@ def test_nan_and_infinite_features_are_left_out_and_counted(rng):
     assert scores.loc[["3", "10", "11", "20"]].isna().all()
     reference = anomaly_table(z[keep], labels[keep], labels[keep], np.flatnonzero(keep).astype(str), np.full(keep.sum(), "audit"), LeaveOneOut(store), ["a", "b", "c"])
     np.testing.assert_allclose(scores.loc[reference["image_id"]].to_numpy(), reference["score"].to_numpy())
+
+
+def test_concept_vectors_are_mean_final_embeddings(rng):
+    import xarray as xr
+
+    from audit.concepts import concept_vectors
+
+    pre_logits = rng.normal(size=(12, 5))
+    pre_logits[4] = np.nan
+    labels = np.arange(12) % 3
+    ids = np.array([f"i{n}" for n in range(12)])
+    data = xr.DataArray(pre_logits, dims=("image", "feature")).chunk({"image": 5})
+    concepts = concept_vectors(data, labels, ids, ["a", "b", "c"], {"stripes": ["i2", "i7", "i4"]})
+    assert list(concepts["concept"].values) == ["class:a", "class:b", "class:c", "concept:stripes"]
+    np.testing.assert_allclose(concepts["concept_vector"].sel(concept="class:a"), pre_logits[[0, 3, 6, 9]].mean(0))
+    np.testing.assert_allclose(concepts["concept_vector"].sel(concept="class:b"), pre_logits[[1, 7, 10]].mean(0))  # i4 is NaN
+    np.testing.assert_allclose(concepts["concept_vector"].sel(concept="concept:stripes"), pre_logits[[2, 7]].mean(0))
+    assert list(concepts["concept_count"].values) == [4, 3, 4, 2]
+    with pytest.raises(ValueError, match=r"concept 'x': image ids not in the dataset: \['nope'\]"):
+        concept_vectors(data, labels, ids, ["a", "b", "c"], {"x": ["i1", "nope"]})

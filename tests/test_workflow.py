@@ -74,6 +74,8 @@ def test_end_to_end_artefacts_are_well_formed(tiny_audit):
     reference = open_zarr(results / "reference.zarr")
     assert reference.sizes["group"] == 22 and reference.attrs["estimator"] == "oas"
     assert ((reference["shrinkage"] > 0) & (reference["shrinkage"] <= 1)).all()
+    assert reference["concept_vector"].dims == ("concept", "feature") and reference.sizes["concept"] == 11
+    assert int(reference["concept_count"].sel(concept="concept:loops")) == 3
 
     anomalies = pd.read_parquet(results / "anomalies.parquet")
     assert len(anomalies) == 240 and (anomalies["score"] > 0).all()

@@ -1,4 +1,7 @@
 """Snakemake adapter: reference-group statistics (Dask) and the class-pair table."""
+import xarray as xr
+
+from audit.concepts import concept_vectors
 from audit.features import open_features
 from audit.models.checkpoint import load_checkpoint
 from audit.reference import class_statistics, reference_store
@@ -12,6 +15,8 @@ class_names = [str(c) for c in features["class"].values]
 labels = features["label"].values
 stats, nonfinite = class_statistics(features["embedding"].data, labels, len(class_names), num_workers=snakemake.threads)
 reference = reference_store(stats, class_names, snakemake.params.reference["min_images"], nonfinite)
+concepts = concept_vectors(features["pre_logits"], labels, features["image_id"].values, class_names, snakemake.params.reference["concepts"])
+reference = xr.merge([reference, concepts], combine_attrs="override")
 write_zarr(reference, snakemake.output.reference)
 
 model, _ = load_checkpoint(snakemake.input.checkpoint)

@@ -11,9 +11,9 @@ Store layout (each ``features/shard-NNNNN.zarr``, and their concatenation), dims
     activation  float32 (image, channel, y, x)   the layer's output A
     embedding   float32 (image, channel)         z = spatial mean of A
     pre_logits  float32 (image, feature)         the classifier's input (the model's final embedding)
-    logits      float32 (image, class)
-    probability float32 (image, class)           softmax of the logits
-coordinates ``image_id``, ``label``, ``prediction``, ``split`` along ``image``
+    logits      float32 (image, class)           (models with a classifier head only)
+    probability float32 (image, class)           softmax of the logits (idem)
+coordinates ``image_id``, ``label``, ``prediction`` (idem), ``split`` along ``image``
 and ``class`` (class names); attrs: model name, layer, shard start and stop.
 """
 from __future__ import annotations
@@ -100,24 +100,31 @@ def forward_features(
     return tuple(t.float().cpu().numpy() for t in (captured["A"], head["pre_logits"], logits))
 
 
-def feature_part(coords: xr.Dataset, class_names: Sequence[str], activations: np.ndarray, pre_logits: np.ndarray, logits: np.ndarray) -> xr.Dataset:
-    """The feature variables of a run of images whose ``image_id``, ``label``, ``split`` are in ``coords``."""
-    probability = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
-    return xr.Dataset(
+def feature_part(
+    coords: xr.Dataset, class_names: Sequence[str], activations: np.ndarray, pre_logits: np.ndarray, logits: np.ndarray | None
+) -> xr.Dataset:
+    """The feature variables of a run of images whose ``image_id``, ``label``, ``split`` are in ``coords``.
+
+    ``logits`` None (a backbone without a classifier) leaves out logits, probability and prediction.
+    """
+    part = xr.Dataset(
         {
             "activation": (("image", "channel", "y", "x"), activations),
             "embedding": (("image", "channel"), activations.mean(axis=(2, 3))),
             "pre_logits": (("image", "feature"), pre_logits),
-            "logits": (("image", "class"), logits),
-            "probability": (("image", "class"), probability),
         },
         coords={
             "image_id": ("image", coords["image_id"].values.astype(str)),
             "label": ("image", coords["label"].values.astype(np.int64)),
-            "prediction": ("image", logits.argmax(1).astype(np.int64)),
             "split": ("image", coords["split"].values.astype(str)),
             "class": list(class_names),
         },
+    )
+    if logits is None:
+        return part
+    probability = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+    return part.assign(logits=(("image", "class"), logits), probability=(("image", "class"), probability)).assign_coords(
+        prediction=("image", logits.argmax(1).astype(np.int64))
     )
 
 
@@ -172,7 +179,7 @@ def extract_shard(
         for first, pixels in tqdm(loader, total=len(batches), desc=f"features {start}:{stop}", unit="batch"):
             activations, pre_logits, logits = forward_features(model, meta, pixels, device, precision)
             rows = coords.isel(image=slice(first - start, first - start + len(pixels)))
-            writer.add(feature_part(rows, class_names, activations, pre_logits, logits))
+            writer.add(feature_part(rows, class_names, activations, pre_logits, logits if meta.head else None))
         return writer.close()
 
 

@@ -3,7 +3,7 @@
 ``pairs.parquet`` has one row per unordered class pair (a < b): classifier-weight
 cosine, confusion counts both ways (on held-out images), the Euclidean distance
 between the class means of the embedding, and a rank (1 = most alike: most
-confusions, then highest weight cosine).
+confusions, then highest weight cosine, then closest class means).
 """
 from __future__ import annotations
 
@@ -24,14 +24,15 @@ def confusion_counts(labels: np.ndarray, predictions: np.ndarray, num_classes: i
     return matrix
 
 
-def pair_table(class_names: list[str], weight: np.ndarray, confusion: np.ndarray, class_means: np.ndarray) -> pd.DataFrame:
+def pair_table(class_names: list[str], weight: np.ndarray | None, confusion: np.ndarray, class_means: np.ndarray) -> pd.DataFrame:
     """The class-pair table (see module docstring).
 
     Args:
-        weight: classifier weights (C, D). confusion: (C, C) counts.
-        class_means: class means of the embedding (C, K).
+        weight: classifier weights (C, D), or None for a backbone without a
+            classifier (cosines are NaN; pairs are then ranked by distance).
+        confusion: (C, C) counts. class_means: class means of the embedding (C, K).
     """
-    cosine = weight_cosine(weight)
+    cosine = weight_cosine(weight) if weight is not None else np.full((len(class_names),) * 2, np.nan)
     rows = []
     for a in range(len(class_names)):
         for b in range(a + 1, len(class_names)):
@@ -49,13 +50,13 @@ def pair_table(class_names: list[str], weight: np.ndarray, confusion: np.ndarray
             )
     table = pd.DataFrame(rows)
     table["confusions"] = table["confused_a_as_b"] + table["confused_b_as_a"]
-    table = table.sort_values(["confusions", "weight_cosine"], ascending=False, ignore_index=True)
+    table = table.sort_values(["confusions", "weight_cosine", "mean_distance"], ascending=[False, False, True], ignore_index=True)
     table["rank"] = np.arange(1, len(table) + 1)
     return table
 
 
 def similar_classes(pairs: pd.DataFrame, k: int) -> pd.DataFrame:
-    """For each class, its ``k`` most alike classes by the pair order (confusions, then weight cosine).
+    """For each class, its ``k`` most alike classes by the pair order (confusions, weight cosine, distance).
 
     Returns columns class, name, rank (1 = most alike), similar, similar_name,
     weight_cosine, confusions, mean_distance.
@@ -63,7 +64,14 @@ def similar_classes(pairs: pd.DataFrame, k: int) -> pd.DataFrame:
     forward = pairs.rename(columns={"class_a": "class", "name_a": "name", "class_b": "similar", "name_b": "similar_name"})
     backward = pairs.rename(columns={"class_b": "class", "name_b": "name", "class_a": "similar", "name_a": "similar_name"})
     both = pd.concat([forward, backward], ignore_index=True)
-    both = both.sort_values(["class", "confusions", "weight_cosine"], ascending=[True, False, False], kind="stable")
+    both = both.sort_values(["class", "confusions", "weight_cosine", "mean_distance"], ascending=[True, False, False, True], kind="stable")
     both["rank"] = both.groupby("class").cumcount() + 1
     columns = ["class", "name", "rank", "similar", "similar_name", "weight_cosine", "confusions", "mean_distance"]
     return both[both["rank"] <= k][columns].reset_index(drop=True)
+
+
+def nearness_scores(embedding: np.ndarray, class_means: np.ndarray) -> np.ndarray:
+    """−‖z − μ_c‖ (N, C): how class-like each embedding is without a classifier (higher = closer)."""
+    z = np.asarray(embedding, dtype=np.float64)
+    squared = (z**2).sum(1)[:, None] - 2 * z @ class_means.T + (class_means**2).sum(1)[None, :]
+    return -np.sqrt(np.clip(squared, 0, None))

@@ -39,9 +39,17 @@ def all_reports():
     return expand("reports/{audit}.html", audit=config["audits"])
 
 
+def has_head(wildcards):
+    return audit_config(wildcards)["model"]["head"]
+
+
 def saliency_stores(wildcards):
-    return expand("results/{audit}/saliency/{method}.zarr", audit=wildcards.audit, method=EXPLAIN_METHODS)
+    """Every method's maps; a backbone without a classifier gets the gradient-free DiffCAM only."""
+    methods = EXPLAIN_METHODS if has_head(wildcards) else ["diffcam"]
+    return expand("results/{audit}/saliency/{method}.zarr", audit=wildcards.audit, method=methods)
 
 
 def metric_tables(wildcards):
-    return expand("results/{audit}/metrics/{method}.parquet", audit=wildcards.audit, method=EXPLAIN_METHODS)
+    """Faithfulness metrics score class probabilities: none without a classifier."""
+    methods = EXPLAIN_METHODS if has_head(wildcards) else []
+    return expand("results/{audit}/metrics/{method}.parquet", audit=wildcards.audit, method=methods)

@@ -3,6 +3,7 @@ rule explain_plan:
         features=feature_shards,
         anomalies="results/{audit}/anomalies.parquet",
         pairs="results/{audit}/pairs.parquet",
+        reference="results/{audit}/reference.zarr",
     output:
         "results/{audit}/explain_plan.parquet",
     params:

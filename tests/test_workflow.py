@@ -168,6 +168,7 @@ def test_rerun_redoes_only_the_unfinished_shard(tiny_audit, tmp_path):
 def test_users_imagefolder_and_checkpoint_end_to_end(tmp_path, digits_small):
     """An ImageFolder tree (with a corrupt file and a small class) and a user's safetensors checkpoint."""
     import safetensors.torch
+    import torch
     from PIL import Image
 
     from audit.models.train import TrainSettings, fit_model
@@ -194,6 +195,8 @@ def test_users_imagefolder_and_checkpoint_end_to_end(tmp_path, digits_small):
     model, _ = fit_model(subset, "resnet10t", {"output_stride": 8}, "layer4", TrainSettings(epochs=1))
     weights = tmp_path / "user_model.safetensors"
     safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    backbone = tmp_path / "backbone.pth"  # a self-supervised-style backbone: no classifier weights
+    torch.save({k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}, backbone)
 
     config = {
         "audits": {
@@ -202,11 +205,16 @@ def test_users_imagefolder_and_checkpoint_end_to_end(tmp_path, digits_small):
                 "model": {"name": "resnet10t", "kwargs": {"output_stride": 8}, "checkpoint": str(weights)},
                 "explain": {"top_anomalies": 1, "top_pairs": 1, "images_per_pair": 1},
                 "metrics": {"steps": 4},
-            }
+            },
+            "backbone": {
+                "dataset": {"source": "imagefolder", "path": str(root), "image_size": 32, "chunk": 16},
+                "model": {"name": "resnet10t", "kwargs": {"output_stride": 8}, "checkpoint": str(backbone), "head": False},
+                "explain": {"top_anomalies": 1, "top_pairs": 1, "images_per_pair": 1},
+            },
         }
     }
     (tmp_path / "user.yaml").write_text(yaml.safe_dump(config))
-    result = snakemake("reports/user.html", "--cores", "2", "--directory", str(tmp_path), "--configfile", str(tmp_path / "user.yaml"))
+    result = snakemake("reports/user.html", "reports/backbone.html", "--cores", "2", "--directory", str(tmp_path), "--configfile", str(tmp_path / "user.yaml"))
     assert result.returncode == 0, result.stdout[-5000:]
     assert "rule train_model" not in result.stdout and "rule import_model" in result.stdout
 
@@ -220,3 +228,16 @@ def test_users_imagefolder_and_checkpoint_end_to_end(tmp_path, digits_small):
     html = (tmp_path / "reports" / "user.html").read_text()
     assert "Rejected at ingest: 1 images" in html and "s&lt;e&gt;ven" in html and "s<e>ven" not in html
     assert "pooled within-class covariance" in html
+
+    # The backbone audit: references, anomaly ranking and DiffCAM; no gradients, no probabilities.
+    results = tmp_path / "results" / "backbone"
+    features = open_features(sorted((results / "features").glob("shard-*.zarr")))
+    assert "logits" not in features and "prediction" not in features.coords
+    assert features.sizes["feature"] == 512
+    assert sorted(p.name for p in (results / "saliency").iterdir()) == ["diffcam.zarr"]
+    assert pd.read_parquet(results / "metrics.parquet").empty
+    pairs = pd.read_parquet(results / "pairs.parquet")
+    assert pairs["weight_cosine"].isna().all() and pairs["mean_distance"].is_monotonic_increasing
+    assert pd.read_parquet(results / "anomalies.parquet")["score"].notna().sum() == 56
+    html = (tmp_path / "reports" / "backbone.html").read_text()
+    assert "a backbone without a classifier head" in html and "No faithfulness metrics" in html

@@ -11,6 +11,11 @@ from tqdm import tqdm
 from audit.metrics.perturbation import deletion_auc, perturbed_probabilities, relative_confidence_drop
 from audit.models.checkpoint import ModelMeta
 
+METRIC_COLUMNS = [
+    "method", "map", "image_id", "purpose", "variant", "target", "contrasts", "reference", "compare",
+    "metric", "value", "fraction", "baseline", "steps", "score", "order",
+]
+
 
 def evaluate_saliency(
     model: nn.Module,
@@ -67,4 +72,5 @@ def evaluate_saliency(
     )
     frames = [base.assign(metric="deletion_auc", value=auc, fraction=np.nan)]
     frames += [base.assign(metric="relative_confidence_drop", value=drop[:, j], fraction=f) for j, f in enumerate(drop_fractions)]
-    return pd.concat(frames, ignore_index=True).assign(baseline=baseline, steps=steps, score="probability", order="most-relevant-first")
+    table = pd.concat(frames, ignore_index=True).assign(baseline=baseline, steps=steps, score="probability", order="most-relevant-first")
+    return table[METRIC_COLUMNS]

@@ -30,6 +30,9 @@ class ModelMeta:
         mean, std: per-channel normalisation of inputs in [0, 1].
         layer: dotted module name of the explained layer.
         metrics: training figures (e.g. ``audit_accuracy``).
+        head: False for a backbone without a classifier (timm ``num_classes=0``):
+            the model outputs its final embedding, and only the gradient-free
+            parts of the audit apply.
     """
 
     name: str
@@ -40,11 +43,13 @@ class ModelMeta:
     std: tuple[float, float, float]
     layer: str
     metrics: dict[str, float] = field(default_factory=dict)
+    head: bool = True
 
 
 def build_model(meta: ModelMeta) -> nn.Module:
     """Create the timm model described by ``meta`` (random weights, no download)."""
-    model = timm.create_model(meta.name, pretrained=False, num_classes=len(meta.class_names), **meta.kwargs)
+    num_classes = len(meta.class_names) if meta.head else 0
+    model = timm.create_model(meta.name, pretrained=False, num_classes=num_classes, **meta.kwargs)
     model.get_submodule(meta.layer)  # fails early with a clear AttributeError if the layer is unknown
     return model
 

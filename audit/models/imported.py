@@ -30,11 +30,13 @@ def import_model(
     image_size: int,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    head: bool = True,
 ) -> tuple[nn.Module, ModelMeta]:
     """Build timm model ``name`` for ``class_names`` and load the checkpoint at ``path``.
 
     ``layer`` ``"auto"`` picks the last feature stage (timm's ``feature_info``).
-    Mean and std default to the model's pretrained config. Raises
+    Mean and std default to the model's pretrained config. ``head=False``
+    builds the backbone without a classifier (``num_classes=0``). Raises
     ``FileNotFoundError`` for a missing file and ``ValueError`` naming the
     mismatch when the weights do not fit the architecture or the class count.
     """
@@ -43,7 +45,7 @@ def import_model(
         raise FileNotFoundError(f"model checkpoint {path} does not exist")
     meta = ModelMeta(
         name=name, kwargs=dict(kwargs), class_names=list(class_names), input_size=(3, image_size, image_size),
-        mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), layer=layer if layer != "auto" else "",
+        mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), layer=layer if layer != "auto" else "", head=head,
     )
     model = build_model(meta)
     meta.layer = resolve_layer(model, layer)
@@ -53,7 +55,8 @@ def import_model(
     if tuple(config.get("input_size", meta.input_size))[1:] != meta.input_size[1:]:
         log.warning("%s was configured for input %s; images are fed at %s", name, config.get("input_size"), meta.input_size)
     state = timm.models.load_state_dict(str(path), use_ema=True, weights_only=True)
-    _check_classifier(model, state, len(class_names), path)
+    if head:
+        _check_classifier(model, state, len(class_names), path)
     load_state_strict(model, state, str(path))
     log.info("explained layer %s output (channels, height, width) = %s", meta.layer, layer_output_shape(model, meta))
     return model.eval(), meta

@@ -28,7 +28,7 @@ class ReportInputs:
         anomalies, pairs, similar, metrics, rejects: the stage tables.
         reference: the reference store (which groups fell back to the pooled covariance).
         saliency: method name → saliency store.
-        classifier_weight: (C, D) rows of the classifier, for the similarity heatmap.
+        classifier_weight: (C, D) rows of the classifier, for the similarity heatmap; None without a head.
         model: model description (name, layer, training metrics).
     """
 
@@ -42,7 +42,7 @@ class ReportInputs:
     rejects: pd.DataFrame
     reference: xr.Dataset
     saliency: dict[str, xr.Dataset]
-    classifier_weight: np.ndarray
+    classifier_weight: np.ndarray | None
     model: dict
     top_anomalies: int
     top_pairs: int
@@ -62,57 +62,75 @@ class _MapIndex:
     def get(self, variant: str, purpose: str, image_id: str, target: int) -> np.ndarray | None:
         return self._maps.get((variant, purpose, image_id, str(target)))
 
+    def variants(self) -> set[str]:
+        return {key[0] for key in self._maps}
+
+
+def _grid(images, maps: _MapIndex, purpose: str, ids: list[str], target: int, image_index: dict, row_labels: list[str], columns: list[tuple[str, str, bool]]) -> str:
+    """A map grid for ``ids`` with the (variant, title, signed) columns that were computed."""
+    present = [c for c in columns if c[0] in maps.variants()]
+    return figures.map_grid(
+        [images[image_index[i]].values for i in ids],
+        [[maps.get(variant, purpose, i, target) for variant, _, _ in present] for i in ids],
+        row_labels,
+        [title for _, title, _ in present],
+        signed=[signed for _, _, signed in present],
+    )
+
 
 def render_report(inputs: ReportInputs) -> str:
-    """The report's HTML text."""
+    """The report's HTML text. Models without a classifier head get the gradient-free parts only."""
     class_names = [str(c) for c in inputs.features["class"].values]
     labels = inputs.features["label"].values
-    predictions = inputs.features["prediction"].values
+    predictions = inputs.features["prediction"].values if "prediction" in inputs.features else None
     split = inputs.features["split"].values
     held_out = split != "train" if (split != "train").any() else np.ones(len(split), bool)
     image_index = {str(i): n for n, i in enumerate(inputs.images["image_id"].values)}
     images = inputs.images["pixels"]
     maps = _MapIndex(inputs.saliency)
 
+    def predicted(n: int) -> str:
+        return class_names[int(predictions[n])] if predictions is not None else "—"
+
     anomaly_sections = []
     for c, name in enumerate(class_names):
-        top = inputs.anomalies[(inputs.anomalies["label"] == c) & (inputs.anomalies["rank"] <= inputs.top_anomalies)]
+        top = inputs.anomalies[(inputs.anomalies["label"] == c) & (inputs.anomalies["rank"] <= inputs.top_anomalies) & inputs.anomalies["score"].notna()]
         if top.empty:
             continue
-        columns = ["diffcam vs own class", "diffcam vs all others", "gradcam"]
-        grid = figures.map_grid(
-            [images[image_index[i]].values for i in top["image_id"]],
-            [[maps.get(v, "anomaly", i, c) for v in columns] for i in top["image_id"]],
-            [f"#{r} {i}" for r, i in zip(top["rank"], top["image_id"])],
-            columns,
-            signed=[True, True, False],
-        )
+        ids = list(top["image_id"])
+        columns = [("diffcam vs own class", "diffcam vs own class", True), ("diffcam vs all others", "diffcam vs all others", True), ("gradcam", "gradcam", False)]
+        grid = _grid(images, maps, "anomaly", ids, c, image_index, [f"#{r} {i}" for r, i in zip(top["rank"], ids)], columns)
         rows = [
-            {"rank": int(r.rank), "image_id": r.image_id, "score": f"{r.score:.1f}", "prediction": class_names[int(r.prediction)], "split": r.split}
+            {"rank": int(r.rank), "image_id": r.image_id, "score": f"{r.score:.1f}", "prediction": predicted(image_index[r.image_id]), "split": r.split}
             for r in top.itertuples()
         ]
         anomaly_sections.append({"name": name, "figure": grid, "rows": rows})
 
     pair_sections = []
+    diffcam = inputs.saliency["diffcam"]
     for pair in inputs.pairs.head(inputs.top_pairs).itertuples():
         for a, b in ((pair.class_a, pair.class_b), (pair.class_b, pair.class_a)):
-            sal = inputs.saliency["gradcam"]
-            chosen = [str(i) for i, p, t in zip(sal["image_id"].values, sal["purpose"].values, sal["compare"].values) if p == "pair" and int(t) == b]
+            chosen = [str(i) for i, p, t in zip(diffcam["image_id"].values, diffcam["purpose"].values, diffcam["compare"].values) if p == "pair" and int(t) == b]
             chosen = [i for i in dict.fromkeys(chosen) if labels[image_index[i]] == a]
             if not chosen:
                 continue
-            columns = ["gradcam", "finercam vs pair class", "diffcam vs pair class"]
-            grid = figures.map_grid(
-                [images[image_index[i]].values for i in chosen],
-                [[maps.get(v, "pair", i, a) for v in columns] for i in chosen],
-                [f"{i} (pred {class_names[predictions[image_index[i]]]})" for i in chosen],
-                [f"Grad-CAM {class_names[a]}", f"Finer-CAM {class_names[a]} − γ·{class_names[b]}", f"DiffCAM vs {class_names[b]}"],
-                signed=[False, False, True],
-            )
+            columns = [
+                ("gradcam", f"Grad-CAM {class_names[a]}", False),
+                ("finercam vs pair class", f"Finer-CAM {class_names[a]} − γ·{class_names[b]}", False),
+                ("diffcam vs pair class", f"DiffCAM vs {class_names[b]}", True),
+            ]
+            grid = _grid(images, maps, "pair", chosen, a, image_index, [f"{i} (pred {predicted(image_index[i])})" for i in chosen], columns)
             pair_sections.append({"a": class_names[a], "b": class_names[b], "figure": grid})
 
     covariance = pd.Series(inputs.reference["covariance"].values, index=inputs.reference["group"].values)
-    summary = summarise_metrics(inputs.metrics)
+    if inputs.classifier_weight is not None:
+        similarity_figure = figures.heatmap(weight_cosine(inputs.classifier_weight), class_names, "classifier-weight cosine", ".2f")
+    else:
+        distance = np.zeros((len(class_names),) * 2)
+        distance[inputs.pairs["class_a"], inputs.pairs["class_b"]] = inputs.pairs["mean_distance"]
+        similarity_figure = figures.heatmap(distance + distance.T, class_names, "distance between class means", ".1f")
+    has_metrics = not inputs.metrics.empty
+    summary = summarise_metrics(inputs.metrics) if has_metrics else pd.DataFrame(columns=["fraction"])
     summary["fraction"] = summary["fraction"].map(lambda f: "" if pd.isna(f) else f"{f:.0%}")
     context = {
         "audit": inputs.audit,
@@ -122,7 +140,7 @@ def render_report(inputs: ReportInputs) -> str:
         "num_images": len(labels),
         "num_classes": len(class_names),
         "split_counts": pd.Series(split).value_counts().to_dict(),
-        "held_out_accuracy": float((labels[held_out] == predictions[held_out]).mean()),
+        "held_out_accuracy": float((labels[held_out] == predictions[held_out]).mean()) if predictions is not None else None,
         "layer_shape": "×".join(str(s) for s in inputs.features["activation"].shape[1:]),
         "rejects_by_reason": inputs.rejects["reason"].value_counts().to_dict(),
         "rejects": inputs.rejects.head(50).to_dict("records"),
@@ -130,10 +148,14 @@ def render_report(inputs: ReportInputs) -> str:
         "empty_classes": [n for n in class_names if covariance.get(f"class:{n}") == "none"],
         "min_images": inputs.reference.attrs["min_images"],
         "nonfinite": {n: int(k) for n, k in zip(class_names, inputs.reference["class_nonfinite"].values) if k > 0},
-        "score_figure": figures.score_distribution(inputs.anomalies, inputs.top_anomalies),
+        "score_figure": figures.score_distribution(inputs.anomalies.dropna(subset=["score"]), inputs.top_anomalies),
         "anomaly_sections": anomaly_sections,
-        "similarity_figure": figures.heatmap(weight_cosine(inputs.classifier_weight), class_names, "classifier-weight cosine", ".2f"),
-        "confusion_figure": figures.heatmap(confusion_counts(labels[held_out], predictions[held_out], len(class_names)), class_names, "confusions (held-out)", "d"),
+        "similarity_figure": similarity_figure,
+        "confusion_figure": (
+            figures.heatmap(confusion_counts(labels[held_out], predictions[held_out], len(class_names)), class_names, "confusions (held-out)", "d")
+            if predictions is not None
+            else None
+        ),
         "pairs": inputs.pairs.head(10).to_dict("records"),
         "similar": [
             {"name": name, "similar": list(zip(group["similar_name"], group["confusions"]))}
@@ -141,7 +163,7 @@ def render_report(inputs: ReportInputs) -> str:
         ],
         "pair_sections": pair_sections,
         "metric_rows": summary.to_dict("records"),
-        "deletion_figure": figures.deletion_by_method(inputs.metrics),
+        "deletion_figure": figures.deletion_by_method(inputs.metrics) if has_metrics else None,
         "metric_conventions": inputs.metrics[["baseline", "steps", "score", "order"]].drop_duplicates().to_dict("records"),
     }
     environment = jinja2.Environment(

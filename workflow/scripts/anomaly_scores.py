@@ -1,5 +1,7 @@
 """Snakemake adapter: leave-one-out Mahalanobis anomaly scores within each class."""
 from audit.features import open_features
+import numpy as np
+
 from audit.anomaly import anomaly_table
 from audit.reference import LeaveOneOut
 from audit.runtime import configure
@@ -11,7 +13,7 @@ reference = open_zarr(snakemake.input.reference).load()
 table = anomaly_table(
     features["embedding"].values,
     features["label"].values,
-    features["prediction"].values,
+    features["prediction"].values if "prediction" in features else np.full(features.sizes["image"], -1),
     features["image_id"].values,
     features["split"].values,
     LeaveOneOut(reference),

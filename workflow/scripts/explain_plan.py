@@ -1,23 +1,32 @@
 """Snakemake adapter: choose the images, targets and references to explain."""
 import pandas as pd
 
-from audit.features import open_features
 from audit.explain.plan import explain_plan
+from audit.features import open_features
 from audit.runtime import configure
+from audit.similarity import nearness_scores
 from audit.storage import open_zarr, write_parquet
 
 configure(snakemake.log[0], snakemake.threads)
 settings = snakemake.params.explain
 features = open_features(snakemake.input.features)
+has_head = "probability" in features
+if has_head:
+    class_scores = features["probability"].values
+else:
+    reference = open_zarr(snakemake.input.reference)
+    class_means = reference["mean"].sel(group=[f"class:{c}" for c in features["class"].values]).values
+    class_scores = nearness_scores(features["embedding"].values, class_means)
 plan = explain_plan(
     pd.read_parquet(snakemake.input.anomalies),
     pd.read_parquet(snakemake.input.pairs),
     features["image_id"].values,
     features["label"].values,
-    features["probability"].values,
+    class_scores,
     settings["top_anomalies"],
     settings["top_pairs"],
     settings["images_per_pair"],
     settings["finer_contrasts"],
+    gradients=has_head,
 )
 write_parquet(plan, snakemake.output[0])

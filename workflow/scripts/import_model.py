@@ -16,5 +16,6 @@ model, meta = import_model(
     images.sizes["y"],
     settings.get("mean"),
     settings.get("std"),
+    settings["head"],
 )
 save_checkpoint(model, meta, snakemake.output[0])

@@ -1,4 +1,5 @@
 """Snakemake adapter: reference-group statistics (Dask) and the class-pair table."""
+import numpy as np
 import xarray as xr
 
 from audit.concepts import concept_vectors
@@ -19,12 +20,15 @@ concepts = concept_vectors(features["pre_logits"], labels, features["image_id"].
 reference = xr.merge([reference, concepts], combine_attrs="override")
 write_zarr(reference, snakemake.output.reference)
 
-model, _ = load_checkpoint(snakemake.input.checkpoint)
-held_out = features["split"].values != "train"
-if not held_out.any():
-    held_out[:] = True
-confusion = confusion_counts(labels[held_out], features["prediction"].values[held_out], len(class_names))
+model, meta = load_checkpoint(snakemake.input.checkpoint)
 class_means = reference["mean"].sel(group=[f"class:{c}" for c in class_names]).values
-pairs = pair_table(class_names, model.get_classifier().weight.detach().numpy(), confusion, class_means)
+if meta.head:
+    held_out = features["split"].values != "train"
+    if not held_out.any():
+        held_out[:] = True
+    confusion = confusion_counts(labels[held_out], features["prediction"].values[held_out], len(class_names))
+    pairs = pair_table(class_names, model.get_classifier().weight.detach().numpy(), confusion, class_means)
+else:  # a backbone without a classifier: no confusions, no weights; pairs by distance between class means
+    pairs = pair_table(class_names, None, np.zeros((len(class_names),) * 2, np.int64), class_means)
 write_parquet(pairs, snakemake.output.pairs)
 write_parquet(similar_classes(pairs, snakemake.params.reference["top_similar"]), snakemake.output.similar)

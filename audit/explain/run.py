@@ -14,9 +14,6 @@ from audit.models.checkpoint import ModelMeta
 from audit.models.preprocess import to_model_input
 from audit.reference import LeaveOneOut, group_from_store
 
-METHODS = ("gradcam", "finercam", "diffcam")
-
-
 def gradient_maps(
     model: nn.Module, meta: ModelMeta, images: np.ndarray, plan: pd.DataFrame, gamma: float, batch_size: int, device: str = "cpu"
 ) -> np.ndarray:

@@ -1,10 +1,10 @@
 """Snakemake adapter: compute one method's maps for its rows of the plan."""
 import pandas as pd
 
-from audit.features import open_features
 from audit.data.dataset import read_image_store
 from audit.explain.run import diffcam_plan_maps, gradient_maps
 from audit.explain.store import saliency_dataset
+from audit.features import open_features
 from audit.models.checkpoint import load_checkpoint
 from audit.runtime import configure
 from audit.storage import open_zarr, write_zarr

@@ -8,7 +8,7 @@ from audit.models.checkpoint import load_checkpoint
 from audit.reference import class_statistics, reference_store
 from audit.runtime import configure
 from audit.similarity import confusion_counts, pair_table, similar_classes
-from audit.storage import open_zarr, write_parquet, write_zarr
+from audit.storage import write_parquet, write_zarr
 
 configure(snakemake.log[0], snakemake.threads)
 features = open_features(snakemake.input.features)

@@ -127,8 +127,8 @@ def fit_model(dataset: ImageDataset, name: str, kwargs: dict, layer: str, settin
     meta.metrics = {
         "train_seconds": round(time.perf_counter() - started, 1),
         "final_loss": round(losses[-1], 4),
-        "train_accuracy": accuracy(model, dataset.images[train], dataset.labels[train], meta.mean, meta.std),
-        "audit_accuracy": accuracy(model, dataset.images[held_out], dataset.labels[held_out], meta.mean, meta.std),
+        "train_accuracy": round(accuracy(model, dataset.images[train], dataset.labels[train], meta.mean, meta.std), 4),
+        "audit_accuracy": round(accuracy(model, dataset.images[held_out], dataset.labels[held_out], meta.mean, meta.std), 4),
     }
     log.info("training figures %s", meta.metrics)
     return model, meta

@@ -1,8 +1,10 @@
-"""Atomic writes: outputs appear complete or not at all.
+"""Store I/O with atomic writes: outputs appear complete or not at all.
 
 Each writer produces its artefact under a temporary sibling name and renames it
 into place, so an interrupted job never leaves a half-written store that a
-later stage would read as complete.
+later stage would read as complete. Zarr stores are v3, unconsolidated, with
+strings as variable-length UTF-8; :class:`ChunkedZarrWriter` builds a store
+along ``image`` in whole chunks.
 """
 from __future__ import annotations
 

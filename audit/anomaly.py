@@ -40,7 +40,8 @@ def anomaly_table(
     shrinkage = np.full(len(labels), np.nan)
     pooled = np.zeros(len(labels), bool)
     finite = np.isfinite(embedding).all(axis=1)
-    for i in tqdm(np.flatnonzero(finite), desc="anomaly", unit="img", mininterval=2):
+    by_class = np.flatnonzero(finite)[np.argsort(labels[finite], kind="stable")]  # one class's statistics loaded at a time
+    for i in tqdm(by_class, desc="anomaly", unit="img", mininterval=2):
         group = leave_one_out.group(labels[i], embedding[i])
         if group is not None:
             scores[i] = group.mahalanobis_squared(embedding[i])[0]

@@ -1,9 +1,17 @@
 """Reference-group statistics: per-class and complement Gaussians of embeddings.
 
-Everything derives from *sufficient statistics* accumulated in one pass in
-float64: per class the count n, the sum Σz (K,) and the sum of outer products
-Σzzᵀ (K, K). Complements ("all other classes") and leave-one-out groups are
-totals minus a part, never a second pass over the data.
+Everything derives from *sufficient statistics* in float64: per class the
+count n, the sum Σz (K,) and the sum of outer products Σzzᵀ (K, K).
+Complements ("all other classes") and leave-one-out groups are totals minus a
+part, never another pass over the data.
+
+Memory stays bounded in N *and* in the number of classes C: one pass over the
+embedding store spills each chunk's rows to one file per class (and sums
+counts and Σz); then classes are taken one at a time — Σzzᵀ from the class's
+rows, its groups' Cholesky factors written into the store — so at most a few
+K × K matrices are in memory, whatever N and C (1,000 classes × 2,048
+channels included). Disk: the spilled rows (N·K float32, removed afterwards)
+and the store (C·K² for the class outer products, (2C + 2)·K² for the factors).
 
 Covariances are shrunk with the Oracle Approximating Shrinkage (OAS, Chen et
 al. 2010, in scikit-learn's form), which needs only tr(S) and tr(S²) and so
@@ -14,46 +22,40 @@ Solves use the Cholesky factor; no explicit inverse is formed.
 A group with fewer than ``min_images`` images (at least 2) keeps its own mean
 but borrows the *pooled within-class* covariance (the scatter of every image
 around its class mean, over N − C degrees of freedom, OAS-shrunk); a group
-with no image has no reference (NaN, ``covariance`` = ``none``).
+with no image has no reference (NaN, ``covariance`` = ``none``). Rows with a
+NaN or infinite value are left out and counted.
 
 Store layout (``reference.zarr``): dims ``group``, ``channel``, ``channel_b``;
 variables ``count`` (group), ``mean`` (group, channel), ``shrinkage`` (group),
-``condition`` (group), ``covariance`` (group: ``own``, ``pooled`` or
-``none``), ``cholesky`` (group, channel, channel_b, lower factor of the shrunk
-covariance) and the class sufficient statistics ``class_count`` (class),
-``class_sum`` (class, channel) and ``class_outer`` (class, channel,
-channel_b), and ``class_nonfinite`` (class), images left out for NaN or
-infinite features. Group names are ``class:<name>``, ``others:<name>``, ``all`` and
-``pooled-within-class``; attrs hold ``min_images``. The workflow adds the
-concept vectors of :mod:`audit.concepts` (``concept_vector``, ``concept_count``).
+``condition`` (group, of the shrunk covariance), ``covariance`` (group:
+``own``, ``pooled`` or ``none``), ``cholesky`` (group, channel, channel_b,
+lower factor of the shrunk covariance, one chunk per group) and the class
+sufficient statistics ``class_count`` (class), ``class_sum`` (class, channel),
+``class_outer`` (class, channel, channel_b, one chunk per class) and
+``class_nonfinite`` (class). Group names are ``class:<name>``,
+``others:<name>``, ``all`` and ``pooled-within-class``; attrs hold
+``min_images``. The workflow adds the concept vectors of :mod:`audit.concepts`
+(``concept_vector``, ``concept_count``).
 """
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 import dask
 import dask.array as da
 import numpy as np
 import scipy.linalg
+import scipy.sparse.linalg
 import xarray as xr
+import zarr
+from tqdm import tqdm
 
-
-@dataclass
-class SufficientStatistics:
-    """count (G,), total (G, K) and outer (G, K, K) in float64, one row per group."""
-
-    count: np.ndarray
-    total: np.ndarray
-    outer: np.ndarray
-
-    def sum_groups(self) -> "SufficientStatistics":
-        """All groups pooled into one (shape (1, ...))."""
-        return SufficientStatistics(self.count.sum(0, keepdims=True), self.total.sum(0, keepdims=True), self.outer.sum(0, keepdims=True))
-
-    def complements(self) -> "SufficientStatistics":
-        """For each group, the statistics of all *other* groups (totals minus the group)."""
-        pooled = self.sum_groups()
-        return SufficientStatistics(pooled.count - self.count, pooled.total - self.total, pooled.outer - self.outer)
+from audit.storage import atomic_path, write_zarr_part
 
 
 @dataclass
@@ -80,41 +82,60 @@ class ShrunkGaussian:
         return (white**2).sum(0)
 
 
-def class_statistics(embedding: da.Array, labels: np.ndarray, num_classes: int, num_workers: int = 1) -> tuple[SufficientStatistics, np.ndarray]:
-    """Accumulate per-class sufficient statistics of ``embedding`` (N, K) in one pass, in float64.
+@dataclass
+class ClassSpill:
+    """The embedding's rows spilled to one file per class, with per-class counts and sums.
 
-    Dask loads ``num_workers`` chunks of images at a time; each chunk is added
-    into the accumulators class by class, in place. Memory is the
-    accumulators (C·K² for the outer products) plus a few chunks, whatever N.
-    ``labels`` (N,) holds class indices in [0, num_classes). Rows with a NaN
-    or infinite value are left out.
-
-    Returns:
-        the statistics and the number of left-out rows per class (C,).
+    Attributes:
+        directory: where ``class-<c>.f32`` files hold each class's finite rows (float32).
+        count (C,), total (C, K) float64: number and sum of the finite rows per class.
+        nonfinite (C,): rows left out for NaN or infinite values.
     """
+
+    directory: Path
+    count: np.ndarray
+    total: np.ndarray
+    nonfinite: np.ndarray
+
+    def outer(self, c: int, block: int = 4096) -> np.ndarray:
+        """Σzzᵀ (K, K) of class ``c`` in float64, reading its rows ``block`` at a time."""
+        k = self.total.shape[1]
+        outer = np.zeros((k, k))
+        path = self.directory / f"class-{c}.f32"
+        if path.exists():
+            rows = np.memmap(path, dtype=np.float32, mode="r").reshape(-1, k)
+            for start in range(0, len(rows), block):
+                part = np.asarray(rows[start : start + block], dtype=np.float64)
+                outer += part.T @ part
+        return outer
+
+
+def spill_by_class(embedding: da.Array, labels: np.ndarray, num_classes: int, directory: str | os.PathLike, num_workers: int = 1) -> ClassSpill:
+    """One pass over ``embedding`` (N, K): append each row to its class's file, sum counts and Σz.
+
+    Dask loads ``num_workers`` chunks at a time; memory is a few chunks plus C·K sums.
+    ``labels`` (N,) holds class indices in [0, num_classes).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
     embedding = embedding.rechunk({1: -1})
     k = embedding.shape[1]
-    stats = SufficientStatistics(np.zeros(num_classes), np.zeros((num_classes, k)), np.zeros((num_classes, k, k)))
-    nonfinite = np.zeros(num_classes, dtype=np.int64)
+    spill = ClassSpill(directory, np.zeros(num_classes), np.zeros((num_classes, k)), np.zeros(num_classes, dtype=np.int64))
     offsets = np.concatenate([[0], np.cumsum(embedding.chunks[0])])
     blocks = embedding.to_delayed().ravel()
-    for first in range(0, len(blocks), num_workers):
+    for first in tqdm(range(0, len(blocks), num_workers), desc="spill by class", unit="chunks"):
         loaded = dask.compute(*blocks[first : first + num_workers], scheduler="threads", num_workers=num_workers)
         for i, block in enumerate(loaded, start=first):
-            z, block_labels = np.asarray(block, dtype=np.float64), labels[offsets[i] : offsets[i + 1]]
+            z, block_labels = np.asarray(block, dtype=np.float32), labels[offsets[i] : offsets[i + 1]]
             finite = np.isfinite(z).all(axis=1)
-            np.add.at(nonfinite, block_labels[~finite], 1)
-            _accumulate(stats, z[finite], block_labels[finite])
-    return stats, nonfinite
-
-
-def _accumulate(stats: SufficientStatistics, z: np.ndarray, labels: np.ndarray) -> None:
-    """Add the rows ``z`` (n, K) with class ``labels`` (n,) into ``stats`` in place."""
-    for c in np.unique(labels):
-        members = z[labels == c]
-        stats.count[c] += len(members)
-        stats.total[c] += members.sum(0)
-        stats.outer[c] += members.T @ members
+            np.add.at(spill.nonfinite, block_labels[~finite], 1)
+            for c in np.unique(block_labels[finite]):
+                rows = z[finite & (block_labels == c)]
+                spill.count[c] += len(rows)
+                spill.total[c] += rows.sum(0, dtype=np.float64)
+                with open(directory / f"class-{c}.f32", "ab") as handle:
+                    rows.tofile(handle)
+    return spill
 
 
 def oas_gaussian(count: float, total: np.ndarray, outer: np.ndarray) -> ShrunkGaussian:
@@ -139,16 +160,6 @@ def oas_gaussian(count: float, total: np.ndarray, outer: np.ndarray) -> ShrunkGa
     return ShrunkGaussian(mean=mean, cholesky=cholesky, shrinkage=float(shrinkage), count=float(count))
 
 
-def pooled_within_class(stats: SufficientStatistics) -> ShrunkGaussian:
-    """OAS-shrunk pooled within-class covariance (mean 0) over N − C degrees of freedom."""
-    present = stats.count > 0
-    scatter = sum(
-        stats.outer[c] - np.outer(stats.total[c], stats.total[c]) / stats.count[c] for c in np.flatnonzero(present)
-    )
-    dof = stats.count.sum() - present.sum()
-    return oas_gaussian(dof, np.zeros(stats.total.shape[1]), scatter)
-
-
 def group_gaussian(count: float, total: np.ndarray, outer: np.ndarray, pooled: ShrunkGaussian, min_images: int) -> ShrunkGaussian | None:
     """The group's own OAS Gaussian, its mean with the ``pooled`` covariance when small, or None when empty."""
     if count >= max(min_images, 2):
@@ -158,56 +169,142 @@ def group_gaussian(count: float, total: np.ndarray, outer: np.ndarray, pooled: S
     return None
 
 
-class LeaveOneOut:
-    """Each class without one of its members, from the class statistics of a reference store."""
-
-    def __init__(self, store: xr.Dataset):
-        self.stats = class_statistics_from_store(store)
-        self.pooled = group_from_store(store, "pooled-within-class")
-        self.min_images = int(store.attrs["min_images"])
-
-    def group(self, label: int, z: np.ndarray) -> ShrunkGaussian | None:
-        """Class ``label`` without the member embedding ``z`` (K,); None when nothing is left."""
-        z = np.asarray(z, dtype=np.float64)
-        s = self.stats
-        return group_gaussian(s.count[label] - 1, s.total[label] - z, s.outer[label] - np.outer(z, z), self.pooled, self.min_images)
+def condition_number(cholesky: np.ndarray) -> float:
+    """Condition number of S = L Lᵀ: exact for K ≤ 512, else by Lanczos on S and S⁻¹ (Cholesky solves)."""
+    k = len(cholesky)
+    covariance = cholesky @ cholesky.T
+    if k <= 512:
+        eigenvalues = np.linalg.eigvalsh(covariance)
+        return float(eigenvalues[-1] / eigenvalues[0])
+    largest = scipy.sparse.linalg.eigsh(covariance, k=1, which="LA", return_eigenvectors=False)[0]
+    inverse = scipy.sparse.linalg.LinearOperator((k, k), matvec=lambda v: scipy.linalg.cho_solve((cholesky, True), v), dtype=np.float64)
+    inverse_largest = scipy.sparse.linalg.eigsh(inverse, k=1, which="LA", return_eigenvectors=False)[0]
+    return float(largest * inverse_largest)
 
 
-def reference_store(stats: SufficientStatistics, class_names: list[str], min_images: int = 10, nonfinite: np.ndarray | None = None) -> xr.Dataset:
-    """Build ``reference.zarr`` (see module docstring) from per-class statistics.
+def write_reference_store(
+    embedding: da.Array,
+    labels: np.ndarray,
+    class_names: list[str],
+    target: str | os.PathLike,
+    min_images: int = 10,
+    num_workers: int = 1,
+    scratch: str | os.PathLike | None = None,
+    extra: xr.Dataset | None = None,
+) -> None:
+    """Compute every reference group of ``embedding`` (N, K) and write ``reference.zarr`` atomically.
 
-    ``nonfinite`` (C,) counts the images per class left out for NaN or infinite features.
+    One pass over the embedding spills rows by class (under ``scratch``, a
+    temporary folder next to ``target`` by default, removed at the end); then
+    classes are processed one at a time (see the module docstring).
+    ``extra`` variables (e.g. concept vectors) are stored alongside.
     """
-    pooled = pooled_within_class(stats)
-    everything = stats.sum_groups()
-    groups, names = [], []
-    for kind, source in (("class", stats), ("others", stats.complements()), ("all", everything)):
-        for c in range(len(source.count)):
-            groups.append(group_gaussian(source.count[c], source.total[c], source.outer[c], pooled, min_images))
-            names.append("all" if kind == "all" else f"{kind}:{class_names[c]}")
-    groups.append(pooled)
-    names.append("pooled-within-class")
-    k = stats.total.shape[1]
-    empty = ShrunkGaussian(mean=np.full(k, np.nan), cholesky=np.full((k, k), np.nan), shrinkage=np.nan, count=0.0)
-    source = ["none" if g is None else "pooled" if g.pooled else "own" for g in groups]
-    groups = [empty if g is None else g for g in groups]
-    cholesky = np.stack([g.cholesky for g in groups])
-    return xr.Dataset(
+    target = Path(target)
+    num_classes, k = len(class_names), embedding.shape[1]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    spill_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.spill-", dir=scratch or target.parent))
+    try:
+        spill = spill_by_class(embedding, labels, num_classes, spill_dir, num_workers)
+        with atomic_path(target) as tmp:
+            _write_groups(spill, class_names, tmp, min_images, k, extra)
+    finally:
+        shutil.rmtree(spill_dir, ignore_errors=True)
+
+
+def _write_groups(spill: ClassSpill, class_names: list[str], path: Path, min_images: int, k: int, extra: xr.Dataset | None) -> None:
+    num_classes = len(class_names)
+    names = [f"class:{n}" for n in class_names] + [f"others:{n}" for n in class_names] + ["all", "pooled-within-class"]
+    template = xr.Dataset(
         {
-            "count": ("group", np.array([g.count for g in groups])),
-            "mean": (("group", "channel"), np.stack([g.mean for g in groups])),
-            "shrinkage": ("group", np.array([g.shrinkage for g in groups])),
-            "condition": ("group", np.array([np.linalg.cond(c @ c.T) if s != "none" else np.nan for c, s in zip(cholesky, source)])),
-            "covariance": ("group", np.array(source)),
-            "cholesky": (("group", "channel", "channel_b"), cholesky),
-            "class_sum": (("class", "channel"), stats.total),
-            "class_outer": (("class", "channel", "channel_b"), stats.outer),
-            "class_count": ("class", stats.count),
-            "class_nonfinite": ("class", np.zeros(len(class_names), np.int64) if nonfinite is None else nonfinite),
+            "cholesky": (("group", "channel", "channel_b"), da.zeros((len(names), k, k), chunks=(1, k, k))),
+            "class_outer": (("class", "channel", "channel_b"), da.zeros((num_classes, k, k), chunks=(1, k, k))),
+        },
+        coords={"group": names, "class": class_names},
+    )
+    write_zarr_part(template, path, append=False, compute=False)
+
+    total_outer, scatter = np.zeros((k, k)), np.zeros((k, k))
+    for c in tqdm(range(num_classes), desc="class outer products", unit="class"):
+        outer = spill.outer(c)
+        _write_region(path, "class_outer", c, outer)
+        total_outer += outer
+        if spill.count[c] > 0:
+            scatter += outer - np.outer(spill.total[c], spill.total[c]) / spill.count[c]
+    pooled = oas_gaussian(spill.count.sum() - (spill.count > 0).sum(), np.zeros(k), scatter)
+    total_count, total_sum = spill.count.sum(), spill.total.sum(0)
+
+    summaries: list[dict] = [{}] * len(names)
+    for c in tqdm(range(num_classes), desc="reference groups", unit="class"):
+        outer = _read_region(path, "class_outer", c)
+        own = group_gaussian(spill.count[c], spill.total[c], outer, pooled, min_images)
+        others = group_gaussian(total_count - spill.count[c], total_sum - spill.total[c], total_outer - outer, pooled, min_images)
+        summaries[c] = _write_group(path, c, own, k)
+        summaries[num_classes + c] = _write_group(path, num_classes + c, others, k)
+    summaries[-2] = _write_group(path, len(names) - 2, group_gaussian(total_count, total_sum, total_outer, pooled, min_images), k)
+    summaries[-1] = _write_group(path, len(names) - 1, pooled, k)
+
+    small = xr.Dataset(
+        {
+            **{name: ("group", np.array([s[name] for s in summaries])) for name in ("count", "shrinkage", "condition")},
+            "mean": (("group", "channel"), np.stack([s["mean"] for s in summaries])),
+            "covariance": ("group", np.array([s["covariance"] for s in summaries], dtype=object)),
+            "class_sum": (("class", "channel"), spill.total),
+            "class_count": ("class", spill.count),
+            "class_nonfinite": ("class", spill.nonfinite),
         },
         coords={"group": names, "class": class_names},
         attrs={"estimator": "oas", "dtype": "float64", "min_images": int(min_images)},
     )
+    if extra is not None:
+        small = xr.merge([small, extra], combine_attrs="drop_conflicts")
+    write_zarr_part(small, path, append=False, mode="a")
+
+
+def _write_group(path: Path, g: int, group: ShrunkGaussian | None, k: int) -> dict:
+    """Write group ``g``'s Cholesky factor (NaN when empty); return its small values for the store."""
+    if group is None:
+        _write_region(path, "cholesky", g, np.full((k, k), np.nan))
+        return {"count": 0.0, "mean": np.full(k, np.nan), "shrinkage": np.nan, "condition": np.nan, "covariance": "none"}
+    _write_region(path, "cholesky", g, group.cholesky)
+    return {
+        "count": group.count,
+        "mean": group.mean,
+        "shrinkage": group.shrinkage,
+        "condition": condition_number(group.cholesky),
+        "covariance": "pooled" if group.pooled else "own",
+    }
+
+
+def _write_region(path: Path, name: str, index: int, matrix: np.ndarray) -> None:
+    """Write slice ``index`` (K, K) of a one-chunk-per-slice variable: a whole chunk, never a partial one."""
+    zarr.open_array(str(path / name), mode="r+")[index] = matrix
+
+
+def _read_region(path: Path, name: str, index: int) -> np.ndarray:
+    """Read slice ``index`` (K, K) of a variable written by :func:`_write_region`."""
+    return np.asarray(zarr.open_array(str(path / name), mode="r")[index])
+
+
+class LeaveOneOut:
+    """Each class without one of its members, from the class statistics of a reference store.
+
+    A class's outer product (K × K) is read when first needed and the last
+    few are cached, so iterate over images class by class.
+    """
+
+    def __init__(self, store: xr.Dataset):
+        self.store = store
+        self.count = store["class_count"].values
+        self.total = store["class_sum"].values
+        self.pooled = group_from_store(store, "pooled-within-class")
+        self.min_images = int(store.attrs["min_images"])
+        self._outer = lru_cache(maxsize=2)(lambda c: self.store["class_outer"].isel({"class": c}).values)
+
+    def group(self, label: int, z: np.ndarray) -> ShrunkGaussian | None:
+        """Class ``label`` without the member embedding ``z`` (K,); None when nothing is left."""
+        z = np.asarray(z, dtype=np.float64)
+        outer = self._outer(int(label))
+        return group_gaussian(self.count[label] - 1, self.total[label] - z, outer - np.outer(z, z), self.pooled, self.min_images)
 
 
 def group_from_store(store: xr.Dataset, name: str) -> ShrunkGaussian:
@@ -222,8 +319,3 @@ def group_from_store(store: xr.Dataset, name: str) -> ShrunkGaussian:
         count=float(g["count"]),
         pooled=str(g["covariance"].values) == "pooled",
     )
-
-
-def class_statistics_from_store(store: xr.Dataset) -> SufficientStatistics:
-    """The per-class sufficient statistics kept in a reference store."""
-    return SufficientStatistics(store["class_count"].values, store["class_sum"].values, store["class_outer"].values)

@@ -59,13 +59,17 @@ def write_zarr(dataset: xr.Dataset, target: str | os.PathLike) -> None:
         write_zarr_part(dataset, tmp, append=False)
 
 
-def write_zarr_part(dataset: xr.Dataset, path: str | os.PathLike, append: bool, image_chunk: int | None = None) -> None:
+def write_zarr_part(
+    dataset: xr.Dataset, path: str | os.PathLike, append: bool, image_chunk: int | None = None, mode: str = "w", compute: bool = True
+) -> None:
     """Create the Zarr v3 store at ``path`` from ``dataset``, or append it along ``image``.
 
     ``image_chunk`` (on creation) fixes the chunk length along ``image`` of
-    every variable with that dimension (other dimensions whole). Not atomic by
-    itself: for a single writer building a store under a temporary name (see
-    :func:`atomic_path`). Never use it from parallel writers.
+    every variable with that dimension (other dimensions whole). ``mode="a"``
+    adds ``dataset``'s variables to an existing store; ``compute=False``
+    writes the metadata only (the arrays are filled later, chunk by chunk).
+    Not atomic by itself: for a single writer building a store under a
+    temporary name (see :func:`atomic_path`). Never use it from parallel writers.
     """
     converted = dataset.copy()
     for name, variable in dataset.variables.items():
@@ -81,7 +85,7 @@ def write_zarr_part(dataset: xr.Dataset, path: str | os.PathLike, append: bool, 
             for name, variable in converted.variables.items():
                 if "image" in variable.dims:
                     encoding[name] = {"chunks": tuple(image_chunk if d == "image" else n for d, n in zip(variable.dims, variable.shape))}
-        converted.to_zarr(path, mode="w", zarr_format=3, consolidated=False, encoding=encoding)
+        converted.to_zarr(path, mode=mode, zarr_format=3, consolidated=False, encoding=encoding, compute=compute)
 
 
 def open_zarr(path: str | os.PathLike) -> xr.Dataset:

@@ -71,16 +71,15 @@ def write_embeddings(path: Path, images: int, channels: int, classes: int, chunk
 
 
 def reference_peak(path: Path, classes: int) -> dict:
-    """Peak memory and time of class statistics + reference store over the embedding store at ``path``."""
-    from audit.reference import class_statistics, reference_store
+    """Peak memory and time of writing the reference store from the embedding store at ``path``."""
+    from audit.reference import write_reference_store
     from audit.storage import open_zarr
 
     store = open_zarr(path)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tracemalloc.start()
     started = time.perf_counter()
-    stats, _ = class_statistics(store["embedding"].data, store["label"].values, classes, num_workers=2)
-    reference_store(stats, [f"c{i}" for i in range(classes)])
+    write_reference_store(store["embedding"].data, store["label"].values, [f"c{i}" for i in range(classes)], path.parent / "reference.zarr", num_workers=2)
     seconds = time.perf_counter() - started
     _, traced = tracemalloc.get_traced_memory()
     tracemalloc.stop()

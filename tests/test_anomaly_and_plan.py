@@ -5,7 +5,8 @@ import pandas as pd
 
 from audit.anomaly import anomaly_table
 from audit.explain.plan import explain_plan
-from audit.reference import LeaveOneOut, class_statistics, oas_gaussian, reference_store
+from audit.reference import LeaveOneOut, oas_gaussian, write_reference_store
+from audit.storage import open_zarr
 from audit.similarity import confusion_counts, pair_table, similar_classes
 
 
@@ -17,11 +18,12 @@ def _planted(rng):
     return z, labels
 
 
-def test_planted_outliers_rank_first_and_scores_match_brute_force(rng):
+def test_planted_outliers_rank_first_and_scores_match_brute_force(rng, tmp_path):
     z, labels = _planted(rng)
-    stats, _ = class_statistics(da.from_array(z, chunks=(25, 6)), labels, 2)
+    write_reference_store(da.from_array(z, chunks=(25, 6)), labels, ["a", "b"], tmp_path / "reference.zarr")
+    z = z.astype(np.float32).astype(np.float64)  # what the store saw
     ids = np.array([f"i{n}" for n in range(80)])
-    table = anomaly_table(z, labels, labels, ids, np.full(80, "audit"), LeaveOneOut(reference_store(stats, ["a", "b"])), ["a", "b"])
+    table = anomaly_table(z, labels, labels, ids, np.full(80, "audit"), LeaveOneOut(open_zarr(tmp_path / "reference.zarr").load()), ["a", "b"])
     top = table[table["rank"] == 1].set_index("label")["image_id"]
     assert top[0] == "i7" and top[1] == "i50"
     others = np.delete(z[labels == 0], 7, axis=0)

@@ -2,18 +2,12 @@
 import dask.array as da
 import numpy as np
 import pytest
+import xarray as xr
 from sklearn.covariance import OAS
 
 from audit.anomaly import anomaly_table
-from audit.reference import (
-    LeaveOneOut,
-    class_statistics,
-    class_statistics_from_store,
-    group_from_store,
-    oas_gaussian,
-    pooled_within_class,
-    reference_store,
-)
+from audit.reference import LeaveOneOut, condition_number, group_from_store, oas_gaussian, spill_by_class, write_reference_store
+from audit.storage import open_zarr
 
 
 def _data(rng, n=120, k=6, classes=3):
@@ -22,14 +16,22 @@ def _data(rng, n=120, k=6, classes=3):
     return z, labels
 
 
-def test_class_statistics_match_numpy_over_several_chunks(rng):
+def _store(tmp_path, z, labels, names, min_images=10, chunk=17):
+    """Write and load a reference store of embeddings ``z`` (float32 as in the feature store)."""
+    path = tmp_path / "reference.zarr"
+    write_reference_store(da.from_array(z.astype(np.float32), chunks=(chunk, z.shape[1])), labels, names, path, min_images, num_workers=2)
+    return open_zarr(path).load()
+
+
+def test_spill_by_class_matches_numpy_over_several_chunks(rng, tmp_path):
     z, labels = _data(rng)
-    stats, _ = class_statistics(da.from_array(z, chunks=(17, 6)), labels, 3, num_workers=2)
+    spill = spill_by_class(da.from_array(z.astype(np.float32), chunks=(17, 6)), labels, 4, tmp_path, num_workers=2)  # class 3 empty
     for c in range(3):
-        members = z[labels == c]
-        assert stats.count[c] == len(members)
-        np.testing.assert_allclose(stats.total[c], members.sum(0))
-        np.testing.assert_allclose(stats.outer[c], members.T @ members)
+        members = z[labels == c].astype(np.float32).astype(np.float64)
+        assert spill.count[c] == len(members)
+        np.testing.assert_allclose(spill.total[c], members.sum(0))
+        np.testing.assert_allclose(spill.outer(c), members.T @ members)
+    assert spill.count[3] == 0 and spill.outer(3).shape == (6, 6) and not spill.outer(3).any()
 
 
 def test_oas_matches_scikit_learn(rng):
@@ -50,59 +52,63 @@ def test_mahalanobis_matches_explicit_inverse(rng):
     np.testing.assert_allclose(group.mahalanobis_squared(probe), expected, rtol=1e-10)
 
 
-def test_complements_and_leave_one_out_equal_direct_statistics(rng):
+def test_store_groups_match_direct_estimates(rng, tmp_path):
     z, labels = _data(rng)
-    stats, _ = class_statistics(da.from_array(z, chunks=(50, 6)), labels, 3)
-    others = stats.complements()
-    rest = z[labels != 1]
-    np.testing.assert_allclose(others.total[1], rest.sum(0))
-    np.testing.assert_allclose(others.outer[1], rest.T @ rest)
+    z32 = z.astype(np.float32).astype(np.float64)
+    store = _store(tmp_path, z, labels, ["a", "b", "c"], min_images=5)
+    assert list(store["group"].values) == ["class:a", "class:b", "class:c", "others:a", "others:b", "others:c", "all", "pooled-within-class"]
+    assert set(store["covariance"].values) == {"own"} and store.attrs["estimator"] == "oas"
+    assert ((store["shrinkage"] >= 0) & (store["shrinkage"] <= 1)).all()
+    for name, rows in (("class:c", labels == 2), ("others:b", labels != 1), ("all", np.ones(len(z), bool))):
+        group = group_from_store(store, name)
+        direct = OAS().fit(z32[rows])
+        assert store["count"].sel(group=name).item() == rows.sum()
+        np.testing.assert_allclose(group.mean, z32[rows].mean(0), rtol=1e-10)
+        np.testing.assert_allclose(group.cholesky @ group.cholesky.T, direct.covariance_, rtol=1e-8, atol=1e-10)
+        covariance = group.cholesky @ group.cholesky.T
+        assert store["condition"].sel(group=name).item() == pytest.approx(np.linalg.cond(covariance), rel=1e-8)
+    np.testing.assert_allclose(store["class_outer"].values[0], z32[labels == 0].T @ z32[labels == 0])
     members = np.flatnonzero(labels == 2)
-    without = z[members[1:]]
-    loo = LeaveOneOut(reference_store(stats, ["a", "b", "c"], min_images=5)).group(2, z[members[0]])
+    loo = LeaveOneOut(store).group(2, z32[members[0]])
+    direct = OAS().fit(z32[members[1:]])
     assert not loo.pooled
-    direct = OAS().fit(without)
-    np.testing.assert_allclose(loo.mean, without.mean(0))
+    np.testing.assert_allclose(loo.mean, z32[members[1:]].mean(0))
     np.testing.assert_allclose(loo.cholesky @ loo.cholesky.T, direct.covariance_, rtol=1e-8, atol=1e-10)
 
 
-def test_reference_store_groups(rng):
-    z, labels = _data(rng)
-    stats, _ = class_statistics(da.from_array(z, chunks=(40, 6)), labels, 3)
-    store = reference_store(stats, ["a", "b", "c"])
-    assert list(store["group"].values) == ["class:a", "class:b", "class:c", "others:a", "others:b", "others:c", "all", "pooled-within-class"]
-    assert set(store["covariance"].values) == {"own"}
-    assert store["count"].sel(group="others:b").item() == (labels != 1).sum()
-    assert store.attrs["estimator"] == "oas"
-    assert ((store["shrinkage"] >= 0) & (store["shrinkage"] <= 1)).all()
-    np.testing.assert_allclose(group_from_store(store, "class:c").mean, z[labels == 2].mean(0))
-    np.testing.assert_allclose(class_statistics_from_store(store).outer, stats.outer)
+def test_extra_variables_are_stored_and_the_spill_is_removed(rng, tmp_path):
+    z, labels = _data(rng, n=30)
+    extra = xr.Dataset({"concept_vector": (("concept", "feature"), np.ones((2, 4)))}, coords={"concept": ["x", "y"]})
+    write_reference_store(da.from_array(z, chunks=(10, 6)), labels, ["a", "b", "c"], tmp_path / "reference.zarr", 2, extra=extra)
+    assert open_zarr(tmp_path / "reference.zarr")["concept_vector"].shape == (2, 4)
+    assert [p.name for p in tmp_path.iterdir()] == ["reference.zarr"]
 
 
-def test_group_with_one_image_is_a_clear_error():
-    with pytest.raises(ValueError, match="at least 2 images"):
-        oas_gaussian(1, np.ones(3), np.eye(3))
+def test_condition_number_by_lanczos_matches_the_exact_one(rng):
+    k = 600
+    basis, _ = np.linalg.qr(rng.normal(size=(k, k)))
+    covariance = basis @ np.diag(np.linspace(0.5, 40.0, k)) @ basis.T
+    assert condition_number(np.linalg.cholesky(covariance)) == pytest.approx(80.0, rel=1e-6)
 
 
-def test_small_and_empty_classes_fall_back_instead_of_failing(rng):
+def test_small_and_empty_classes_fall_back_instead_of_failing(rng, tmp_path):
     labels = np.array([0] * 30 + [1] * 3 + [2] * 1)
-    z = rng.normal(size=(34, 4)) * np.array([1.0, 4.0, 0.3, 2.0]) + labels[:, None]
-    stats, _ = class_statistics(da.from_array(z, chunks=(10, 4)), labels, 4)  # class 3 is empty
-    store = reference_store(stats, ["a", "b", "c", "d"], min_images=5)
+    z = (rng.normal(size=(34, 4)) * np.array([1.0, 4.0, 0.3, 2.0]) + labels[:, None]).astype(np.float32).astype(np.float64)
+    store = _store(tmp_path, z, labels, ["a", "b", "c", "d"], min_images=5, chunk=10)  # class d is empty
     source = dict(zip(store["group"].values, store["covariance"].values))
     assert source["class:a"] == "own" and source["class:b"] == "pooled" and source["class:c"] == "pooled" and source["class:d"] == "none"
 
     centred = np.concatenate([z[labels == c] - z[labels == c].mean(0) for c in range(3)])
     scatter = centred.T @ centred / (34 - 3)  # N − C degrees of freedom
-    expected = pooled_within_class(stats)
-    assert 0 < expected.shrinkage < 1
-    shrunk = (1 - expected.shrinkage) * scatter + expected.shrinkage * np.trace(scatter) / 4 * np.eye(4)
-    np.testing.assert_allclose(expected.cholesky @ expected.cholesky.T, shrunk, rtol=1e-10)
+    pooled = group_from_store(store, "pooled-within-class")
+    assert 0 < pooled.shrinkage < 1
+    shrunk = (1 - pooled.shrinkage) * scatter + pooled.shrinkage * np.trace(scatter) / 4 * np.eye(4)
+    np.testing.assert_allclose(pooled.cholesky @ pooled.cholesky.T, shrunk, rtol=1e-8)
 
     small = group_from_store(store, "class:b")
     assert small.pooled
     np.testing.assert_allclose(small.mean, z[labels == 1].mean(0))
-    np.testing.assert_allclose(small.cholesky, expected.cholesky)
+    np.testing.assert_allclose(small.cholesky, pooled.cholesky)
     with pytest.raises(ValueError, match="has no images"):
         group_from_store(store, "class:d")
 
@@ -113,20 +119,25 @@ def test_small_and_empty_classes_fall_back_instead_of_failing(rng):
     assert table.loc[table["label"] != 2, "score"].notna().all()
 
 
-def test_nan_and_infinite_features_are_left_out_and_counted(rng):
+def test_group_with_one_image_is_a_clear_error():
+    with pytest.raises(ValueError, match="at least 2 images"):
+        oas_gaussian(1, np.ones(3), np.eye(3))
+
+
+def test_nan_and_infinite_features_are_left_out_and_counted(rng, tmp_path):
     z, labels = _data(rng, n=60)
+    z = z.astype(np.float32).astype(np.float64)
     broken = z.copy()
     broken[[3, 10, 11]] = np.nan
     broken[20, 2] = np.inf
-    stats, nonfinite = class_statistics(da.from_array(broken, chunks=(16, 6)), labels, 3)
     keep = np.isfinite(broken).all(axis=1)
-    clean, none = class_statistics(da.from_array(z[keep], chunks=(16, 6)), labels[keep], 3)
-    np.testing.assert_allclose(stats.outer, clean.outer)
-    np.testing.assert_allclose(stats.total, clean.total)
-    assert nonfinite.sum() == 4 and none.sum() == 0
-    assert list(nonfinite) == [int((labels[~keep] == c).sum()) for c in range(3)]
+    store = _store(tmp_path / "broken", broken, labels, ["a", "b", "c"], min_images=2, chunk=16)
+    clean = _store(tmp_path / "clean", z[keep], labels[keep], ["a", "b", "c"], min_images=2, chunk=16)
+    np.testing.assert_allclose(store["class_outer"].values, clean["class_outer"].values)
+    np.testing.assert_allclose(store["cholesky"].values, clean["cholesky"].values)
+    assert list(store["class_nonfinite"].values) == [int((labels[~keep] == c).sum()) for c in range(3)]
+    assert clean["class_nonfinite"].sum() == 0
 
-    store = reference_store(stats, ["a", "b", "c"], min_images=2, nonfinite=nonfinite)
     table = anomaly_table(broken, labels, labels, np.arange(60).astype(str), np.full(60, "audit"), LeaveOneOut(store), ["a", "b", "c"])
     scores = table.set_index("image_id")["score"]
     assert scores.loc[["3", "10", "11", "20"]].isna().all()

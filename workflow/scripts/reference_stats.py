@@ -1,27 +1,26 @@
-"""Snakemake adapter: reference-group statistics (Dask) and the class-pair table."""
+"""Snakemake adapter: reference-group statistics (Dask), concept vectors and the class-pair tables."""
 import numpy as np
-import xarray as xr
 
 from audit.concepts import concept_vectors
 from audit.features import open_features
 from audit.models.checkpoint import load_checkpoint
-from audit.reference import class_statistics, reference_store
+from audit.reference import write_reference_store
 from audit.runtime import configure
 from audit.similarity import confusion_counts, pair_table, similar_classes
-from audit.storage import write_parquet, write_zarr
+from audit.storage import open_zarr, write_parquet
 
 configure(snakemake.log[0], snakemake.threads)
+settings = snakemake.params.reference
 features = open_features(snakemake.input.features)
 class_names = [str(c) for c in features["class"].values]
 labels = features["label"].values
-stats, nonfinite = class_statistics(features["embedding"].data, labels, len(class_names), num_workers=snakemake.threads)
-reference = reference_store(stats, class_names, snakemake.params.reference["min_images"], nonfinite)
-concepts = concept_vectors(features["pre_logits"], labels, features["image_id"].values, class_names, snakemake.params.reference["concepts"])
-reference = xr.merge([reference, concepts], combine_attrs="override")
-write_zarr(reference, snakemake.output.reference)
+concepts = concept_vectors(features["pre_logits"], labels, features["image_id"].values, class_names, settings["concepts"])
+write_reference_store(
+    features["embedding"].data, labels, class_names, snakemake.output.reference, settings["min_images"], snakemake.threads, extra=concepts
+)
 
 model, meta = load_checkpoint(snakemake.input.checkpoint)
-class_means = reference["mean"].sel(group=[f"class:{c}" for c in class_names]).values
+class_means = open_zarr(snakemake.output.reference)["mean"].sel(group=[f"class:{c}" for c in class_names]).values
 if meta.head:
     held_out = features["split"].values != "train"
     if not held_out.any():
@@ -31,4 +30,4 @@ if meta.head:
 else:  # a backbone without a classifier: no confusions, no weights; pairs by distance between class means
     pairs = pair_table(class_names, None, np.zeros((len(class_names),) * 2, np.int64), class_means)
 write_parquet(pairs, snakemake.output.pairs)
-write_parquet(similar_classes(pairs, snakemake.params.reference["top_similar"]), snakemake.output.similar)
+write_parquet(similar_classes(pairs, settings["top_similar"]), snakemake.output.similar)

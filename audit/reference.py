@@ -27,7 +27,8 @@ NaN or infinite value are left out and counted.
 
 Store layout (``reference.zarr``): dims ``group``, ``channel``, ``channel_b``;
 variables ``count`` (group), ``mean`` (group, channel), ``shrinkage`` (group),
-``condition`` (group, of the shrunk covariance), ``covariance`` (group:
+``condition`` (group, 1-norm condition number of the shrunk covariance,
+LAPACK's estimate), ``covariance`` (group:
 ``own``, ``pooled`` or ``none``), ``cholesky`` (group, channel, channel_b,
 lower factor of the shrunk covariance, one chunk per group) and the class
 sufficient statistics ``class_count`` (class), ``class_sum`` (class, channel),
@@ -50,7 +51,7 @@ import dask
 import dask.array as da
 import numpy as np
 import scipy.linalg
-import scipy.sparse.linalg
+import scipy.linalg.lapack
 import xarray as xr
 import zarr
 from tqdm import tqdm
@@ -135,6 +136,7 @@ def spill_by_class(embedding: da.Array, labels: np.ndarray, num_classes: int, di
                 spill.total[c] += rows.sum(0, dtype=np.float64)
                 with open(directory / f"class-{c}.f32", "ab") as handle:
                     rows.tofile(handle)
+        del loaded, block, z  # free these chunks before loading the next ones
     return spill
 
 
@@ -170,16 +172,12 @@ def group_gaussian(count: float, total: np.ndarray, outer: np.ndarray, pooled: S
 
 
 def condition_number(cholesky: np.ndarray) -> float:
-    """Condition number of S = L Lᵀ: exact for K ≤ 512, else by Lanczos on S and S⁻¹ (Cholesky solves)."""
-    k = len(cholesky)
+    """1-norm condition number of S = L Lᵀ, estimated by LAPACK's ``pocon`` from the factor in O(K²)."""
     covariance = cholesky @ cholesky.T
-    if k <= 512:
-        eigenvalues = np.linalg.eigvalsh(covariance)
-        return float(eigenvalues[-1] / eigenvalues[0])
-    largest = scipy.sparse.linalg.eigsh(covariance, k=1, which="LA", return_eigenvectors=False)[0]
-    inverse = scipy.sparse.linalg.LinearOperator((k, k), matvec=lambda v: scipy.linalg.cho_solve((cholesky, True), v), dtype=np.float64)
-    inverse_largest = scipy.sparse.linalg.eigsh(inverse, k=1, which="LA", return_eigenvectors=False)[0]
-    return float(largest * inverse_largest)
+    reciprocal, info = scipy.linalg.lapack.dpocon(cholesky, np.abs(covariance).sum(axis=0).max(), uplo="L")
+    if info != 0 or reciprocal == 0:
+        return float("inf")
+    return float(1.0 / reciprocal)
 
 
 def write_reference_store(

@@ -66,7 +66,7 @@ def test_store_groups_match_direct_estimates(rng, tmp_path):
         np.testing.assert_allclose(group.mean, z32[rows].mean(0), rtol=1e-10)
         np.testing.assert_allclose(group.cholesky @ group.cholesky.T, direct.covariance_, rtol=1e-8, atol=1e-10)
         covariance = group.cholesky @ group.cholesky.T
-        assert store["condition"].sel(group=name).item() == pytest.approx(np.linalg.cond(covariance), rel=1e-8)
+        assert np.linalg.cond(covariance, 1) / 3 <= store["condition"].sel(group=name).item() <= np.linalg.cond(covariance, 1) * (1 + 1e-9)
     np.testing.assert_allclose(store["class_outer"].values[0], z32[labels == 0].T @ z32[labels == 0])
     members = np.flatnonzero(labels == 2)
     loo = LeaveOneOut(store).group(2, z32[members[0]])
@@ -84,11 +84,13 @@ def test_extra_variables_are_stored_and_the_spill_is_removed(rng, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["reference.zarr"]
 
 
-def test_condition_number_by_lanczos_matches_the_exact_one(rng):
-    k = 600
-    basis, _ = np.linalg.qr(rng.normal(size=(k, k)))
-    covariance = basis @ np.diag(np.linspace(0.5, 40.0, k)) @ basis.T
-    assert condition_number(np.linalg.cholesky(covariance)) == pytest.approx(80.0, rel=1e-6)
+def test_condition_number_estimate_is_close_to_the_exact_one_norm_condition(rng):
+    for k in (4, 300):
+        basis, _ = np.linalg.qr(rng.normal(size=(k, k)))
+        covariance = basis @ np.diag(np.geomspace(0.01, 40.0, k)) @ basis.T
+        exact = np.linalg.cond(covariance, 1)
+        estimate = condition_number(np.linalg.cholesky(covariance))
+        assert exact / 3 <= estimate <= exact * (1 + 1e-9)
 
 
 def test_small_and_empty_classes_fall_back_instead_of_failing(rng, tmp_path):

@@ -1,5 +1,6 @@
 # Input functions, wildcard constraints and shared lists.
 from audit.data.dataset import image_count, shard_ranges
+from audit.models.imported import pretrained_image_size
 
 EXPLAIN_METHODS = ["gradcam", "finercam", "diffcam"]
 
@@ -33,6 +34,14 @@ def feature_shards(wildcards):
     shard_size = audit_config(wildcards)["features"]["shard_size"]
     ranges = shard_ranges(image_count(images), shard_size)
     return [f"results/{wildcards.audit}/features/shard-{start // shard_size:05d}.zarr" for start, _ in ranges]
+
+
+def image_size(wildcards):
+    """The store's image side: configured, else 64 for the digits, else the timm model's pretrained input size."""
+    dataset = audit_config(wildcards)["dataset"]
+    if dataset["image_size"]:
+        return dataset["image_size"]
+    return 64 if dataset["source"] == "digits" else pretrained_image_size(audit_config(wildcards)["model"]["name"])
 
 
 def all_reports():

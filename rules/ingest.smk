@@ -6,6 +6,7 @@ checkpoint ingest:
         rejects="results/{audit}/rejects.parquet",
     params:
         dataset=lambda wildcards: audit_config(wildcards)["dataset"],
+        image_size=image_size,
     conda:
         "../workflow/envs/audit.yaml"
     log:

@@ -67,3 +67,11 @@ def test_auto_layer_for_a_vit_asks_for_a_name():
     vit = timm.create_model("vit_tiny_patch16_224", num_classes=3, img_size=32, patch_size=4)
     with pytest.raises(ValueError, match="name the layer"):
         resolve_layer(vit, "auto")
+
+
+def test_pretrained_image_size_comes_from_timm():
+    from audit.models.imported import pretrained_image_size
+
+    assert pretrained_image_size("resnet50") == 224
+    with pytest.raises(ValueError, match="set dataset.image_size"):
+        pretrained_image_size("no_such_model")

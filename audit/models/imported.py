@@ -62,6 +62,14 @@ def import_model(
     return model.eval(), meta
 
 
+def pretrained_image_size(name: str) -> int:
+    """The side of timm model ``name``'s pretrained input (its ``pretrained_cfg`` input size)."""
+    config = timm.models.get_pretrained_cfg(name)
+    if config is None or not config.input_size:
+        raise ValueError(f"timm has no pretrained input size for {name!r}: set dataset.image_size")
+    return int(config.input_size[-1])
+
+
 def resolve_layer(model: nn.Module, layer: str) -> str:
     """The explained layer's module name: ``layer`` itself, or for ``"auto"`` the last feature stage."""
     if layer != "auto":

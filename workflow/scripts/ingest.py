@@ -11,12 +11,12 @@ from audit.storage import write_parquet
 configure(snakemake.log[0], snakemake.threads)
 settings = snakemake.params.dataset
 if settings["source"] == "digits":
-    dataset = load_digits_dataset(settings["image_size"], settings["audit_fraction"], settings["seed"], settings["limit"])
+    dataset = load_digits_dataset(snakemake.params.image_size, settings["audit_fraction"], settings["seed"], settings["limit"])
     write_image_store(dataset, snakemake.output.images, chunk=settings["chunk"])
     rejects = pd.DataFrame(columns=REJECT_COLUMNS)
 else:
     manifest = imagefolder_manifest(settings["path"]) if settings["source"] == "imagefolder" else read_manifest(settings["path"])
     rejects = ingest_manifest(
-        manifest, snakemake.output.images, settings["image_size"], settings.get("classes"), settings["chunk"], settings["workers"]
+        manifest, snakemake.output.images, snakemake.params.image_size, settings.get("classes"), settings["chunk"], settings["workers"]
     )
 write_parquet(rejects, snakemake.output.rejects)

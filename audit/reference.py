@@ -199,8 +199,11 @@ def write_reference_store(
     """
     target = Path(target)
     num_classes, k = len(class_names), embedding.shape[1]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    spill_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.spill-", dir=scratch or target.parent))
+    scratch = Path(scratch or target.parent)
+    scratch.mkdir(parents=True, exist_ok=True)
+    for stale in scratch.glob(f".{target.name}.spill-*"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
+    spill_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.spill-", dir=scratch))
     try:
         spill = spill_by_class(embedding, labels, num_classes, spill_dir, num_workers)
         with atomic_path(target) as tmp:
@@ -210,6 +213,7 @@ def write_reference_store(
 
 
 def _write_groups(spill: ClassSpill, class_names: list[str], path: Path, min_images: int, k: int, extra: xr.Dataset | None) -> None:
+    """Fill the store at ``path`` class by class from ``spill`` (see the module docstring)."""
     num_classes = len(class_names)
     names = [f"class:{n}" for n in class_names] + [f"others:{n}" for n in class_names] + ["all", "pooled-within-class"]
     template = xr.Dataset(

@@ -165,3 +165,10 @@ def test_concept_vectors_are_mean_final_embeddings(rng):
     assert list(concepts["concept_count"].values) == [4, 3, 4, 2]
     with pytest.raises(ValueError, match=r"concept 'x': image ids not in the dataset: \['nope'\]"):
         concept_vectors(data, labels, ids, ["a", "b", "c"], {"x": ["i1", "nope"]})
+
+
+def test_a_spill_left_by_a_killed_run_is_removed(rng, tmp_path):
+    z, labels = _data(rng, n=30)
+    (tmp_path / ".reference.zarr.spill-old").mkdir()
+    write_reference_store(da.from_array(z, chunks=(10, 6)), labels, ["a", "b", "c"], tmp_path / "reference.zarr", 2)
+    assert [p.name for p in tmp_path.iterdir()] == ["reference.zarr"]

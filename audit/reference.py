@@ -63,7 +63,8 @@ from audit.storage import atomic_path, write_zarr_part
 class ShrunkGaussian:
     """A reference group: mean (K,), shrunk covariance's lower Cholesky factor (K, K), λ, n.
 
-    ``pooled`` marks a group too small for its own covariance, using the pooled within-class one.
+    ``pooled`` marks a group too small for its own covariance, using the pooled
+    within-class one; ``condition`` is the covariance's 1-norm condition number.
     """
 
     mean: np.ndarray
@@ -71,6 +72,7 @@ class ShrunkGaussian:
     shrinkage: float
     count: float
     pooled: bool = False
+    condition: float = float("nan")
 
     def solve(self, rhs: np.ndarray) -> np.ndarray:
         """S⁻¹ · rhs for rhs (K,) or (K, M), by Cholesky solve in float64."""
@@ -159,7 +161,9 @@ def oas_gaussian(count: float, total: np.ndarray, outer: np.ndarray) -> ShrunkGa
     covariance = (1 - shrinkage) * empirical
     covariance[np.diag_indices(k)] += shrinkage * mu
     cholesky = np.linalg.cholesky(covariance)
-    return ShrunkGaussian(mean=mean, cholesky=cholesky, shrinkage=float(shrinkage), count=float(count))
+    return ShrunkGaussian(
+        mean=mean, cholesky=cholesky, shrinkage=float(shrinkage), count=float(count), condition=condition_number(cholesky, covariance)
+    )
 
 
 def group_gaussian(count: float, total: np.ndarray, outer: np.ndarray, pooled: ShrunkGaussian, min_images: int) -> ShrunkGaussian | None:
@@ -167,13 +171,14 @@ def group_gaussian(count: float, total: np.ndarray, outer: np.ndarray, pooled: S
     if count >= max(min_images, 2):
         return oas_gaussian(count, total, outer)
     if count >= 1:
-        return ShrunkGaussian(mean=total / count, cholesky=pooled.cholesky, shrinkage=pooled.shrinkage, count=float(count), pooled=True)
+        return ShrunkGaussian(
+            mean=total / count, cholesky=pooled.cholesky, shrinkage=pooled.shrinkage, count=float(count), pooled=True, condition=pooled.condition
+        )
     return None
 
 
-def condition_number(cholesky: np.ndarray) -> float:
-    """1-norm condition number of S = L Lᵀ, estimated by LAPACK's ``pocon`` from the factor in O(K²)."""
-    covariance = cholesky @ cholesky.T
+def condition_number(cholesky: np.ndarray, covariance: np.ndarray) -> float:
+    """1-norm condition number of S = L Lᵀ (both given), estimated by LAPACK's ``pocon`` in O(K²)."""
     reciprocal, info = scipy.linalg.lapack.dpocon(cholesky, np.abs(covariance).sum(axis=0).max(), uplo="L")
     if info != 0 or reciprocal == 0:
         return float("inf")
@@ -272,7 +277,7 @@ def _write_group(path: Path, g: int, group: ShrunkGaussian | None, k: int) -> di
         "count": group.count,
         "mean": group.mean,
         "shrinkage": group.shrinkage,
-        "condition": condition_number(group.cholesky),
+        "condition": group.condition,
         "covariance": "pooled" if group.pooled else "own",
     }
 
@@ -320,4 +325,5 @@ def group_from_store(store: xr.Dataset, name: str) -> ShrunkGaussian:
         shrinkage=float(g["shrinkage"]),
         count=float(g["count"]),
         pooled=str(g["covariance"].values) == "pooled",
+        condition=float(g["condition"]),
     )

@@ -89,7 +89,7 @@ def test_condition_number_estimate_is_close_to_the_exact_one_norm_condition(rng)
         basis, _ = np.linalg.qr(rng.normal(size=(k, k)))
         covariance = basis @ np.diag(np.geomspace(0.01, 40.0, k)) @ basis.T
         exact = np.linalg.cond(covariance, 1)
-        estimate = condition_number(np.linalg.cholesky(covariance))
+        estimate = condition_number(np.linalg.cholesky(covariance), covariance)
         assert exact / 3 <= estimate <= exact * (1 + 1e-9)
 
 

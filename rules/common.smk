@@ -2,13 +2,10 @@
 from audit.data.dataset import image_count, shard_ranges
 from audit.models.imported import pretrained_image_size
 
-EXPLAIN_METHODS = ["gradcam", "finercam", "diffcam"]
-
-
 wildcard_constraints:
     audit="[A-Za-z0-9][A-Za-z0-9_.-]*",
     shard=r"\d{5}",
-    method="|".join(EXPLAIN_METHODS),
+    method=r"[A-Za-z0-9_]+|package-[A-Za-z0-9_]+",
 
 
 def audit_config(wildcards):
@@ -52,13 +49,13 @@ def has_head(wildcards):
     return audit_config(wildcards)["model"]["head"]
 
 
-def saliency_stores(wildcards):
-    """Every method's maps; a backbone without a classifier gets the gradient-free DiffCAM only."""
-    methods = EXPLAIN_METHODS if has_head(wildcards) else ["diffcam"]
-    return expand("results/{audit}/saliency/{method}.zarr", audit=wildcards.audit, method=methods)
+def explain_methods(wildcards):
+    """The configured explainers; a backbone without a classifier gets the gradient-free DiffCAM only."""
+    methods = audit_config(wildcards)["explain"]["methods"]
+    return methods if has_head(wildcards) else [m for m in methods if m == "diffcam"]
 
 
 def metric_tables(wildcards):
     """Faithfulness metrics score class probabilities: none without a classifier."""
-    methods = EXPLAIN_METHODS if has_head(wildcards) else []
+    methods = explain_methods(wildcards) if has_head(wildcards) else []
     return expand("results/{audit}/metrics/{method}.parquet", audit=wildcards.audit, method=methods)

@@ -4,10 +4,12 @@ rule explain_plan:
         anomalies="results/{audit}/anomalies.parquet",
         pairs="results/{audit}/pairs.parquet",
         reference="results/{audit}/reference.zarr",
+        checkpoint=model_checkpoint,
     output:
         "results/{audit}/explain_plan.parquet",
     params:
         explain=lambda wildcards: audit_config(wildcards)["explain"],
+        methods=explain_methods,
     conda:
         "../workflow/envs/audit.yaml"
     log:
@@ -24,16 +26,17 @@ rule explain:
         features=feature_shards,
         reference="results/{audit}/reference.zarr",
     output:
-        directory("results/{audit}/saliency/{method}.zarr"),
+        directory("results/{audit}/saliency"),
     params:
         explain=lambda wildcards: audit_config(wildcards)["explain"],
+        methods=explain_methods,
     resources:
         gpu=1,
     conda:
         "../workflow/envs/audit.yaml"
     log:
-        "logs/{audit}/explain_{method}.log",
+        "logs/{audit}/explain.log",
     benchmark:
-        "benchmarks/rules/{audit}/explain_{method}.tsv"
+        "benchmarks/rules/{audit}/explain.tsv"
     script:
         "../workflow/scripts/explain.py"

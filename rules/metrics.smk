@@ -1,6 +1,6 @@
 rule metrics:
     input:
-        saliency="results/{audit}/saliency/{method}.zarr",
+        saliency="results/{audit}/saliency",
         images="results/{audit}/images.zarr",
         checkpoint=model_checkpoint,
     output:

@@ -9,11 +9,12 @@ rule report:
         metrics="results/{audit}/metrics.parquet",
         rejects="results/{audit}/rejects.parquet",
         reference="results/{audit}/reference.zarr",
-        saliency=saliency_stores,
+        saliency="results/{audit}/saliency",
     output:
         "reports/{audit}.html",
     params:
         explain=lambda wildcards: audit_config(wildcards)["explain"],
+        methods=explain_methods,
     conda:
         "../workflow/envs/audit.yaml"
     log:

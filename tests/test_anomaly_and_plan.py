@@ -51,7 +51,7 @@ def test_plan_rows_per_subject():
     probability = np.array([[0.9, 0.05, 0.05], [0.6, 0.3, 0.1], [0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.05, 0.9, 0.05]])
     anomalies = pd.DataFrame({"image_id": ids, "label": labels, "score": [3.0, 2, 1, 3, 2, 1], "rank": [1, 2, 3, 1, 2, 3]})
     pairs = pd.DataFrame({"class_a": [0], "class_b": [1]})
-    plan = explain_plan(anomalies, pairs, ids, labels, probability, top_anomalies=1, top_pairs=1, images_per_pair=1, finer_contrasts=2)
+    plan = explain_plan(anomalies, pairs, ids, labels, probability, top_anomalies=1, top_pairs=1, images_per_pair=1, finer_contrasts=2, methods=["gradcam", "layercam", "finercam", "diffcam"])
     anomaly = plan[plan["purpose"] == "anomaly"]
     assert set(anomaly["image_id"]) == {"i0", "i3"}
     assert set(anomaly.loc[anomaly["method"] == "diffcam", "reference"]) == {"others:0", "own-class-loo:0", "others:1", "own-class-loo:1"}
@@ -62,3 +62,20 @@ def test_plan_rows_per_subject():
     assert set(pair["image_id"]) == {"i1", "i3"}
     row = pair[(pair["image_id"] == "i1") & (pair["method"] == "diffcam") & (pair["reference"] != "others:0")].iloc[0]
     assert row["reference"] == "class:1" and row["compare"] == 1 and row["target"] == 0
+    assert set(plan.loc[plan["image_id"] == "i0", "method"]) == {"gradcam", "layercam", "finercam", "diffcam"}
+    assert finer["variant"] == "finercam top-2 predictions"
+
+
+def test_plan_finer_contrasts_by_classifier_weight_similarity():
+    labels = np.array([0, 1, 2])
+    probability = np.array([[0.8, 0.15, 0.05], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])
+    anomalies = pd.DataFrame({"image_id": ["a", "b", "c"], "label": labels, "score": [1.0, 1, 1], "rank": [1, 1, 1]})
+    similarity = np.array([[1.0, 0.1, 0.7], [0.1, 1.0, 0.2], [0.7, 0.2, 1.0]])
+    plan = explain_plan(
+        anomalies, pd.DataFrame({"class_a": [], "class_b": []}), np.array(["a", "b", "c"]), labels, probability, 1, 0, 1, 1,
+        methods=["finercam", "diffcam"], weight_similarity=similarity,
+    )
+    finer = plan[(plan["method"] == "finercam") & (plan["image_id"] == "a")].iloc[0]
+    assert list(finer["contrasts"]) == [2] and finer["compare"] == 1  # by weight: class 2; compare stays the top other prediction
+    assert finer["variant"] == "finercam top-1 by weight"
+    assert set(plan["method"]) == {"finercam", "diffcam"}

@@ -86,15 +86,20 @@ def test_end_to_end_artefacts_are_well_formed(tiny_audit):
     pairs = pd.read_parquet(results / "pairs.parquet")
     assert len(pairs) == 45 and {"weight_cosine", "confused_a_as_b", "confused_b_as_a", "mean_distance", "rank"} <= set(pairs.columns)
 
-    for method in ("gradcam", "finercam", "diffcam"):
+    methods = {"gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "scorecam", "inputgrad", "finercam", "finercam_score", "diffcam"}
+    assert {p.stem for p in (results / "saliency").glob("*.zarr")} == methods
+    for method in methods:
         saliency = open_zarr(results / "saliency" / f"{method}.zarr")
         assert saliency["layer_map"].dims == ("map", "layer_y", "layer_x") and saliency.sizes["layer_y"] == 4
-        assert saliency["image_map"].shape[1:] == (32, 32)
+        assert saliency["image_map"].shape[1:] == (32, 32) and saliency["image_map"].dtype == np.float16
         assert np.isfinite(saliency["image_map"].values).all()
-        assert saliency.attrs["method"] == method
+        assert saliency.attrs["method"] == method and saliency.attrs["signed"] == int(method == "diffcam")
+        assert saliency.sizes["map"] == (28 if method == "diffcam" else 14)
+    assert open_zarr(results / "saliency" / "gradcam.zarr").attrs["gradients"].startswith("closed form")
 
     metrics = pd.read_parquet(results / "metrics.parquet")
     assert set(metrics["metric"]) == {"deletion_auc", "relative_confidence_drop"}
+    assert set(metrics["method"]) == methods
     assert set(metrics.loc[metrics["metric"] == "relative_confidence_drop", "fraction"]) == {0.05, 0.1}
     assert (metrics["baseline"] == "blur").all() and (metrics["steps"] == 5).all()
     assert metrics.loc[metrics["metric"] == "deletion_auc", "value"].between(0, 1).all()
@@ -203,7 +208,7 @@ def test_users_imagefolder_and_checkpoint_end_to_end(tmp_path, digits_small):
             "user": {
                 "dataset": {"source": "imagefolder", "path": str(root), "image_size": 32, "chunk": 16},
                 "model": {"name": "resnet10t", "kwargs": {"output_stride": 8}, "checkpoint": str(weights)},
-                "explain": {"top_anomalies": 1, "top_pairs": 1, "images_per_pair": 1},
+                "explain": {"top_anomalies": 1, "top_pairs": 1, "images_per_pair": 1, "methods": ["gradcam", "finercam", "diffcam", "package-EigenCAM"]},
                 "metrics": {"steps": 4},
             },
             "backbone": {
@@ -225,6 +230,9 @@ def test_users_imagefolder_and_checkpoint_end_to_end(tmp_path, digits_small):
     assert list(features["class"].values) == ["one", "s<e>ven", "zero"] and features.sizes["image"] == 56
     reference = open_zarr(results / "reference.zarr")
     assert str(reference["covariance"].sel(group="class:s<e>ven").values) == "pooled"
+    package = open_zarr(results / "saliency" / "package-EigenCAM.zarr")
+    assert package.attrs["normalised"].startswith("min-max") and float(package["image_map"].max()) <= 1.0
+    assert set(pd.read_parquet(results / "metrics.parquet")["method"]) == {"gradcam", "finercam", "diffcam", "package-EigenCAM"}
     html = (tmp_path / "reports" / "user.html").read_text()
     assert "Rejected at ingest: 1 images" in html and "s&lt;e&gt;ven" in html and "s<e>ven" not in html
     assert "pooled within-class covariance" in html
@@ -235,7 +243,7 @@ def test_users_imagefolder_and_checkpoint_end_to_end(tmp_path, digits_small):
     assert "logits" not in features and "prediction" not in features.coords
     assert features.sizes["feature"] == 512
     assert open_zarr(results / "images.zarr").sizes["y"] == 176  # resnet10t's pretrained input size
-    assert sorted(p.name for p in (results / "saliency").iterdir()) == ["diffcam.zarr"]
+    assert sorted(p.name for p in (results / "saliency").glob("*.zarr")) == ["diffcam.zarr"]
     assert pd.read_parquet(results / "metrics.parquet").empty
     pairs = pd.read_parquet(results / "pairs.parquet")
     assert pairs["weight_cosine"].isna().all() and pairs["mean_distance"].is_monotonic_increasing

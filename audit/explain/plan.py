@@ -6,10 +6,15 @@ Subjects are the images the report shows:
     the m images of class a that the model finds most b-like (highest class
     score of b: its probability, or for a backbone without a classifier the
     nearness −‖z − μ_b‖ of the final embedding to the class mean).
-Every subject gets Grad-CAM (its class), Finer-CAM and DiffCAM against all
-other classes (gradient maps only when the model has a classifier); anomaly subjects add DiffCAM against their own class without
-them ("what is odd about this one"); pair subjects get Finer-CAM and DiffCAM
-with class b as the contrast / reference ("why a, not b").
+Every subject gets each configured single-target method for its class
+(Grad-CAM and its family, Score-CAM, input gradient, CDAM, attention, package
+classes), Finer-CAM and DiffCAM against all other classes; anomaly subjects add
+DiffCAM against their own class without them ("what is odd about this one");
+pair subjects get Finer-CAM and DiffCAM with class b as the contrast /
+reference ("why a, not b"). Finer-CAM's contrasts for anomaly subjects are the
+T classes most similar to the target: by the image's prediction rank (the
+paper's default) or by classifier-weight cosine. A backbone without a
+classifier gets DiffCAM only.
 
 Plan columns: method, variant (method and reference in words), image_index, image_id, purpose, target (class index),
 contrasts (list of class indices, Finer-CAM), reference (DiffCAM group:
@@ -22,6 +27,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from audit.explain.methods import method
+
 
 def explain_plan(
     anomalies: pd.DataFrame,
@@ -33,7 +40,8 @@ def explain_plan(
     top_pairs: int,
     images_per_pair: int,
     finer_contrasts: int,
-    gradients: bool = True,
+    methods: list[str],
+    weight_similarity: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Build the plan (see module docstring).
 
@@ -42,43 +50,62 @@ def explain_plan(
         pairs: the class-pair table, sorted with the most alike first.
         image_ids, labels: (N,) in feature-store order.
         class_scores: (N, C), higher = more like the class (probabilities, or nearness).
-        finer_contrasts: T, the number of next-highest predictions Finer-CAM contrasts with.
-        gradients: whether to plan Grad-CAM and Finer-CAM (the model has a classifier).
+        finer_contrasts: T, the number of similar classes Finer-CAM contrasts with.
+        methods: the methods to plan (names as in ``audit.explain.methods``).
+        weight_similarity: (C, C) classifier-weight cosine; when given, Finer-CAM's
+            anomaly contrasts are the T classes most similar by weight, else by the image's prediction rank.
     """
+    finer_by = "predictions" if weight_similarity is None else "by weight"
     index_of = {image_id: i for i, image_id in enumerate(image_ids)}
     rows: list[dict] = []
     top = anomalies[(anomalies["rank"] <= top_anomalies) & anomalies["score"].notna()]
     for image_id in top["image_id"]:
         i = index_of[image_id]
-        rows += _subject_rows(i, image_id, "anomaly", int(labels[i]), None, class_scores[i], finer_contrasts, gradients)
+        similarity = class_scores[i] if weight_similarity is None else weight_similarity[int(labels[i])]
+        rows += _subject_rows(i, image_id, "anomaly", int(labels[i]), None, class_scores[i], similarity, finer_contrasts, methods, finer_by)
     for _, pair in pairs.head(top_pairs).iterrows():
         for a, b in ((int(pair["class_a"]), int(pair["class_b"])), (int(pair["class_b"]), int(pair["class_a"]))):
             members = np.flatnonzero((labels == a) & np.isfinite(class_scores).all(axis=1))
             chosen = members[np.argsort(-class_scores[members, b], kind="stable")[:images_per_pair]]
             for i in chosen:
-                rows += _subject_rows(int(i), image_ids[i], "pair", a, b, class_scores[i], finer_contrasts, gradients)
+                rows += _subject_rows(int(i), image_ids[i], "pair", a, b, class_scores[i], class_scores[i], finer_contrasts, methods, finer_by)
     return pd.DataFrame(rows)
 
 
 def _subject_rows(
-    index: int, image_id: str, purpose: str, target: int, contrast: int | None, scores: np.ndarray, finer_contrasts: int, gradients: bool
+    index: int,
+    image_id: str,
+    purpose: str,
+    target: int,
+    contrast: int | None,
+    scores: np.ndarray,
+    similarity: np.ndarray,
+    finer_contrasts: int,
+    methods: list[str],
+    finer_by: str,
 ) -> list[dict]:
-    others = np.argsort(-scores, kind="stable")
-    others = [int(c) for c in others if c != target]
-    compare = contrast if contrast is not None else others[0]
-    base = {"image_index": index, "image_id": image_id, "purpose": purpose, "target": target, "compare": compare}
-    contrasts = [contrast] if contrast is not None else others[:finer_contrasts]
+    compare = contrast if contrast is not None else _others(scores, target)[0]
+    base = {"image_index": index, "image_id": image_id, "purpose": purpose, "target": target, "compare": compare, "reference": ""}
     if contrast is None:
-        finer_variant, specific, specific_variant = f"top-{finer_contrasts} predictions", f"own-class-loo:{target}", "vs own class"
+        contrasts, finer_variant = _others(similarity, target)[:finer_contrasts], f"top-{finer_contrasts} {finer_by}"
+        specific, specific_variant = f"own-class-loo:{target}", "vs own class"
     else:
-        finer_variant, specific, specific_variant = "vs pair class", f"class:{contrast}", "vs pair class"
-    rows = [
-        {**base, "method": "diffcam", "variant": "diffcam vs all others", "contrasts": [], "reference": f"others:{target}"},
-        {**base, "method": "diffcam", "variant": f"diffcam {specific_variant}", "contrasts": [], "reference": specific},
-    ]
-    if gradients:
-        rows += [
-            {**base, "method": "gradcam", "variant": "gradcam", "contrasts": [], "reference": ""},
-            {**base, "method": "finercam", "variant": f"finercam {finer_variant}", "contrasts": contrasts, "reference": ""},
-        ]
+        contrasts, finer_variant = [contrast], "vs pair class"
+        specific, specific_variant = f"class:{contrast}", "vs pair class"
+    rows = []
+    for name in methods:
+        if name == "diffcam":
+            rows += [
+                {**base, "method": name, "variant": "diffcam vs all others", "contrasts": [], "reference": f"others:{target}"},
+                {**base, "method": name, "variant": f"diffcam {specific_variant}", "contrasts": [], "reference": specific},
+            ]
+        elif method(name).contrast:
+            rows.append({**base, "method": name, "variant": f"{name} {finer_variant}", "contrasts": contrasts})
+        else:
+            rows.append({**base, "method": name, "variant": name, "contrasts": []})
     return rows
+
+
+def _others(scores: np.ndarray, target: int) -> list[int]:
+    """Classes other than ``target``, most similar first."""
+    return [int(c) for c in np.argsort(-scores, kind="stable") if c != target]

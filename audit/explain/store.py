@@ -1,11 +1,15 @@
 """The saliency store ``saliency/<method>.zarr``.
 
-Variables: ``layer_map`` float32 (map, layer_y, layer_x), raw maps at the
-explained layer's resolution, and ``image_map`` float32 (map, y, x), the same
-upsampled bilinearly (half-pixel centres) to the image size. Signed where the
-method is signed. Coordinates along ``map``: image_id, image_index, purpose, variant,
-target, contrasts (comma-separated class indices), reference, compare. The
-method's parameters are in attrs.
+Variables: ``layer_map`` (map, layer_y, layer_x), raw maps at the explained
+layer's resolution, and ``image_map`` (map, y, x) at the image's. A method that
+works at the layer is upsampled bilinearly (half-pixel centres) to the image; a
+method that works on pixels (input gradient, ``grad-cam`` package classes) is
+area-averaged down to the layer grid. Maps are raw (the package's are its
+own [0, 1] normalisation, said in attrs) and signed where the method is signed.
+They are stored in float16, or float32 when a value lies beyond float16's
+range (attrs ``dtype``). Coordinates along ``map``: image_id, image_index,
+purpose, variant, target, contrasts (comma-separated class indices), reference,
+compare. The method's parameters are in attrs.
 """
 from __future__ import annotations
 
@@ -17,20 +21,47 @@ import torch
 import torch.nn.functional as F
 import xarray as xr
 
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
 
 def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear upsampling of maps (M, h, w) to (M, *size), align_corners=False."""
     tensor = torch.as_tensor(np.asarray(maps, dtype=np.float32))[:, None]
-    return F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)[:, 0].numpy()
+    return F.interpolate(tensor, size=tuple(size), mode="bilinear", align_corners=False)[:, 0].numpy()
 
 
-def saliency_dataset(plan: pd.DataFrame, layer_maps: np.ndarray, image_size: tuple[int, int], attrs: dict[str, Any]) -> xr.Dataset:
-    """Assemble a saliency store from plan rows (M) and their layer maps (M, h, w)."""
+def downsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Area-average maps (M, H, W) down to (M, *size)."""
+    tensor = torch.as_tensor(np.asarray(maps, dtype=np.float32))[:, None]
+    return F.adaptive_avg_pool2d(tensor, tuple(size))[:, 0].numpy()
+
+
+def storage_dtype(*arrays: np.ndarray) -> np.dtype:
+    """float16 when every finite value fits in its range, else float32."""
+    largest = max((float(np.nanmax(np.abs(a[np.isfinite(a)]), initial=0.0)) for a in arrays), default=0.0)
+    return np.dtype(np.float16) if largest < FLOAT16_MAX else np.dtype(np.float32)
+
+
+def saliency_dataset(
+    plan: pd.DataFrame, maps: np.ndarray, layer_size: tuple[int, int], image_size: tuple[int, int], attrs: dict[str, Any]
+) -> xr.Dataset:
+    """Assemble a saliency store from plan rows (M) and their maps (M, h, w) at the layer or (M, H, W) at the image.
+
+    Which resolution ``maps`` has is read from its shape.
+    """
     plan = plan.reset_index(drop=True)
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.size == 0:
+        maps = maps.reshape((0, *layer_size))
+    if tuple(maps.shape[1:]) == tuple(layer_size):
+        layer_maps, image_maps = maps, upsample(maps, image_size)
+    else:
+        layer_maps, image_maps = downsample(maps, layer_size), maps
+    dtype = storage_dtype(layer_maps, image_maps)
     return xr.Dataset(
         {
-            "layer_map": (("map", "layer_y", "layer_x"), layer_maps.astype(np.float32)),
-            "image_map": (("map", "y", "x"), upsample(layer_maps, image_size)),
+            "layer_map": (("map", "layer_y", "layer_x"), layer_maps.astype(dtype)),
+            "image_map": (("map", "y", "x"), image_maps.astype(dtype)),
         },
         coords={
             "image_id": ("map", plan["image_id"].astype(str).to_numpy()),
@@ -42,5 +73,5 @@ def saliency_dataset(plan: pd.DataFrame, layer_maps: np.ndarray, image_size: tup
             "reference": ("map", plan["reference"].astype(str).to_numpy()),
             "compare": ("map", plan["compare"].to_numpy(np.int64)),
         },
-        attrs=attrs,
+        attrs={**attrs, "dtype": str(dtype)},
     )

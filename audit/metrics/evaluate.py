@@ -43,7 +43,7 @@ def evaluate_saliency(
     """
     curve_fractions = np.linspace(0.0, 1.0, steps + 1)
     fractions = torch.tensor(np.concatenate([curve_fractions, drop_fractions]), dtype=torch.float32)
-    maps = saliency["image_map"].values
+    maps = saliency["image_map"].values.astype(np.float32)
     index = saliency["image_index"].values
     targets = torch.as_tensor(saliency["target"].values)
     compares = torch.as_tensor(saliency["compare"].values)

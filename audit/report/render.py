@@ -54,7 +54,7 @@ class _MapIndex:
     def __init__(self, saliency: dict[str, xr.Dataset]):
         self._maps = {}
         for store in saliency.values():
-            image_map = store["image_map"].values
+            image_map = store["image_map"].values.astype(np.float32)
             keys = zip(store["variant"].values, store["purpose"].values, store["image_id"].values, store["target"].values)
             for m, key in enumerate(keys):
                 self._maps[tuple(str(k) for k in key)] = image_map[m]

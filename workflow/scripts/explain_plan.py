@@ -4,7 +4,8 @@ import pandas as pd
 from audit.explain.plan import explain_plan
 from audit.features import open_features
 from audit.runtime import configure
-from audit.similarity import nearness_scores
+from audit.models.checkpoint import load_checkpoint
+from audit.similarity import nearness_scores, weight_cosine
 from audit.storage import open_zarr, write_parquet
 
 configure(snakemake.log[0], snakemake.threads)
@@ -17,6 +18,10 @@ else:
     reference = open_zarr(snakemake.input.reference)
     class_means = reference["mean"].sel(group=[f"class:{c}" for c in features["class"].values]).values
     class_scores = nearness_scores(features["embedding"].values, class_means)
+weight_similarity = None
+if has_head and settings["finer_similarity"] == "weights":
+    model, _ = load_checkpoint(snakemake.input.checkpoint)
+    weight_similarity = weight_cosine(model.get_classifier().weight.detach().numpy())
 plan = explain_plan(
     pd.read_parquet(snakemake.input.anomalies),
     pd.read_parquet(snakemake.input.pairs),
@@ -27,6 +32,7 @@ plan = explain_plan(
     settings["top_pairs"],
     settings["images_per_pair"],
     settings["finer_contrasts"],
-    gradients=has_head,
+    snakemake.params.methods,
+    weight_similarity,
 )
 write_parquet(plan, snakemake.output[0])

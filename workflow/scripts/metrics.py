@@ -12,7 +12,7 @@ table = evaluate_saliency(
     model,
     meta,
     read_image_store(snakemake.input.images).images,
-    open_zarr(snakemake.input.saliency).load(),
+    open_zarr(f"{snakemake.input.saliency}/{snakemake.wildcards.method}.zarr").load(),
     snakemake.wildcards.method,
     settings["steps"],
     settings["baseline"],

@@ -1,0 +1,226 @@
+"""The explainer engine: one trunk pass per batch, gradients from the head side only.
+
+The model is split at the explained layer into ``A = g(x)`` and ``y = h(A)``.
+A forward hook on the layer records ``A``; when gradients are wanted it hands
+the rest of the network a fresh leaf tensor instead, and the model's parameters
+never require gradients, so autograd builds and walks only the head side ``h``.
+Gradients of any number of objectives per image (one row of class coefficients
+each, e.g. ``e_c`` or ``e_c − γ·mean_t e_d``) come from one batched
+vector-Jacobian product. When ``h`` is global average pooling + linear (checked
+numerically on the first batch) the gradient is the closed form
+``∂(vᵀy)/∂A_k,ij = (vᵀW)_k / hw`` and no backward runs at all.
+
+ViT blocks output tokens (B, N, D); the engine views them as a map (B, D, h, w)
+without the ``num_prefix_tokens`` CLS/register tokens, on the model's own patch
+grid (non-square grids included).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """How a ViT block's tokens (B, N, D) map to a spatial grid: ``prefix`` leading tokens, then ``grid`` (h, w) patches."""
+
+    prefix: int
+    grid: tuple[int, int]
+
+    def to_spatial(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Patch tokens (B, N, D) → map (B, D, h, w)."""
+        patches = tokens[:, self.prefix :]
+        return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *self.grid)
+
+
+def token_layout(model: nn.Module, input_size: tuple[int, int]) -> TokenLayout | None:
+    """The token layout of a timm ViT at ``input_size`` (H, W); None for models without a patch embedding."""
+    patch_embed = getattr(model, "patch_embed", None)
+    if patch_embed is None or not hasattr(model, "num_prefix_tokens"):
+        return None
+    if hasattr(patch_embed, "dynamic_feat_size"):
+        grid = tuple(int(v) for v in patch_embed.dynamic_feat_size(input_size))
+    else:
+        grid = tuple(int(v) for v in patch_embed.grid_size)
+    return TokenLayout(int(model.num_prefix_tokens), grid)
+
+
+@dataclass
+class LayerPass:
+    """One trunk pass over a batch of B images.
+
+    Attributes:
+        activations: A (B, K, h, w), detached, on the model's device.
+        logits: y (B, C), detached.
+        tokens: the layer's raw output (B, N, D) for token models, else None.
+    """
+
+    activations: torch.Tensor
+    logits: torch.Tensor
+    tokens: torch.Tensor | None
+    _gradient: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
+
+    def gradients(self, positions: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+        """∂(coefficients[r] · y[positions[r]])/∂A[positions[r]] for each row r: (R, K, h, w).
+
+        Args:
+            positions: image position in the batch of each row (R,). coefficients: (R, C).
+        """
+        if self._gradient is None:
+            raise RuntimeError("this pass was run without gradients")
+        return self._gradient(positions, coefficients.to(self.logits.device, self.logits.dtype))
+
+
+class ExplainerEngine:
+    """Runs a model split at one layer; see the module docstring.
+
+    Args:
+        model: a classifier in eval mode (its parameters are frozen here).
+        layer: dotted name of the explained module.
+        input_size: (H, W) of the model input, for the token grid of ViTs.
+    """
+
+    def __init__(self, model: nn.Module, layer: str, input_size: tuple[int, int]):
+        self.model = model.eval().requires_grad_(False)
+        self.module = model.get_submodule(layer)
+        self.layout = token_layout(model, input_size)
+        self.closed_form: bool | None = None  # decided on the first pass with gradients
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @contextmanager
+    def _hooked(self, leaf: bool) -> Iterator[dict[str, torch.Tensor]]:
+        store: dict[str, torch.Tensor] = {}
+
+        def hook(_module, _inputs, output):
+            if leaf:
+                output = output.detach().requires_grad_(True)
+            store["output"] = output
+            return output
+
+        handle = self.module.register_forward_hook(hook)
+        try:
+            yield store
+        finally:
+            handle.remove()
+
+    def _spatial(self, output: torch.Tensor) -> torch.Tensor:
+        if self.layout is not None:
+            return self.layout.to_spatial(output)
+        if output.ndim != 4:
+            raise ValueError(f"the explained layer outputs shape {tuple(output.shape)}; a (B, K, h, w) map or ViT tokens are needed")
+        return output
+
+    def layer_pass(self, x: torch.Tensor, gradients: bool) -> LayerPass:
+        """Run the model once on ``x`` (B, 3, H, W); with ``gradients``, keep what the head-side VJPs need."""
+        if not gradients or self.closed_form:
+            with torch.no_grad(), self._hooked(leaf=False) as store:
+                logits = self.model(x)
+            activations = self._spatial(store["output"])
+            gradient = self._closed_form_gradient(activations) if gradients else None
+            return LayerPass(activations, logits, store["output"] if self.layout else None, gradient)
+        with torch.enable_grad(), self._hooked(leaf=True) as store:
+            logits = self.model(x)
+        leaf = store["output"]
+        activations = self._spatial(leaf.detach())
+
+        def gradient(positions: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+            return self._spatial(self._head_vjp(logits, leaf, positions, coefficients))
+
+        if self.closed_form is None:
+            self.closed_form = self._head_is_pool_linear(activations, logits.detach(), gradient)
+        return LayerPass(activations, logits.detach(), leaf.detach() if self.layout else None, gradient)
+
+    def _head_vjp(self, logits: torch.Tensor, leaf: torch.Tensor, positions: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+        """Gradients w.r.t. ``leaf`` for rows (R, C) through the graph from ``leaf`` to ``logits``: (R, *leaf.shape[1:]).
+
+        Identical rows (same image, same coefficients) are computed once; the
+        rest go into one batched vector-Jacobian product with a slot per
+        objective of an image.
+        """
+        positions = positions.to(logits.device)
+        keys = torch.cat([positions[:, None].to(coefficients.dtype), coefficients], dim=1)
+        unique_keys, inverse = torch.unique(keys, dim=0, return_inverse=True)
+        unique_positions = unique_keys[:, 0].long()
+        slot = _slots(unique_positions)
+        grad_outputs = logits.new_zeros((int(slot.max()) + 1,) + tuple(logits.shape))
+        grad_outputs[slot, unique_positions] = unique_keys[:, 1:]
+        if len(grad_outputs) == 1:
+            (grads,) = torch.autograd.grad(logits, leaf, grad_outputs[0], retain_graph=True)
+            grads = grads[None]
+        else:
+            (grads,) = torch.autograd.grad(logits, leaf, grad_outputs, retain_graph=True, is_grads_batched=True)
+        return grads[slot, unique_positions][inverse]
+
+    def _closed_form_gradient(self, activations: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        weight = self.model.get_classifier().weight
+        height, width = activations.shape[-2:]
+
+        def gradient(positions: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+            alpha = coefficients @ weight / (height * width)
+            return alpha[:, :, None, None].expand(-1, -1, height, width)
+
+        return gradient
+
+    def _head_is_pool_linear(self, activations: torch.Tensor, logits: torch.Tensor, gradient: Callable) -> bool:
+        """Whether y = mean_ij(A) Wᵀ + b on this batch, and its gradient is W / hw for random objectives."""
+        classifier = self.model.get_classifier() if hasattr(self.model, "get_classifier") else None
+        if self.layout is not None or not isinstance(classifier, nn.Linear) or classifier.in_features != activations.shape[1]:
+            return False
+        linear = F.linear(activations.mean(dim=(2, 3)), classifier.weight, classifier.bias)
+        scale = logits.abs().max().clamp_min(1.0)
+        if not torch.allclose(linear, logits, rtol=1e-4, atol=1e-4 * float(scale)):
+            return False
+        generator = torch.Generator().manual_seed(0)
+        coefficients = torch.randn(len(logits), logits.shape[1], generator=generator).to(logits)
+        positions = torch.arange(len(logits), device=logits.device)
+        autograd = gradient(positions, coefficients)
+        closed = self._closed_form_gradient(activations)(positions, coefficients)
+        return torch.allclose(autograd, closed, rtol=1e-4, atol=1e-6 * float(autograd.abs().max().clamp_min(1.0)))
+
+    def masked_logits(self, x: torch.Tensor, activations: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+        """Score-CAM forwards: logits (B, K, C) of the inputs masked by each min-max normalised, upsampled channel.
+
+        Channels that are constant over the map give an all-zero mask; they share one forward.
+        """
+        batch, channels = activations.shape[:2]
+        masks = F.interpolate(activations.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        low = masks.amin(dim=(2, 3), keepdim=True)
+        high = masks.amax(dim=(2, 3), keepdim=True)
+        masks = (masks - low) / (high - low + 1e-8)
+        constant = (high - low).flatten(1) <= 0
+        out = []
+        with torch.no_grad():
+            zero_logits = self.model(torch.zeros_like(x[:1]))[0]
+            for b in range(batch):
+                logits = zero_logits.expand(channels, -1).clone()
+                varying = torch.nonzero(~constant[b]).flatten()
+                for start in range(0, len(varying), chunk):
+                    picked = varying[start : start + chunk]
+                    logits[picked] = self.model(x[b] * masks[b, picked, None])
+                out.append(logits)
+        return torch.stack(out)
+
+    def input_gradients(self, x: torch.Tensor, positions: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+        """∂(coefficients[r] · y)/∂x for each row: (R, 3, H, W), one forward and one batched backward to the input."""
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            logits = self.model(x)
+            return self._head_vjp(logits, x, positions, coefficients.to(logits))
+
+
+def _slots(positions: torch.Tensor) -> torch.Tensor:
+    """For rows with image positions (R,), a slot per row such that rows of one image get slots 0, 1, 2, …"""
+    order = torch.argsort(positions, stable=True)
+    sorted_positions = positions[order]
+    starts = torch.searchsorted(sorted_positions, sorted_positions, right=False)
+    slot = torch.empty_like(positions)
+    slot[order] = torch.arange(len(positions), device=positions.device) - starts
+    return slot

@@ -1,0 +1,229 @@
+"""The explainer engine against the grad-cam package, closed forms and direct autograd."""
+import numpy as np
+import pandas as pd
+import pytest
+import pytorch_grad_cam
+import torch
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+
+from audit.explain.compute import model_maps
+from audit.explain.diffcam import diffcam_weights
+from audit.explain.engine import ExplainerEngine
+from audit.explain.objectives import contrast_coefficients
+from audit.explain.store import upsample
+from audit.models.preprocess import to_model_input
+from audit.reference import ShrunkGaussian
+
+PACKAGE_CLASSES = {
+    "gradcam": "GradCAM",
+    "gradcampp": "GradCAMPlusPlus",
+    "xgradcam": "XGradCAM",
+    "layercam": "LayerCAM",
+    "hirescam": "HiResCAM",
+    "scorecam": "ScoreCAM",
+}
+
+
+def _plan(methods, targets, contrasts=None):
+    rows = []
+    for name in methods:
+        for i, t in enumerate(targets):
+            rows.append({"method": name, "image_index": i, "target": int(t), "contrasts": list(contrasts[i]) if contrasts else []})
+    return pd.DataFrame(rows)
+
+
+def _minmax(maps):
+    low = maps.min(axis=(1, 2), keepdims=True)
+    span = maps.max(axis=(1, 2), keepdims=True) - low
+    return (maps - low) / np.where(span > 0, span, 1)
+
+
+def _assert_agrees(ours, theirs, minimum=0.99):
+    compared = 0
+    for mine, reference in zip(ours, theirs):
+        if mine.std() < 1e-7 and reference.std() < 1e-7:
+            continue  # both empty after the ReLU
+        assert np.corrcoef(mine.ravel(), reference.ravel())[0, 1] >= minimum
+        compared += 1
+    assert compared >= len(ours) // 2, f"only {compared} non-empty maps"
+
+
+@pytest.mark.parametrize("layer", ["layer4", "layer3"])  # closed-form head, autograd head side
+@pytest.mark.parametrize("name", list(PACKAGE_CLASSES))
+def test_agrees_with_grad_cam_package_with_a_target_per_image(trained, digits_small, name, layer):
+    model, meta = trained
+    count = 4 if name == "scorecam" else 10
+    images = digits_small.images[:count]
+    targets = np.where(np.arange(count) % 2 == 0, digits_small.labels[:count], np.arange(count) % 10)  # own class or another
+    engine = ExplainerEngine(model, layer, images.shape[-2:])
+    meta_layer = type(meta)(**{**meta.__dict__, "layer": layer})
+    ours = model_maps(engine, meta_layer, images, _plan([name], targets), gamma=0.0, batch_size=4)
+    x = to_model_input(images, meta.mean, meta.std)
+    model.requires_grad_(True)
+    cam_class = getattr(pytorch_grad_cam, PACKAGE_CLASSES[name])
+    with cam_class(model=model, target_layers=[model.get_submodule(layer)]) as oracle:
+        theirs = oracle(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
+    model.requires_grad_(False)
+    _assert_agrees(upsample(np.stack(ours), x.shape[-2:]), theirs)
+    assert engine.closed_form is (layer == "layer4" if name != "scorecam" else None)
+
+
+def test_closed_form_equals_autograd_head_side(trained, digits_small):
+    model, meta = trained
+    x = to_model_input(digits_small.images[:6], meta.mean, meta.std)
+    engine = ExplainerEngine(model, "layer4", x.shape[-2:])
+    autograd = engine.layer_pass(x, gradients=True)  # first pass: autograd, then the check
+    assert engine.closed_form
+    closed = engine.layer_pass(x, gradients=True)
+    positions = torch.tensor([0, 1, 2, 3, 4, 5, 0, 0])
+    coefficients = torch.randn(8, len(meta.class_names), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(closed.gradients(positions, coefficients), autograd.gradients(positions, coefficients), rtol=1e-4, atol=1e-6)
+
+
+def test_batched_vjp_equals_one_backward_per_objective(trained, digits_small):
+    model, meta = trained
+    x = to_model_input(digits_small.images[:3], meta.mean, meta.std)
+    engine = ExplainerEngine(model, "layer3", x.shape[-2:])
+    layer_pass = engine.layer_pass(x, gradients=True)
+    positions = torch.tensor([0, 0, 0, 1, 2, 2])
+    classes = [1, 4, 1, 7, 0, 9]  # a duplicate row for image 0
+    got = layer_pass.gradients(positions, torch.eye(len(meta.class_names))[classes])
+    for r, (p, c) in enumerate(zip(positions.tolist(), classes)):
+        store = {}
+        handle = model.get_submodule("layer3").register_forward_hook(lambda _m, _i, out: store.setdefault("A", out.detach().requires_grad_(True)))
+        logits = model(x[p : p + 1])
+        handle.remove()
+        (expected,) = torch.autograd.grad(logits[0, c], store["A"])
+        torch.testing.assert_close(got[r], expected[0], rtol=1e-4, atol=1e-6)
+
+
+def test_finercam_with_gamma_zero_is_gradcam(trained, digits_small):
+    model, meta = trained
+    images = digits_small.images[:8]
+    targets = digits_small.labels[:8]
+    contrasts = [[(t + 1) % 10, (t + 2) % 10, (t + 3) % 10] for t in targets]
+    engine = ExplainerEngine(model, meta.layer, images.shape[-2:])
+    finer = model_maps(engine, meta, images, _plan(["finercam"], targets, contrasts), gamma=0.0, batch_size=8)
+    grad = model_maps(engine, meta, images, _plan(["gradcam"], targets), gamma=0.0, batch_size=8)
+    np.testing.assert_array_equal(np.stack(finer), np.stack(grad))
+
+
+@pytest.mark.parametrize("layer", ["layer4", "layer3"])
+def test_finercam_is_relu_of_the_weight_difference(trained, digits_small, layer):
+    model, meta = trained
+    images = digits_small.images[:6]
+    targets = digits_small.labels[:6]
+    contrasts = [[(t + 1) % 10, (t + 4) % 10] for t in targets]
+    meta_layer = type(meta)(**{**meta.__dict__, "layer": layer})
+    engine = ExplainerEngine(model, layer, images.shape[-2:])
+    gamma = 0.6
+    finer = np.stack(model_maps(engine, meta_layer, images, _plan(["finercam"], targets, contrasts), gamma=gamma, batch_size=6))
+    x = to_model_input(images, meta.mean, meta.std)
+    store = {}
+    handle = model.get_submodule(layer).register_forward_hook(lambda _m, _i, out: store.setdefault("A", out.detach().requires_grad_(True)))
+    logits = model(x)
+    handle.remove()
+    activations = store["A"]
+
+    def alpha(classes):
+        (g,) = torch.autograd.grad(logits[torch.arange(6), torch.as_tensor(classes)].sum(), activations, retain_graph=True)
+        return g.mean(dim=(2, 3))
+
+    weights = alpha(targets) - gamma * (alpha([c[0] for c in contrasts]) + alpha([c[1] for c in contrasts])) / 2
+    expected = torch.einsum("bk,bkhw->bhw", weights, activations.detach()).clamp_min(0)
+    np.testing.assert_allclose(finer, expected.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_score_finercam_weights_the_contrast_objective(trained, digits_small):
+    model, meta = trained
+    images = digits_small.images[:2]
+    targets = digits_small.labels[:2]
+    contrasts = [[(t + 1) % 10] for t in targets]
+    engine = ExplainerEngine(model, meta.layer, images.shape[-2:])
+    got = np.stack(model_maps(engine, meta, images, _plan(["finercam_score"], targets, contrasts), gamma=1.0, batch_size=2))
+    x = to_model_input(images, meta.mean, meta.std)
+    layer_pass = engine.layer_pass(x, gradients=False)
+    masked = engine.masked_logits(x, layer_pass.activations)  # (B, K, C)
+    objective = masked[torch.arange(2), :, torch.as_tensor(targets)] - masked[torch.arange(2), :, torch.as_tensor([c[0] for c in contrasts])]
+    expected = torch.einsum("bk,bkhw->bhw", torch.softmax(objective, 1), layer_pass.activations).clamp_min(0)
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_input_gradient_is_the_pixel_gradient(trained, digits_small):
+    model, meta = trained
+    images = digits_small.images[:4]
+    targets = np.array([3, 1, 4, 1])
+    engine = ExplainerEngine(model, meta.layer, images.shape[-2:])
+    got = np.stack(model_maps(engine, meta, images, _plan(["inputgrad"], targets), gamma=0.0, batch_size=4))
+    x = to_model_input(images, meta.mean, meta.std).requires_grad_(True)
+    with torch.enable_grad():
+        (g,) = torch.autograd.grad(model(x)[torch.arange(4), torch.as_tensor(targets)].sum(), x)
+    np.testing.assert_allclose(got, g.abs().amax(1).numpy(), rtol=1e-4, atol=1e-7)
+
+
+def test_package_adapter_runs_a_grad_cam_class_by_name(trained, digits_small):
+    model, meta = trained
+    images = digits_small.images[:5]
+    targets = np.array([0, 1, 2, 3, 4])
+    engine = ExplainerEngine(model, meta.layer, images.shape[-2:])
+    got = np.stack(model_maps(engine, meta, images, _plan(["package-EigenGradCAM"], targets), gamma=0.0, batch_size=5))
+    x = to_model_input(images, meta.mean, meta.std)
+    model.requires_grad_(True)
+    with pytorch_grad_cam.EigenGradCAM(model=model, target_layers=[model.get_submodule(meta.layer)]) as oracle:
+        expected = oracle(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
+    model.requires_grad_(False)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert all(p.requires_grad is False for p in model.parameters())
+    with pytest.raises(ValueError, match="NoSuchCAM"):
+        model_maps(engine, meta, images, _plan(["package-NoSuchCAM"], targets), gamma=0.0, batch_size=5)
+
+
+def test_maps_change_when_the_head_is_randomised(trained, digits_small):
+    model, meta = trained
+    images = digits_small.images[:8]
+    targets = digits_small.labels[:8]
+    plan = _plan(["gradcam", "layercam"], targets)
+    before = np.stack(model_maps(ExplainerEngine(model, meta.layer, images.shape[-2:]), meta, images, plan, 0.0, 8))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        torch.manual_seed(3)
+        nn.init.normal_(model.get_classifier().weight)
+        after = np.stack(model_maps(ExplainerEngine(model, meta.layer, images.shape[-2:]), meta, images, plan, 0.0, 8))
+    finally:
+        model.load_state_dict(state)
+    correlations = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(before, after) if a.std() > 0 and b.std() > 0]
+    assert np.median(correlations) < 0.5
+
+
+def test_diffcam_equals_finercam_weights_on_the_lda_head_of_the_same_class_means(rng):
+    """A linear head with rows W_c = S⁻¹ μ_c: Finer-CAM (γ = 1, contrast d) of a target at μ_c has α = S⁻¹(μ_c − μ_d)/hw,
+    which is DiffCAM's w* for z = μ_c against class d, divided by hw."""
+    channels, classes, side = 6, 3, 3
+    means = rng.normal(size=(classes, channels))
+    root = rng.normal(size=(channels, channels))
+    covariance = root @ root.T + channels * np.eye(channels)
+    cholesky = np.linalg.cholesky(covariance)
+    trunk = nn.Conv2d(3, channels, 1, dtype=torch.float64)
+    head = nn.Linear(channels, classes, dtype=torch.float64)
+    with torch.no_grad():
+        head.weight.copy_(torch.as_tensor(np.linalg.solve(covariance, means.T).T))
+        head.bias.zero_()
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.trunk, self.head = trunk, head
+
+        def get_classifier(self):
+            return self.head
+
+        def forward(self, x):
+            return self.head(self.trunk(x).mean(dim=(2, 3)))
+
+    engine = ExplainerEngine(Model(), "trunk", (side, side))
+    layer_pass = engine.layer_pass(torch.as_tensor(rng.normal(size=(2, 3, side, side))), gradients=True)
+    c, d = 0, 2
+    alpha = layer_pass.gradients(torch.tensor([0]), contrast_coefficients(classes, [c], [[d]], gamma=1.0).double()).mean(dim=(2, 3))[0]
+    group = ShrunkGaussian(mean=means[d], cholesky=cholesky, shrinkage=0.0, count=100.0)
+    np.testing.assert_allclose(alpha.numpy() * side * side, diffcam_weights(means[c], group)[0], rtol=1e-8)

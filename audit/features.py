@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from audit.models.checkpoint import ModelMeta
 from audit.models.preprocess import to_model_input
+from audit.models.tokens import spatial_map
 from audit.storage import ChunkedZarrWriter, atomic_path, open_zarr
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -62,10 +63,10 @@ def layer_output_shape(model: nn.Module, meta: ModelMeta) -> tuple[int, int, int
     model.eval()
     with capture_layer(model, meta.layer) as captured:
         model(torch.zeros(1, *meta.input_size))
-    shape = tuple(captured["A"].shape[1:])
-    if len(shape) != 3:
-        raise ValueError(f"layer {meta.layer!r} of {meta.name} outputs shape {shape}; a (channels, height, width) map is needed")
-    return shape
+    try:
+        return tuple(spatial_map(model, captured["A"], meta.input_size[-2:]).shape[1:])
+    except ValueError as error:
+        raise ValueError(f"layer {meta.layer!r} of {meta.name}: {error}") from None
 
 
 @contextmanager
@@ -89,6 +90,8 @@ def forward_features(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Activations (B, K, h, w), pre-logits (B, D) and logits (B, C) for uint8 images (B, 3, H, W).
 
+    ViT tokens are viewed on the patch grid without the CLS/register tokens.
+
     All float32 on the CPU. ``precision`` ``bfloat16``/``float16`` runs the
     model under autocast on CUDA (ignored on the CPU).
     """
@@ -97,7 +100,8 @@ def forward_features(
     autocast = torch.autocast("cuda", dtype=dtype) if dtype is not None and x.is_cuda else nullcontext()
     with capture_layer(model, meta.layer) as captured, capture_classifier_input(model) as head, autocast:
         logits = model(x)
-    return tuple(t.float().cpu().numpy() for t in (captured["A"], head["pre_logits"], logits))
+    activations = spatial_map(model, captured["A"], x.shape[-2:])
+    return tuple(t.float().cpu().numpy() for t in (activations, head["pre_logits"], logits))
 
 
 def feature_part(

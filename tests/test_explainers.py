@@ -7,7 +7,7 @@ import torch
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from audit.explain.compute import model_maps
+from audit.explain.compute import MapSettings, model_maps
 from audit.explain.diffcam import diffcam_weights
 from audit.explain.engine import ExplainerEngine
 from audit.explain.objectives import contrast_coefficients
@@ -29,7 +29,7 @@ def _plan(methods, targets, contrasts=None):
     rows = []
     for name in methods:
         for i, t in enumerate(targets):
-            rows.append({"method": name, "image_index": i, "target": int(t), "contrasts": list(contrasts[i]) if contrasts else []})
+            rows.append({"method": name, "image_index": i, "target": int(t), "contrasts": list(contrasts[i]) if contrasts else [], "reference": ""})
     return pd.DataFrame(rows)
 
 
@@ -58,7 +58,7 @@ def test_agrees_with_grad_cam_package_with_a_target_per_image(trained, digits_sm
     targets = np.where(np.arange(count) % 2 == 0, digits_small.labels[:count], np.arange(count) % 10)  # own class or another
     engine = ExplainerEngine(model, layer, images.shape[-2:])
     meta_layer = type(meta)(**{**meta.__dict__, "layer": layer})
-    ours = model_maps(engine, meta_layer, images, _plan([name], targets), gamma=0.0, batch_size=4)
+    ours = model_maps(engine, meta_layer, images, _plan([name], targets), MapSettings(gamma=0.0, batch_size=4))
     x = to_model_input(images, meta.mean, meta.std)
     model.requires_grad_(True)
     cam_class = getattr(pytorch_grad_cam, PACKAGE_CLASSES[name])
@@ -104,8 +104,8 @@ def test_finercam_with_gamma_zero_is_gradcam(trained, digits_small):
     targets = digits_small.labels[:8]
     contrasts = [[(t + 1) % 10, (t + 2) % 10, (t + 3) % 10] for t in targets]
     engine = ExplainerEngine(model, meta.layer, images.shape[-2:])
-    finer = model_maps(engine, meta, images, _plan(["finercam"], targets, contrasts), gamma=0.0, batch_size=8)
-    grad = model_maps(engine, meta, images, _plan(["gradcam"], targets), gamma=0.0, batch_size=8)
+    finer = model_maps(engine, meta, images, _plan(["finercam"], targets, contrasts), MapSettings(gamma=0.0, batch_size=8))
+    grad = model_maps(engine, meta, images, _plan(["gradcam"], targets), MapSettings(gamma=0.0, batch_size=8))
     np.testing.assert_array_equal(np.stack(finer), np.stack(grad))
 
 
@@ -118,7 +118,7 @@ def test_finercam_is_relu_of_the_weight_difference(trained, digits_small, layer)
     meta_layer = type(meta)(**{**meta.__dict__, "layer": layer})
     engine = ExplainerEngine(model, layer, images.shape[-2:])
     gamma = 0.6
-    finer = np.stack(model_maps(engine, meta_layer, images, _plan(["finercam"], targets, contrasts), gamma=gamma, batch_size=6))
+    finer = np.stack(model_maps(engine, meta_layer, images, _plan(["finercam"], targets, contrasts), MapSettings(gamma=gamma, batch_size=6)))
     x = to_model_input(images, meta.mean, meta.std)
     store = {}
     handle = model.get_submodule(layer).register_forward_hook(lambda _m, _i, out: store.setdefault("A", out.detach().requires_grad_(True)))
@@ -141,7 +141,7 @@ def test_score_finercam_weights_the_contrast_objective(trained, digits_small):
     targets = digits_small.labels[:2]
     contrasts = [[(t + 1) % 10] for t in targets]
     engine = ExplainerEngine(model, meta.layer, images.shape[-2:])
-    got = np.stack(model_maps(engine, meta, images, _plan(["finercam_score"], targets, contrasts), gamma=1.0, batch_size=2))
+    got = np.stack(model_maps(engine, meta, images, _plan(["finercam_score"], targets, contrasts), MapSettings(gamma=1.0, batch_size=2)))
     x = to_model_input(images, meta.mean, meta.std)
     layer_pass = engine.layer_pass(x, gradients=False)
     masked = engine.masked_logits(x, layer_pass.activations)  # (B, K, C)
@@ -155,7 +155,7 @@ def test_input_gradient_is_the_pixel_gradient(trained, digits_small):
     images = digits_small.images[:4]
     targets = np.array([3, 1, 4, 1])
     engine = ExplainerEngine(model, meta.layer, images.shape[-2:])
-    got = np.stack(model_maps(engine, meta, images, _plan(["inputgrad"], targets), gamma=0.0, batch_size=4))
+    got = np.stack(model_maps(engine, meta, images, _plan(["inputgrad"], targets), MapSettings(gamma=0.0, batch_size=4)))
     x = to_model_input(images, meta.mean, meta.std).requires_grad_(True)
     with torch.enable_grad():
         (g,) = torch.autograd.grad(model(x)[torch.arange(4), torch.as_tensor(targets)].sum(), x)
@@ -167,7 +167,7 @@ def test_package_adapter_runs_a_grad_cam_class_by_name(trained, digits_small):
     images = digits_small.images[:5]
     targets = np.array([0, 1, 2, 3, 4])
     engine = ExplainerEngine(model, meta.layer, images.shape[-2:])
-    got = np.stack(model_maps(engine, meta, images, _plan(["package-EigenGradCAM"], targets), gamma=0.0, batch_size=5))
+    got = np.stack(model_maps(engine, meta, images, _plan(["package-EigenGradCAM"], targets), MapSettings(gamma=0.0, batch_size=5)))
     x = to_model_input(images, meta.mean, meta.std)
     model.requires_grad_(True)
     with pytorch_grad_cam.EigenGradCAM(model=model, target_layers=[model.get_submodule(meta.layer)]) as oracle:
@@ -176,7 +176,7 @@ def test_package_adapter_runs_a_grad_cam_class_by_name(trained, digits_small):
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert all(p.requires_grad is False for p in model.parameters())
     with pytest.raises(ValueError, match="NoSuchCAM"):
-        model_maps(engine, meta, images, _plan(["package-NoSuchCAM"], targets), gamma=0.0, batch_size=5)
+        model_maps(engine, meta, images, _plan(["package-NoSuchCAM"], targets), MapSettings(gamma=0.0, batch_size=5))
 
 
 def test_maps_change_when_the_head_is_randomised(trained, digits_small):
@@ -184,12 +184,12 @@ def test_maps_change_when_the_head_is_randomised(trained, digits_small):
     images = digits_small.images[:8]
     targets = digits_small.labels[:8]
     plan = _plan(["gradcam", "layercam"], targets)
-    before = np.stack(model_maps(ExplainerEngine(model, meta.layer, images.shape[-2:]), meta, images, plan, 0.0, 8))
+    before = np.stack(model_maps(ExplainerEngine(model, meta.layer, images.shape[-2:]), meta, images, plan, MapSettings(gamma=0.0, batch_size=8)))
     state = {k: v.clone() for k, v in model.state_dict().items()}
     try:
         torch.manual_seed(3)
         nn.init.normal_(model.get_classifier().weight)
-        after = np.stack(model_maps(ExplainerEngine(model, meta.layer, images.shape[-2:]), meta, images, plan, 0.0, 8))
+        after = np.stack(model_maps(ExplainerEngine(model, meta.layer, images.shape[-2:]), meta, images, plan, MapSettings(gamma=0.0, batch_size=8)))
     finally:
         model.load_state_dict(state)
     correlations = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(before, after) if a.std() > 0 and b.std() > 0]

@@ -63,12 +63,6 @@ def test_normalisation_override_and_named_layer(source_model, tmp_path):
     assert meta.layer == "layer3" and meta.mean == (0.5, 0.5, 0.5) and meta.std == (0.25, 0.25, 0.25)
 
 
-def test_auto_layer_for_a_vit_asks_for_a_name():
-    vit = timm.create_model("vit_tiny_patch16_224", num_classes=3, img_size=32, patch_size=4)
-    with pytest.raises(ValueError, match="name the layer"):
-        resolve_layer(vit, "auto")
-
-
 def test_pretrained_image_size_comes_from_timm():
     from audit.models.imported import pretrained_image_size
 

@@ -112,6 +112,26 @@ def test_end_to_end_artefacts_are_well_formed(tiny_audit):
     assert "data:image/png;base64," in html and 'src="http' not in html
 
 
+def test_vit_audit_end_to_end(tmp_path):
+    """A tiny timm ViT with CLS and a register token: CDAM (class, concept, Smooth, Integrated), attention, Grad-CAM, DiffCAM."""
+    result = snakemake("reports/tiny_vit.html", "--cores", "2", "--directory", str(tmp_path), "--configfile", str(TINY))
+    assert result.returncode == 0, result.stdout[-5000:]
+    results = tmp_path / "results" / "tiny_vit"
+    features = open_features(sorted((results / "features").glob("shard-*.zarr")))
+    assert features["activation"].shape[1:] == (32, 4, 4) and features.attrs["layer"] == "blocks.1.norm1"
+    for method in ("gradcam", "cdam", "cdam_smooth", "cdam_integrated", "cdam_concept", "attention", "diffcam"):
+        saliency = open_zarr(results / "saliency" / f"{method}.zarr")
+        assert saliency.sizes["layer_y"] == 4 and saliency["image_map"].shape[1:] == (32, 32)
+        assert np.isfinite(saliency["layer_map"].values).all()
+    concept = open_zarr(results / "saliency" / "cdam_concept.zarr")
+    assert "concept:loops" in set(concept["reference"].values) and any(r.startswith("class:") for r in concept["reference"].values)
+    assert open_zarr(results / "saliency" / "gradcam.zarr").attrs["gradients"] == "autograd through the head side"
+    attention = open_zarr(results / "saliency" / "attention.zarr")["layer_map"].values.astype(np.float32)
+    assert (attention >= 0).all() and (attention.sum(axis=(1, 2)) <= 1.001).all()
+    html = (tmp_path / "reports" / "tiny_vit.html").read_text()
+    assert "cdam_integrated" in html and "attention" in html  # the method-quality table lists every method
+
+
 def test_rerun_has_nothing_to_do(tiny_audit):
     result = snakemake("reports/tiny.html", "-n", "--directory", str(tiny_audit), "--configfile", str(TINY))
     assert result.returncode == 0

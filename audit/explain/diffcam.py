@@ -23,10 +23,16 @@ def diffcam_weights(embedding: np.ndarray, group: ShrunkGaussian) -> np.ndarray:
 def diffcam_maps(activations: np.ndarray, group: ShrunkGaussian, centre: bool = True) -> np.ndarray:
     """DiffCAM maps (M, h, w) of activations (M, K, h, w) against one reference group.
 
-    The embedding is the spatial mean of the activations, as in the feature store.
+    The embedding is the spatial mean of the activations, as in the feature
+    store. The weights are solved in float64; the weighted channel sum runs in
+    the activations' own dtype (one batched matrix product, no float64 copy of
+    the activations) and the centring term w·μ is subtracted in float64.
     """
-    a = np.asarray(activations, dtype=np.float64)
-    weights = diffcam_weights(a.mean(axis=(2, 3)), group)
+    a = np.asarray(activations)
+    count, channels, height, width = a.shape
+    weights = diffcam_weights(a.mean(axis=(2, 3), dtype=np.float64), group)
+    maps = np.matmul(weights.astype(a.dtype)[:, None, :], a.reshape(count, channels, height * width))[:, 0]
+    maps = maps.astype(np.float64)
     if centre:
-        a = a - group.mean[None, :, None, None]
-    return np.einsum("mk,mkhw->mhw", weights, a)
+        maps -= (weights @ group.mean)[:, None]
+    return maps.reshape(count, height, width)

@@ -24,30 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass(frozen=True)
-class TokenLayout:
-    """How a ViT block's tokens (B, N, D) map to a spatial grid: ``prefix`` leading tokens, then ``grid`` (h, w) patches."""
-
-    prefix: int
-    grid: tuple[int, int]
-
-    def to_spatial(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Patch tokens (B, N, D) → map (B, D, h, w)."""
-        patches = tokens[:, self.prefix :]
-        return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *self.grid)
-
-
-def token_layout(model: nn.Module, input_size: tuple[int, int]) -> TokenLayout | None:
-    """The token layout of a timm ViT at ``input_size`` (H, W); None for models without a patch embedding."""
-    patch_embed = getattr(model, "patch_embed", None)
-    if patch_embed is None or not hasattr(model, "num_prefix_tokens"):
-        return None
-    if hasattr(patch_embed, "dynamic_feat_size"):
-        grid = tuple(int(v) for v in patch_embed.dynamic_feat_size(input_size))
-    else:
-        grid = tuple(int(v) for v in patch_embed.grid_size)
-    return TokenLayout(int(model.num_prefix_tokens), grid)
+from audit.models.tokens import spatial_map, token_layout
 
 
 @dataclass
@@ -63,17 +40,19 @@ class LayerPass:
     activations: torch.Tensor
     logits: torch.Tensor
     tokens: torch.Tensor | None
-    _gradient: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
+    _gradient: Callable[[torch.Tensor, torch.Tensor, str], torch.Tensor] | None
 
-    def gradients(self, positions: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
-        """∂(coefficients[r] · y[positions[r]])/∂A[positions[r]] for each row r: (R, K, h, w).
+    def gradients(self, positions: torch.Tensor, coefficients: torch.Tensor, output: str = "logits") -> torch.Tensor:
+        """∂(coefficients[r] · out[positions[r]])/∂A[positions[r]] for each row r: (R, K, h, w).
 
         Args:
-            positions: image position in the batch of each row (R,). coefficients: (R, C).
+            positions: image position in the batch of each row (R,).
+            coefficients: (R, C) over the logits, or with ``output="pre_logits"`` (R, D)
+                over the final embedding (the classifier's input), e.g. a concept vector.
         """
         if self._gradient is None:
             raise RuntimeError("this pass was run without gradients")
-        return self._gradient(positions, coefficients.to(self.logits.device, self.logits.dtype))
+        return self._gradient(positions, coefficients.to(self.logits.device, self.logits.dtype), output)
 
 
 class ExplainerEngine:
@@ -96,27 +75,30 @@ class ExplainerEngine:
         return next(self.model.parameters()).device
 
     @contextmanager
-    def _hooked(self, leaf: bool) -> Iterator[dict[str, torch.Tensor]]:
+    def _hooked(self, leaf: bool, replacement: torch.Tensor | None = None) -> Iterator[dict[str, torch.Tensor]]:
+        """Record the layer's output (as a fresh leaf, or ``replacement`` in its place) and the classifier's input."""
         store: dict[str, torch.Tensor] = {}
 
         def hook(_module, _inputs, output):
+            if replacement is not None:
+                output = replacement
             if leaf:
                 output = output.detach().requires_grad_(True)
             store["output"] = output
             return output
 
-        handle = self.module.register_forward_hook(hook)
+        handles = [self.module.register_forward_hook(hook)]
+        classifier = self.model.get_classifier() if hasattr(self.model, "get_classifier") else None
+        if isinstance(classifier, nn.Module) and leaf:
+            handles.append(classifier.register_forward_pre_hook(lambda _m, inputs: store.__setitem__("pre_logits", inputs[0])))
         try:
             yield store
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
 
     def _spatial(self, output: torch.Tensor) -> torch.Tensor:
-        if self.layout is not None:
-            return self.layout.to_spatial(output)
-        if output.ndim != 4:
-            raise ValueError(f"the explained layer outputs shape {tuple(output.shape)}; a (B, K, h, w) map or ViT tokens are needed")
-        return output
+        return self.layout.to_spatial(output) if self.layout is not None else spatial_map(self.model, output, (0, 0))
 
     def layer_pass(self, x: torch.Tensor, gradients: bool) -> LayerPass:
         """Run the model once on ``x`` (B, 3, H, W); with ``gradients``, keep what the head-side VJPs need."""
@@ -130,9 +112,10 @@ class ExplainerEngine:
             logits = self.model(x)
         leaf = store["output"]
         activations = self._spatial(leaf.detach())
+        outputs = {"logits": logits, "pre_logits": store.get("pre_logits")}
 
-        def gradient(positions: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
-            return self._spatial(self._head_vjp(logits, leaf, positions, coefficients))
+        def gradient(positions: torch.Tensor, coefficients: torch.Tensor, output: str = "logits") -> torch.Tensor:
+            return self._spatial(self._head_vjp(outputs[output], leaf, positions, coefficients))
 
         if self.closed_form is None:
             self.closed_form = self._head_is_pool_linear(activations, logits.detach(), gradient)
@@ -163,7 +146,9 @@ class ExplainerEngine:
         weight = self.model.get_classifier().weight
         height, width = activations.shape[-2:]
 
-        def gradient(positions: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+        def gradient(positions: torch.Tensor, coefficients: torch.Tensor, output: str = "logits") -> torch.Tensor:
+            if output != "logits":
+                raise ValueError("the closed-form gradient covers the logits only")
             alpha = coefficients @ weight / (height * width)
             return alpha[:, :, None, None].expand(-1, -1, height, width)
 
@@ -184,6 +169,20 @@ class ExplainerEngine:
         autograd = gradient(positions, coefficients)
         closed = self._closed_form_gradient(activations)(positions, coefficients)
         return torch.allclose(autograd, closed, rtol=1e-4, atol=1e-6 * float(autograd.abs().max().clamp_min(1.0)))
+
+    def replay(self, x: torch.Tensor, tokens: torch.Tensor, coefficients: torch.Tensor, output: str = "logits") -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the model on x (R, 3, H, W) with the layer's output replaced by ``tokens`` (R, …).
+
+        Returns the objective values coefficients[r] · out[r] (R,) and their
+        gradients with respect to the substituted tokens (R, …). ``output`` as in
+        ``LayerPass.gradients``.
+        """
+        with torch.enable_grad(), self._hooked(leaf=True, replacement=tokens) as store:
+            logits = self.model(x)
+            out = logits if output == "logits" else store["pre_logits"]
+            values = (out * coefficients.to(out)).sum(1)
+            (gradients,) = torch.autograd.grad(values.sum(), store["output"])
+        return values.detach(), gradients
 
     def masked_logits(self, x: torch.Tensor, activations: torch.Tensor, chunk: int = 256) -> torch.Tensor:
         """Score-CAM forwards: logits (B, K, C) of the inputs masked by each min-max normalised, upsampled channel.

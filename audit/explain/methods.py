@@ -141,6 +141,12 @@ def method_attrs(name: str, settings: dict) -> dict:
         attrs["score"] = "objective of the logits on masked inputs, softmax over channels"
     if spec.needs == INPUT_GRADIENTS:
         attrs["aggregate"] = "max over colour channels of |dy/dx|"
+    if name == "cdam_smooth":
+        attrs.update(samples=settings["smooth_samples"], noise=settings["smooth_noise"])
+    if name == "cdam_integrated":
+        attrs.update(steps=settings["integrated_steps"], baseline="zero patch tokens")
+    if spec.needs == TOKEN_GRADIENTS:
+        attrs["tokens"] = "output of the explained layer (CDAM: the last block's norm1)"
     if spec.needs == REFERENCE:
         attrs.update(centre=int(settings["diffcam_centre"]), covariance="oas")
     return attrs

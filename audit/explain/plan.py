@@ -24,6 +24,9 @@ highest other prediction).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -42,6 +45,8 @@ def explain_plan(
     finer_contrasts: int,
     methods: list[str],
     weight_similarity: np.ndarray | None = None,
+    concepts: Sequence[str] = (),
+    class_concepts: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Build the plan (see module docstring).
 
@@ -54,22 +59,35 @@ def explain_plan(
         methods: the methods to plan (names as in ``audit.explain.methods``).
         weight_similarity: (C, C) classifier-weight cosine; when given, Finer-CAM's
             anomaly contrasts are the T classes most similar by weight, else by the image's prediction rank.
+        concepts: named concepts (``concept:<name>``) that ``cdam_concept`` maps for every subject.
+        class_concepts: the concept of each class (``class:<name>``, by class index); ``cdam_concept``
+            also maps the subject's own class concept.
     """
     finer_by = "predictions" if weight_similarity is None else "by weight"
+    options = _Options(finer_contrasts, list(methods), finer_by, list(concepts), list(class_concepts))
     index_of = {image_id: i for i, image_id in enumerate(image_ids)}
     rows: list[dict] = []
     top = anomalies[(anomalies["rank"] <= top_anomalies) & anomalies["score"].notna()]
     for image_id in top["image_id"]:
         i = index_of[image_id]
         similarity = class_scores[i] if weight_similarity is None else weight_similarity[int(labels[i])]
-        rows += _subject_rows(i, image_id, "anomaly", int(labels[i]), None, class_scores[i], similarity, finer_contrasts, methods, finer_by)
+        rows += _subject_rows(i, image_id, "anomaly", int(labels[i]), None, class_scores[i], similarity, options)
     for _, pair in pairs.head(top_pairs).iterrows():
         for a, b in ((int(pair["class_a"]), int(pair["class_b"])), (int(pair["class_b"]), int(pair["class_a"]))):
             members = np.flatnonzero((labels == a) & np.isfinite(class_scores).all(axis=1))
             chosen = members[np.argsort(-class_scores[members, b], kind="stable")[:images_per_pair]]
             for i in chosen:
-                rows += _subject_rows(int(i), image_ids[i], "pair", a, b, class_scores[i], class_scores[i], finer_contrasts, methods, finer_by)
+                rows += _subject_rows(int(i), image_ids[i], "pair", a, b, class_scores[i], class_scores[i], options)
     return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class _Options:
+    finer_contrasts: int
+    methods: list[str]
+    finer_by: str
+    concepts: list[str]
+    class_concepts: list[str]
 
 
 def _subject_rows(
@@ -80,21 +98,23 @@ def _subject_rows(
     contrast: int | None,
     scores: np.ndarray,
     similarity: np.ndarray,
-    finer_contrasts: int,
-    methods: list[str],
-    finer_by: str,
+    options: _Options,
 ) -> list[dict]:
+    finer_contrasts = options.finer_contrasts
     compare = contrast if contrast is not None else _others(scores, target)[0]
     base = {"image_index": index, "image_id": image_id, "purpose": purpose, "target": target, "compare": compare, "reference": ""}
     if contrast is None:
-        contrasts, finer_variant = _others(similarity, target)[:finer_contrasts], f"top-{finer_contrasts} {finer_by}"
+        contrasts, finer_variant = _others(similarity, target)[:finer_contrasts], f"top-{finer_contrasts} {options.finer_by}"
         specific, specific_variant = f"own-class-loo:{target}", "vs own class"
     else:
         contrasts, finer_variant = [contrast], "vs pair class"
         specific, specific_variant = f"class:{contrast}", "vs pair class"
     rows = []
-    for name in methods:
-        if name == "diffcam":
+    for name in options.methods:
+        if name == "cdam_concept":
+            own = [options.class_concepts[target]] if options.class_concepts else []
+            rows += [{**base, "method": name, "variant": f"{name} {c}", "contrasts": [], "reference": c} for c in own + options.concepts]
+        elif name == "diffcam":
             rows += [
                 {**base, "method": name, "variant": "diffcam vs all others", "contrasts": [], "reference": f"others:{target}"},
                 {**base, "method": name, "variant": f"diffcam {specific_variant}", "contrasts": [], "reference": specific},

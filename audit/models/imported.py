@@ -71,12 +71,15 @@ def pretrained_image_size(name: str) -> int:
 
 
 def resolve_layer(model: nn.Module, layer: str) -> str:
-    """The explained layer's module name: ``layer`` itself, or for ``"auto"`` the last feature stage."""
+    """The explained layer's module name: ``layer`` itself, or for ``"auto"`` the last feature stage.
+
+    For a ViT, ``auto`` is the last block's first LayerNorm (the tokens CDAM explains).
+    """
     if layer != "auto":
         model.get_submodule(layer)
         return layer
     if hasattr(model, "blocks") and hasattr(model, "num_prefix_tokens"):
-        raise ValueError("automatic layer choice for vision transformers is not supported yet: name the layer")
+        return f"blocks.{len(model.blocks) - 1}.norm1"
     info = getattr(model, "feature_info", None)
     if not info:
         raise ValueError(f"{type(model).__name__} has no feature_info: name the explained layer")

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from audit.data.dataset import ImageDataset
 from audit.features import layer_output_shape
+from audit.models.imported import resolve_layer
 from audit.models.checkpoint import ModelMeta, build_model
 from audit.models.preprocess import to_model_input
 
@@ -108,13 +109,14 @@ def fit_model(dataset: ImageDataset, name: str, kwargs: dict, layer: str, settin
         input_size=tuple(dataset.images.shape[1:]),
         mean=(0.0, 0.0, 0.0),
         std=(1.0, 1.0, 1.0),
-        layer=layer,
+        layer=layer if layer != "auto" else "",
     )
     model = build_model(meta)
+    meta.layer = resolve_layer(model, layer)
     meta.mean = tuple(float(v) for v in model.pretrained_cfg.get("mean", (0.5, 0.5, 0.5)))
     meta.std = tuple(float(v) for v in model.pretrained_cfg.get("std", (0.5, 0.5, 0.5)))
     shape = layer_output_shape(model, meta)
-    log.info("explained layer %s output (channels, height, width) = %s", layer, shape)
+    log.info("explained layer %s output (channels, height, width) = %s", meta.layer, shape)
     train = dataset.split == "train"
     held_out = ~train
     if not train.any() or not held_out.any():

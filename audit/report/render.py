@@ -98,7 +98,13 @@ def render_report(inputs: ReportInputs) -> str:
         if top.empty:
             continue
         ids = list(top["image_id"])
-        columns = [("diffcam vs own class", "diffcam vs own class", True), ("diffcam vs all others", "diffcam vs all others", True), ("gradcam", "gradcam", False)]
+        columns = [
+            ("diffcam vs own class", "diffcam vs own class", True),
+            ("diffcam vs all others", "diffcam vs all others", True),
+            ("gradcam", "gradcam", False),
+            ("cdam", "CDAM", True),
+            ("attention", "attention", False),
+        ]
         grid = _grid(images, maps, "anomaly", ids, c, image_index, [f"#{r} {i}" for r, i in zip(top["rank"], ids)], columns)
         rows = [
             {"rank": int(r.rank), "image_id": r.image_id, "score": f"{r.score:.1f}", "prediction": predicted(image_index[r.image_id]), "split": r.split}
@@ -107,10 +113,12 @@ def render_report(inputs: ReportInputs) -> str:
         anomaly_sections.append({"name": name, "figure": grid, "rows": rows})
 
     pair_sections = []
-    diffcam = inputs.saliency["diffcam"]
+    subjects = [
+        (str(i), int(t)) for store in inputs.saliency.values() for i, p, t in zip(store["image_id"].values, store["purpose"].values, store["compare"].values) if p == "pair"
+    ]
     for pair in inputs.pairs.head(inputs.top_pairs).itertuples():
         for a, b in ((pair.class_a, pair.class_b), (pair.class_b, pair.class_a)):
-            chosen = [str(i) for i, p, t in zip(diffcam["image_id"].values, diffcam["purpose"].values, diffcam["compare"].values) if p == "pair" and int(t) == b]
+            chosen = [i for i, t in subjects if t == b]
             chosen = [i for i in dict.fromkeys(chosen) if labels[image_index[i]] == a]
             if not chosen:
                 continue
@@ -118,6 +126,7 @@ def render_report(inputs: ReportInputs) -> str:
                 ("gradcam", f"Grad-CAM {class_names[a]}", False),
                 ("finercam vs pair class", f"Finer-CAM {class_names[a]} − γ·{class_names[b]}", False),
                 ("diffcam vs pair class", f"DiffCAM vs {class_names[b]}", True),
+                ("cdam", f"CDAM {class_names[a]}", True),
             ]
             grid = _grid(images, maps, "pair", chosen, a, image_index, [f"{i} (pred {predicted(image_index[i])})" for i in chosen], columns)
             pair_sections.append({"a": class_names[a], "b": class_names[b], "figure": grid})

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 
 from audit.data.dataset import read_image_store
-from audit.explain.compute import diffcam_plan_maps, model_maps
+from audit.explain.compute import MapSettings, diffcam_plan_maps, model_maps
 from audit.explain.engine import ExplainerEngine
 from audit.explain.methods import method_attrs
 from audit.explain.store import saliency_dataset
@@ -26,7 +26,13 @@ on_model = (plan["method"] != "diffcam").to_numpy()
 if on_model.any():
     model, meta = load_checkpoint(snakemake.input.checkpoint, device)
     engine = ExplainerEngine(model, meta.layer, images.shape[-2:])
-    computed = model_maps(engine, meta, images, plan[on_model], settings["finer_gamma"], settings["batch_size"], settings["score_batch"])
+    map_settings = MapSettings(
+        settings["finer_gamma"], settings["batch_size"], settings["score_batch"],
+        settings["smooth_samples"], settings["smooth_noise"], settings["integrated_steps"],
+    )
+    reference = open_zarr(snakemake.input.reference)
+    concepts = dict(zip(reference["concept"].values.astype(str), reference["concept_vector"].values))
+    computed = model_maps(engine, meta, images, plan[on_model], map_settings, concepts)
     for row, m in zip(np.flatnonzero(on_model), computed):
         maps[row] = m
     context["gradients"] = "closed form (pool + linear head)" if engine.closed_form else "autograd through the head side"

@@ -22,6 +22,7 @@ weight_similarity = None
 if has_head and settings["finer_similarity"] == "weights":
     model, _ = load_checkpoint(snakemake.input.checkpoint)
     weight_similarity = weight_cosine(model.get_classifier().weight.detach().numpy())
+concept_names = [str(c) for c in open_zarr(snakemake.input.reference)["concept"].values]
 plan = explain_plan(
     pd.read_parquet(snakemake.input.anomalies),
     pd.read_parquet(snakemake.input.pairs),
@@ -34,5 +35,7 @@ plan = explain_plan(
     settings["finer_contrasts"],
     snakemake.params.methods,
     weight_similarity,
+    concepts=[c for c in concept_names if c.startswith("concept:")],
+    class_concepts=[f"class:{name}" for name in features["class"].values],
 )
 write_parquet(plan, snakemake.output[0])

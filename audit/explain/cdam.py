@@ -1,0 +1,103 @@
+"""CDAM (Brocki & Chung) and the attention map, for timm ViTs.
+
+The tokens T (N, D) are the output of the last block's first LayerNorm, the
+input of the final attention. The CDAM score of patch token i is
+``S_i = Σ_d T_i,d · ∂f/∂T_i,d``, signed, where f is a class logit or, for a
+concept, the dot product of the final embedding (the classifier's input) with
+a concept vector. Prefix (CLS, register) tokens get no score; patch scores lie
+on the model's patch grid.
+
+* Smooth CDAM averages the score over ``samples`` copies of the tokens with
+  Gaussian noise of σ = ``noise``·(max − min of the image's patch tokens) added
+  to the patch tokens, each scored as (T + ε) · ∇f(T + ε).
+* Integrated CDAM integrates the gradient along the straight path from patch
+  tokens 0 to T (prefix tokens held at their values), midpoint rule with
+  ``steps`` points: ``S_i = Σ_d T_i,d · mean_α ∂f/∂T_i,d(αT)``. Completeness:
+  Σ_i S_i ≈ f(T) − f(T with patch tokens zeroed).
+
+Both re-run the head side from modified tokens by replaying the model with the
+tokens substituted at the layer (``ExplainerEngine.replay``).
+"""
+from __future__ import annotations
+
+import torch
+
+from audit.explain.engine import ExplainerEngine
+
+
+def token_scores(tokens: torch.Tensor, gradients: torch.Tensor, prefix: int, grid: tuple[int, int]) -> torch.Tensor:
+    """Σ_d T_i,d · G_i,d for the patch tokens of (R, N, D) inputs, as maps (R, h, w)."""
+    return (tokens[:, prefix:] * gradients[:, prefix:]).sum(-1).reshape(len(tokens), *grid)
+
+
+def smooth_cdam(
+    engine: ExplainerEngine,
+    x: torch.Tensor,
+    tokens: torch.Tensor,
+    coefficients: torch.Tensor,
+    output: str,
+    samples: int,
+    noise: float,
+    seed: int = 0,
+    chunk: int = 256,
+) -> torch.Tensor:
+    """Smooth CDAM maps (R, h, w) for inputs x (R, 3, H, W) with tokens (R, N, D) at the layer.
+
+    ``coefficients``, ``output``: the objective of each row, as in ``ExplainerEngine.replay``.
+    """
+    layout = engine.layout
+    patches = tokens[:, layout.prefix :]
+    sigma = noise * (patches.amax(dim=(1, 2)) - patches.amin(dim=(1, 2)))
+    generator = torch.Generator(device=tokens.device).manual_seed(seed)
+    total = torch.zeros(len(tokens), *layout.grid, device=tokens.device)
+    rows = torch.arange(len(tokens), device=tokens.device).repeat_interleave(samples)
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        noisy = tokens[part].clone()
+        noisy[:, layout.prefix :] += sigma[part, None, None] * torch.randn(noisy[:, layout.prefix :].shape, generator=generator, device=noisy.device)
+        _, gradients = engine.replay(x[part], noisy, coefficients[part], output)
+        total.index_add_(0, part, token_scores(noisy, gradients, layout.prefix, layout.grid))
+    return total / samples
+
+
+def integrated_cdam(
+    engine: ExplainerEngine, x: torch.Tensor, tokens: torch.Tensor, coefficients: torch.Tensor, output: str, steps: int, chunk: int = 256
+) -> torch.Tensor:
+    """Integrated CDAM maps (R, h, w): integrated gradients from zero patch tokens to ``tokens`` (R, N, D)."""
+    layout = engine.layout
+    alphas = (torch.arange(steps, device=tokens.device, dtype=tokens.dtype) + 0.5) / steps
+    mean_gradient = torch.zeros_like(tokens)
+    rows = torch.arange(len(tokens), device=tokens.device).repeat_interleave(steps)
+    scale = alphas.repeat(len(tokens))
+    for start in range(0, len(rows), chunk):
+        part, alpha = rows[start : start + chunk], scale[start : start + chunk]
+        path = tokens[part].clone()
+        path[:, layout.prefix :] *= alpha[:, None, None]
+        _, gradients = engine.replay(x[part], path, coefficients[part], output)
+        mean_gradient.index_add_(0, part, gradients / steps)
+    return token_scores(tokens, mean_gradient, layout.prefix, layout.grid)
+
+
+def attention_map(engine: ExplainerEngine, x: torch.Tensor) -> torch.Tensor:
+    """The last block's attention from the CLS token to each patch, averaged over heads: (B, h, w).
+
+    Recomputed from the attention module's input with its own q/k projections,
+    norms and scale (fused attention kernels do not expose the weights).
+    """
+    layout = engine.layout
+    if layout is None or layout.prefix == 0:
+        raise ValueError("the attention map needs a ViT with a CLS token")
+    attention = engine.model.blocks[-1].attn
+    store: dict[str, torch.Tensor] = {}
+    handle = attention.register_forward_pre_hook(lambda _m, inputs: store.setdefault("input", inputs[0]))
+    try:
+        with torch.no_grad():
+            engine.model(x)
+    finally:
+        handle.remove()
+    tokens = store["input"]
+    batch, count, _ = tokens.shape
+    qkv = attention.qkv(tokens).reshape(batch, count, 3, attention.num_heads, attention.head_dim).permute(2, 0, 3, 1, 4)
+    q, k = attention.q_norm(qkv[0]), attention.k_norm(qkv[1])
+    weights = torch.softmax((q[:, :, :1] * attention.scale) @ k.transpose(-2, -1), dim=-1)  # (B, heads, 1, N)
+    return weights[:, :, 0, layout.prefix :].mean(1).reshape(batch, *layout.grid)

@@ -1,0 +1,199 @@
+"""Explainer benchmark: our engine against the grad-cam package and the physical bounds.
+
+Run from the repository root inside the venv (each case runs in a fresh
+process, so its peak resident memory is its own):
+
+    python benchmarks/explainers.py --images 128 --size 64 --batch 64
+
+Same random images, same model (timm resnet10t, output_stride 8: layer4 is
+512×8×8 at 64 px, layer3 256×8×8), same layer, one run. Cases:
+
+* ``forward``: plain forward; ``forward_grad``: forward + autograd gradient of
+  one logit per image to the layer (the bound for single-target Grad-CAM).
+* ``ours_gradcam``: our single-target Grad-CAM; ``package_gradcam``: the package's.
+* ``ours_4x4`` / ``package_4x4``: Grad-CAM, Grad-CAM++, LayerCAM and Finer-CAM
+  (γ = 0.6 against the next three classes), four targets per image; the package
+  runs one call per method and target (its Finer-CAM as GradCAM with
+  ``FinerWeightedTarget``).
+* ``ours_scorecam`` / ``package_scorecam``: single-target Score-CAM.
+* ``diffcam``: DiffCAM maps from stored 512×8×8 activations against one reference group.
+
+The layer3 variants exercise the batched head-side VJP (no closed form).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+CASES = [
+    "forward", "forward_grad", "ours_gradcam", "package_gradcam", "ours_4x4", "package_4x4",
+    "forward_grad@layer3", "ours_gradcam@layer3", "ours_4x4@layer3", "package_4x4@layer3",
+    "ours_scorecam", "package_scorecam", "diffcam",
+]
+FOUR = ["gradcam", "gradcampp", "layercam", "finercam"]
+PACKAGE_NAMES = {"gradcam": "GradCAM", "gradcampp": "GradCAMPlusPlus", "layercam": "LayerCAM", "scorecam": "ScoreCAM"}
+
+
+def _setup(size: int, layer: str, device: str):
+    from audit.models.checkpoint import ModelMeta, build_model
+
+    torch.manual_seed(0)
+    meta = ModelMeta("resnet10t", {"output_stride": 8}, [f"c{i}" for i in range(10)], (3, size, size), (0.5,) * 3, (0.25,) * 3, layer)
+    model = build_model(meta).eval().to(device)
+    return model, meta
+
+
+def _plan(methods: list[str], images: int, targets: int):
+    import pandas as pd
+
+    rows = []
+    for i in range(images):
+        for t in range(targets):
+            c = (i + t) % 10
+            for m in methods:
+                rows.append({"method": m, "image_index": i, "target": c, "contrasts": [(c + k) % 10 for k in (1, 2, 3)], "reference": ""})
+    return pd.DataFrame(rows)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_case(case: str, images: int, size: int, batch: int, device: str) -> dict:
+    """Throughput (images/s, or maps/s for diffcam) and peak memory of one case."""
+    from audit.explain.compute import MapSettings, model_maps
+    from audit.explain.engine import ExplainerEngine
+    from audit.models.preprocess import to_model_input
+
+    name, _, layer = case.partition("@")
+    layer = layer or "layer4"
+    if name == "diffcam":
+        return _diffcam(images * 64)
+    count = min(images, 4) if "scorecam" in name else images
+    pixels = np.random.default_rng(0).integers(0, 256, size=(count, 3, size, size), dtype=np.uint8)
+    model, meta = _setup(size, layer, device)
+    module = model.get_submodule(layer)
+    batches = [to_model_input(pixels[s : s + batch], meta.mean, meta.std, device) for s in range(0, count, batch)]
+    targets = [torch.arange(len(x), device=device) % 10 for x in batches]
+
+    def forward():
+        with torch.no_grad():
+            for x in batches:
+                model(x)
+
+    def forward_grad():
+        store = {}
+        handle = module.register_forward_hook(lambda _m, _i, out: store.__setitem__("A", out))
+        for x, t in zip(batches, targets):
+            with torch.enable_grad():
+                logits = model(x.requires_grad_(False))
+                torch.autograd.grad(logits[torch.arange(len(x)), t].sum(), store["A"])
+        handle.remove()
+
+    def ours(methods: list[str], per_image: int):
+        plan = _plan(methods, count, per_image)
+        engine = ExplainerEngine(model, layer, (size, size))
+        model_maps(engine, meta, pixels, plan, MapSettings(gamma=0.6, batch_size=batch, score_batch=256))
+
+    def package(methods: list[str], per_image: int):
+        import pytorch_grad_cam
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, FinerWeightedTarget
+
+        model.requires_grad_(True)
+        for method in methods:
+            cam_class = getattr(pytorch_grad_cam, PACKAGE_NAMES.get(method, "GradCAM"))
+            with cam_class(model=model, target_layers=[module]) as cam:
+                for s, x in enumerate(batches):
+                    for t in range(per_image):
+                        classes = [(s * batch + i + t) % 10 for i in range(len(x))]
+                        if method == "finercam":
+                            wanted = [FinerWeightedTarget(c, [(c + k) % 10 for k in (1, 2, 3)], 0.6) for c in classes]
+                        else:
+                            wanted = [ClassifierOutputTarget(c) for c in classes]
+                        cam(input_tensor=x, targets=wanted)
+        model.requires_grad_(False)
+
+    work = {
+        "forward": forward,
+        "forward_grad": forward_grad,
+        "ours_gradcam": lambda: ours(["gradcam"], 1),
+        "package_gradcam": lambda: package(["gradcam"], 1),
+        "ours_4x4": lambda: ours(FOUR, 4),
+        "package_4x4": lambda: package(FOUR, 4),
+        "ours_scorecam": lambda: ours(["scorecam"], 1),
+        "package_scorecam": lambda: package(["scorecam"], 1),
+    }[name]
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    work() if "scorecam" in name else None  # Score-CAM is long enough not to need a warm-up
+    _sync(device)
+    started = time.perf_counter()
+    work()
+    _sync(device)
+    seconds = time.perf_counter() - started
+    result = {"case": case, "images": count, "seconds": round(seconds, 3), "images_per_s": round(count / seconds, 2)}
+    if device.startswith("cuda"):
+        result["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return result
+
+
+def _diffcam(maps: int) -> dict:
+    from audit.explain.diffcam import diffcam_maps
+    from audit.reference import ShrunkGaussian
+
+    rng = np.random.default_rng(0)
+    activations = rng.random((maps, 512, 8, 8), dtype=np.float32)
+    root = rng.normal(size=(512, 512))
+    group = ShrunkGaussian(mean=rng.random(512), cholesky=np.linalg.cholesky(root @ root.T / 512 + np.eye(512)), shrinkage=0.1, count=1000.0)
+    diffcam_maps(activations[:256], group)
+    started = time.perf_counter()
+    for s in range(0, maps, 4096):
+        diffcam_maps(activations[s : s + 4096], group)
+    seconds = time.perf_counter() - started
+    return {"case": "diffcam", "images": maps, "seconds": round(seconds, 3), "maps_per_s": round(maps / seconds, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=128)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cases", nargs="*", default=CASES)
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:
+        result = run_case(args.case, args.images, args.size, args.batch, args.device)
+        result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        print(json.dumps(result))
+        return
+    results = {}
+    for case in args.cases:
+        command = [sys.executable, __file__, "--case", case, "--images", str(args.images), "--size", str(args.size), "--batch", str(args.batch), "--device", args.device]
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        results[case] = json.loads(output.strip().splitlines()[-1])
+        print(json.dumps(results[case]), flush=True)
+    rate = {case: r.get("images_per_s", r.get("maps_per_s")) for case, r in results.items()}
+    ratios = {
+        "4x4 ours / package (layer4)": ("ours_4x4", "package_4x4"),
+        "4x4 ours / package (layer3)": ("ours_4x4@layer3", "package_4x4@layer3"),
+        "Grad-CAM ours / forward+grad (layer4)": ("ours_gradcam", "forward_grad"),
+        "Grad-CAM ours / forward+grad (layer3)": ("ours_gradcam@layer3", "forward_grad@layer3"),
+        "Grad-CAM ours / package": ("ours_gradcam", "package_gradcam"),
+        "Score-CAM ours / package": ("ours_scorecam", "package_scorecam"),
+    }
+    for label, (a, b) in ratios.items():
+        if a in rate and b in rate:
+            print(f"{label}: {rate[a] / rate[b]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -15,7 +15,8 @@ Same random images, same model (timm resnet10t, output_stride 8: layer4 is
   (γ = 0.6 against the next three classes), four targets per image; the package
   runs one call per method and target (its Finer-CAM as GradCAM with
   ``FinerWeightedTarget``).
-* ``ours_scorecam`` / ``package_scorecam``: single-target Score-CAM.
+* ``ours_scorecam`` / ``package_scorecam``: single-target Score-CAM (4 images);
+  ``…_scorecam4``: four targets per image (ours shares the masked forwards).
 * ``diffcam``: DiffCAM maps from stored 512×8×8 activations against one reference group.
 
 The layer3 variants exercise the batched head-side VJP (no closed form).
@@ -35,7 +36,7 @@ import torch
 CASES = [
     "forward", "forward_grad", "ours_gradcam", "package_gradcam", "ours_4x4", "package_4x4",
     "forward_grad@layer3", "ours_gradcam@layer3", "ours_4x4@layer3", "package_4x4@layer3",
-    "ours_scorecam", "package_scorecam", "diffcam",
+    "ours_scorecam", "package_scorecam", "ours_scorecam4", "package_scorecam4", "diffcam",
 ]
 FOUR = ["gradcam", "gradcampp", "layercam", "finercam"]
 PACKAGE_NAMES = {"gradcam": "GradCAM", "gradcampp": "GradCAMPlusPlus", "layercam": "LayerCAM", "scorecam": "ScoreCAM"}
@@ -130,10 +131,13 @@ def run_case(case: str, images: int, size: int, batch: int, device: str) -> dict
         "package_4x4": lambda: package(FOUR, 4),
         "ours_scorecam": lambda: ours(["scorecam"], 1),
         "package_scorecam": lambda: package(["scorecam"], 1),
+        "ours_scorecam4": lambda: ours(["scorecam"], 4),
+        "package_scorecam4": lambda: package(["scorecam"], 4),
     }[name]
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    work() if "scorecam" in name else None  # Score-CAM is long enough not to need a warm-up
+    if "scorecam" not in name:  # Score-CAM runs thousands of forwards: long enough without a warm-up
+        work()
     _sync(device)
     started = time.perf_counter()
     work()
@@ -189,6 +193,7 @@ def main() -> None:
         "Grad-CAM ours / forward+grad (layer3)": ("ours_gradcam@layer3", "forward_grad@layer3"),
         "Grad-CAM ours / package": ("ours_gradcam", "package_gradcam"),
         "Score-CAM ours / package": ("ours_scorecam", "package_scorecam"),
+        "Score-CAM 4 targets ours / package": ("ours_scorecam4", "package_scorecam4"),
     }
     for label, (a, b) in ratios.items():
         if a in rate and b in rate:

@@ -115,11 +115,11 @@ def model_maps(
 
 def _layer_gradient_maps(engine, meta, x, layer_pass: LayerPass, rows: _Rows, settings, concepts) -> list[np.ndarray]:
     gradients = layer_pass.gradients(rows.positions, rows.coefficients)
-    activations = layer_pass.activations[rows.positions]
+    activations = layer_pass.activations
     maps = torch.empty(len(rows.index), *activations.shape[-2:], device=activations.device)
     for name in np.unique(rows.methods):
         mine = torch.as_tensor(rows.methods == name, device=activations.device)
-        maps[mine] = method(name).cam(activations[mine], gradients[mine]).clamp_min(0)
+        maps[mine] = method(name).cam(activations, rows.positions[mine], gradients[mine]).clamp_min(0)
     return _to_numpy(maps)
 
 
@@ -127,7 +127,7 @@ def _masked_score_maps(engine, meta, x, layer_pass: LayerPass, rows: _Rows, sett
     subjects, inverse = torch.unique(rows.positions, return_inverse=True)
     masked = engine.masked_logits(x[subjects], layer_pass.activations[subjects], settings.score_batch)
     objective = torch.einsum("rkc,rc->rk", masked[inverse], rows.coefficients)
-    return _to_numpy(score_weighted_map(layer_pass.activations[rows.positions], objective).clamp_min(0))
+    return _to_numpy(score_weighted_map(layer_pass.activations, rows.positions, objective).clamp_min(0))
 
 
 def _input_gradient_maps(engine, meta, x, layer_pass, rows: _Rows, settings, concepts) -> list[np.ndarray]:

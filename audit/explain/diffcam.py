@@ -10,6 +10,7 @@ Maps are signed (no ReLU).
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from audit.reference import ShrunkGaussian
 
@@ -25,14 +26,14 @@ def diffcam_maps(activations: np.ndarray, group: ShrunkGaussian, centre: bool = 
 
     The embedding is the spatial mean of the activations, as in the feature
     store. The weights are solved in float64; the weighted channel sum runs in
-    the activations' own dtype (one batched matrix product, no float64 copy of
-    the activations) and the centring term w·μ is subtracted in float64.
+    the activations' own dtype (one batched matrix product in torch, no float64
+    copy of float32 activations) and the centring term w·μ is subtracted in float64.
     """
-    a = np.asarray(activations)
+    a = torch.from_numpy(np.ascontiguousarray(activations))
     count, channels, height, width = a.shape
-    weights = diffcam_weights(a.mean(axis=(2, 3), dtype=np.float64), group)
-    maps = np.matmul(weights.astype(a.dtype)[:, None, :], a.reshape(count, channels, height * width))[:, 0]
-    maps = maps.astype(np.float64)
+    flat = a.reshape(count, channels, height * width)
+    weights = diffcam_weights(flat.mean(dim=2).double().numpy(), group)
+    maps = torch.bmm(torch.from_numpy(weights).to(a.dtype)[:, None, :], flat)[:, 0].double().numpy()
     if centre:
         maps -= (weights @ group.mean)[:, None]
     return maps.reshape(count, height, width)

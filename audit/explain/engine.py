@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from audit.explain.methods import slots
 from audit.models.tokens import spatial_map, token_layout
 
 
@@ -44,6 +45,9 @@ class LayerPass:
 
     def gradients(self, positions: torch.Tensor, coefficients: torch.Tensor, output: str = "logits") -> torch.Tensor:
         """∂(coefficients[r] · out[positions[r]])/∂A[positions[r]] for each row r: (R, K, h, w).
+
+        From the closed form (pool + linear head) the gradient is constant over
+        the grid and comes as (R, K, 1, 1), broadcastable to (R, K, h, w).
 
         Args:
             positions: image position in the batch of each row (R,).
@@ -132,7 +136,7 @@ class ExplainerEngine:
         keys = torch.cat([positions[:, None].to(coefficients.dtype), coefficients], dim=1)
         unique_keys, inverse = torch.unique(keys, dim=0, return_inverse=True)
         unique_positions = unique_keys[:, 0].long()
-        slot = _slots(unique_positions)
+        slot = slots(unique_positions)
         grad_outputs = logits.new_zeros((int(slot.max()) + 1,) + tuple(logits.shape))
         grad_outputs[slot, unique_positions] = unique_keys[:, 1:]
         if len(grad_outputs) == 1:
@@ -149,8 +153,7 @@ class ExplainerEngine:
         def gradient(positions: torch.Tensor, coefficients: torch.Tensor, output: str = "logits") -> torch.Tensor:
             if output != "logits":
                 raise ValueError("the closed-form gradient covers the logits only")
-            alpha = coefficients @ weight / (height * width)
-            return alpha[:, :, None, None].expand(-1, -1, height, width)
+            return (coefficients @ weight / (height * width))[:, :, None, None]
 
         return gradient
 
@@ -167,7 +170,7 @@ class ExplainerEngine:
         coefficients = torch.randn(len(logits), logits.shape[1], generator=generator).to(logits)
         positions = torch.arange(len(logits), device=logits.device)
         autograd = gradient(positions, coefficients)
-        closed = self._closed_form_gradient(activations)(positions, coefficients)
+        closed = self._closed_form_gradient(activations)(positions, coefficients).expand_as(autograd)
         return torch.allclose(autograd, closed, rtol=1e-4, atol=1e-6 * float(autograd.abs().max().clamp_min(1.0)))
 
     def replay(self, x: torch.Tensor, tokens: torch.Tensor, coefficients: torch.Tensor, output: str = "logits") -> tuple[torch.Tensor, torch.Tensor]:
@@ -213,13 +216,3 @@ class ExplainerEngine:
             x = x.detach().requires_grad_(True)
             logits = self.model(x)
             return self._head_vjp(logits, x, positions, coefficients.to(logits))
-
-
-def _slots(positions: torch.Tensor) -> torch.Tensor:
-    """For rows with image positions (R,), a slot per row such that rows of one image get slots 0, 1, 2, …"""
-    order = torch.argsort(positions, stable=True)
-    sorted_positions = positions[order]
-    starts = torch.searchsorted(sorted_positions, sorted_positions, right=False)
-    slot = torch.empty_like(positions)
-    slot[order] = torch.arange(len(positions), device=positions.device) - starts
-    return slot

@@ -1,8 +1,9 @@
 """The explainers: what each needs from the engine and how it turns that into a map.
 
 Gradient CAMs take the activations A (R, K, h, w) and the gradient G of their
-objective (R, K, h, w) and return ``ReLU(map)`` (R, h, w), as in their papers
-and in the ``grad-cam`` package:
+objective, (R, K, h, w) or spatially constant (R, K, 1, 1) when the head is
+pooling + linear, and return the map (R, h, w) before the ReLU, as in their
+papers and in the ``grad-cam`` package:
 
 * Grad-CAM: α_k = mean_ij G_k,ij; map = Σ_k α_k A_k.
 * Grad-CAM++: α_k = Σ_ij ReLU(G) · G² / (2G² + Σ_ij A_k · G³) (Chattopadhay et al., eq. 19, exp-logit form).
@@ -33,37 +34,76 @@ ATTENTION = "attention"
 PACKAGE = "package"
 
 
-def gradcam_map(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
-    alpha = gradients.mean(dim=(2, 3))
-    return torch.einsum("rk,rkhw->rhw", alpha, activations)
+def gradcam_map(activations: torch.Tensor, positions: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    return channel_sum(gradients.mean(dim=(2, 3), keepdim=True), activations, positions)
 
 
-def gradcampp_map(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+def gradcampp_map(activations: torch.Tensor, positions: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
     squared = gradients * gradients
-    activation_sum = activations.sum(dim=(2, 3), keepdim=True)
+    activation_sum = activations.sum(dim=(2, 3), keepdim=True)[positions]
     aij = squared / (2 * squared + activation_sum * squared * gradients + 1e-6)
     aij = torch.where(gradients != 0, aij, torch.zeros_like(aij))
-    alpha = (gradients.clamp_min(0) * aij).sum(dim=(2, 3))
-    return torch.einsum("rk,rkhw->rhw", alpha, activations)
+    alpha = grid_sum(gradients.clamp_min(0) * aij, activations.shape[-2:])
+    return channel_sum(alpha[:, :, None, None], activations, positions)
 
 
-def xgradcam_map(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
-    activation_sum = activations.sum(dim=(2, 3))
-    alpha = (gradients * activations).sum(dim=(2, 3)) / (activation_sum + 1e-7)
-    return torch.einsum("rk,rkhw->rhw", alpha, activations)
+def xgradcam_map(activations: torch.Tensor, positions: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    activation_sum = activations.sum(dim=(2, 3))[positions]
+    if _constant(gradients):
+        weighted = gradients[:, :, 0, 0] * activation_sum
+    else:
+        weighted = (gradients * activations[positions]).sum(dim=(2, 3))
+    return channel_sum((weighted / (activation_sum + 1e-7))[:, :, None, None], activations, positions)
 
 
-def layercam_map(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
-    return (gradients.clamp_min(0) * activations).sum(dim=1)
+def layercam_map(activations: torch.Tensor, positions: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    return channel_sum(gradients.clamp_min(0), activations, positions)
 
 
-def hirescam_map(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
-    return (gradients * activations).sum(dim=1)
+def hirescam_map(activations: torch.Tensor, positions: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    return channel_sum(gradients, activations, positions)
 
 
-def score_weighted_map(activations: torch.Tensor, objective_scores: torch.Tensor) -> torch.Tensor:
-    """Score-CAM map: softmax over channels of the objective on masked inputs (R, K) weighting A (R, K, h, w)."""
-    return torch.einsum("rk,rkhw->rhw", torch.softmax(objective_scores, dim=1), activations)
+def _constant(gradients: torch.Tensor) -> bool:
+    return gradients.shape[-2:] == (1, 1)
+
+
+def channel_sum(weights: torch.Tensor, activations: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Σ_k weights[r, k] ⊙ activations[positions[r], k] (R, h, w).
+
+    Args:
+        weights: (R, K, h, w), or spatially constant (R, K, 1, 1): then one batched
+            matrix product per image, without gathering the activations per row.
+        activations: the batch's A (B, K, h, w). positions: the image of each row (R,).
+    """
+    if not _constant(weights):
+        return (weights * activations[positions]).sum(dim=1)
+    batch, channels, height, width = activations.shape
+    slot = slots(positions)
+    padded = weights.new_zeros(batch, int(slot.max()) + 1 if len(slot) else 1, channels)
+    padded[positions, slot] = weights[:, :, 0, 0]
+    maps = torch.bmm(padded, activations.reshape(batch, channels, height * width))
+    return maps[positions, slot].reshape(len(positions), height, width)
+
+
+def grid_sum(values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Σ_ij over the (h, w) grid (R, K) of values (R, K, h, w) or spatially constant (R, K, 1, 1)."""
+    return values[:, :, 0, 0] * (size[0] * size[1]) if _constant(values) else values.sum(dim=(2, 3))
+
+
+def slots(positions: torch.Tensor) -> torch.Tensor:
+    """For rows with image positions (R,), a slot per row such that rows of one image get slots 0, 1, 2, …"""
+    order = torch.argsort(positions, stable=True)
+    sorted_positions = positions[order]
+    starts = torch.searchsorted(sorted_positions, sorted_positions, right=False)
+    slot = torch.empty_like(positions)
+    slot[order] = torch.arange(len(positions), device=positions.device) - starts
+    return slot
+
+
+def score_weighted_map(activations: torch.Tensor, positions: torch.Tensor, objective_scores: torch.Tensor) -> torch.Tensor:
+    """Score-CAM map before the ReLU: softmax over channels of the objective on masked inputs (R, K) weighting A[positions]."""
+    return channel_sum(torch.softmax(objective_scores, dim=1)[:, :, None, None], activations, positions)
 
 
 def input_gradient_map(input_gradients: torch.Tensor) -> torch.Tensor:
@@ -81,7 +121,7 @@ class Method:
         contrast: whether the objective subtracts the plan row's contrast classes (Finer-CAM).
         signed: whether maps keep their sign (no ReLU).
         resolution: ``layer`` (maps at the explained layer) or ``image`` (at input pixels).
-        cam: for gradient CAMs, the map from (A, G).
+        cam: for gradient CAMs, the map before the ReLU from (batch A, row positions, row G).
     """
 
     name: str
@@ -89,7 +129,7 @@ class Method:
     contrast: bool = False
     signed: bool = False
     resolution: str = "layer"
-    cam: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    cam: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 METHODS: dict[str, Method] = {

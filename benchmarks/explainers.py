@@ -8,7 +8,8 @@ process, so its peak resident memory is its own):
 Same random images, same model (timm resnet10t, output_stride 8: layer4 is
 512×8×8 at 64 px, layer3 256×8×8), same layer, one run. Cases:
 
-* ``forward``: plain forward; ``forward_grad``: forward + autograd gradient of
+* ``forward``: plain forward; ``forward_cl``: the same in channels-last memory
+  format, as our engine runs CNNs; ``forward_grad``: forward + autograd gradient of
   one logit per image to the layer (the bound for single-target Grad-CAM).
 * ``ours_gradcam``: our single-target Grad-CAM; ``package_gradcam``: the package's.
 * ``ours_4x4`` / ``package_4x4``: Grad-CAM, Grad-CAM++, LayerCAM and Finer-CAM
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 
 CASES = [
-    "forward", "forward_grad", "ours_gradcam", "package_gradcam", "ours_4x4", "package_4x4",
+    "forward", "forward_cl", "forward_grad", "ours_gradcam", "package_gradcam", "ours_4x4", "package_4x4",
     "forward_grad@layer3", "ours_gradcam@layer3", "ours_4x4@layer3", "package_4x4@layer3",
     "ours_scorecam", "package_scorecam", "ours_scorecam4", "package_scorecam4", "diffcam",
 ]
@@ -90,6 +91,12 @@ def run_case(case: str, images: int, size: int, batch: int, device: str) -> dict
             for x in batches:
                 model(x)
 
+    def forward_channels_last():
+        model.to(memory_format=torch.channels_last)
+        with torch.no_grad():
+            for x in batches:
+                model(x.contiguous(memory_format=torch.channels_last))
+
     def forward_grad():
         store = {}
         handle = module.register_forward_hook(lambda _m, _i, out: store.__setitem__("A", out))
@@ -102,7 +109,7 @@ def run_case(case: str, images: int, size: int, batch: int, device: str) -> dict
     def ours(methods: list[str], per_image: int):
         plan = _plan(methods, count, per_image)
         engine = ExplainerEngine(model, layer, (size, size))
-        model_maps(engine, meta, pixels, plan, MapSettings(gamma=0.6, batch_size=batch, score_batch=256))
+        model_maps(engine, meta, pixels, plan, MapSettings(gamma=0.6, batch_size=batch))
 
     def package(methods: list[str], per_image: int):
         import pytorch_grad_cam
@@ -124,6 +131,7 @@ def run_case(case: str, images: int, size: int, batch: int, device: str) -> dict
 
     work = {
         "forward": forward,
+        "forward_cl": forward_channels_last,
         "forward_grad": forward_grad,
         "ours_gradcam": lambda: ours(["gradcam"], 1),
         "package_gradcam": lambda: package(["gradcam"], 1),
@@ -192,6 +200,8 @@ def main() -> None:
         "Grad-CAM ours / forward+grad (layer4)": ("ours_gradcam", "forward_grad"),
         "Grad-CAM ours / forward+grad (layer3)": ("ours_gradcam@layer3", "forward_grad@layer3"),
         "Grad-CAM ours / package": ("ours_gradcam", "package_gradcam"),
+        "Grad-CAM ours / channels-last forward (layer4)": ("ours_gradcam", "forward_cl"),
+        "4x4 ours / channels-last forward (layer4)": ("ours_4x4", "forward_cl"),
         "Score-CAM ours / package": ("ours_scorecam", "package_scorecam"),
         "Score-CAM 4 targets ours / package": ("ours_scorecam4", "package_scorecam4"),
     }

@@ -35,6 +35,6 @@ def test_checkpoint_with_pickled_objects_is_refused(trained, tmp_path):
 
 def test_layer_without_spatial_map_is_rejected(trained):
     model, meta = trained
-    with pytest.raises(ValueError, match="global_pool.*a \(B, K, h, w\) map or ViT tokens"):
+    with pytest.raises(ValueError, match=r"global_pool.*a \(B, K, h, w\) map or ViT tokens"):
         layer_output_shape(model, replace(meta, layer="global_pool"))
     assert layer_output_shape(model, meta) == (512, 4, 4)

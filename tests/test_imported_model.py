@@ -4,7 +4,7 @@ import safetensors.torch
 import timm
 import torch
 
-from audit.models.imported import import_model, resolve_layer
+from audit.models.imported import import_model
 
 NAMES = ["a", "b", "c"]
 

@@ -44,7 +44,7 @@ class MapSettings:
 
     gamma: float = 0.6
     batch_size: int = 64
-    score_batch: int = 256
+    score_batch: int = 64
     smooth_samples: int = 50
     smooth_noise: float = 0.05
     integrated_steps: int = 32

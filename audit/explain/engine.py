@@ -63,7 +63,8 @@ class ExplainerEngine:
     """Runs a model split at one layer; see the module docstring.
 
     Args:
-        model: a classifier in eval mode (its parameters are frozen here).
+        model: a classifier; the engine puts it in eval mode, freezes its parameters and, for CNNs,
+            moves it to channels-last memory format.
         layer: dotted name of the explained module.
         input_size: (H, W) of the model input, for the token grid of ViTs.
     """

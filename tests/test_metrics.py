@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from audit.metrics.perturbation import baseline_images, deletion_auc, perturbed_probabilities, relative_confidence_drop, removal_masks
+from audit.metrics.perturbation import baseline_images, compactness, curve_auc, perturbed_probabilities, relative_confidence_drop, removal_masks
 from audit.metrics.summary import bootstrap_interval, summarise_metrics
 from audit.models.checkpoint import ModelMeta
 
@@ -33,7 +33,7 @@ def test_removal_masks_remove_the_top_fraction_in_order():
 def test_deletion_auc_is_trapezoid_over_fraction_removed():
     fractions = np.linspace(0, 1, 5)
     curve = np.array([[1.0, 1.0, 0.0, 0.0, 0.0]])
-    assert deletion_auc(curve, fractions)[0] == pytest.approx(0.25 + 0.125)
+    assert curve_auc(curve, fractions)[0] == pytest.approx(0.25 + 0.125)
 
 
 def test_relative_confidence_drop_arithmetic():
@@ -50,12 +50,40 @@ def test_the_right_map_beats_the_reversed_map_on_deletion():
     fractions = torch.linspace(0, 1, 17)
     curves = {}
     for name, saliency in {"right": right, "reversed": 1 - right}.items():
-        probabilities = perturbed_probabilities(QuadrantModel(), META, x, saliency, fractions, "zero", batch_size=8)
+        probabilities = perturbed_probabilities(QuadrantModel(), META, x, removal_masks(saliency, fractions), torch.zeros_like(x), batch_size=8)
         curves[name] = probabilities[0, :, 0].numpy()
-    auc = {name: deletion_auc(curve[None], fractions.numpy())[0] for name, curve in curves.items()}
+    auc = {name: curve_auc(curve[None], fractions.numpy())[0] for name, curve in curves.items()}
     assert auc["right"] < auc["reversed"] - 0.3
     # Removing exactly the quadrant (a quarter of the pixels) leaves logit 0 at 0 against 5.
     assert curves["right"][4] == pytest.approx(torch.softmax(torch.tensor([0.0, 5.0]), 0)[0].item(), rel=1e-5)
+
+
+def test_insertion_and_mif_lif_on_the_quadrant_model():
+    """The right map inserts the quadrant first: logit 0 reaches 20 once a quarter of the pixels are back."""
+    x = torch.ones(1, 3, 8, 8)
+    right = torch.zeros(1, 8, 8)
+    right[:, :4, :4] = 1.0
+    fractions = torch.linspace(0, 1, 17)
+    model = QuadrantModel()
+    top = removal_masks(right, fractions)
+    insertion = perturbed_probabilities(model, META, x, ~top, torch.zeros_like(x), batch_size=8)[0, :, 0]
+    # At fraction 4/16 exactly the quadrant is back: softmax([20, 5]).
+    assert insertion[4].item() == pytest.approx(torch.softmax(torch.tensor([20.0, 5.0]), 0)[0].item(), rel=1e-6)
+    reversed_insertion = perturbed_probabilities(model, META, x, ~removal_masks(1 - right, fractions), torch.zeros_like(x), batch_size=8)[0, :, 0]
+    assert curve_auc(insertion[None].numpy(), fractions.numpy())[0] > curve_auc(reversed_insertion[None].numpy(), fractions.numpy())[0] + 0.3
+    # LIF removes the unimportant pixels first: the logit holds until 3/4 are gone; MIF drops at once.
+    mif = perturbed_probabilities(model, META, x, top, torch.zeros_like(x), batch_size=8)[0, :, 0]
+    lif = perturbed_probabilities(model, META, x, removal_masks(-right, fractions), torch.zeros_like(x), batch_size=8)[0, :, 0]
+    assert (lif[:13] > 0.99).all() and curve_auc(lif[None].numpy(), fractions.numpy())[0] - curve_auc(mif[None].numpy(), fractions.numpy())[0] > 0.6
+
+
+def test_compactness_counts_pixels_below_five_percent_of_the_peak():
+    maps = np.zeros((3, 4, 5), dtype=np.float32)
+    maps[0, 0, :2] = [1.0, -0.5]
+    maps[0, 1, 0] = 0.04  # below 5 % of the peak
+    maps[1] = 1.0
+    np.testing.assert_allclose(compactness(maps)[:2], [18 / 20, 0.0])
+    assert np.isnan(compactness(maps)[2])  # an empty map has no peak
 
 
 def test_baselines():
@@ -75,3 +103,31 @@ def test_bootstrap_interval_contains_the_mean_and_summary_has_conventions(rng):
     table = pd.DataFrame({"variant": "v", "metric": "deletion_auc", "fraction": np.nan, "value": values})
     summary = summarise_metrics(table)
     assert len(summary) == 1 and summary["n"].item() == 200
+
+
+def test_gradcam_beats_a_random_map_on_the_trained_model(trained, digits_small):
+    from audit.explain.compute import MapSettings, model_maps
+    from audit.explain.engine import ExplainerEngine
+    from audit.explain.store import saliency_dataset
+    from audit.metrics.evaluate import evaluate_saliency
+
+    model, meta = trained
+    count = 48
+    images = digits_small.images[:count]
+    plan = pd.DataFrame(
+        {
+            "method": "gradcam", "image_index": np.arange(count), "image_id": digits_small.image_ids[:count], "purpose": "anomaly",
+            "variant": "gradcam", "target": digits_small.labels[:count], "contrasts": [[]] * count, "reference": "",
+            "compare": (digits_small.labels[:count] + 1) % 10,
+        }
+    )
+    maps = np.stack(model_maps(ExplainerEngine(model, meta.layer, images.shape[-2:]), meta, images, plan, MapSettings(batch_size=48)))
+    random_maps = np.random.default_rng(0).random(maps.shape).astype(np.float32)
+    means = {}
+    for name, layer_maps in (("gradcam", maps), ("random", random_maps)):
+        store = saliency_dataset(plan, layer_maps, maps.shape[-2:], images.shape[-2:], {})
+        table = evaluate_saliency(model, meta, images, store, name, steps=8, baseline="blur", drop_fractions=(0.1,), batch_size=48)
+        means[name] = table.groupby("metric")["value"].mean()
+    assert means["gradcam"]["deletion_auc"] < means["random"]["deletion_auc"]
+    assert means["gradcam"]["insertion_auc"] > means["random"]["insertion_auc"]
+    assert means["gradcam"]["fidelity"] > means["random"]["fidelity"]

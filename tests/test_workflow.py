@@ -98,10 +98,12 @@ def test_end_to_end_artefacts_are_well_formed(tiny_audit):
     assert open_zarr(results / "saliency" / "gradcam.zarr").attrs["gradients"].startswith("closed form")
 
     metrics = pd.read_parquet(results / "metrics.parquet")
-    assert set(metrics["metric"]) == {"deletion_auc", "relative_confidence_drop"}
+    assert set(metrics["metric"]) == {"deletion_auc", "insertion_auc", "mif_auc", "lif_auc", "fidelity", "compactness", "relative_confidence_drop"}
     assert set(metrics["method"]) == methods
     assert set(metrics.loc[metrics["metric"] == "relative_confidence_drop", "fraction"]) == {0.05, 0.1}
-    assert (metrics["baseline"] == "blur").all() and (metrics["steps"] == 5).all()
+    perturbation = metrics[metrics["metric"] != "compactness"]
+    assert (perturbation["baseline"] == "blur").all() and (perturbation["steps"] == 5).all()
+    assert metrics.loc[metrics["metric"] == "lif_auc", "order"].eq("least-relevant-first").all()
     assert metrics.loc[metrics["metric"] == "deletion_auc", "value"].between(0, 1).all()
 
     for log in ("ingest", "train_model", "extract_features/shard-00000", "reference_stats", "report"):

@@ -1,13 +1,17 @@
-"""Perturbation metrics: deletion AUC and relative confidence drop.
+"""Perturbation metrics: deletion and insertion AUC, MIF/LIF fidelity, relative confidence drop.
 
-Conventions (stored with every value): pixels are removed in decreasing
-saliency order; ``fraction`` is the fraction of pixels *removed*; removed
-pixels are replaced by a baseline image — ``zero`` (black), ``mean`` (the
-image's per-channel mean) or ``blur`` (a Gaussian blur of the image, σ = H/8);
-scores are softmax probabilities.
+Conventions (stored with every value): ``fraction`` is the fraction of pixels
+*removed* (inserted, for insertion); removed pixels are replaced by a baseline
+image — ``zero`` (black), ``mean`` (the image's per-channel mean) or ``blur``
+(a Gaussian blur of the image, σ = H/8); scores are softmax probabilities;
+curves have ``steps`` + 1 points at fractions 0, 1/s, …, 1, integrated by the
+trapezoid rule over the fraction.
 
-* Deletion (Petsiuk et al. 2018): the target probability after removing the
-  fractions 0, 1/s, …, 1 (s steps); AUC by the trapezoid rule over the fraction.
+* Deletion (Petsiuk et al. 2018): remove pixels most-relevant-first; lower is better.
+* Insertion (Petsiuk et al. 2018): start from the baseline and put back pixels
+  most-relevant-first; higher is better.
+* MIF / LIF (CDAM): blur most- / least-relevant-first; fidelity =
+  AUC(LIF) − AUC(MIF), higher is better.
 * Relative confidence drop RD@p (Finer-CAM): remove the top p of pixels;
   RD = (p_c − p_c*) − (p_d − p_d*), with d the most similar class.
 """
@@ -52,25 +56,33 @@ def removal_masks(saliency: torch.Tensor, fractions: torch.Tensor) -> torch.Tens
 
 @torch.no_grad()
 def perturbed_probabilities(
-    model: nn.Module, meta: ModelMeta, x: torch.Tensor, saliency: torch.Tensor, fractions: torch.Tensor, baseline: str, batch_size: int
+    model: nn.Module, meta: ModelMeta, x: torch.Tensor, masks: torch.Tensor, replacement: torch.Tensor, batch_size: int
 ) -> torch.Tensor:
-    """Softmax probabilities (B, F, C) after removing each fraction of the top pixels.
+    """Softmax probabilities (B, F, C) of the images with the pixels of each mask replaced.
 
     Args:
-        x: images in [0, 1] (B, 3, H, W). saliency: (B, H, W). fractions: (F,) in [0, 1].
+        x: images in [0, 1] (B, 3, H, W). masks: (B, F, H, W), True = replaced.
+        replacement: what replaced pixels become (B, 3, H, W).
     """
-    masks = removal_masks(saliency, fractions)[:, :, None]  # (B, F, 1, H, W)
-    perturbed = torch.where(masks, baseline_images(x, baseline)[:, None], x[:, None])
+    perturbed = torch.where(masks[:, :, None], replacement[:, None], x[:, None])
     flat = perturbed.reshape(-1, *x.shape[1:])
     probabilities = [
         torch.softmax(model(normalise(flat[i : i + batch_size], meta.mean, meta.std)).float(), dim=1)
         for i in range(0, len(flat), batch_size)
     ]
-    return torch.cat(probabilities).reshape(len(x), len(fractions), -1)
+    return torch.cat(probabilities).reshape(len(x), masks.shape[1], -1)
 
 
-def deletion_auc(curve: np.ndarray, fractions: np.ndarray) -> np.ndarray:
-    """Area under the deletion curves (B, F) over the fraction removed (F,)."""
+def compactness(saliency: np.ndarray, threshold: float = 0.05) -> np.ndarray:
+    """Share of pixels (M,) with |S| < threshold · max|S| in maps (M, H, W); NaN for an all-zero map."""
+    magnitude = np.abs(np.asarray(saliency, dtype=np.float32)).reshape(len(saliency), -1)
+    peak = magnitude.max(axis=1, keepdims=True, initial=0.0)
+    share = (magnitude < threshold * peak).mean(axis=1)
+    return np.where(peak[:, 0] > 0, share, np.nan)
+
+
+def curve_auc(curve: np.ndarray, fractions: np.ndarray) -> np.ndarray:
+    """Area under perturbation curves (B, F) over the fraction removed or inserted (F,), trapezoid rule."""
     return np.trapezoid(curve, fractions, axis=1)
 
 

@@ -88,6 +88,8 @@ def model_maps(
     coefficients = contrast_coefficients(len(meta.class_names), plan["target"].tolist(), contrasts, settings.gamma).to(engine.device)
     needs = np.array([spec.needs for spec in specs])
     image_index = plan["image_index"].to_numpy()
+    names = plan["method"].to_numpy()
+    references = plan["reference"].astype(str).to_numpy()
     out: list[np.ndarray | None] = [None] * len(plan)
     subjects = np.unique(image_index)
     for start in tqdm(range(0, len(subjects), settings.batch_size), desc="explain", unit="batch"):
@@ -104,8 +106,8 @@ def model_maps(
                 index,
                 torch.as_tensor(np.searchsorted(chunk, image_index[index]), device=engine.device),
                 coefficients[index],
-                plan["method"].to_numpy()[index],
-                plan["reference"].astype(str).to_numpy()[index],
+                names[index],
+                references[index],
             )
             maps = _COMPUTE[need](engine, meta, x, layer_pass, rows, settings, concepts or {})
             for r, m in zip(index, maps):
@@ -139,19 +141,18 @@ def _token_gradient_maps(engine, meta, x, layer_pass: LayerPass, rows: _Rows, se
         raise ValueError("CDAM explains ViT tokens; this model has none")
     maps = torch.empty(len(rows.index), *engine.layout.grid, device=layer_pass.activations.device)
     concept_rows = rows.methods == "cdam_concept"
-    objectives = rows.coefficients.clone()
     if concept_rows.any():
         missing = sorted(set(rows.references[concept_rows]) - set(concepts))
         if missing:
             raise ValueError(f"no concept vector named {', '.join(missing)}")
-        vectors = torch.as_tensor(np.stack([concepts[name] for name in rows.references[concept_rows]]), dtype=objectives.dtype, device=objectives.device)
+        vectors = torch.as_tensor(np.stack([concepts[name] for name in rows.references[concept_rows]]), dtype=rows.coefficients.dtype, device=rows.coefficients.device)
     for name in np.unique(rows.methods):
         mine = torch.as_tensor(rows.methods == name, device=maps.device)
         positions = rows.positions[mine]
         if name == "cdam_concept":
             coefficients, output = vectors, "pre_logits"
         else:
-            coefficients, output = objectives[mine], "logits"
+            coefficients, output = rows.coefficients[mine], "logits"
         if name in ("cdam", "cdam_concept"):
             gradients = layer_pass.gradients(positions, coefficients, output)
             maps[mine] = (layer_pass.activations[positions] * gradients).sum(1)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from audit.explain.methods import slots
-from audit.models.tokens import token_layout
+from audit.models.tokens import as_map, token_layout
 
 
 @dataclass
@@ -98,8 +98,8 @@ class ExplainerEngine:
             return output
 
         handles = [self.module.register_forward_hook(hook)]
-        classifier = self.model.get_classifier() if hasattr(self.model, "get_classifier") else None
-        if isinstance(classifier, nn.Module) and leaf:
+        classifier = self._classifier()
+        if classifier is not None and leaf:
             handles.append(classifier.register_forward_pre_hook(lambda _m, inputs: store.__setitem__("pre_logits", inputs[0])))
         try:
             yield store
@@ -108,11 +108,11 @@ class ExplainerEngine:
                 handle.remove()
 
     def _spatial(self, output: torch.Tensor) -> torch.Tensor:
-        if self.layout is not None:
-            return self.layout.to_spatial(output)
-        if output.ndim != 4:
-            raise ValueError(f"the explained layer outputs shape {tuple(output.shape)}; a (B, K, h, w) map or ViT tokens (B, N, D) are needed")
-        return output
+        return as_map(output, self.layout)
+
+    def _classifier(self) -> nn.Module | None:
+        classifier = self.model.get_classifier() if hasattr(self.model, "get_classifier") else None
+        return classifier if isinstance(classifier, nn.Module) else None
 
     def layer_pass(self, x: torch.Tensor, gradients: bool) -> LayerPass:
         """Run the model once on ``x`` (B, 3, H, W); with ``gradients``, keep what the head-side VJPs need."""
@@ -157,7 +157,7 @@ class ExplainerEngine:
             (grads,) = torch.autograd.grad(logits, leaf, grad_outputs, retain_graph=True, is_grads_batched=True)
         return grads[slot, unique_positions][inverse]
 
-    def _closed_form_gradient(self, activations: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def _closed_form_gradient(self, activations: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor, str], torch.Tensor]:
         weight = self.model.get_classifier().weight
         height, width = activations.shape[-2:]
 
@@ -170,7 +170,7 @@ class ExplainerEngine:
 
     def _head_is_pool_linear(self, activations: torch.Tensor, logits: torch.Tensor, gradient: Callable) -> bool:
         """Whether y = mean_ij(A) Wᵀ + b on this batch, and its gradient is W / hw for random objectives."""
-        classifier = self.model.get_classifier() if hasattr(self.model, "get_classifier") else None
+        classifier = self._classifier()
         if self.layout is not None or not isinstance(classifier, nn.Linear) or classifier.in_features != activations.shape[1]:
             return False
         linear = F.linear(activations.mean(dim=(2, 3)), classifier.weight, classifier.bias)
@@ -211,7 +211,7 @@ class ExplainerEngine:
         constant = (high - low).flatten(1) <= 0
         out = []
         with torch.no_grad():
-            zero_logits = self.model(torch.zeros_like(x[:1]))[0]
+            zero_logits = self.model(self._input(torch.zeros_like(x[:1])))[0]
             for b in range(batch):
                 logits = zero_logits.expand(channels, -1).clone()
                 varying = torch.nonzero(~constant[b]).flatten()

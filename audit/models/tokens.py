@@ -38,11 +38,15 @@ def token_layout(model: nn.Module, input_size: tuple[int, int]) -> TokenLayout |
     return TokenLayout(int(model.num_prefix_tokens), grid)
 
 
-def spatial_map(model: nn.Module, output: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
-    """A layer's output as a map (B, K, h, w): CNN maps as they are, ViT tokens (B, N, D) on the patch grid."""
-    layout = token_layout(model, input_size) if output.ndim == 3 else None
-    if layout is not None:
+def as_map(output: torch.Tensor, layout: TokenLayout | None) -> torch.Tensor:
+    """A layer's output as a map (B, K, h, w): ViT tokens (B, N, D) laid on ``layout``'s grid, CNN maps as they are."""
+    if layout is not None and output.ndim == 3:
         return layout.to_spatial(output)
     if output.ndim != 4:
         raise ValueError(f"the explained layer outputs shape {tuple(output.shape)}; a (B, K, h, w) map or ViT tokens (B, N, D) are needed")
     return output
+
+
+def spatial_map(model: nn.Module, output: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
+    """A layer's output as a map (B, K, h, w), with the token layout of ``model`` at ``input_size`` (H, W)."""
+    return as_map(output, token_layout(model, input_size) if output.ndim == 3 else None)

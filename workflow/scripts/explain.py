@@ -20,6 +20,7 @@ plan = pd.read_parquet(snakemake.input.plan)
 images = read_image_store(snakemake.input.images).images
 features = open_features(snakemake.input.features)
 layer_size = features["activation"].shape[-2:]
+reference = open_zarr(snakemake.input.reference)
 context = {"layer": features.attrs["layer"], "model": features.attrs["model"]}
 maps = [None] * len(plan)
 on_model = (plan["method"] != "diffcam").to_numpy()
@@ -30,14 +31,13 @@ if on_model.any():
         settings["finer_gamma"], settings["batch_size"], settings["score_batch"],
         settings["smooth_samples"], settings["smooth_noise"], settings["integrated_steps"],
     )
-    reference = open_zarr(snakemake.input.reference)
     concepts = dict(zip(reference["concept"].values.astype(str), reference["concept_vector"].values))
     computed = model_maps(engine, meta, images, plan[on_model], map_settings, concepts)
     for row, m in zip(np.flatnonzero(on_model), computed):
         maps[row] = m
     context["gradients"] = "closed form (pool + linear head)" if engine.closed_form else "autograd through the head side"
 if not on_model.all():
-    computed = diffcam_plan_maps(features, open_zarr(snakemake.input.reference).load(), plan[~on_model], settings["diffcam_centre"])
+    computed = diffcam_plan_maps(features, reference.load(), plan[~on_model], settings["diffcam_centre"])
     for row, m in zip(np.flatnonzero(~on_model), computed):
         maps[row] = m
 output = Path(snakemake.output[0])

@@ -23,7 +23,10 @@ rule gather_metrics:
     input:
         metric_tables,
     output:
-        "results/{audit}/metrics.parquet",
+        metrics="results/{audit}/metrics.parquet",
+        summary="results/{audit}/metrics_summary.parquet",
+    params:
+        metrics=lambda wildcards: audit_config(wildcards)["metrics"],
     conda:
         "../workflow/envs/audit.yaml"
     log:

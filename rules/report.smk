@@ -7,6 +7,7 @@ rule report:
         pairs="results/{audit}/pairs.parquet",
         similar="results/{audit}/similar_classes.parquet",
         metrics="results/{audit}/metrics.parquet",
+        metrics_summary="results/{audit}/metrics_summary.parquet",
         rejects="results/{audit}/rejects.parquet",
         reference="results/{audit}/reference.zarr",
         saliency="results/{audit}/saliency",

@@ -96,20 +96,36 @@ def test_baselines():
         baseline_images(x, "noise")
 
 
-def test_bootstrap_interval_contains_the_mean_and_summary_has_conventions(rng):
+def test_bootstrap_interval_contains_the_mean(rng):
     values = rng.normal(loc=2.0, size=200)
     low, high = bootstrap_interval(values)
     assert low < values.mean() < high and high - low < 0.5
-    table = pd.DataFrame({"variant": "v", "metric": "deletion_auc", "fraction": np.nan, "value": values})
-    summary = summarise_metrics(table)
-    assert len(summary) == 1 and summary["n"].item() == 200
+
+
+def test_dask_summary_per_method_class_and_overall(rng):
+    values = rng.normal(loc=2.0, size=200)
+    values[:10] = np.nan  # a metric that does not apply to some maps
+    table = pd.DataFrame(
+        {
+            "method": "m", "variant": "v", "metric": np.repeat(["deletion_auc", "road_morf"], 100), "fraction": np.repeat([np.nan, 0.3], 100),
+            "parameter": "", "target": np.tile([0, 1], 100), "value": values,
+        }
+    )
+    summary = summarise_metrics(table, resamples=200)
+    overall = summary[summary["level"] == "overall"].set_index("metric")
+    assert overall.loc["deletion_auc", "n"] == 90 and np.isnan(overall.loc["deletion_auc", "fraction"])
+    assert overall.loc["road_morf", "fraction"] == 0.3
+    assert overall.loc["road_morf", "mean"] == pytest.approx(np.nanmean(values[100:]))
+    per_class = summary[(summary["level"] == "class") & (summary["metric"] == "road_morf")].set_index("target")
+    assert per_class.loc[1, "mean"] == pytest.approx(values[101::2].mean()) and per_class.loc[1, "n"] == 50
+    assert (overall["ci_low"] < overall["mean"]).all() and (overall["mean"] < overall["ci_high"]).all()
 
 
 def test_gradcam_beats_a_random_map_on_the_trained_model(trained, digits_small):
     from audit.explain.compute import MapSettings, model_maps
     from audit.explain.engine import ExplainerEngine
     from audit.explain.store import saliency_dataset
-    from audit.metrics.evaluate import evaluate_saliency
+    from audit.metrics.evaluate import MetricSettings, evaluate_saliency
 
     model, meta = trained
     count = 48
@@ -126,7 +142,8 @@ def test_gradcam_beats_a_random_map_on_the_trained_model(trained, digits_small):
     means = {}
     for name, layer_maps in (("gradcam", maps), ("random", random_maps)):
         store = saliency_dataset(plan, layer_maps, maps.shape[-2:], images.shape[-2:], {})
-        table = evaluate_saliency(model, meta, images, store, name, steps=8, baseline="blur", drop_fractions=(0.1,), batch_size=48)
+        settings = MetricSettings(steps=8, baseline="blur", drop_fractions=(0.1,), batch_size=48, groups=("deletion", "insertion", "fidelity"))
+        table = evaluate_saliency(model, meta, images, store, name, settings)
         means[name] = table.groupby("metric")["value"].mean()
     assert means["gradcam"]["deletion_auc"] < means["random"]["deletion_auc"]
     assert means["gradcam"]["insertion_auc"] > means["random"]["insertion_auc"]

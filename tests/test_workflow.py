@@ -95,16 +95,37 @@ def test_end_to_end_artefacts_are_well_formed(tiny_audit):
         assert np.isfinite(saliency["image_map"].values).all()
         assert saliency.attrs["method"] == method and saliency.attrs["signed"] == int(method == "diffcam")
         assert saliency.sizes["map"] == (28 if method == "diffcam" else 14)
+        contrast, randomised = (np.isfinite(saliency[v].values).all(axis=(1, 2)) for v in ("contrast_map", "randomised_map"))
+        if method == "diffcam":  # a contrast map for "vs all others" only; the head plays no part
+            assert (contrast == (saliency["reference"].str.startswith("others:")).values).all() and not randomised.any()
+        else:
+            assert contrast.all() and randomised.all()
     assert open_zarr(results / "saliency" / "gradcam.zarr").attrs["gradients"].startswith("closed form")
 
     metrics = pd.read_parquet(results / "metrics.parquet")
-    assert set(metrics["metric"]) == {"deletion_auc", "insertion_auc", "mif_auc", "lif_auc", "fidelity", "compactness", "relative_confidence_drop"}
+    assert set(metrics["metric"]) == {
+        "deletion_curve", "deletion_auc", "insertion_curve", "insertion_auc", "mif_auc", "lif_auc", "fidelity", "relative_confidence_drop",
+        "road_morf", "road_lerf", "road_morf_mean", "road_lerf_mean", "road_combined", "class_sensitivity", "box_sensitivity",
+        "box_sensitivity_mean", "compactness", "sanity_similarity",
+    }
     assert set(metrics["method"]) == methods
     assert set(metrics.loc[metrics["metric"] == "relative_confidence_drop", "fraction"]) == {0.05, 0.1}
-    perturbation = metrics[metrics["metric"] != "compactness"]
-    assert (perturbation["baseline"] == "blur").all() and (perturbation["steps"] == 5).all()
+    assert np.allclose(sorted(set(metrics.loc[metrics["metric"] == "road_morf", "fraction"])), np.arange(1, 10) / 10)
+    curves = metrics[metrics["metric"].isin(["deletion_auc", "insertion_auc", "deletion_curve", "mif_auc", "lif_auc"])]
+    assert (curves["baseline"] == "blur").all() and (curves["steps"] == 5).all()
     assert metrics.loc[metrics["metric"] == "lif_auc", "order"].eq("least-relevant-first").all()
+    assert metrics.loc[metrics["metric"] == "road_morf", "baseline"].eq("noisy linear imputation").all()
     assert metrics.loc[metrics["metric"] == "deletion_auc", "value"].between(0, 1).all()
+    sanity = metrics[metrics["metric"] == "sanity_similarity"].groupby("method")["value"]
+    gradcam_maps = open_zarr(results / "saliency" / "gradcam.zarr")["image_map"].values.astype(np.float32)
+    assert sanity.count()["diffcam"] == 0 and sanity.count()["gradcam"] == (np.ptp(gradcam_maps, axis=(1, 2)) > 0).sum() > 0
+    assert metrics.loc[metrics["metric"] == "sanity_similarity", "value"].dropna().between(-1, 1).all()
+    summary = pd.read_parquet(results / "metrics_summary.parquet")
+    assert set(summary["level"]) == {"overall", "class"}
+    overall = summary[(summary["level"] == "overall") & (summary["metric"] == "deletion_auc")].set_index("variant")
+    per_map = metrics[metrics["metric"] == "deletion_auc"].groupby("variant")["value"]
+    np.testing.assert_allclose(overall["mean"].sort_index(), per_map.mean().sort_index())
+    assert (overall["n"].sort_index() == per_map.count().sort_index()).all()
 
     for log in ("ingest", "train_model", "extract_features/shard-00000", "reference_stats", "report"):
         assert (tiny_audit / "logs" / "tiny" / f"{log}.log").exists()
@@ -112,6 +133,7 @@ def test_end_to_end_artefacts_are_well_formed(tiny_audit):
     html = (tiny_audit / "reports" / "tiny.html").read_text()
     assert "Intra-class anomaly ranking" in html and "Class-pair discrimination" in html and "Method quality" in html
     assert "data:image/png;base64," in html and 'src="http' not in html
+    assert "ROAD combined" in html and "class sensitivity" in html
 
 
 def test_vit_audit_end_to_end(tmp_path):
@@ -158,6 +180,7 @@ def test_report_escapes_names(tiny_audit):
             pairs=pd.read_parquet(results / "pairs.parquet").replace({"name_a": {"0": evil}}),
             similar=pd.read_parquet(results / "similar_classes.parquet").replace({"name": {"0": evil}}),
             metrics=pd.read_parquet(results / "metrics.parquet"),
+            metrics_summary=pd.read_parquet(results / "metrics_summary.parquet").replace({"variant": {"gradcam": evil}}),
             rejects=pd.DataFrame({"image_id": [evil], "path": ["p"], "label": [evil], "reason": ["unknown label"]}),
             reference=open_zarr(results / "reference.zarr")[["covariance", "class_nonfinite"]].load(),
             saliency={m: open_zarr(results / "saliency" / f"{m}.zarr").load() for m in ("gradcam", "finercam", "diffcam")},

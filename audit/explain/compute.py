@@ -193,6 +193,35 @@ _COMPUTE = {
 }
 
 
+def plan_maps(
+    plan: pd.DataFrame,
+    engine: ExplainerEngine | None,
+    meta: ModelMeta | None,
+    images: np.ndarray,
+    features: xr.Dataset,
+    reference: xr.Dataset,
+    settings: MapSettings,
+    concepts: dict[str, np.ndarray],
+    centre: bool,
+) -> list[np.ndarray]:
+    """Maps for every plan row, in plan order: model methods through ``engine``, DiffCAM from stored activations.
+
+    ``engine`` and ``meta`` may be None when the plan holds DiffCAM rows only.
+    """
+    plan = plan.reset_index(drop=True)
+    maps: list[np.ndarray | None] = [None] * len(plan)
+    on_model = (plan["method"] != "diffcam").to_numpy()
+    if on_model.any():
+        if engine is None or meta is None:
+            raise ValueError("model-based methods need the model")
+        for row, m in zip(np.flatnonzero(on_model), model_maps(engine, meta, images, plan[on_model], settings, concepts)):
+            maps[row] = m
+    if not on_model.all():
+        for row, m in zip(np.flatnonzero(~on_model), diffcam_plan_maps(features, reference, plan[~on_model], centre)):
+            maps[row] = m
+    return maps
+
+
 def diffcam_plan_maps(features: xr.Dataset, reference: xr.Dataset, plan: pd.DataFrame, centre: bool) -> np.ndarray:
     """DiffCAM maps (M, h, w) for plan rows, from stored activations only (no model).
 

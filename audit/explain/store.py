@@ -7,7 +7,10 @@ method that works on pixels (input gradient, ``grad-cam`` package classes) is
 area-averaged down to the layer grid. Maps are raw (the package's are its
 own [0, 1] normalisation, said in attrs) and signed where the method is signed.
 They are stored in float16, or float32 when a value lies beyond float16's
-range (attrs ``dtype``). Coordinates along ``map``: image_id, image_index,
+range (attrs ``dtype``). ``contrast_map`` and ``randomised_map`` (map, y, x)
+hold, at image resolution, the same method's map for the ``compare`` class
+(class sensitivity) and after re-initialising the classifier head (sanity);
+NaN where a row has none (see ``audit.explain.checks``). Coordinates along ``map``: image_id, image_index,
 purpose, variant, target, contrasts (comma-separated class indices), reference,
 compare. The method's parameters are in attrs.
 """
@@ -43,25 +46,32 @@ def storage_dtype(*arrays: np.ndarray) -> np.dtype:
 
 
 def saliency_dataset(
-    plan: pd.DataFrame, maps: np.ndarray, layer_size: tuple[int, int], image_size: tuple[int, int], attrs: dict[str, Any]
+    plan: pd.DataFrame,
+    maps: list[np.ndarray] | np.ndarray,
+    layer_size: tuple[int, int],
+    image_size: tuple[int, int],
+    attrs: dict[str, Any],
+    contrast_maps: list[np.ndarray | None] | None = None,
+    randomised_maps: list[np.ndarray | None] | None = None,
 ) -> xr.Dataset:
     """Assemble a saliency store from plan rows (M) and their maps (M, h, w) at the layer or (M, H, W) at the image.
 
-    Which resolution ``maps`` has is read from its shape.
+    Which resolution ``maps`` has is read from its shape. ``contrast_maps`` and
+    ``randomised_maps`` (M entries, None = none) have the same resolution.
     """
     plan = plan.reset_index(drop=True)
-    maps = np.asarray(maps, dtype=np.float32)
-    if maps.size == 0:
-        maps = maps.reshape((0, *layer_size))
-    if tuple(maps.shape[1:]) == tuple(layer_size):
-        layer_maps, image_maps = maps, upsample(maps, image_size)
-    else:
-        layer_maps, image_maps = downsample(maps, layer_size), maps
-    dtype = storage_dtype(layer_maps, image_maps)
+    layer_maps, image_maps = _both_resolutions(maps, layer_size, image_size)
+    checks = {
+        name: _both_resolutions([np.full(np.shape(own), np.nan, np.float32) if m is None else m for m, own in zip(extra, maps)], layer_size, image_size)[1]
+        for name, extra in (("contrast_map", contrast_maps), ("randomised_map", randomised_maps))
+        if extra is not None
+    }
+    dtype = storage_dtype(layer_maps, image_maps, *checks.values())
     return xr.Dataset(
         {
             "layer_map": (("map", "layer_y", "layer_x"), layer_maps.astype(dtype)),
             "image_map": (("map", "y", "x"), image_maps.astype(dtype)),
+            **{name: (("map", "y", "x"), values.astype(dtype)) for name, values in checks.items()},
         },
         coords={
             "image_id": ("map", plan["image_id"].astype(str).to_numpy()),
@@ -75,3 +85,13 @@ def saliency_dataset(
         },
         attrs={**attrs, "dtype": str(dtype)},
     )
+
+
+def _both_resolutions(maps: list[np.ndarray] | np.ndarray, layer_size: tuple[int, int], image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Maps (M, h, w) at the layer and (M, H, W) at the image, from maps at either."""
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.size == 0:
+        maps = maps.reshape((0, *layer_size))
+    if tuple(maps.shape[1:]) == tuple(layer_size):
+        return maps, upsample(maps, image_size)
+    return downsample(maps, layer_size), maps

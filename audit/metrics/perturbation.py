@@ -55,22 +55,30 @@ def removal_masks(saliency: torch.Tensor, fractions: torch.Tensor) -> torch.Tens
 
 
 @torch.no_grad()
-def perturbed_probabilities(
+def model_logits(model: nn.Module, meta: ModelMeta, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Logits (..., C) of images (..., 3, H, W) in [0, 1], ``batch_size`` images per forward."""
+    flat = images.reshape(-1, *images.shape[-3:])
+    logits = [model(normalise(flat[i : i + batch_size], meta.mean, meta.std)).float() for i in range(0, len(flat), batch_size)]
+    return torch.cat(logits).reshape(*images.shape[:-3], -1)
+
+
+def perturbed_logits(
     model: nn.Module, meta: ModelMeta, x: torch.Tensor, masks: torch.Tensor, replacement: torch.Tensor, batch_size: int
 ) -> torch.Tensor:
-    """Softmax probabilities (B, F, C) of the images with the pixels of each mask replaced.
+    """Logits (B, F, C) of the images with the pixels of each mask replaced.
 
     Args:
         x: images in [0, 1] (B, 3, H, W). masks: (B, F, H, W), True = replaced.
         replacement: what replaced pixels become (B, 3, H, W).
     """
-    perturbed = torch.where(masks[:, :, None], replacement[:, None], x[:, None])
-    flat = perturbed.reshape(-1, *x.shape[1:])
-    probabilities = [
-        torch.softmax(model(normalise(flat[i : i + batch_size], meta.mean, meta.std)).float(), dim=1)
-        for i in range(0, len(flat), batch_size)
-    ]
-    return torch.cat(probabilities).reshape(len(x), masks.shape[1], -1)
+    return model_logits(model, meta, torch.where(masks[:, :, None], replacement[:, None], x[:, None]), batch_size)
+
+
+def perturbed_probabilities(
+    model: nn.Module, meta: ModelMeta, x: torch.Tensor, masks: torch.Tensor, replacement: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """Softmax probabilities (B, F, C) of the images with the pixels of each mask replaced (see ``perturbed_logits``)."""
+    return torch.softmax(perturbed_logits(model, meta, x, masks, replacement, batch_size), dim=-1)
 
 
 def compactness(saliency: np.ndarray, threshold: float = 0.05) -> np.ndarray:

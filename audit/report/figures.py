@@ -73,10 +73,21 @@ def map_grid(images: list[np.ndarray], maps: list[list[np.ndarray | None]], row_
     return to_data_uri(figure)
 
 
-def deletion_by_method(metrics: pd.DataFrame) -> str:
-    """Deletion AUC per method and reference (lower = more faithful)."""
-    data = metrics[metrics["metric"] == "deletion_auc"]
-    figure, axis = plt.subplots(figsize=(7, 3))
-    sns.boxplot(data=data, y="variant", x="value", ax=axis, color="#9ecae1")
-    axis.set(xlabel="deletion AUC (target probability; lower is better)", ylabel="")
+def perturbation_curves(summary: pd.DataFrame) -> str:
+    """Mean target probability per method along the deletion, insertion and ROAD curves (overall level of the summary)."""
+    panels = [
+        ("deletion", {"deletion_curve": "deletion"}, "fraction removed (most relevant first)"),
+        ("insertion", {"insertion_curve": "insertion"}, "fraction inserted (most relevant first)"),
+        ("ROAD", {"road_morf": "MoRF", "road_lerf": "LeRF"}, "fraction removed (noisy linear imputation)"),
+    ]
+    overall = summary[summary["level"] == "overall"]
+    shown = [(title, names, label) for title, names, label in panels if overall["metric"].isin(list(names)).any()]
+    figure, axes = plt.subplots(1, max(1, len(shown)), figsize=(4.2 * max(1, len(shown)), 3.4), squeeze=False)
+    for axis, (title, names, label) in zip(axes[0], shown):
+        data = overall[overall["metric"].isin(list(names))].assign(order=lambda d: d["metric"].map(names))
+        sns.lineplot(data=data, x="fraction", y="mean", hue="variant", style="order" if len(names) > 1 else None, marker="o", markersize=3, ax=axis, legend="auto" if axis is axes[0][-1] else False)
+        axis.set(title=title, xlabel=label, ylabel="target probability", ylim=(0, 1.02))
+    if shown and axes[0][-1].get_legend() is not None:
+        sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=7, title=None)
+    figure.tight_layout()
     return to_data_uri(figure)

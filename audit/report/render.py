@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from audit.metrics.summary import summarise_metrics
 from audit.report import figures
 from audit.similarity import confusion_counts, weight_cosine
 
@@ -25,7 +24,7 @@ class ReportInputs:
 
     Attributes:
         images: the image store; features: the feature store.
-        anomalies, pairs, similar, metrics, rejects: the stage tables.
+        anomalies, pairs, similar, metrics, rejects: the stage tables; metrics_summary: the metrics' Dask summary.
         reference: the reference store (which groups fell back to the pooled covariance).
         saliency: method name → saliency store.
         classifier_weight: (C, D) rows of the classifier, for the similarity heatmap; None without a head.
@@ -39,6 +38,7 @@ class ReportInputs:
     pairs: pd.DataFrame
     similar: pd.DataFrame
     metrics: pd.DataFrame
+    metrics_summary: pd.DataFrame
     rejects: pd.DataFrame
     reference: xr.Dataset
     saliency: dict[str, xr.Dataset]
@@ -139,8 +139,6 @@ def render_report(inputs: ReportInputs) -> str:
         distance[inputs.pairs["class_a"], inputs.pairs["class_b"]] = inputs.pairs["mean_distance"]
         similarity_figure = figures.heatmap(distance + distance.T, class_names, "distance between class means", ".1f")
     has_metrics = not inputs.metrics.empty
-    summary = summarise_metrics(inputs.metrics) if has_metrics else pd.DataFrame(columns=["fraction"])
-    summary["fraction"] = summary["fraction"].map(lambda f: "" if pd.isna(f) else f"{f:.0%}")
     context = {
         "audit": inputs.audit,
         "top_anomalies": inputs.top_anomalies,
@@ -171,11 +169,72 @@ def render_report(inputs: ReportInputs) -> str:
             for name, group in inputs.similar.groupby("name", sort=False)
         ],
         "pair_sections": pair_sections,
-        "metric_rows": summary.to_dict("records"),
-        "deletion_figure": figures.deletion_by_method(inputs.metrics) if has_metrics else None,
-        "metric_conventions": inputs.metrics[["baseline", "steps", "score", "order"]].drop_duplicates().to_dict("records"),
+        "has_metrics": has_metrics,
+        "quality": quality_table(inputs.metrics_summary) if has_metrics else None,
+        "quality_by_class": quality_by_class(inputs.metrics_summary, class_names) if has_metrics else [],
+        "curves_figure": figures.perturbation_curves(inputs.metrics_summary) if has_metrics else None,
+        "metric_conventions": (
+            inputs.metrics[["metric", "baseline", "steps", "score", "order"]].drop_duplicates("metric").to_dict("records") if has_metrics else []
+        ),
     }
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=True, undefined=jinja2.StrictUndefined
     )
     return environment.get_template("template.html.j2").render(**context)
+
+
+# Headline metrics of the method-quality table: (metric, fraction, parameter) → column title, with ↑/↓ for better.
+HEADLINE_METRICS = [
+    (("deletion_auc", None, ""), "deletion AUC ↓"),
+    (("insertion_auc", None, ""), "insertion AUC ↑"),
+    (("fidelity", None, ""), "fidelity LIF−MIF ↑"),
+    (("road_combined", None, ""), "ROAD combined ↑"),
+    (("relative_confidence_drop", 0.05, ""), "RD@5 % ↑"),
+    (("relative_confidence_drop", 0.1, ""), "RD@10 % ↑"),
+    (("class_sensitivity", None, ""), "class sensitivity ↑"),
+    (("box_sensitivity_mean", None, ""), "box sensitivity ↑"),
+    (("compactness", None, ""), "compactness ↑"),
+    (("sanity_similarity", None, ""), "similarity after head randomisation ↓"),
+    (("energy_pointing_game", None, ""), "energy pointing game ↑"),
+    (("iou", None, "otsu"), "IoU (Otsu) ↑"),
+    (("pixel_auprc", None, ""), "pixel AUPRC ↑"),
+]
+
+
+def _cell(row: pd.Series) -> str:
+    if row["n"] == 0 or pd.isna(row["mean"]):
+        return "—"
+    interval = f" [{row['ci_low']:.3f}, {row['ci_high']:.3f}]" if pd.notna(row["ci_low"]) else ""
+    return f"{row['mean']:.3f}{interval}"
+
+
+def _headline(summary: pd.DataFrame) -> pd.DataFrame:
+    """Summary rows of the headline metrics with a ``column`` title; absent metrics are left out."""
+    parts = []
+    for (metric, fraction, parameter), title in HEADLINE_METRICS:
+        chosen = summary[(summary["metric"] == metric) & (summary["parameter"].fillna("") == parameter)]
+        chosen = chosen[chosen["fraction"].isna()] if fraction is None else chosen[np.isclose(chosen["fraction"].astype(float), fraction)]
+        if len(chosen) and (chosen["n"] > 0).any():
+            parts.append(chosen.assign(column=title))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[*summary.columns, "column"])
+
+
+def quality_table(summary: pd.DataFrame) -> dict:
+    """Overall means [95 % interval] per method variant (rows) and headline metric (columns)."""
+    headline = _headline(summary[summary["level"] == "overall"])
+    columns = [title for _, title in HEADLINE_METRICS if title in set(headline["column"])]
+    rows = []
+    for variant, group in headline.groupby("variant", sort=True):
+        cells = {row["column"]: _cell(row) for _, row in group.iterrows()}
+        rows.append({"variant": variant, "cells": [cells.get(c, "—") for c in columns]})
+    return {"columns": columns, "rows": rows}
+
+
+def quality_by_class(summary: pd.DataFrame, class_names: list[str]) -> list[dict]:
+    """Per-class means of the headline metrics: one row per (variant, class)."""
+    headline = _headline(summary[summary["level"] == "class"])
+    return [
+        {"variant": variant, "class": class_names[int(target)], "column": row["column"], "value": _cell(row)}
+        for (variant, target), group in headline.groupby(["variant", "target"], sort=True)
+        for _, row in group.iterrows()
+    ]

@@ -1,11 +1,12 @@
-"""Snakemake adapter: compute every configured method's maps for the plan, one store per method."""
+"""Snakemake adapter: every configured method's maps for the plan, with their contrast-class and randomised-head maps."""
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from audit.data.dataset import read_image_store
-from audit.explain.compute import MapSettings, diffcam_plan_maps, model_maps
+from audit.explain.checks import class_contrast_plan, randomised_head
+from audit.explain.compute import MapSettings, plan_maps
 from audit.explain.engine import ExplainerEngine
 from audit.explain.methods import method_attrs
 from audit.explain.store import saliency_dataset
@@ -20,29 +21,45 @@ plan = pd.read_parquet(snakemake.input.plan)
 images = read_image_store(snakemake.input.images).images
 features = open_features(snakemake.input.features)
 layer_size = features["activation"].shape[-2:]
-reference = open_zarr(snakemake.input.reference)
+reference = open_zarr(snakemake.input.reference).load()
 context = {"layer": features.attrs["layer"], "model": features.attrs["model"]}
-maps = [None] * len(plan)
+map_settings = MapSettings(
+    settings["finer_gamma"], settings["batch_size"], settings["score_batch"],
+    settings["smooth_samples"], settings["smooth_noise"], settings["integrated_steps"],
+)
+concepts = dict(zip(reference["concept"].values.astype(str), reference["concept_vector"].values))
 on_model = (plan["method"] != "diffcam").to_numpy()
+model = meta = engine = None
 if on_model.any():
     model, meta = load_checkpoint(snakemake.input.checkpoint, device)
     engine = ExplainerEngine(model, meta.layer, images.shape[-2:])
-    map_settings = MapSettings(
-        settings["finer_gamma"], settings["batch_size"], settings["score_batch"],
-        settings["smooth_samples"], settings["smooth_noise"], settings["integrated_steps"],
-    )
-    concepts = dict(zip(reference["concept"].values.astype(str), reference["concept_vector"].values))
-    computed = model_maps(engine, meta, images, plan[on_model], map_settings, concepts)
-    for row, m in zip(np.flatnonzero(on_model), computed):
-        maps[row] = m
+
+
+def maps_for(rows: pd.DataFrame, explainer: ExplainerEngine | None) -> list:
+    return plan_maps(rows, explainer, meta, images, features, reference, map_settings, concepts, settings["diffcam_centre"])
+
+
+maps = maps_for(plan, engine)
+if engine is not None:
     context["gradients"] = "closed form (pool + linear head)" if engine.closed_form else "autograd through the head side"
-if not on_model.all():
-    computed = diffcam_plan_maps(features, reference.load(), plan[~on_model], settings["diffcam_centre"])
-    for row, m in zip(np.flatnonzero(~on_model), computed):
-        maps[row] = m
+contrast_maps = [None] * len(plan)
+if settings["class_sensitivity"]:
+    swapped, has_contrast = class_contrast_plan(plan)
+    for row, m in zip(np.flatnonzero(has_contrast), maps_for(swapped, engine)):
+        contrast_maps[row] = m
+randomised_maps = [None] * len(plan)
+if settings["sanity"] and on_model.any():
+    random_engine = ExplainerEngine(randomised_head(model, settings["sanity_seed"]), meta.layer, images.shape[-2:])
+    for row, m in zip(np.flatnonzero(on_model), maps_for(plan[on_model], random_engine)):
+        randomised_maps[row] = m
+    context["sanity"] = f"classifier head re-initialised (seed {settings['sanity_seed']})"
 output = Path(snakemake.output[0])
 output.mkdir(parents=True, exist_ok=True)
 for name in snakemake.params.methods:
     rows = np.flatnonzero(plan["method"] == name)
     attrs = {**context, **method_attrs(name, settings)}
-    write_zarr(saliency_dataset(plan.iloc[rows], [maps[r] for r in rows], layer_size, images.shape[-2:], attrs), output / f"{name}.zarr")
+    dataset = saliency_dataset(
+        plan.iloc[rows], [maps[r] for r in rows], layer_size, images.shape[-2:], attrs,
+        contrast_maps=[contrast_maps[r] for r in rows], randomised_maps=[randomised_maps[r] for r in rows],
+    )
+    write_zarr(dataset, output / f"{name}.zarr")

@@ -1,12 +1,12 @@
-"""Snakemake adapter: faithfulness metrics of one method's maps."""
+"""Snakemake adapter: every metric of one method's maps."""
 from audit.data.dataset import read_image_store
-from audit.metrics.evaluate import evaluate_saliency
+from audit.metrics.evaluate import MetricSettings, evaluate_saliency
+from audit.metrics.localization import object_regions
 from audit.models.checkpoint import load_checkpoint
 from audit.runtime import configure
 from audit.storage import open_zarr, write_parquet
 
 device = configure(snakemake.log[0], snakemake.threads)
-settings = snakemake.params.metrics
 model, meta = load_checkpoint(snakemake.input.checkpoint, device)
 table = evaluate_saliency(
     model,
@@ -14,10 +14,8 @@ table = evaluate_saliency(
     read_image_store(snakemake.input.images).images,
     open_zarr(f"{snakemake.input.saliency}/{snakemake.wildcards.method}.zarr").load(),
     snakemake.wildcards.method,
-    settings["steps"],
-    settings["baseline"],
-    tuple(settings["drop_fractions"]),
-    settings["batch_size"],
+    MetricSettings.from_config(snakemake.params.metrics),
     device,
+    object_regions(open_zarr(snakemake.input.images)),
 )
 write_parquet(table, snakemake.output[0])

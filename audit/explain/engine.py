@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from audit.explain.methods import slots
+from audit.models.memory_format import as_channels_last, use_channels_last
 from audit.models.tokens import as_map, token_layout
 
 
@@ -73,12 +74,11 @@ class ExplainerEngine:
         self.model = model.eval().requires_grad_(False)
         self.module = model.get_submodule(layer)
         self.layout = token_layout(model, input_size)
-        if self.layout is None:
-            self.model.to(memory_format=torch.channels_last)  # faster convolutions (≈ 1.4× on this CPU), same values
+        self.channels_last = use_channels_last(self.model, input_size)
         self.closed_form: bool | None = None  # decided on the first pass with gradients
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.layout is None and x.ndim == 4 else x
+        return as_channels_last(x, self.channels_last)
 
     @property
     def device(self) -> torch.device:

@@ -49,6 +49,7 @@ from audit.metrics.perturbation import (
 from audit.metrics.road import NORMALISED_NOISE, ROAD_FRACTIONS, noisy_linear_imputation
 from audit.metrics.sanity import rank_similarity
 from audit.models.checkpoint import ModelMeta
+from audit.models.memory_format import use_channels_last
 
 METRIC_COLUMNS = [
     "method", "map", "image_id", "purpose", "variant", "target", "contrasts", "reference", "compare",
@@ -115,6 +116,19 @@ class _Table:
         return pd.concat(frames, ignore_index=True)[METRIC_COLUMNS] if frames else pd.DataFrame(columns=METRIC_COLUMNS)
 
 
+def forwards_per_map(group: str, settings: MetricSettings) -> int:
+    """Model forwards one map costs when ``group`` runs alone (the bound of the benchmarks)."""
+    curve = settings.steps + 1
+    return {
+        "deletion": curve + len(settings.drop_fractions),
+        "insertion": curve,
+        "fidelity": curve * (1 if settings.baseline == "blur" else 2),
+        "road": 2 * len(settings.road_fractions),
+        "class_sensitivity": 2 * curve + len(settings.drop_fractions),
+        "box_sensitivity": len(settings.box_sizes) * settings.boxes_per_size + 1,
+    }.get(group, 0)
+
+
 def evaluate_saliency(
     model: nn.Module,
     meta: ModelMeta,
@@ -128,8 +142,9 @@ def evaluate_saliency(
     """Every metric of ``settings.groups`` for every map of ``saliency``: a long table (``METRIC_COLUMNS``).
 
     All perturbed images of a batch of ``settings.batch_size`` maps go through
-    the model in forwards of ``settings.batch_size`` images; ROAD's imputation
-    for the batch is one vectorised solve.
+    the model in forwards of ``settings.batch_size`` images (a CNN is moved to
+    channels-last memory format, in place); ROAD's imputation for the batch is
+    one vectorised solve.
 
     Args:
         images: uint8 (N, 3, H, W) indexed by the store's ``image_index``.
@@ -138,6 +153,7 @@ def evaluate_saliency(
         regions: object regions (N, H, W) bool and which images have one (N,), for localization.
     """
     table = _Table()
+    use_channels_last(model.eval(), images.shape[-2:])
     maps = saliency["image_map"].values.astype(np.float32)
     index = saliency["image_index"].values
     groups = set(settings.groups)

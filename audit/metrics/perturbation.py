@@ -23,6 +23,7 @@ import torchvision.transforms.functional as TF
 from torch import nn
 
 from audit.models.checkpoint import ModelMeta
+from audit.models.memory_format import as_channels_last
 from audit.models.preprocess import normalise
 
 BASELINES = ("zero", "mean", "blur")
@@ -56,10 +57,22 @@ def removal_masks(saliency: torch.Tensor, fractions: torch.Tensor) -> torch.Tens
 
 @torch.no_grad()
 def model_logits(model: nn.Module, meta: ModelMeta, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Logits (..., C) of images (..., 3, H, W) in [0, 1], ``batch_size`` images per forward."""
+    """Logits (..., C) of images (..., 3, H, W) in [0, 1], ``batch_size`` images per forward.
+
+    Inputs go channels-last when the model's convolutions are (see ``audit.models.memory_format``).
+    """
     flat = images.reshape(-1, *images.shape[-3:])
-    logits = [model(normalise(flat[i : i + batch_size], meta.mean, meta.std)).float() for i in range(0, len(flat), batch_size)]
+    channels_last = _is_channels_last(model)
+    logits = [
+        model(as_channels_last(normalise(flat[i : i + batch_size], meta.mean, meta.std), channels_last)).float()
+        for i in range(0, len(flat), batch_size)
+    ]
     return torch.cat(logits).reshape(*images.shape[:-3], -1)
+
+
+def _is_channels_last(model: nn.Module) -> bool:
+    weight = next((m.weight for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return weight is not None and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
 
 
 def perturbed_logits(

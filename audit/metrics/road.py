@@ -24,6 +24,8 @@ so in pixel units it is ``0.01 · std`` per channel (the caller passes it).
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -70,87 +72,177 @@ def _pyramid_fill(values: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     return torch.where(known > 0, values, up)
 
 
-class _HoleSystem:
-    """A = H (S − W) H on the removed pixels H of a chunk, with its multilevel preconditioner."""
+@functools.lru_cache(maxsize=8)
+def _within_block_weights(h: int, w: int, device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
+    """Per level l ≥ 1: (8, H, W) weight w_o of each neighbour offset o where the neighbour lies in the pixel's 2ˡ block, else 0."""
+    y = torch.arange(h, device=device).reshape(h, 1)
+    x = torch.arange(w, device=device).reshape(1, w)
+    levels, block = [], 1
+    while block < max(h, w):
+        block *= 2
+        levels.append(
+            torch.stack(
+                [
+                    (EDGE_WEIGHT if dy == 0 or dx == 0 else DIAGONAL_WEIGHT)
+                    * ((y % block + dy >= 0) & (y % block + dy < block) & (x % block + dx >= 0) & (x % block + dx < block)).to(dtype)
+                    for dy, dx in _OFFSETS
+                ]
+            )
+        )
+    return levels
 
-    def __init__(self, hole: torch.Tensor):
+
+class _Systems:
+    """A working set of hole systems A = H (S − W) H and their conjugate-gradient state.
+
+    Per system (first dimension): ``rows`` (its index in the caller's batch),
+    ``hole`` (1, H, W), the multilevel inverse diagonals, ``kept`` (C, H, W),
+    and the CG iterate ``u``, residual, direction and ⟨r, z⟩ per channel.
+    """
+
+    def __init__(self, rows: torch.Tensor, images: torch.Tensor, hole: torch.Tensor):
         h, w = hole.shape[-2:]
-        self.hole = hole
-        self.size = (h, w)
         self.weight_sum = _neighbour_sum(torch.ones(1, 1, h, w, device=hole.device, dtype=hole.dtype))
-        self.inverse_diagonals = [1 / self.weight_sum]
+        self.inverse_weight_sum = 1 / self.weight_sum
         self.shapes = [(h, w)]
+        self.rows, self.hole = rows, hole
+        self.inverse_diagonals = self._inverse_diagonals(hole)
+        self.kept = images * (1 - hole)
+        self.u = hole * _pyramid_fill(self.kept, 1 - hole)
+        self.residual = hole * _neighbour_sum(self.kept) - self.apply(self.u)
+        self.direction = self.precondition(self.residual)
+        self.rz = (self.residual * self.direction).sum(dim=(2, 3), keepdim=True)
+
+    def _inverse_diagonals(self, hole: torch.Tensor) -> list[torch.Tensor]:
+        """1 / (1_Bᵀ A 1_B) for the 2ˡ × 2ˡ blocks B of every level l ≥ 1 (0 where a block has no hole).
+
+        1_Bᵀ A 1_B = Σ_{i ∈ B} h_i (Σ_j w_ij − Σ_{j ∈ B} w_ij h_j): the coupling
+        inside the block is subtracted, the coupling across its border is kept.
+        """
+        h, w = hole.shape[-2:]
         padded = F.pad(hole, (1, 1, 1, 1))
-        y = torch.arange(h, device=hole.device).reshape(h, 1)
-        x = torch.arange(w, device=hole.device).reshape(1, w)
-        block = 1
-        while block < max(h, w):
-            block *= 2
-            inside = torch.zeros_like(hole)
-            for dy, dx in _OFFSETS:
-                weight = EDGE_WEIGHT if dy == 0 or dx == 0 else DIAGONAL_WEIGHT
-                same_block = ((y % block + dy >= 0) & (y % block + dy < block) & (x % block + dx >= 0) & (x % block + dx < block)).to(hole.dtype)
-                inside = inside + weight * same_block * padded[..., 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
-            diagonal = hole * (self.weight_sum - inside)
-            for _ in range(len(self.shapes)):
+        neighbours = torch.stack([padded[:, 0, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w] for dy, dx in _OFFSETS], dim=1)
+        inverse = []
+        for level, within in enumerate(_within_block_weights(h, w, hole.device, hole.dtype), start=1):
+            diagonal = hole * (self.weight_sum - (within * neighbours).sum(dim=1, keepdim=True))
+            for _ in range(level):
                 diagonal = _block_sum(diagonal)
-            self.shapes.append(tuple(diagonal.shape[-2:]))
-            self.inverse_diagonals.append(torch.where(diagonal > 1e-12, 1 / diagonal.clamp_min(1e-12), torch.zeros_like(diagonal)))
+            if len(self.shapes) <= level:
+                self.shapes.append(tuple(diagonal.shape[-2:]))
+            inverse.append(torch.where(diagonal > 1e-12, 1 / diagonal.clamp_min(1e-12), torch.zeros_like(diagonal)))
+        return inverse
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _fields(self) -> list[str]:
+        return ["rows", "hole", "kept", "u", "residual", "direction", "rz"]
+
+    def keep(self, chosen: torch.Tensor) -> None:
+        """Keep only the systems ``chosen`` (positions in the working set)."""
+        for name in self._fields():
+            setattr(self, name, getattr(self, name)[chosen])
+        self.inverse_diagonals = [d[chosen] for d in self.inverse_diagonals]
+
+    def extend(self, other: "_Systems") -> None:
+        """Append the systems of ``other`` (same image size)."""
+        for name in self._fields():
+            setattr(self, name, torch.cat([getattr(self, name), getattr(other, name)]))
+        self.inverse_diagonals = [torch.cat([a, b]) for a, b in zip(self.inverse_diagonals, other.inverse_diagonals)]
 
     def apply(self, u: torch.Tensor) -> torch.Tensor:
         return self.hole * (self.weight_sum * u - _neighbour_sum(u))
 
     def precondition(self, r: torch.Tensor) -> torch.Tensor:
         sums = [r]
-        for _ in self.shapes[1:]:
+        for _ in self.inverse_diagonals:
             sums.append(_block_sum(sums[-1]))
         z = sums[-1] * self.inverse_diagonals[-1]
-        for level in range(len(sums) - 2, -1, -1):
-            z = _spread(z, self.shapes[level]) + sums[level] * self.inverse_diagonals[level]
-        return self.hole * z
+        for level in range(len(sums) - 2, 0, -1):
+            z = _spread(z, self.shapes[level]) + sums[level] * self.inverse_diagonals[level - 1]
+        return self.hole * (_spread(z, self.shapes[0]) + r * self.inverse_weight_sum)
 
+    def converged(self, tolerance: float) -> torch.Tensor:
+        """(N,) bool: the largest Jacobi-scaled residual of the system is below ``tolerance``."""
+        return (self.residual * self.inverse_weight_sum).abs().amax(dim=(1, 2, 3)) < tolerance
 
-def _solve_chunk(images: torch.Tensor, hole: torch.Tensor, tolerance: float, max_iterations: int) -> torch.Tensor:
-    system = _HoleSystem(hole)
-    kept = images * (1 - hole)
-    u = hole * _pyramid_fill(kept, 1 - hole)
-    residual = hole * _neighbour_sum(kept) - system.apply(u)
-    z = system.precondition(residual)
-    direction = z
-    rz = (residual * z).sum(dim=(2, 3), keepdim=True)
-    for _ in range(max_iterations):
-        if float((residual * system.inverse_diagonals[0]).abs().amax()) < tolerance:
-            break
-        q = system.apply(direction)
-        step = rz / (direction * q).sum(dim=(2, 3), keepdim=True).clamp_min(1e-30)
-        u = u + step * direction
-        residual = residual - step * q
-        z = system.precondition(residual)
-        rz_next = (residual * z).sum(dim=(2, 3), keepdim=True)
-        direction = z + (rz_next / rz.clamp_min(1e-30)) * direction
-        rz = rz_next
-    return kept + u
+    def step(self) -> None:
+        """One preconditioned conjugate-gradient step of every system."""
+        q = self.apply(self.direction)
+        alpha = self.rz / (self.direction * q).sum(dim=(2, 3), keepdim=True).clamp_min(1e-30)
+        self.u = self.u + alpha * self.direction
+        self.residual = self.residual - alpha * q
+        z = self.precondition(self.residual)
+        rz = (self.residual * z).sum(dim=(2, 3), keepdim=True)
+        self.direction = z + (rz / self.rz.clamp_min(1e-30)) * self.direction
+        self.rz = rz
 
 
 def linear_imputation(
-    images: torch.Tensor, removed: torch.Tensor, tolerance: float = 1e-4, max_iterations: int = 500, chunk_elements: int = 1 << 19
+    images: torch.Tensor, removed: torch.Tensor, tolerance: float = 2e-5, max_iterations: int = 500, working_elements: int = 1 << 19
 ) -> torch.Tensor:
     """Harmonic infill of the removed pixels, no noise: (P, C, H, W).
+
+    The solve streams the images through a working set of about
+    ``working_elements`` values (systems · C · H · W, sized to stay in cache):
+    each system leaves when it has converged and new ones take its place.
+    Images whose channels are equal (greyscale stored as RGB) are solved once.
 
     Args:
         images: (P, C, H, W) float. removed: (P, H, W) bool, True = imputed;
             every image must keep at least one pixel.
-        tolerance: stop when every pixel's Jacobi-scaled residual (|r| / Σ w,
-            in the images' units) is below it; 1e-4 puts the infill within
-            about 5e-4 of the exact solution, a fifth of ROAD's noise.
-        chunk_elements: values per solve chunk (images · C · H · W), sized to stay in cache.
+        tolerance: a system has converged when its largest Jacobi-scaled
+            residual (|r| / Σ w, in the images' units) is below it; 2e-5 puts
+            the infill within about 3e-4 of the exact solution, well below
+            ROAD's noise (0.01 · std ≈ 2.5e-3).
+        max_iterations: per system; a system still unconverged then keeps its last iterate.
     """
     p, c, h, w = images.shape
     if bool(removed.reshape(p, -1).all(dim=1).any()):
         raise ValueError("noisy linear imputation needs at least one kept pixel per image")
     hole = removed[:, None].to(images.dtype)
-    step = max(1, chunk_elements // (c * h * w))
-    return torch.cat([_solve_chunk(images[i : i + step], hole[i : i + step], tolerance, max_iterations) for i in range(0, p, step)])
+    grey = (images == images[:, :1]).reshape(p, -1).all(dim=1) if c > 1 else torch.zeros(p, dtype=torch.bool, device=images.device)
+    out = torch.empty_like(images)
+    if bool(grey.any()):  # equal channels share one solve (greyscale data stored as RGB)
+        rows = torch.nonzero(grey).flatten()
+        out[rows] = _stream(images[rows, :1], hole[rows], tolerance, max_iterations, working_elements).expand(-1, c, -1, -1)
+    if not bool(grey.all()):
+        rows = torch.nonzero(~grey).flatten()
+        out[rows] = _stream(images[rows], hole[rows], tolerance, max_iterations, working_elements)
+    return out
+
+
+def _stream(images: torch.Tensor, hole: torch.Tensor, tolerance: float, max_iterations: int, working_elements: int) -> torch.Tensor:
+    """Solve every system, streaming them through a working set of about ``working_elements`` values."""
+    p, c, h, w = images.shape
+    capacity = max(1, working_elements // (c * h * w))
+    out = torch.empty_like(images)
+    systems: _Systems | None = None
+    iterations = torch.zeros(0, dtype=torch.long, device=images.device)
+    queued = 0
+    while queued < p or (systems is not None and len(systems)):
+        free = capacity - (len(systems) if systems is not None else 0)
+        if queued < p and free * 8 >= capacity:
+            take = torch.arange(queued, min(p, queued + free), device=images.device)
+            queued += len(take)
+            arriving = _Systems(take, images[take], hole[take])
+            if systems is None:
+                systems = arriving
+            else:
+                systems.extend(arriving)
+            iterations = torch.cat([iterations, torch.zeros(len(take), dtype=torch.long, device=images.device)])
+        done = systems.converged(tolerance) | (iterations >= max_iterations)
+        finished = int(done.sum())
+        if finished and (finished * 8 >= capacity or queued == p):  # leave in groups, or at once in the tail
+            out[systems.rows[done]] = systems.kept[done] + systems.u[done]
+            remaining = torch.nonzero(~done).flatten()
+            systems.keep(remaining)
+            iterations = iterations[remaining]
+            if not len(systems):
+                continue
+        systems.step()
+        iterations += 1
+    return out
 
 
 def noisy_linear_imputation(

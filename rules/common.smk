@@ -5,7 +5,6 @@ from audit.models.imported import pretrained_image_size
 wildcard_constraints:
     audit="[A-Za-z0-9][A-Za-z0-9_.-]*",
     shard=r"\d{5}",
-    method=r"[A-Za-z0-9_]+|package-[A-Za-z0-9_]+",
 
 
 def audit_config(wildcards):
@@ -55,7 +54,6 @@ def explain_methods(wildcards):
     return methods if has_head(wildcards) else [m for m in methods if m == "diffcam"]
 
 
-def metric_tables(wildcards):
-    """Faithfulness metrics score class probabilities: none without a classifier."""
-    methods = explain_methods(wildcards) if has_head(wildcards) else []
-    return expand("results/{audit}/metrics/{method}.parquet", audit=wildcards.audit, method=methods)
+def metric_methods(wildcards):
+    """The methods whose maps are scored: the metrics score class probabilities, so none without a classifier."""
+    return explain_methods(wildcards) if has_head(wildcards) else []

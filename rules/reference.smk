@@ -22,8 +22,12 @@ rule anomaly_scores:
     input:
         features=feature_shards,
         reference="results/{audit}/reference.zarr",
+        images="results/{audit}/images.zarr",
     output:
-        "results/{audit}/anomalies.parquet",
+        anomalies="results/{audit}/anomalies.parquet",
+        quality="results/{audit}/anomaly_quality.parquet",
+    params:
+        top=lambda wildcards: audit_config(wildcards)["explain"]["top_anomalies"],
     conda:
         "../workflow/envs/audit.yaml"
     log:

@@ -4,6 +4,7 @@ rule report:
         features=feature_shards,
         checkpoint=model_checkpoint,
         anomalies="results/{audit}/anomalies.parquet",
+        anomaly_quality="results/{audit}/anomaly_quality.parquet",
         pairs="results/{audit}/pairs.parquet",
         similar="results/{audit}/similar_classes.parquet",
         metrics="results/{audit}/metrics.parquet",

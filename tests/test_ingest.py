@@ -101,3 +101,45 @@ def test_all_rows_rejected_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="no image could be ingested"):
         ingest_manifest(normalise_manifest(manifest, tmp_path), tmp_path / "images.zarr", size=8)
     assert not (tmp_path / "images.zarr").exists()
+
+
+def test_manifest_anomaly_flags_are_stored_and_a_bad_flag_is_rejected(tmp_path, rng):
+    for i in range(4):
+        _save(tmp_path / "img" / f"{i}.png", rng.integers(0, 255, (10, 10, 3), dtype=np.uint8))
+    rows = [("img/0.png", "a", "yes"), ("img/1.png", "a", ""), ("img/2.png", "b", "0"), ("img/3.png", "b", "maybe")]
+    pd.DataFrame(rows, columns=["path", "label", "anomaly"]).to_csv(tmp_path / "m.csv", index=False)
+    rejects = ingest_manifest(read_manifest(tmp_path / "m.csv"), tmp_path / "images.zarr", size=8)
+    assert list(rejects["reason"]) == ["anomaly flag is not one of 1/0, true/false, yes/no"]
+    dataset = read_image_store(tmp_path / "images.zarr")
+    assert list(dataset.flagged) == [True, False, False]
+
+
+def test_anomaly_ranking_quality_against_flags():
+    from audit.metrics.anomaly_quality import ranking_quality
+
+    table = pd.DataFrame(
+        {
+            "class_name": ["a"] * 4 + ["b"] * 3,
+            "score": [9.0, 1.0, 2.0, 3.0, 5.0, 4.0, np.nan],
+            "rank": [1, 4, 3, 2, 1, 2, 3],
+            "flagged": [True, False, False, False, False, True, False],
+        }
+    )
+    quality = ranking_quality(table, top=1).set_index("scope")
+    assert quality.loc["a", "auroc"] == 1.0 and quality.loc["a", "average_precision"] == 1.0 and quality.loc["a", "flagged_in_top"] == 1
+    assert quality.loc["b", "auroc"] == 0.0 and quality.loc["b", "flagged_in_top"] == 0
+    # all: flagged scores 9 and 4 against 1, 2, 3, 5 → 7 of 8 pairs ordered right
+    assert quality.loc["all", "auroc"] == pytest.approx(7 / 8) and quality.loc["all", "images"] == 6
+    assert ranking_quality(table.drop(columns="flagged"), top=1).empty
+
+
+def test_planted_mislabels_in_the_digits_are_flagged():
+    from audit.data.digits import load_digits_dataset
+
+    clean = load_digits_dataset(16, 0.3, seed=0, limit=200)
+    planted = load_digits_dataset(16, 0.3, seed=0, limit=200, mislabel_fraction=0.1)
+    assert clean.flagged is None and planted.flagged.sum() == 6
+    assert (planted.split == clean.split).all()
+    assert (planted.labels[planted.flagged] != clean.labels[planted.flagged]).all()
+    assert (planted.labels[~planted.flagged] == clean.labels[~planted.flagged]).all()
+    assert set(planted.split[planted.flagged]) == {"audit"}

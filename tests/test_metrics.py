@@ -92,6 +92,9 @@ def test_baselines():
     torch.testing.assert_close(baseline_images(x, "mean")[:, :, 3, 5], x.mean(dim=(2, 3)))
     blurred = baseline_images(x, "blur")
     assert blurred.shape == x.shape and blurred.std() < x.std()
+    import torchvision.transforms.functional as TF
+
+    torch.testing.assert_close(blurred, TF.gaussian_blur(x, kernel_size=[13, 13], sigma=[2.0, 2.0]))  # σ = 16 / 8
     with pytest.raises(ValueError, match="unknown baseline"):
         baseline_images(x, "noise")
 

@@ -33,7 +33,7 @@ def test_lint_is_clean():
 def test_dry_run_of_the_demo_lists_every_stage(tmp_path):
     result = snakemake("-n", "--quiet", "rules", "--directory", str(tmp_path), "--configfile", str(ROOT / "config" / "config.yaml"))
     assert result.returncode == 0, result.stdout
-    for rule in ("ingest", "train_model", "reference_stats", "anomaly_scores", "explain_plan", "explain", "metrics", "gather_metrics", "report"):
+    for rule in ("ingest", "train_model", "reference_stats", "anomaly_scores", "explain_plan", "explain", "metrics", "report"):
         assert rule in result.stdout
     # The number of extraction shards is known once the images are ingested (a Snakemake checkpoint).
     assert "checkpoint jobs" in result.stdout
@@ -79,6 +79,11 @@ def test_end_to_end_artefacts_are_well_formed(tiny_audit):
 
     anomalies = pd.read_parquet(results / "anomalies.parquet")
     assert len(anomalies) == 240 and (anomalies["score"] > 0).all()
+    assert anomalies["flagged"].sum() == 7 and (anomalies.loc[anomalies["flagged"], "split"] == "audit").all()
+    quality = pd.read_parquet(results / "anomaly_quality.parquet").set_index("scope")
+    assert quality.loc["all", "flagged"] == 7 and quality.loc["all", "images"] == 240
+    # planted label errors sit far from their (wrong) class: the ranking finds them well above chance
+    assert quality.loc["all", "auroc"] > 0.8
     assert (anomalies.groupby("label")["rank"].min() == 1).all()
 
     similar = pd.read_parquet(results / "similar_classes.parquet")
@@ -133,7 +138,7 @@ def test_end_to_end_artefacts_are_well_formed(tiny_audit):
     html = (tiny_audit / "reports" / "tiny.html").read_text()
     assert "Intra-class anomaly ranking" in html and "Class-pair discrimination" in html and "Method quality" in html
     assert "data:image/png;base64," in html and 'src="http' not in html
-    assert "ROAD combined" in html and "class sensitivity" in html
+    assert "ROAD combined" in html and "class sensitivity" in html and "Known anomalies" in html
 
 
 def test_vit_audit_end_to_end(tmp_path):
@@ -181,6 +186,7 @@ def test_report_escapes_names(tiny_audit):
             similar=pd.read_parquet(results / "similar_classes.parquet").replace({"name": {"0": evil}}),
             metrics=pd.read_parquet(results / "metrics.parquet"),
             metrics_summary=pd.read_parquet(results / "metrics_summary.parquet").replace({"variant": {"gradcam": evil}}),
+            anomaly_quality=pd.read_parquet(results / "anomaly_quality.parquet").replace({"scope": {"0": evil}}),
             rejects=pd.DataFrame({"image_id": [evil], "path": ["p"], "label": [evil], "reason": ["unknown label"]}),
             reference=open_zarr(results / "reference.zarr")[["covariance", "class_nonfinite"]].load(),
             saliency={m: open_zarr(results / "saliency" / f"{m}.zarr").load() for m in ("gradcam", "finercam", "diffcam")},

@@ -26,6 +26,7 @@ class ImageDataset:
         split: str array (N,), e.g. ``train`` / ``audit``.
         image_ids: str array (N,), unique.
         class_names: list of C names.
+        flagged: bool array (N,) of known anomalies, or None when none are known.
     """
 
     images: np.ndarray
@@ -33,6 +34,7 @@ class ImageDataset:
     split: np.ndarray
     image_ids: np.ndarray
     class_names: list[str]
+    flagged: np.ndarray | None = None
 
     def to_xarray(self, chunk: int) -> xr.Dataset:
         """The dataset as an xarray Dataset chunked by ``chunk`` images."""
@@ -46,6 +48,8 @@ class ImageDataset:
             },
             attrs={"class_names": list(self.class_names)},
         )
+        if self.flagged is not None:
+            ds = ds.assign_coords(flagged=("image", self.flagged.astype(bool)))
         return ds.chunk({"image": chunk})
 
 
@@ -63,6 +67,7 @@ def read_image_store(path: str | os.PathLike) -> ImageDataset:
         split=ds["split"].values.astype(str),
         image_ids=ds["image_id"].values.astype(str),
         class_names=list(ds.attrs["class_names"]),
+        flagged=ds["flagged"].values.astype(bool) if "flagged" in ds.coords else None,
     )
 
 

@@ -13,7 +13,9 @@ from sklearn.datasets import load_digits
 from audit.data.dataset import ImageDataset
 
 
-def load_digits_dataset(image_size: int, audit_fraction: float, seed: int, limit: int | None = None) -> ImageDataset:
+def load_digits_dataset(
+    image_size: int, audit_fraction: float, seed: int, limit: int | None = None, mislabel_fraction: float = 0.0
+) -> ImageDataset:
     """Load the digits as an :class:`ImageDataset`.
 
     Args:
@@ -22,6 +24,9 @@ def load_digits_dataset(image_size: int, audit_fraction: float, seed: int, limit
             (the rest is ``train``), stratified, with a fixed ``seed``.
         seed: seed of the split (and of the ``limit`` subsample).
         limit: keep only this many images (stratified), for tiny test audits.
+        mislabel_fraction: share of the ``audit`` split given a wrong label (a
+            random other class) and flagged as known anomalies: planted label
+            noise that the anomaly ranking should find. 0 = none, no flags.
     """
     digits = load_digits()
     raw = digits.images.astype(np.float32) / 16.0  # (N, 8, 8) in [0, 1]
@@ -40,12 +45,20 @@ def load_digits_dataset(image_size: int, audit_fraction: float, seed: int, limit
     audit_index = _stratified_sample(labels, int(round(audit_fraction * len(labels))), rng)
     split = np.full(len(labels), "train", dtype=object)
     split[audit_index] = "audit"
+    flagged = None
+    if mislabel_fraction > 0:
+        planted = rng.choice(audit_index, size=int(round(mislabel_fraction * len(audit_index))), replace=False)
+        labels = labels.copy()
+        labels[planted] = (labels[planted] + rng.integers(1, 10, size=len(planted))) % 10
+        flagged = np.zeros(len(labels), dtype=bool)
+        flagged[planted] = True
     return ImageDataset(
         images=images,
         labels=labels,
         split=split.astype(str),
         image_ids=np.array([f"digits-{i:04d}" for i in keep]),
         class_names=[str(c) for c in digits.target_names],
+        flagged=flagged,
     )
 
 

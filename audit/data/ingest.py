@@ -2,15 +2,17 @@
 
 Rows are rejected — listed in the rejects table with a reason, excluded, never
 fatal — for: an empty label, a label outside the configured classes, a
-duplicate ``image_id`` (the first occurrence is kept), a missing or
-unreadable/corrupt image or mask, a mask of another size, a malformed box.
+duplicate ``image_id`` (the first occurrence is kept), an anomaly flag that
+is not yes/no, a missing or unreadable/corrupt image or mask, a mask of
+another size, a malformed box.
 
 The store is written in whole chunks (one writer, appending along ``image``)
 under a temporary name and renamed at the end, so memory stays at about one
 chunk of images and an interrupted ingest leaves nothing that looks complete.
 Besides the variables of :mod:`audit.data.dataset`, a manifest with masks
 adds ``mask`` (image, y, x) bool and ``has_mask`` (image); one with boxes adds
-``box`` (image, corner) float32 in store pixels (x0, y0, x1, y1; NaN = none).
+``box`` (image, corner) float32 in store pixels (x0, y0, x1, y1; NaN = none);
+one with anomaly flags adds the coordinate ``flagged`` (image) bool.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import xarray as xr
 from tqdm import tqdm
 
 from audit.data.decode import DecodedImage, RejectedImage, decode
+from audit.data.manifest import ANOMALY_FALSE, ANOMALY_TRUE
 from audit.storage import ChunkedZarrWriter, atomic_path
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,8 @@ def screen_rows(manifest: pd.DataFrame, classes: Sequence[str] | None) -> tuple[
     reasons[manifest["label"] == ""] = "empty label"
     if classes is not None:
         reasons[(reasons == "") & ~manifest["label"].isin(list(classes))] = "unknown label"
+    flag = manifest["anomaly"].str.strip().str.lower() if "anomaly" in manifest else pd.Series("", index=manifest.index)
+    reasons[(reasons == "") & ~flag.isin(ANOMALY_TRUE | ANOMALY_FALSE)] = "anomaly flag is not one of 1/0, true/false, yes/no"
     duplicated = manifest["image_id"].duplicated(keep="first")
     reasons[(reasons == "") & duplicated] = "duplicate image_id (first occurrence kept)"
     rejects = manifest.loc[reasons != "", ["image_id", "path", "label"]].assign(reason=reasons[reasons != ""])
@@ -60,6 +65,7 @@ def ingest_manifest(
     class_index = {name: i for i, name in enumerate(class_names)}
     with_masks = bool((candidates["mask"] != "").any())
     with_boxes = bool((candidates["box"] != "").any())
+    with_flags = bool((candidates["anomaly"] != "").any())
     rejected = [rejects]
     with atomic_path(target) as tmp, ThreadPoolExecutor(max(1, workers)) as pool:
         writer = ChunkedZarrWriter(tmp, chunk, attrs={"class_names": class_names})
@@ -70,7 +76,7 @@ def ingest_manifest(
                 rejected.append(rows.iloc[bad][["image_id", "path", "label"]].assign(reason=[str(decoded[i]) for i in bad]))
             if not kept:
                 continue
-            writer.add(_chunk_dataset(rows.iloc[kept], [decoded[i] for i in kept], class_index, size, with_masks, with_boxes))
+            writer.add(_chunk_dataset(rows.iloc[kept], [decoded[i] for i in kept], class_index, size, with_masks, with_boxes, with_flags))
         written = writer.close()
         if written == 0:
             raise ValueError("no image could be ingested: every row was rejected")
@@ -92,19 +98,21 @@ def _try_decode(row, size: int) -> DecodedImage | RejectedImage:
         return error
 
 
-def _chunk_dataset(rows: pd.DataFrame, decoded: list[DecodedImage], class_index: dict[str, int], size: int, with_masks: bool, with_boxes: bool) -> xr.Dataset:
+def _chunk_dataset(
+    rows: pd.DataFrame, decoded: list[DecodedImage], class_index: dict[str, int], size: int, with_masks: bool, with_boxes: bool, with_flags: bool
+) -> xr.Dataset:
     data = {"pixels": (("image", "channel", "y", "x"), np.stack([d.image for d in decoded]))}
     if with_masks:
         data["mask"] = (("image", "y", "x"), np.stack([d.mask if d.mask is not None else np.zeros((size, size), bool) for d in decoded]))
         data["has_mask"] = ("image", np.array([d.mask is not None for d in decoded]))
     if with_boxes:
         data["box"] = (("image", "corner"), np.stack([d.box if d.box is not None else np.full(4, np.nan) for d in decoded]).astype(np.float32))
-    return xr.Dataset(
-        data,
-        coords={
-            "image_id": ("image", rows["image_id"].to_numpy(str)),
-            "label": ("image", np.array([class_index[label] for label in rows["label"]], dtype=np.int64)),
-            "split": ("image", rows["split"].to_numpy(str)),
-            "channel": ["R", "G", "B"],
-        },
-    )
+    coords = {
+        "image_id": ("image", rows["image_id"].to_numpy(str)),
+        "label": ("image", np.array([class_index[label] for label in rows["label"]], dtype=np.int64)),
+        "split": ("image", rows["split"].to_numpy(str)),
+        "channel": ["R", "G", "B"],
+    }
+    if with_flags:
+        coords["flagged"] = ("image", rows["anomaly"].str.strip().str.lower().isin(ANOMALY_TRUE).to_numpy())
+    return xr.Dataset(data, coords=coords)

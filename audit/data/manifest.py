@@ -3,8 +3,9 @@
 A manifest has one row per image with columns ``path`` (absolute, or relative
 to the manifest's folder) and ``label`` (class name), and optionally
 ``image_id`` (default: the path relative to the root), ``split`` (default
-``audit``), ``mask`` (path of a mask image, non-zero = object) and ``box``
-(``x0 y0 x1 y1`` in pixels of the original image).
+``audit``), ``mask`` (path of a mask image, non-zero = object), ``box``
+(``x0 y0 x1 y1`` in pixels of the original image) and ``anomaly`` (a known
+anomaly: 1/true/yes, or 0/false/no/empty; it scores the anomaly ranking).
 """
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from pathlib import Path
 import pandas as pd
 
 REQUIRED_COLUMNS = ("path", "label")
-OPTIONAL_COLUMNS = ("image_id", "split", "mask", "box")
+OPTIONAL_COLUMNS = ("image_id", "split", "mask", "box", "anomaly")
+ANOMALY_TRUE = {"1", "true", "yes", "y"}
+ANOMALY_FALSE = {"0", "false", "no", "n", ""}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm"}
 
 
@@ -66,7 +69,7 @@ def normalise_manifest(table: pd.DataFrame, root: Path) -> pd.DataFrame:
     if "split" not in table:
         table["split"] = "audit"
     table["split"] = table["split"].replace("", "audit")
-    for column in ("mask", "box"):
+    for column in ("mask", "box", "anomaly"):
         if column not in table:
             table[column] = ""
     if "mask" in table:

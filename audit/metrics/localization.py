@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 import xarray as xr
-from sklearn.metrics import average_precision_score
 
 OTSU_BINS = 256
 
@@ -93,6 +92,8 @@ def iou(maps: np.ndarray, regions: np.ndarray, thresholds: list[float]) -> dict[
 
 def pixel_auprc(maps: np.ndarray, regions: np.ndarray) -> np.ndarray:
     """Average precision (M,) of each map's positive part as a score for its region's pixels."""
+    from sklearn.metrics import average_precision_score  # imported here: ≈ 1 s that most metrics jobs (no masks) do not need
+
     positive = _positive_normalised(maps)
     out = np.full(len(positive), np.nan)
     for i, (score, truth) in enumerate(zip(positive, regions)):

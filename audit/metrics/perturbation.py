@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
+import torch.nn.functional as F
 from torch import nn
 
 from audit.models.checkpoint import ModelMeta
@@ -36,10 +36,25 @@ def baseline_images(x: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "mean":
         return x.mean(dim=(2, 3), keepdim=True).expand_as(x)
     if kind == "blur":
-        sigma = x.shape[-1] / 8
-        kernel = 2 * int(round(3 * sigma)) + 1
-        return TF.gaussian_blur(x, kernel_size=[kernel, kernel], sigma=[sigma, sigma])
+        return gaussian_blur(x, sigma=x.shape[-1] / 8)
     raise ValueError(f"unknown baseline {kind!r}; choose one of {BASELINES}")
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of images (B, C, H, W), kernel 2·round(3σ) + 1, reflected borders.
+
+    The same values as ``torchvision.transforms.functional.gaussian_blur`` (tested), without
+    importing torchvision (≈ 1.5 s per job).
+    """
+    size = 2 * int(round(3 * sigma)) + 1
+    half = (size - 1) / 2
+    kernel = torch.exp(-0.5 * (torch.linspace(-half, half, size, device=x.device, dtype=x.dtype) / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    b, c, h, w = x.shape
+    planes = F.pad(x.reshape(b * c, 1, h, w), (size // 2,) * 4, mode="reflect")
+    planes = F.conv2d(planes, kernel.reshape(1, 1, 1, size))
+    planes = F.conv2d(planes, kernel.reshape(1, 1, size, 1))
+    return planes.reshape(b, c, h, w)
 
 
 def removal_masks(saliency: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:

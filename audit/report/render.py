@@ -24,7 +24,7 @@ class ReportInputs:
 
     Attributes:
         images: the image store; features: the feature store.
-        anomalies, pairs, similar, metrics, rejects: the stage tables; metrics_summary: the metrics' Dask summary.
+        anomalies, pairs, similar, metrics, rejects: the stage tables; metrics_summary: the metrics' Dask summary; anomaly_quality: AUROC/AP against flagged anomalies (empty without flags).
         reference: the reference store (which groups fell back to the pooled covariance).
         saliency: method name → saliency store.
         classifier_weight: (C, D) rows of the classifier, for the similarity heatmap; None without a head.
@@ -39,6 +39,7 @@ class ReportInputs:
     similar: pd.DataFrame
     metrics: pd.DataFrame
     metrics_summary: pd.DataFrame
+    anomaly_quality: pd.DataFrame
     rejects: pd.DataFrame
     reference: xr.Dataset
     saliency: dict[str, xr.Dataset]
@@ -107,7 +108,10 @@ def render_report(inputs: ReportInputs) -> str:
         ]
         grid = _grid(images, maps, "anomaly", ids, c, image_index, [f"#{r} {i}" for r, i in zip(top["rank"], ids)], columns)
         rows = [
-            {"rank": int(r.rank), "image_id": r.image_id, "score": f"{r.score:.1f}", "prediction": predicted(image_index[r.image_id]), "split": r.split}
+            {
+                "rank": int(r.rank), "image_id": r.image_id, "score": f"{r.score:.1f}", "prediction": predicted(image_index[r.image_id]),
+                "split": r.split, "flagged": bool(getattr(r, "flagged", False)),
+            }
             for r in top.itertuples()
         ]
         anomaly_sections.append({"name": name, "figure": grid, "rows": rows})
@@ -157,6 +161,9 @@ def render_report(inputs: ReportInputs) -> str:
         "nonfinite": {n: int(k) for n, k in zip(class_names, inputs.reference["class_nonfinite"].values) if k > 0},
         "score_figure": figures.score_distribution(inputs.anomalies.dropna(subset=["score"]), inputs.top_anomalies),
         "anomaly_sections": anomaly_sections,
+        "anomaly_quality": [
+            {**r, "auroc": _number(r["auroc"]), "average_precision": _number(r["average_precision"])} for r in inputs.anomaly_quality.to_dict("records")
+        ],
         "similarity_figure": similarity_figure,
         "confusion_figure": (
             figures.heatmap(confusion_counts(labels[held_out], predictions[held_out], len(class_names)), class_names, "confusions (held-out)", "d")
@@ -199,6 +206,10 @@ HEADLINE_METRICS = [
     (("iou", None, "otsu"), "IoU (Otsu) ↑"),
     (("pixel_auprc", None, ""), "pixel AUPRC ↑"),
 ]
+
+
+def _number(value: float) -> str:
+    return "—" if pd.isna(value) else f"{value:.3f}"
 
 
 def _cell(row: pd.Series) -> str:

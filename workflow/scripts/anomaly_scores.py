@@ -1,8 +1,10 @@
-"""Snakemake adapter: leave-one-out Mahalanobis anomaly scores within each class."""
-from audit.features import open_features
+"""Snakemake adapter: leave-one-out Mahalanobis anomaly scores within each class, and how well they find flagged anomalies."""
 import numpy as np
+import pandas as pd
 
 from audit.anomaly import anomaly_table
+from audit.features import open_features
+from audit.metrics.anomaly_quality import ranking_quality
 from audit.reference import LeaveOneOut
 from audit.runtime import configure
 from audit.storage import open_zarr, write_parquet
@@ -19,4 +21,9 @@ table = anomaly_table(
     LeaveOneOut(reference),
     [str(c) for c in features["class"].values],
 )
-write_parquet(table, snakemake.output[0])
+images = open_zarr(snakemake.input.images)
+if "flagged" in images.coords:
+    flags = pd.Series(images["flagged"].values.astype(bool), index=images["image_id"].values.astype(str))
+    table["flagged"] = table["image_id"].astype(str).map(flags).astype(bool)
+write_parquet(table, snakemake.output.anomalies)
+write_parquet(ranking_quality(table, snakemake.params.top), snakemake.output.quality)

@@ -39,14 +39,15 @@ def maps_for(rows: pd.DataFrame, explainer: ExplainerEngine | None) -> list:
     return plan_maps(rows, explainer, meta, images, features, reference, map_settings, concepts, settings["diffcam_centre"])
 
 
-maps = maps_for(plan, engine)
+# The contrast-class rows go in the same pass, so methods that share a need (Score-CAM's masked forwards) share it.
+swapped, has_contrast = class_contrast_plan(plan) if settings["class_sensitivity"] else (plan.iloc[:0], np.zeros(len(plan), bool))
+computed = maps_for(pd.concat([plan, swapped], ignore_index=True), engine)
+maps = computed[: len(plan)]
+contrast_maps = [None] * len(plan)
+for row, m in zip(np.flatnonzero(has_contrast), computed[len(plan) :]):
+    contrast_maps[row] = m
 if engine is not None:
     context["gradients"] = "closed form (pool + linear head)" if engine.closed_form else "autograd through the head side"
-contrast_maps = [None] * len(plan)
-if settings["class_sensitivity"]:
-    swapped, has_contrast = class_contrast_plan(plan)
-    for row, m in zip(np.flatnonzero(has_contrast), maps_for(swapped, engine)):
-        contrast_maps[row] = m
 randomised_maps = [None] * len(plan)
 if settings["sanity"] and on_model.any():
     random_engine = ExplainerEngine(randomised_head(model, settings["sanity_seed"]), meta.layer, images.shape[-2:])

@@ -11,7 +11,9 @@ from audit.storage import write_parquet
 configure(snakemake.log[0], snakemake.threads)
 settings = snakemake.params.dataset
 if settings["source"] == "digits":
-    dataset = load_digits_dataset(snakemake.params.image_size, settings["audit_fraction"], settings["seed"], settings["limit"])
+    dataset = load_digits_dataset(
+        snakemake.params.image_size, settings["audit_fraction"], settings["seed"], settings["limit"], settings["mislabel_fraction"]
+    )
     write_image_store(dataset, snakemake.output.images, chunk=settings["chunk"])
     rejects = pd.DataFrame(columns=REJECT_COLUMNS)
 else:

@@ -1,21 +1,28 @@
-"""Snakemake adapter: every metric of one method's maps."""
+"""Snakemake adapter: every metric of every method's maps (one job: the imports cost more than small audits' metrics), and their Dask summary."""
+from pathlib import Path
+
+import pandas as pd
+
 from audit.data.dataset import read_image_store
-from audit.metrics.evaluate import MetricSettings, evaluate_saliency
+from audit.metrics.evaluate import METRIC_COLUMNS, MetricSettings, evaluate_saliency
 from audit.metrics.localization import object_regions
+from audit.metrics.summary import SUMMARY_COLUMNS, summarise_metrics
 from audit.models.checkpoint import load_checkpoint
 from audit.runtime import configure
 from audit.storage import open_zarr, write_parquet
 
 device = configure(snakemake.log[0], snakemake.threads)
-model, meta = load_checkpoint(snakemake.input.checkpoint, device)
-table = evaluate_saliency(
-    model,
-    meta,
-    read_image_store(snakemake.input.images).images,
-    open_zarr(f"{snakemake.input.saliency}/{snakemake.wildcards.method}.zarr").load(),
-    snakemake.wildcards.method,
-    MetricSettings.from_config(snakemake.params.metrics),
-    device,
-    object_regions(open_zarr(snakemake.input.images)),
-)
-write_parquet(table, snakemake.output[0])
+config = snakemake.params.metrics
+tables = []
+if snakemake.params.methods:
+    model, meta = load_checkpoint(snakemake.input.checkpoint, device)
+    images = read_image_store(snakemake.input.images).images
+    regions = object_regions(open_zarr(snakemake.input.images))
+    settings = MetricSettings.from_config(config)
+    for method in snakemake.params.methods:
+        saliency = open_zarr(Path(snakemake.input.saliency) / f"{method}.zarr").load()
+        tables.append(evaluate_saliency(model, meta, images, saliency, method, settings, device, regions))
+metrics = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=METRIC_COLUMNS)
+write_parquet(metrics, snakemake.output.metrics)
+summary = summarise_metrics(metrics, config["bootstrap"], config["seed"]) if len(metrics) else pd.DataFrame(columns=SUMMARY_COLUMNS)
+write_parquet(summary, snakemake.output.summary)

@@ -21,6 +21,7 @@ inputs = ReportInputs(
     similar=pd.read_parquet(snakemake.input.similar),
     metrics=pd.read_parquet(snakemake.input.metrics),
     metrics_summary=pd.read_parquet(snakemake.input.metrics_summary),
+    anomaly_quality=pd.read_parquet(snakemake.input.anomaly_quality),
     rejects=pd.read_parquet(snakemake.input.rejects),
     reference=open_zarr(snakemake.input.reference)[["covariance", "class_nonfinite"]].load(),
     saliency={method: open_zarr(Path(snakemake.input.saliency) / f"{method}.zarr").load() for method in snakemake.params.methods},

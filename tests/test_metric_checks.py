@@ -5,7 +5,7 @@ import pytest
 import torch
 import xarray as xr
 
-from audit.explain.checks import class_contrast_plan, randomised_head
+from audit.explain.checks import class_contrast_plan, explains_the_head, randomised_head
 from audit.explain.store import saliency_dataset
 from audit.metrics.boxes import box_masks, pearson, random_boxes
 from audit.metrics.evaluate import MetricSettings, evaluate_saliency
@@ -139,6 +139,7 @@ def test_class_contrast_plan_swaps_target_and_compare():
     np.testing.assert_array_equal(has, [True, True, True, False, False])
     assert (swapped["target"] == 5).all() and (swapped["compare"] == 2).all()
     assert list(swapped.loc[1, "contrasts"]) == [2, 7] and swapped.loc[2, "reference"] == "others:5"
+    np.testing.assert_array_equal(explains_the_head(plan), [True, True, False, False, False])
 
 
 def test_randomised_head_changes_only_a_copy_of_the_classifier(trained):
@@ -187,3 +188,21 @@ def test_a_planted_truth_map_beats_gradcam_and_a_random_map_on_a_synthetic_task(
         scores[name] = table.groupby("metric")["value"].mean()
     assert scores["planted"]["deletion_auc"] < scores["gradcam"]["deletion_auc"] < scores["random"]["deletion_auc"]
     assert scores["planted"]["energy_pointing_game"] > scores["gradcam"]["energy_pointing_game"] > scores["random"]["energy_pointing_game"]
+
+
+@pytest.mark.parametrize("group", ["deletion", "insertion", "fidelity", "road", "class_sensitivity", "box_sensitivity"])
+def test_forwards_per_map_counts_the_images_each_group_sends_through_the_model(group):
+    """The benchmarks' bound divides forward throughput by this count: it must be what the metric runs."""
+    from audit.metrics.evaluate import forwards_per_map
+
+    class Counting(QuadrantModel):
+        seen = 0
+
+        def forward(self, x):
+            Counting.seen += len(x)
+            return super().forward(x)
+
+    maps = np.random.default_rng(0).random((3, 8, 8)).astype(np.float32)
+    settings = MetricSettings(steps=4, box_sizes=(0.25, 0.5), boxes_per_size=3, road_fractions=(0.2, 0.6), groups=(group,), batch_size=5)
+    evaluate_saliency(Counting(), META, np.full((1, 3, 8, 8), 200, np.uint8), _store(maps, contrast=list(maps[::-1])), "m", settings)
+    assert Counting.seen == 3 * forwards_per_map(group, settings)

@@ -9,8 +9,10 @@
   against a single class or the own class, concept CDAM) get none.
 * The sanity check (Adebayo et al. 2018) recomputes every model-based map
   with the classifier head re-initialised: a map that does not change does not
-  depend on what the model learned to classify. DiffCAM does not use the head;
-  its maps get none.
+  depend on what the model learned to classify. DiffCAM and concept CDAM do
+  not explain the head (DiffCAM reads stored activations, a concept lives on
+  the embedding before the head); their maps get none. Attention does not use
+  the head either but claims to explain the prediction: it is checked.
 """
 from __future__ import annotations
 
@@ -48,6 +50,11 @@ def class_contrast_plan(plan: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
             swapped.append({**row._asdict(), "target": compare, "compare": target})
         has[i] = True
     return pd.DataFrame(swapped, columns=plan.columns, index=np.flatnonzero(has)), has
+
+
+def explains_the_head(plan: pd.DataFrame) -> np.ndarray:
+    """(len(plan),) bool: the rows whose map is meant to explain the classifier's output (sanity-checked)."""
+    return (~plan["method"].isin(["diffcam", "cdam_concept"])).to_numpy()
 
 
 def randomised_head(model: nn.Module, seed: int) -> nn.Module:

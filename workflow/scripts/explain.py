@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 
 from audit.data.dataset import read_image_store
-from audit.explain.checks import class_contrast_plan, randomised_head
+from audit.explain.checks import class_contrast_plan, explains_the_head, randomised_head
 from audit.explain.compute import MapSettings, plan_maps
 from audit.explain.engine import ExplainerEngine
 from audit.explain.methods import method_attrs
@@ -49,9 +49,10 @@ for row, m in zip(np.flatnonzero(has_contrast), computed[len(plan) :]):
 if engine is not None:
     context["gradients"] = "closed form (pool + linear head)" if engine.closed_form else "autograd through the head side"
 randomised_maps = [None] * len(plan)
-if settings["sanity"] and on_model.any():
+checked = explains_the_head(plan)
+if settings["sanity"] and checked.any():
     random_engine = ExplainerEngine(randomised_head(model, settings["sanity_seed"]), meta.layer, images.shape[-2:])
-    for row, m in zip(np.flatnonzero(on_model), maps_for(plan[on_model], random_engine)):
+    for row, m in zip(np.flatnonzero(checked), maps_for(plan[checked], random_engine)):
         randomised_maps[row] = m
     context["sanity"] = f"classifier head re-initialised (seed {settings['sanity_seed']})"
 output = Path(snakemake.output[0])

@@ -25,14 +25,12 @@ The layer3 variants exercise the batched head-side VJP (no closed form).
 from __future__ import annotations
 
 import argparse
-import json
-import resource
-import subprocess
-import sys
 import time
 
 import numpy as np
 import torch
+
+from cases import print_case, run_cases  # benchmarks/cases.py (run from the repository root: python benchmarks/...)
 
 CASES = [
     "forward", "forward_cl", "forward_grad", "ours_gradcam", "package_gradcam", "ours_4x4", "package_4x4",
@@ -183,16 +181,10 @@ def main() -> None:
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
-        result = run_case(args.case, args.images, args.size, args.batch, args.device)
-        result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-        print(json.dumps(result))
+        print_case(run_case(args.case, args.images, args.size, args.batch, args.device))
         return
-    results = {}
-    for case in args.cases:
-        command = [sys.executable, __file__, "--case", case, "--images", str(args.images), "--size", str(args.size), "--batch", str(args.batch), "--device", args.device]
-        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-        results[case] = json.loads(output.strip().splitlines()[-1])
-        print(json.dumps(results[case]), flush=True)
+    options = ["--images", str(args.images), "--size", str(args.size), "--batch", str(args.batch), "--device", args.device]
+    results = run_cases(__file__, args.cases, options)
     rate = {case: r.get("images_per_s", r.get("maps_per_s")) for case, r in results.items()}
     ratios = {
         "4x4 ours / package (layer4)": ("ours_4x4", "package_4x4"),

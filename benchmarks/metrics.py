@@ -22,15 +22,13 @@ output_stride 8, channels-last as the metrics run CNNs), one run. Cases:
 from __future__ import annotations
 
 import argparse
-import json
-import resource
-import subprocess
-import sys
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from cases import print_case, run_cases  # benchmarks/cases.py (run from the repository root: python benchmarks/...)
 
 GROUPS = ["deletion", "insertion", "fidelity", "road", "class_sensitivity", "box_sensitivity"]
 CASES = ["forward", *[f"ours_{g}" for g in GROUPS], "package_road", "ours_imputation", "package_imputation"]
@@ -144,17 +142,10 @@ def main() -> None:
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
-        result = run_case(args.case, args.maps, args.size, args.batch, args.grey)
-        result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-        print(json.dumps(result))
+        print_case(run_case(args.case, args.maps, args.size, args.batch, args.grey))
         return
-    results = {}
-    for case in args.cases:
-        command = [sys.executable, __file__, "--case", case, "--maps", str(args.maps), "--size", str(args.size), "--batch", str(args.batch)]
-        command += ["--grey"] if args.grey else []
-        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-        results[case] = json.loads(output.strip().splitlines()[-1])
-        print(json.dumps(results[case]), flush=True)
+    options = ["--maps", str(args.maps), "--size", str(args.size), "--batch", str(args.batch)] + (["--grey"] if args.grey else [])
+    results = run_cases(__file__, args.cases, options)
     forward = results.get("forward", {}).get("images_per_s")
     for group in GROUPS:
         r = results.get(f"ours_{group}")

@@ -44,8 +44,7 @@ def screen_rows(manifest: pd.DataFrame, classes: Sequence[str] | None) -> tuple[
     reasons[manifest["label"] == ""] = "empty label"
     if classes is not None:
         reasons[(reasons == "") & ~manifest["label"].isin(list(classes))] = "unknown label"
-    flag = manifest["anomaly"].str.strip().str.lower() if "anomaly" in manifest else pd.Series("", index=manifest.index)
-    reasons[(reasons == "") & ~flag.isin(ANOMALY_TRUE | ANOMALY_FALSE)] = "anomaly flag is not one of 1/0, true/false, yes/no"
+    reasons[(reasons == "") & ~manifest["anomaly"].isin(ANOMALY_TRUE | ANOMALY_FALSE)] = "anomaly flag is not one of 1/0, true/false, yes/no"
     duplicated = manifest["image_id"].duplicated(keep="first")
     reasons[(reasons == "") & duplicated] = "duplicate image_id (first occurrence kept)"
     rejects = manifest.loc[reasons != "", ["image_id", "path", "label"]].assign(reason=reasons[reasons != ""])
@@ -57,7 +56,7 @@ def screen_rows(manifest: pd.DataFrame, classes: Sequence[str] | None) -> tuple[
 def ingest_manifest(
     manifest: pd.DataFrame, target: str | os.PathLike, size: int, classes: Sequence[str] | None = None, chunk: int = 256, workers: int = 4
 ) -> pd.DataFrame:
-    """Decode the manifest's images into ``images.zarr`` at ``target``; return the rejects table.
+    """Decode the manifest's images (a table from ``audit.data.manifest``: normalised) into ``images.zarr`` at ``target``; return the rejects table.
 
     Raises ``ValueError`` only when no image at all can be ingested.
     """
@@ -114,5 +113,5 @@ def _chunk_dataset(
         "channel": ["R", "G", "B"],
     }
     if with_flags:
-        coords["flagged"] = ("image", rows["anomaly"].str.strip().str.lower().isin(ANOMALY_TRUE).to_numpy())
+        coords["flagged"] = ("image", rows["anomaly"].isin(ANOMALY_TRUE).to_numpy())
     return xr.Dataset(data, coords=coords)

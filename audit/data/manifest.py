@@ -75,6 +75,7 @@ def normalise_manifest(table: pd.DataFrame, root: Path) -> pd.DataFrame:
     if "mask" in table:
         table["mask"] = [str(m if m == "" or Path(m).is_absolute() else root / m) for m in table["mask"]]
     table["label"] = table["label"].str.strip()
+    table["anomaly"] = table["anomaly"].str.strip().str.lower()
     return table[list(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)].reset_index(drop=True)
 
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from audit.explain.methods import REFERENCE, method
+from audit.models.checkpoint import classifier_module
 
 
 def class_contrast_plan(plan: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
@@ -62,13 +63,13 @@ def randomised_head(model: nn.Module, seed: int) -> nn.Module:
 
     Raises ValueError for a model without a classifier module.
     """
-    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if not isinstance(classifier, nn.Module) or not any(True for _ in classifier.parameters()):
+    classifier = classifier_module(model)
+    if classifier is None or not any(True for _ in classifier.parameters()):
         raise ValueError("the sanity check re-initialises the classifier head; this model has none")
     copied = copy.deepcopy(model)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for module in copied.get_classifier().modules():
+        for module in classifier_module(copied).modules():
             for name, parameter in module.named_parameters(recurse=False):
                 if name == "bias":
                     parameter.zero_()

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from audit.explain.methods import slots
+from audit.models.checkpoint import classifier_module
 from audit.models.memory_format import as_channels_last, use_channels_last
 from audit.models.tokens import as_map, token_layout
 
@@ -111,8 +112,7 @@ class ExplainerEngine:
         return as_map(output, self.layout)
 
     def _classifier(self) -> nn.Module | None:
-        classifier = self.model.get_classifier() if hasattr(self.model, "get_classifier") else None
-        return classifier if isinstance(classifier, nn.Module) else None
+        return classifier_module(self.model)
 
     def layer_pass(self, x: torch.Tensor, gradients: bool) -> LayerPass:
         """Run the model once on ``x`` (B, 3, H, W); with ``gradients``, keep what the head-side VJPs need."""

@@ -37,7 +37,7 @@ def summarise_metrics(metrics: pd.DataFrame | dd.DataFrame, resamples: int = 100
     """Per-method overall and per-class means with 95 % bootstrap intervals (``SUMMARY_COLUMNS``).
 
     Args:
-        metrics: the long metric table (pandas, or a Dask frame, e.g. ``dd.read_parquet`` of the per-method tables).
+        metrics: the long metric table (pandas, or a Dask frame, e.g. ``dd.read_parquet("metrics.parquet")``).
     """
     frame = metrics if isinstance(metrics, dd.DataFrame) else dd.from_pandas(metrics, npartitions=max(1, len(metrics) // 200_000 + 1))
     frame = frame[SUMMARY_KEYS + ["target", "value"]].assign(fraction=frame["fraction"].fillna(-1.0))

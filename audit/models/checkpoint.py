@@ -54,6 +54,12 @@ def build_model(meta: ModelMeta) -> nn.Module:
     return model
 
 
+def classifier_module(model: nn.Module) -> nn.Module | None:
+    """The model's classifier (timm ``get_classifier()``), or None for a model without one."""
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    return classifier if isinstance(classifier, nn.Module) else None
+
+
 def save_checkpoint(model: nn.Module, meta: ModelMeta, path: str | os.PathLike) -> None:
     """Write the model's weights and ``meta`` to ``path`` (atomic)."""
     payload = {"state_dict": model.state_dict(), "meta": _plain(asdict(meta))}

@@ -19,19 +19,33 @@ def _smooth(shape, seed):
     return F.avg_pool2d(torch.rand(shape, generator=torch.Generator().manual_seed(seed)), 5, 1, 2)
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["cpu-kernel", "torch"])
 @pytest.mark.parametrize("size", [(24, 24), (17, 30)])
-def test_imputation_matches_the_reference_sparse_solve(size):
-    """Same masks, noise off: the batched CG solve equals the reference's per-image spsolve."""
+def test_imputation_matches_the_reference_sparse_solve(size, compiled):
+    """Same masks, noise off: both CG solves (compiled CPU kernel, batched torch) equal the reference's per-image spsolve."""
     images = _smooth((12, 3, *size), 0)
     saliency = _smooth((12, 1, *size), 1)[:, 0]
     fractions = torch.tensor([0.1, 0.5, 0.9])
     removed = torch.cat([removal_masks(saliency[:4], fractions), removal_masks(-saliency[4:8], fractions), removal_masks(saliency[8:], fractions)])
     removed = removed.reshape(-1, *size)
     repeated = images.repeat_interleave(3, dim=0)
-    ours = linear_imputation(repeated, removed)
+    ours = linear_imputation(repeated, removed, compiled=compiled)
     reference = torch.stack([NoisyLinearImputer(noise=0.0)(repeated[i], (~removed[i]).float()) for i in range(len(removed))])
     assert (ours - reference).abs().max() < 1e-3
     torch.testing.assert_close(ours[~removed[:, None].expand_as(ours)], repeated[~removed[:, None].expand_as(ours)])
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["cpu-kernel", "torch"])
+def test_a_mixed_batch_solves_greyscale_images_once_and_each_image_on_its_own(compiled):
+    """Grey (equal-channel) and RGB images in one batch: each equals its own solve, grey ones stay grey."""
+    images = _smooth((4, 3, 20, 20), 2)
+    images[1:3] = images[1:3, :1].clone().expand(-1, 3, -1, -1)
+    removed = _smooth((4, 1, 20, 20), 3)[:, 0] > 0.5
+    batch = linear_imputation(images, removed, compiled=compiled)
+    for i in range(4):
+        alone = linear_imputation(images[i : i + 1], removed[i : i + 1], compiled=compiled)[0]
+        torch.testing.assert_close(batch[i], alone)
+    torch.testing.assert_close(batch[1:3], batch[1:3, :1].expand(-1, 3, -1, -1))
 
 
 def test_noise_only_on_imputed_pixels_and_a_fully_removed_image_is_refused():

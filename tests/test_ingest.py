@@ -143,3 +143,19 @@ def test_planted_mislabels_in_the_digits_are_flagged():
     assert (planted.labels[planted.flagged] != clean.labels[planted.flagged]).all()
     assert (planted.labels[~planted.flagged] == clean.labels[~planted.flagged]).all()
     assert set(planted.split[planted.flagged]) == {"audit"}
+
+
+def test_digit_ink_masks_reach_the_store_as_object_regions(tmp_path):
+    """The demo's masks are the strokes: stored like manifest masks, read back by the metrics' object_regions."""
+    from audit.data.dataset import write_image_store
+    from audit.data.digits import INK_THRESHOLD, load_digits_dataset
+    from audit.metrics.localization import object_regions
+    from audit.storage import open_zarr
+
+    digits = load_digits_dataset(16, 0.3, seed=0, limit=40, ink_masks=True)
+    assert load_digits_dataset(16, 0.3, seed=0, limit=40).masks is None
+    write_image_store(digits, tmp_path / "images.zarr", chunk=16)
+    regions, valid = object_regions(open_zarr(tmp_path / "images.zarr"))
+    assert valid.all() and (regions == (digits.images[:, 0] >= INK_THRESHOLD)).all()
+    coverage = regions.mean(axis=(1, 2))
+    assert (coverage > 0.05).all() and (coverage < 0.6).all()

@@ -111,7 +111,7 @@ def test_end_to_end_artefacts_are_well_formed(tiny_audit):
     assert set(metrics["metric"]) == {
         "deletion_curve", "deletion_auc", "insertion_curve", "insertion_auc", "mif_auc", "lif_auc", "fidelity", "relative_confidence_drop",
         "road_morf", "road_lerf", "road_morf_mean", "road_lerf_mean", "road_combined", "class_sensitivity", "box_sensitivity",
-        "box_sensitivity_mean", "compactness", "sanity_similarity",
+        "box_sensitivity_mean", "compactness", "sanity_similarity", "energy_pointing_game", "iou", "pixel_auprc",
     }
     assert set(metrics["method"]) == methods
     assert set(metrics.loc[metrics["metric"] == "relative_confidence_drop", "fraction"]) == {0.05, 0.1}
@@ -125,6 +125,11 @@ def test_end_to_end_artefacts_are_well_formed(tiny_audit):
     gradcam_maps = open_zarr(results / "saliency" / "gradcam.zarr")["image_map"].values.astype(np.float32)
     assert sanity.count()["diffcam"] == 0 and sanity.count()["gradcam"] == (np.ptp(gradcam_maps, axis=(1, 2)) > 0).sum() > 0
     assert metrics.loc[metrics["metric"] == "sanity_similarity", "value"].dropna().between(-1, 1).all()
+    localization = metrics[metrics["metric"].isin(["energy_pointing_game", "iou", "pixel_auprc"])]  # the digits' ink masks
+    assert localization["value"].dropna().between(0, 1).all()
+    gradcam_pointing = localization.loc[(localization["method"] == "gradcam") & (localization["metric"] == "energy_pointing_game"), "value"]
+    assert gradcam_pointing.notna().sum() == (gradcam_maps.max(axis=(1, 2)) > 0).sum() > 0  # undefined for a map with no positive value
+    assert set(localization.loc[localization["metric"] == "iou", "parameter"]) >= {"otsu"}
     summary = pd.read_parquet(results / "metrics_summary.parquet")
     assert set(summary["level"]) == {"overall", "class"}
     overall = summary[(summary["level"] == "overall") & (summary["metric"] == "deletion_auc")].set_index("variant")
@@ -139,6 +144,7 @@ def test_end_to_end_artefacts_are_well_formed(tiny_audit):
     assert "Intra-class anomaly ranking" in html and "Class-pair discrimination" in html and "Method quality" in html
     assert "data:image/png;base64," in html and 'src="http' not in html
     assert "ROAD combined" in html and "class sensitivity" in html and "Known anomalies" in html
+    assert "energy pointing game" in html
 
 
 def test_vit_audit_end_to_end(tmp_path):

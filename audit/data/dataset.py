@@ -2,7 +2,9 @@
 
 Store layout: ``pixels`` (uint8, dims image × channel × y × x) with
 coordinates ``image_id``, ``label`` (class index), ``split``; the class names
-are in ``attrs["class_names"]`` (index = class index).
+are in ``attrs["class_names"]`` (index = class index). Optional: a
+``flagged`` coordinate (known anomalies) and object masks ``mask`` (image, y, x)
+with ``has_mask`` (image).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ class ImageDataset:
         image_ids: str array (N,), unique.
         class_names: list of C names.
         flagged: bool array (N,) of known anomalies, or None when none are known.
+        masks: bool array (N, H, W) of object masks (True = object), or None.
     """
 
     images: np.ndarray
@@ -35,6 +38,7 @@ class ImageDataset:
     image_ids: np.ndarray
     class_names: list[str]
     flagged: np.ndarray | None = None
+    masks: np.ndarray | None = None
 
     def to_xarray(self, chunk: int) -> xr.Dataset:
         """The dataset as an xarray Dataset chunked by ``chunk`` images."""
@@ -50,6 +54,9 @@ class ImageDataset:
         )
         if self.flagged is not None:
             ds = ds.assign_coords(flagged=("image", self.flagged.astype(bool)))
+        if self.masks is not None:  # the layout of manifest masks (audit.data.ingest)
+            ds["mask"] = (("image", "y", "x"), self.masks.astype(bool))
+            ds["has_mask"] = ("image", np.ones(len(self.masks), dtype=bool))
         return ds.chunk({"image": chunk})
 
 

@@ -12,9 +12,16 @@ from sklearn.datasets import load_digits
 
 from audit.data.dataset import ImageDataset
 
+INK_THRESHOLD = 128  # of 255: a pixel at half intensity or more is ink
+
 
 def load_digits_dataset(
-    image_size: int, audit_fraction: float, seed: int, limit: int | None = None, mislabel_fraction: float = 0.0
+    image_size: int,
+    audit_fraction: float,
+    seed: int,
+    limit: int | None = None,
+    mislabel_fraction: float = 0.0,
+    ink_masks: bool = False,
 ) -> ImageDataset:
     """Load the digits as an :class:`ImageDataset`.
 
@@ -27,6 +34,8 @@ def load_digits_dataset(
         mislabel_fraction: share of the ``audit`` split given a wrong label (a
             random other class) and flagged as known anomalies: planted label
             noise that the anomaly ranking should find. 0 = none, no flags.
+        ink_masks: give every image an object mask, its ink: the upsampled
+            pixels at half intensity or more (``INK_THRESHOLD``).
     """
     digits = load_digits()
     raw = digits.images.astype(np.float32) / 16.0  # (N, 8, 8) in [0, 1]
@@ -41,6 +50,7 @@ def load_digits_dataset(
     resized = F.interpolate(tensor, size=(image_size, image_size), mode="bilinear", align_corners=False)
     grey = (resized.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
     images = np.repeat(grey, 3, axis=1)  # (N, 3, H, W)
+    masks = grey[:, 0] >= INK_THRESHOLD if ink_masks else None
 
     audit_index = _stratified_sample(labels, int(round(audit_fraction * len(labels))), rng)
     split = np.full(len(labels), "train", dtype=object)
@@ -59,6 +69,7 @@ def load_digits_dataset(
         image_ids=np.array([f"digits-{i:04d}" for i in keep]),
         class_names=[str(c) for c in digits.target_names],
         flagged=flagged,
+        masks=masks,
     )
 
 

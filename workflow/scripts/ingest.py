@@ -12,7 +12,8 @@ configure(snakemake.log[0], snakemake.threads)
 settings = snakemake.params.dataset
 if settings["source"] == "digits":
     dataset = load_digits_dataset(
-        snakemake.params.image_size, settings["audit_fraction"], settings["seed"], settings["limit"], settings["mislabel_fraction"]
+        snakemake.params.image_size, settings["audit_fraction"], settings["seed"], settings["limit"], settings["mislabel_fraction"],
+        settings["ink_masks"],
     )
     write_image_store(dataset, snakemake.output.images, chunk=settings["chunk"])
     rejects = pd.DataFrame(columns=REJECT_COLUMNS)

@@ -5,7 +5,7 @@ import pytest
 import torch
 import xarray as xr
 
-from audit.explain.checks import class_contrast_plan, explains_the_head, randomised_head
+from audit.explain.checks import class_contrast_plan, explains_the_head, last_block, randomised_model
 from audit.explain.store import saliency_dataset
 from audit.metrics.boxes import box_masks, pearson, random_boxes
 from audit.metrics.evaluate import MetricSettings, evaluate_saliency
@@ -142,16 +142,34 @@ def test_class_contrast_plan_swaps_target_and_compare():
     np.testing.assert_array_equal(explains_the_head(plan), [True, True, False, False, False])
 
 
-def test_randomised_head_changes_only_a_copy_of_the_classifier(trained):
-    model, _ = trained
+def test_randomisation_changes_only_a_copy_of_the_head_or_the_head_and_the_last_block(trained):
+    model, meta = trained
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    copy = randomised_head(model, seed=0)
+    head, described = randomised_model(model, seed=0)
+    block, described_block = randomised_model(model, seed=0, scope="last_block", layer=meta.layer)
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, before[key])
-    changed = {k for k, v in copy.state_dict().items() if not torch.equal(v, before[k])}
+    changed = {k for k, v in head.state_dict().items() if not torch.equal(v, before[k])}
     assert changed == {"fc.weight", "fc.bias"} or changed == {"fc.weight"}
+    assert described == "classifier head re-initialised (seed 0)"
+    changed = {k.split(".")[0] + "." + k.split(".")[1] for k, v in block.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"fc.weight", "fc.bias", "layer4.0"} and described_block.startswith("classifier head and block layer4.0")
+    with torch.no_grad():  # the randomised block still passes a sane signal: no NaN, no collapse
+        out = block(torch.rand(4, 3, 32, 32))
+    assert torch.isfinite(out).all() and out.std() > 0
     with pytest.raises(ValueError, match="no"):
-        randomised_head(torch.nn.Conv2d(3, 3, 1), seed=0)
+        randomised_model(torch.nn.Conv2d(3, 3, 1), seed=0)
+    with pytest.raises(ValueError, match="scope"):
+        randomised_model(model, seed=0, scope="everything")
+
+
+def test_last_block_is_the_block_that_holds_the_explained_layer():
+    import timm
+
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=3, num_classes=4)
+    resnet = timm.create_model("resnet10t", num_classes=4)
+    assert last_block(resnet, "layer4") == "layer4.0" and last_block(resnet, "layer3.0.conv2") == "layer3.0"
+    assert last_block(vit, "blocks.2.norm1") == "blocks.2" and last_block(vit, "head") == "head"
 
 
 def test_a_planted_truth_map_beats_gradcam_and_a_random_map_on_a_synthetic_task():

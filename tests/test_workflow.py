@@ -165,6 +165,9 @@ def test_vit_audit_end_to_end(tmp_path):
     assert (attention >= 0).all() and (attention.sum(axis=(1, 2)) <= 1.001).all()
     html = (tmp_path / "reports" / "tiny_vit.html").read_text()
     assert "cdam_integrated" in html and "attention" in html  # the method-quality table lists every method
+    sanity = pd.read_parquet(results / "metrics.parquet").query("metric == 'sanity_similarity'")
+    assert set(sanity["order"]) == {"classifier head and block blocks.1 re-initialised (seed 0)"}
+    assert (sanity.groupby("method")["value"].count()[["cdam", "attention", "gradcam"]] > 0).all()
 
 
 def test_rerun_has_nothing_to_do(tiny_audit):

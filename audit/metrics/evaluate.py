@@ -165,7 +165,10 @@ def evaluate_saliency(
     if "localization" in groups and regions is not None:
         _localization_metrics(table, maps, regions[0][index], regions[1][index], settings)
     if "sanity" in groups and "randomised_map" in saliency:
-        table.add(rank_similarity(maps, saliency["randomised_map"].values), "sanity_similarity", score="saliency", order="randomised classifier head")
+        table.add(
+            rank_similarity(maps, saliency["randomised_map"].values), "sanity_similarity", score="saliency",
+            order=saliency.attrs.get("sanity", "classifier head re-initialised"),
+        )
     base = pd.DataFrame(
         {
             "method": method,

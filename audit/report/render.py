@@ -201,7 +201,7 @@ HEADLINE_METRICS = [
     (("class_sensitivity", None, ""), "class sensitivity ↑"),
     (("box_sensitivity_mean", None, ""), "box sensitivity ↑"),
     (("compactness", None, ""), "compactness ↑"),
-    (("sanity_similarity", None, ""), "similarity after head randomisation ↓"),
+    (("sanity_similarity", None, ""), "similarity after randomisation ↓"),
     (("energy_pointing_game", None, ""), "energy pointing game ↑"),
     (("iou", None, "otsu"), "IoU (Otsu) ↑"),
     (("pixel_auprc", None, ""), "pixel AUPRC ↑"),

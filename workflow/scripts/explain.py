@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 
 from audit.data.dataset import read_image_store
-from audit.explain.checks import class_contrast_plan, explains_the_head, randomised_head
+from audit.explain.checks import class_contrast_plan, explains_the_head, randomised_model
 from audit.explain.compute import MapSettings, plan_maps
 from audit.explain.engine import ExplainerEngine
 from audit.explain.methods import method_attrs
@@ -51,10 +51,10 @@ if engine is not None:
 randomised_maps = [None] * len(plan)
 checked = explains_the_head(plan)
 if settings["sanity"] and checked.any():
-    random_engine = ExplainerEngine(randomised_head(model, settings["sanity_seed"]), meta.layer, images.shape[-2:])
+    randomised, context["sanity"] = randomised_model(model, settings["sanity_seed"], settings["sanity_scope"], meta.layer)
+    random_engine = ExplainerEngine(randomised, meta.layer, images.shape[-2:])
     for row, m in zip(np.flatnonzero(checked), maps_for(plan[checked], random_engine)):
         randomised_maps[row] = m
-    context["sanity"] = f"classifier head re-initialised (seed {settings['sanity_seed']})"
 output = Path(snakemake.output[0])
 output.mkdir(parents=True, exist_ok=True)
 for name in snakemake.params.methods:

@@ -24,12 +24,20 @@ def dataset_inputs(wildcards):
     return [dataset["path"]] if dataset["source"] == "manifest" else []
 
 
-def feature_shards(wildcards):
-    """The audit's feature shard stores; their number follows from the ingested image count."""
+def audit_shard_ranges(wildcards):
+    """[start, stop) image ranges of the audit's feature shards; their number follows from the ingested image count."""
     images = checkpoints.ingest.get(audit=wildcards.audit).output.images
-    shard_size = audit_config(wildcards)["features"]["shard_size"]
-    ranges = shard_ranges(image_count(images), shard_size)
-    return [f"results/{wildcards.audit}/features/shard-{start // shard_size:05d}.zarr" for start, _ in ranges]
+    return shard_ranges(image_count(images), audit_config(wildcards)["features"]["shard_size"])
+
+
+def feature_shards(wildcards):
+    """The audit's feature shard stores."""
+    return [f"results/{wildcards.audit}/features/shard-{shard:05d}.zarr" for shard in range(len(audit_shard_ranges(wildcards)))]
+
+
+def shard_range(wildcards):
+    """[start, stop) of this shard's images."""
+    return audit_shard_ranges(wildcards)[int(wildcards.shard)]
 
 
 def image_size(wildcards):

@@ -5,8 +5,7 @@ rule extract_features:
     output:
         directory("results/{audit}/features/shard-{shard}.zarr"),
     params:
-        start=lambda wildcards: int(wildcards.shard) * audit_config(wildcards)["features"]["shard_size"],
-        stop=lambda wildcards: (int(wildcards.shard) + 1) * audit_config(wildcards)["features"]["shard_size"],
+        image_range=shard_range,
         features=lambda wildcards: audit_config(wildcards)["features"],
         chunk=lambda wildcards: audit_config(wildcards)["dataset"]["chunk"],
     resources:

@@ -9,12 +9,13 @@ model, meta = load_checkpoint(snakemake.input.checkpoint, device)
 workers = settings["loader_workers"]
 if workers == "auto":
     workers = 0 if device == "cpu" else 4
+start, stop = snakemake.params.image_range
 extract_shard(
     model,
     meta,
     snakemake.input.images,
-    snakemake.params.start,
-    snakemake.params.stop,
+    start,
+    stop,
     snakemake.output[0],
     batch_size=settings["batch_size"],
     chunk=snakemake.params.chunk,

@@ -3,7 +3,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from audit.data.dataset import read_image_store
 from audit.metrics.evaluate import METRIC_COLUMNS, MetricSettings, evaluate_saliency
 from audit.metrics.localization import object_regions
 from audit.metrics.summary import SUMMARY_COLUMNS, summarise_metrics
@@ -16,8 +15,9 @@ config = snakemake.params.metrics
 tables = []
 if snakemake.params.methods:
     model, meta = load_checkpoint(snakemake.input.checkpoint, device)
-    images = read_image_store(snakemake.input.images).images
-    regions = object_regions(open_zarr(snakemake.input.images))
+    store = open_zarr(snakemake.input.images)
+    images = store["pixels"].values
+    regions = object_regions(store)  # masks and boxes, where the store has them
     settings = MetricSettings.from_config(config)
     for method in snakemake.params.methods:
         saliency = open_zarr(Path(snakemake.input.saliency) / f"{method}.zarr").load()

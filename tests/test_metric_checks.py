@@ -118,6 +118,7 @@ def test_sanity_and_localization_rows_through_evaluate(tmp_path):
     sanity = table[table["metric"] == "sanity_similarity"]["value"].to_numpy()
     assert sanity[0] == pytest.approx(1.0) and np.isnan(sanity[1])
     assert {"energy_pointing_game", "iou", "pixel_auprc", "compactness"} <= set(table["metric"])
+    assert (table.loc[table["metric"] == "region_share", "value"] == 0.5).all()  # the top half: a uniform map's pointing game
     # conventions survive the parquet round trip
     path = tmp_path / "m.parquet"
     table.to_parquet(path)

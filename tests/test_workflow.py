@@ -112,6 +112,7 @@ def test_end_to_end_artefacts_are_well_formed(tiny_audit):
         "deletion_curve", "deletion_auc", "insertion_curve", "insertion_auc", "mif_auc", "lif_auc", "fidelity", "relative_confidence_drop",
         "road_morf", "road_lerf", "road_morf_mean", "road_lerf_mean", "road_combined", "class_sensitivity", "box_sensitivity",
         "box_sensitivity_mean", "compactness", "sanity_similarity", "energy_pointing_game", "iou", "pixel_auprc",
+        "region_share",
     }
     assert set(metrics["method"]) == methods
     assert set(metrics.loc[metrics["metric"] == "relative_confidence_drop", "fraction"]) == {0.05, 0.1}

@@ -20,7 +20,9 @@ box_sensitivity    per box side and the mean over sides: Pearson r between     |
                    when each box is blurred
 compactness        share of pixels below 5 % of the peak magnitude             0
 localization       energy_pointing_game, iou (per threshold and Otsu),         0
-                   pixel_auprc, where the image has a mask or box
+                   pixel_auprc, where the image has a mask or box; and
+                   region_share, the region's share of the image (the
+                   energy pointing game of a uniform map: chance level)
 sanity             Spearman r of the map and its randomised-head map           0
 =================  ==========================================================  ===================
 """
@@ -296,6 +298,7 @@ def _localization_metrics(table: _Table, maps: np.ndarray, regions: np.ndarray, 
 
     with np.errstate(invalid="ignore", divide="ignore"):
         table.add(only_with_region(energy_pointing_game(maps, regions)), "energy_pointing_game", score="saliency")
+        table.add(only_with_region(regions.mean(axis=(1, 2))), "region_share", score="region")
         for name, values in iou(maps, regions, list(settings.iou_thresholds)).items():
             table.add(only_with_region(values), "iou", parameter="otsu" if name == "otsu" else f"threshold {name}", score="saliency")
         table.add(only_with_region(pixel_auprc(maps, regions)), "pixel_auprc", score="saliency")

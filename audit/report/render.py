@@ -203,6 +203,7 @@ HEADLINE_METRICS = [
     (("compactness", None, ""), "compactness ↑"),
     (("sanity_similarity", None, ""), "similarity after randomisation ↓"),
     (("energy_pointing_game", None, ""), "energy pointing game ↑"),
+    (("region_share", None, ""), "chance: object share of the image"),
     (("iou", None, "otsu"), "IoU (Otsu) ↑"),
     (("pixel_auprc", None, ""), "pixel AUPRC ↑"),
 ]

@@ -2,7 +2,8 @@
 
 The score of image i of class c is the squared Mahalanobis distance of its
 embedding z_i to the OAS-shrunk Gaussian of class c *without* image i
-(leave-one-out from the class sufficient statistics). Small classes use the
+(leave-one-out from the class sufficient statistics, in closed form per
+class: ``LeaveOneOut.member_scores``). Small classes use the
 pooled within-class covariance (``pooled`` is True); the only image of a
 class, and an image with NaN or infinite features (left out of the
 statistics), get a NaN score, ranked last.
@@ -40,12 +41,9 @@ def anomaly_table(
     shrinkage = np.full(len(labels), np.nan)
     pooled = np.zeros(len(labels), bool)
     finite = np.isfinite(embedding).all(axis=1)
-    by_class = np.flatnonzero(finite)[np.argsort(labels[finite], kind="stable")]  # one class's statistics loaded at a time
-    for i in tqdm(by_class, desc="anomaly", unit="img", mininterval=2):
-        group = leave_one_out.group(labels[i], embedding[i])
-        if group is not None:
-            scores[i] = group.mahalanobis_squared(embedding[i])[0]
-            shrinkage[i], pooled[i] = group.shrinkage, group.pooled
+    for label in tqdm(np.unique(labels[finite]), desc="anomaly", unit="class", mininterval=2):  # one class's statistics at a time
+        members = np.flatnonzero(finite & (labels == label))
+        scores[members], shrinkage[members], pooled[members] = leave_one_out.member_scores(int(label), embedding[members])
     table = pd.DataFrame(
         {
             "image_id": image_ids,

@@ -313,6 +313,51 @@ class LeaveOneOut:
         outer = self._outer(int(label))
         return group_gaussian(self.count[label] - 1, self.total[label] - z, outer - np.outer(z, z), self.pooled, self.min_images)
 
+    def member_scores(self, label: int, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each member against its class without it: (score, λ, pooled), each (M,), for members z (M, K).
+
+        score_i = (z_i − μ₋ᵢ)ᵀ S₋ᵢ⁻¹ (z_i − μ₋ᵢ), S₋ᵢ the OAS-shrunk covariance of
+        the class without member i (``group``). Where the class keeps its own
+        covariance, in closed form from one eigendecomposition E = V Λ Vᵀ of
+        the class's ML covariance instead of one factorisation per member: with
+        n members, d = z_i − μ, a = n/(n−1), b = n/(n−1)²,
+        E₋ᵢ = a E − b d dᵀ; its trace and squared Frobenius norm give OAS's λ₋ᵢ
+        and μ₋ᵢ, so S₋ᵢ = V D Vᵀ − c d dᵀ with D = (1−λ) a Λ + λ μ I and
+        c = (1−λ) b, and by Sherman–Morrison, with u = Vᵀ d and q = Σ u²/D,
+        score_i = (n/(n−1))² · q / (1 − c q). O(K³) per class, O(K²) per member.
+        Members of classes too small for that take ``group`` (pooled or none: NaN).
+        """
+        z = np.atleast_2d(np.asarray(z, dtype=np.float64))
+        count = float(self.count[label])
+        scores, shrinkage, pooled = np.full(len(z), np.nan), np.full(len(z), np.nan), np.zeros(len(z), bool)
+        closed = np.zeros(len(z), bool)
+        if count - 1 >= max(self.min_images, 2):
+            k = z.shape[1]
+            mean = self.total[label] / count
+            empirical = self._outer(int(label)) / count - np.outer(mean, mean)
+            eigenvalues, vectors = np.linalg.eigh((empirical + empirical.T) / 2)
+            a, b = count / (count - 1), count / (count - 1) ** 2
+            d = z - mean
+            u = d @ vectors
+            squared_norm = (d**2).sum(axis=1)
+            trace = a * eigenvalues.sum() - b * squared_norm
+            frobenius = a**2 * (eigenvalues**2).sum() - 2 * a * b * (u**2 * eigenvalues).sum(axis=1) + b**2 * squared_norm**2
+            mu, alpha = trace / k, frobenius / k**2
+            denominator = count * (alpha - mu**2 / k)  # OAS with count − 1 images: (count − 1 + 1) · (…)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                lam = np.where(denominator == 0, 1.0, np.minimum((alpha + mu**2) / denominator, 1.0))
+                diagonal = (1 - lam)[:, None] * a * eigenvalues + (lam * mu)[:, None]
+                q = (u**2 / diagonal).sum(axis=1)
+                remainder = 1 - (1 - lam) * b * q
+            closed = (diagonal > 0).all(axis=1) & (remainder > 0)  # S₋ᵢ positive definite, as it is in exact arithmetic
+            scores[closed] = a**2 * q[closed] / remainder[closed]
+            shrinkage[closed] = lam[closed]
+        for i in np.flatnonzero(~closed):
+            group = self.group(label, z[i])
+            if group is not None:
+                scores[i], shrinkage[i], pooled[i] = group.mahalanobis_squared(z[i])[0], group.shrinkage, group.pooled
+        return scores, shrinkage, pooled
+
 
 def group_from_store(store: xr.Dataset, name: str) -> ShrunkGaussian:
     """Load one named group (e.g. ``"others:3"``) from a reference store; ``ValueError`` if it is empty."""

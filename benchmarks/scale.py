@@ -4,12 +4,16 @@ Run from the repository root inside the venv:
 
     python benchmarks/scale.py extraction --images 2048 --size 64
     python benchmarks/scale.py reference --images 10000 100000
+    python benchmarks/scale.py anomaly --members 200 --channels 1024
 
 ``extraction`` compares, on the same synthetic images, model and batch size,
 a plain forward pass over images already in memory with the full extraction
 of one shard (reading the image store, capturing the layer, writing the
 feature store). ``reference`` measures the peak memory of the reference
 statistics over an embedding store of N images, each N in a fresh process.
+``anomaly`` times the leave-one-out anomaly scores of one class both ways on
+the same store: one OAS factorisation per member (``LeaveOneOut.group``) and
+the closed form per class (``LeaveOneOut.member_scores``).
 """
 from __future__ import annotations
 
@@ -88,6 +92,31 @@ def reference_peak(path: Path, classes: int) -> dict:
             "traced_peak_mb": round(traced / 2**20, 1), "process_peak_rss_mb": round(peak / 1024, 1), "rss_before_mb": round(before / 1024, 1)}
 
 
+def anomaly_scoring(members: int, channels: int, timed_members: int) -> dict:
+    """Seconds per member of the leave-one-out scores of one class: a factorisation per member vs the closed form."""
+    import dask.array as da
+
+    from audit.reference import LeaveOneOut, write_reference_store
+    from audit.storage import open_zarr
+
+    rng = np.random.default_rng(0)
+    z = (rng.normal(size=(members, channels)) * rng.uniform(0.2, 3.0, size=channels)).astype(np.float32)
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "reference.zarr"
+        write_reference_store(da.from_array(z, chunks=(4096, channels)), np.zeros(members, int), ["c"], path)
+        leave_one_out = LeaveOneOut(open_zarr(path).load())
+        z = z.astype(np.float64)
+        started = time.perf_counter()
+        closed, _, _ = leave_one_out.member_scores(0, z)
+        closed_seconds = (time.perf_counter() - started) / members
+        started = time.perf_counter()
+        direct = [leave_one_out.group(0, z[i]).mahalanobis_squared(z[i])[0] for i in range(timed_members)]
+        direct_seconds = (time.perf_counter() - started) / timed_members
+    return {"members": members, "channels": channels, "per_member_factorisation_s": round(direct_seconds, 5),
+            "closed_form_s": round(closed_seconds, 5), "speedup": round(direct_seconds / closed_seconds, 1),
+            "max_relative_difference": float(np.max(np.abs(np.array(direct) - closed[:timed_members]) / np.array(direct)))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -102,8 +131,14 @@ def main() -> None:
     ref.add_argument("--channels", type=int, default=512)
     ref.add_argument("--classes", type=int, default=10)
     ref.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
+    an = sub.add_parser("anomaly")
+    an.add_argument("--members", type=int, default=200)
+    an.add_argument("--channels", type=int, default=1024)
+    an.add_argument("--timed-members", type=int, default=20, help="members timed with one factorisation each")
     args = parser.parse_args()
-    if args.what == "extraction":
+    if args.what == "anomaly":
+        print(json.dumps(anomaly_scoring(args.members, args.channels, args.timed_members)))
+    elif args.what == "extraction":
         print(json.dumps(extraction(args.images, args.size, args.batch_size, args.threads, args.workers)))
     elif args.measure:
         print(json.dumps(reference_peak(args.measure, args.classes)))

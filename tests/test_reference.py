@@ -172,3 +172,27 @@ def test_a_spill_left_by_a_killed_run_is_removed(rng, tmp_path):
     (tmp_path / ".reference.zarr.spill-old").mkdir()
     write_reference_store(da.from_array(z, chunks=(10, 6)), labels, ["a", "b", "c"], tmp_path / "reference.zarr", 2)
     assert [p.name for p in tmp_path.iterdir()] == ["reference.zarr"]
+
+
+def test_closed_form_leave_one_out_scores_equal_one_factorisation_per_member(rng, tmp_path):
+    """member_scores (one eigendecomposition per class, Sherman–Morrison per member) against group() per member:
+    a class with more features than members (λ does the work), a class with fewer features, a small class on the
+    pooled covariance, and a class of one (NaN)."""
+    k = 24
+    labels = np.repeat([0, 1, 2, 3], [15, 60, 6, 1])
+    z = rng.normal(size=(len(labels), k)) * rng.uniform(0.2, 3.0, size=k) + labels[:, None]
+    z[3] += 8.0
+    store = _store(tmp_path, z, labels, ["few", "many", "small", "one"], min_images=8)
+    leave_one_out = LeaveOneOut(store)
+    z32 = z.astype(np.float32).astype(np.float64)
+    for label in range(4):
+        members = z32[labels == label]
+        scores, shrinkage, pooled = leave_one_out.member_scores(label, members)
+        for i, member in enumerate(members):
+            group = leave_one_out.group(label, member)
+            if group is None:
+                assert np.isnan(scores[i]) and np.isnan(shrinkage[i])
+                continue
+            np.testing.assert_allclose(scores[i], group.mahalanobis_squared(member)[0], rtol=1e-8)
+            assert shrinkage[i] == pytest.approx(group.shrinkage, rel=1e-9) and pooled[i] == group.pooled
+    assert leave_one_out.member_scores(2, z32[labels == 2])[2].all()  # 5 left < min_images: pooled

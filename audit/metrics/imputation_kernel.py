@@ -54,6 +54,14 @@ def _bit_length(value: int) -> int:
     return bits
 
 
+@numba.njit(cache=True, inline="always")
+def _block_sums(source, target, height, width):
+    """target[:height, :width] = sums of source's 2 × 2 blocks (source zero beyond its valid part)."""
+    for by in range(height):
+        for bx in range(width):
+            target[by, bx] = source[2 * by, 2 * bx] + source[2 * by, 2 * bx + 1] + source[2 * by + 1, 2 * bx] + source[2 * by + 1, 2 * bx + 1]
+
+
 @numba.njit(cache=True, fastmath=True)
 def _apply(source, hole, weight_sum, out, c, height, width):
     """out[c] = hole · (weight_sum · s − Σ_j w_j s_j) for s = source[c] (zero-padded by one pixel); returns Σ s · out[c]."""
@@ -100,13 +108,8 @@ def _inverse_block_diagonals(removed, weight_sum, shapes):
                     inside[level, y >> level, x >> level] += EDGE_WEIGHT if dy == 0 or dx == 0 else DIAGONAL_WEIGHT
     inverse = np.zeros(diagonal.shape, np.float32)
     for level in range(1, levels + 1):
-        for by in range(shapes[level, 0]):
-            for bx in range(shapes[level, 1]):
-                if level > 1:
-                    diagonal[level, by, bx] = (
-                        diagonal[level - 1, 2 * by, 2 * bx] + diagonal[level - 1, 2 * by, 2 * bx + 1]
-                        + diagonal[level - 1, 2 * by + 1, 2 * bx] + diagonal[level - 1, 2 * by + 1, 2 * bx + 1]
-                    )
+        if level > 1:
+            _block_sums(diagonal[level - 1], diagonal[level], shapes[level, 0], shapes[level, 1])
         for by in range(shapes[level, 0]):
             for bx in range(shapes[level, 1]):
                 diagonal[level, by, bx] -= inside[level, by, bx]
@@ -120,18 +123,9 @@ def _precondition(residual, inverse, coarse, fine, c, shapes, hole, inverse_weig
     """fine[c] = M r: residual block sums at every level scaled by ``inverse`` and spread back, plus the Jacobi term; returns Σ r · M r."""
     levels = len(shapes) - 1
     sums = coarse[0]
-    for by in range(shapes[1, 0]):
-        for bx in range(shapes[1, 1]):
-            sums[1, by, bx] = (
-                residual[c, 2 * by, 2 * bx] + residual[c, 2 * by, 2 * bx + 1] + residual[c, 2 * by + 1, 2 * bx] + residual[c, 2 * by + 1, 2 * bx + 1]
-            )
+    _block_sums(residual[c], sums[1], shapes[1, 0], shapes[1, 1])
     for level in range(2, levels + 1):
-        for by in range(shapes[level, 0]):
-            for bx in range(shapes[level, 1]):
-                sums[level, by, bx] = (
-                    sums[level - 1, 2 * by, 2 * bx] + sums[level - 1, 2 * by, 2 * bx + 1]
-                    + sums[level - 1, 2 * by + 1, 2 * bx] + sums[level - 1, 2 * by + 1, 2 * bx + 1]
-                )
+        _block_sums(sums[level - 1], sums[level], shapes[level, 0], shapes[level, 1])
     spread = coarse[1]
     for by in range(shapes[levels, 0]):
         for bx in range(shapes[levels, 1]):

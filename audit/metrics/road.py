@@ -33,10 +33,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from audit.metrics.imputation_kernel import linear_imputation_cpu
+from audit.metrics.imputation_kernel import DIAGONAL_WEIGHT, EDGE_WEIGHT, linear_imputation_cpu, neighbour_weight_sum
 
-EDGE_WEIGHT = 1 / 6
-DIAGONAL_WEIGHT = 1 / 12
 ROAD_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 NORMALISED_NOISE = 0.01
 _CHECK_EVERY = 3  # steps between convergence checks
@@ -124,7 +122,7 @@ class _Systems:
 
     def __init__(self, rows: torch.Tensor, images: torch.Tensor, hole: torch.Tensor):
         h, w = hole.shape[-2:]
-        self.weight_sum = _neighbour_sum(torch.ones(1, 1, h, w, device=hole.device, dtype=hole.dtype))
+        self.weight_sum = torch.from_numpy(neighbour_weight_sum(h, w)).to(hole.device, hole.dtype)[None, None]
         self.inverse_weight_sum = 1 / self.weight_sum
         self.centre = self.weight_sum + 1 / 3  # A u = hole · (centre · u − stencil_sum(u) / 12)
         self.shapes = [(h, w)]

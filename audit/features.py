@@ -8,13 +8,15 @@ one. :func:`open_features` concatenates the shard stores lazily along
 ``image``.
 
 Store layout (each ``features/shard-NNNNN.zarr``, and their concatenation), dims named:
-    activation  float32 (image, channel, y, x)   the layer's output A
-    embedding   float32 (image, channel)         z = spatial mean of A
+    activation  float32 (image, unit, layer_y, layer_x)   the layer's output A on its grid
+    embedding   float32 (image, unit)                     z = spatial mean of A
     pre_logits  float32 (image, feature)         the classifier's input (the model's final embedding)
     logits      float32 (image, class)           (models with a classifier head only)
     probability float32 (image, class)           softmax of the logits (idem)
 coordinates ``image_id``, ``label``, ``prediction`` (idem), ``split`` along ``image``
-and ``class`` (class names); attrs: model name, layer, shard start and stop.
+and ``class`` (class names); attrs: model name, layer, head (1 when the model has a classifier), shard start and stop,
+``format_version``. ``unit`` is a feature channel of the explained layer,
+``feature`` one of the final embedding.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from tqdm import tqdm
 from audit.models.checkpoint import ModelMeta
 from audit.models.preprocess import to_model_input
 from audit.models.tokens import spatial_map
+from audit.settings import FeatureSettings
 from audit.storage import ChunkedZarrWriter, atomic_path, open_zarr
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -113,8 +116,8 @@ def feature_part(
     """
     part = xr.Dataset(
         {
-            "activation": (("image", "channel", "y", "x"), activations),
-            "embedding": (("image", "channel"), activations.mean(axis=(2, 3))),
+            "activation": (("image", "unit", "layer_y", "layer_x"), activations),
+            "embedding": (("image", "unit"), activations.mean(axis=(2, 3))),
             "pre_logits": (("image", "feature"), pre_logits),
         },
         coords={
@@ -161,23 +164,23 @@ def extract_shard(
     start: int,
     stop: int,
     target: str | os.PathLike,
-    batch_size: int = 128,
+    settings: FeatureSettings,
     chunk: int = 256,
-    workers: int = 2,
     device: str = "cpu",
-    precision: str = "float32",
 ) -> int:
     """Extract features of images [start, stop) of ``images_path`` into the shard store ``target``.
 
-    ``stop`` is clipped to the store's size. Returns the number of images written.
+    ``settings``: batch size, DataLoader workers and autocast precision. ``stop`` is
+    clipped to the store's size. Returns the number of images written.
     """
+    batch_size, workers, precision = settings.batch_size, settings.workers(device), settings.precision
     images = open_zarr(images_path)
     stop = min(stop, images.sizes["image"])
     coords = images[["image_id", "label", "split"]].isel(image=slice(start, stop)).load()
     class_names = list(images.attrs["class_names"])
     batches = ShardBatches(images_path, start, stop, batch_size)
     loader = DataLoader(batches, batch_size=None, num_workers=workers, pin_memory=device.startswith("cuda"))
-    attrs = {"model": meta.name, "layer": meta.layer, "shard_start": start, "shard_stop": stop}
+    attrs = {"model": meta.name, "layer": meta.layer, "head": int(meta.head), "shard_start": start, "shard_stop": stop}
     with atomic_path(target) as tmp:
         writer = ChunkedZarrWriter(tmp, chunk, attrs)
         for first, pixels in tqdm(loader, total=len(batches), desc=f"features {start}:{stop}", unit="batch"):
@@ -191,4 +194,10 @@ def open_features(paths: Sequence[str | os.PathLike]) -> xr.Dataset:
     """The shard stores concatenated lazily along ``image`` (in the order given)."""
     shards = [open_zarr(p) for p in paths]
     combined = xr.concat(shards, dim="image", data_vars="minimal", coords="minimal", compat="override", join="override")
-    return combined.drop_attrs(deep=False).assign_attrs(model=shards[0].attrs["model"], layer=shards[0].attrs["layer"])
+    first = shards[0].attrs
+    return combined.drop_attrs(deep=False).assign_attrs(model=first["model"], layer=first["layer"], head=first["head"])
+
+
+def has_classifier(features: xr.Dataset) -> bool:
+    """Whether the audited model has a classifier head (logits, probabilities, predictions): the checkpoint's ``meta.head``."""
+    return bool(features.attrs["head"])

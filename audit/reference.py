@@ -25,14 +25,14 @@ around its class mean, over N − C degrees of freedom, OAS-shrunk); a group
 with no image has no reference (NaN, ``covariance`` = ``none``). Rows with a
 NaN or infinite value are left out and counted.
 
-Store layout (``reference.zarr``): dims ``group``, ``channel``, ``channel_b``;
+Store layout (``reference.zarr``): dims ``group``, ``unit``, ``unit_b`` (the explained layer's feature channels);
 variables ``count`` (group), ``mean`` (group, channel), ``shrinkage`` (group),
 ``condition`` (group, 1-norm condition number of the shrunk covariance,
 LAPACK's estimate), ``covariance`` (group:
-``own``, ``pooled`` or ``none``), ``cholesky`` (group, channel, channel_b,
+``own``, ``pooled`` or ``none``), ``cholesky`` (group, unit, unit_b,
 lower factor of the shrunk covariance, one chunk per group) and the class
 sufficient statistics ``class_count`` (class), ``class_sum`` (class, channel),
-``class_outer`` (class, channel, channel_b, one chunk per class) and
+``class_outer`` (class, unit, unit_b, one chunk per class) and
 ``class_nonfinite`` (class). Group names are ``class:<name>``,
 ``others:<name>``, ``all`` and ``pooled-within-class``; attrs hold
 ``min_images``. The workflow adds the concept vectors of :mod:`audit.concepts`
@@ -223,8 +223,8 @@ def _write_groups(spill: ClassSpill, class_names: list[str], path: Path, min_ima
     names = [f"class:{n}" for n in class_names] + [f"others:{n}" for n in class_names] + ["all", "pooled-within-class"]
     template = xr.Dataset(
         {
-            "cholesky": (("group", "channel", "channel_b"), da.zeros((len(names), k, k), chunks=(1, k, k))),
-            "class_outer": (("class", "channel", "channel_b"), da.zeros((num_classes, k, k), chunks=(1, k, k))),
+            "cholesky": (("group", "unit", "unit_b"), da.zeros((len(names), k, k), chunks=(1, k, k))),
+            "class_outer": (("class", "unit", "unit_b"), da.zeros((num_classes, k, k), chunks=(1, k, k))),
         },
         coords={"group": names, "class": class_names},
     )
@@ -253,9 +253,9 @@ def _write_groups(spill: ClassSpill, class_names: list[str], path: Path, min_ima
     small = xr.Dataset(
         {
             **{name: ("group", np.array([s[name] for s in summaries])) for name in ("count", "shrinkage", "condition")},
-            "mean": (("group", "channel"), np.stack([s["mean"] for s in summaries])),
+            "mean": (("group", "unit"), np.stack([s["mean"] for s in summaries])),
             "covariance": ("group", np.array([s["covariance"] for s in summaries], dtype=object)),
-            "class_sum": (("class", "channel"), spill.total),
+            "class_sum": (("class", "unit"), spill.total),
             "class_count": ("class", spill.count),
             "class_nonfinite": ("class", spill.nonfinite),
         },

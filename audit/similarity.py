@@ -75,3 +75,16 @@ def nearness_scores(embedding: np.ndarray, class_means: np.ndarray) -> np.ndarra
     z = np.asarray(embedding, dtype=np.float64)
     squared = (z**2).sum(1)[:, None] - 2 * z @ class_means.T + (class_means**2).sum(1)[None, :]
     return -np.sqrt(np.clip(squared, 0, None))
+
+
+def pair_matrix(pairs: pd.DataFrame, num_classes: int, upper: str, lower: str | None = None, diagonal: float = 0.0) -> np.ndarray:
+    """A (C, C) matrix from the pair table: ``upper`` at [a, b] and ``lower`` (default the same column) at [b, a] for a < b.
+
+    E.g. ``pair_matrix(pairs, C, "weight_cosine", diagonal=1.0)`` is the classifier-weight cosine, and
+    ``pair_matrix(pairs, C, "confused_a_as_b", "confused_b_as_a")`` the off-diagonal confusion counts.
+    """
+    matrix = np.full((num_classes, num_classes), diagonal, dtype=np.float64)
+    a, b = pairs["class_a"].to_numpy(), pairs["class_b"].to_numpy()
+    matrix[a, b] = pairs[upper].to_numpy()
+    matrix[b, a] = pairs[lower or upper].to_numpy()
+    return matrix

@@ -5,6 +5,11 @@ into place, so an interrupted job never leaves a half-written store that a
 later stage would read as complete. Zarr stores are v3, unconsolidated, with
 strings as variable-length UTF-8; :class:`ChunkedZarrWriter` builds a store
 along ``image`` in whole chunks.
+
+Every store carries ``attrs["format_version"]`` (``FORMAT_VERSION``): the
+version of the layout it was written with (dimension names, variables).
+:func:`open_zarr` refuses a store of another version with a message that
+says how to rebuild it, rather than failing later on a missing name.
 """
 from __future__ import annotations
 
@@ -18,6 +23,14 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 import xarray as xr
+
+FORMAT_VERSION = 2
+"""Version of the stores' layout. 2: layer grids ``layer_y``/``layer_x`` and feature channels ``unit`` everywhere,
+``compare_class_map``/``random_class_map``/``randomised_model_map``, class references by index."""
+
+
+class StoreVersionError(ValueError):
+    """A store written with another layout version."""
 
 
 @contextmanager
@@ -71,7 +84,7 @@ def write_zarr_part(
     Not atomic by itself: for a single writer building a store under a
     temporary name (see :func:`atomic_path`). Never use it from parallel writers.
     """
-    converted = dataset.copy()
+    converted = dataset.copy().assign_attrs(format_version=FORMAT_VERSION)
     for name, variable in dataset.variables.items():
         if variable.dtype.kind in "UO":
             converted[name] = variable.astype(np.dtypes.StringDType())
@@ -89,7 +102,7 @@ def write_zarr_part(
 
 
 def open_zarr(path: str | os.PathLike) -> xr.Dataset:
-    """Open a store written by :func:`write_zarr` lazily (Dask-backed).
+    """Open a store written by :func:`write_zarr` lazily (Dask-backed); :class:`StoreVersionError` for another format version.
 
     Strings come back as object arrays of ``str`` (numpy's variable-width
     ``StringDType`` cannot be cast to fixed-width ``str``).
@@ -98,6 +111,13 @@ def open_zarr(path: str | os.PathLike) -> xr.Dataset:
         # Snakemake leaves a .snakemake_timestamp file inside directory() outputs.
         warnings.filterwarnings("ignore", message=".*snakemake_timestamp.*")
         dataset = xr.open_zarr(path, zarr_format=3, consolidated=False)
+    version = dataset.attrs.get("format_version")
+    if version != FORMAT_VERSION:
+        raise StoreVersionError(
+            f"{path} was written with store format version {version if version is not None else 1}; this code reads version "
+            f"{FORMAT_VERSION}. Rebuild it with the current workflow (e.g. remove the audit's results/ folder, or "
+            "snakemake --forcerun ingest)"
+        )
     for name, variable in dataset.variables.items():
         if variable.dtype.kind == "T":
             dataset[name] = variable.astype(object)

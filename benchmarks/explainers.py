@@ -58,7 +58,8 @@ def _plan(methods: list[str], images: int, targets: int):
         for t in range(targets):
             c = (i + t) % 10
             for m in methods:
-                rows.append({"method": m, "image_index": i, "target": c, "contrasts": [(c + k) % 10 for k in (1, 2, 3)], "reference": ""})
+                contrasts = [(c + k) % 10 for k in (1, 2, 3)] if m.startswith("finercam") else []
+                rows.append({"method": m, "image_index": i, "target": c, "contrasts": contrasts, "reference": ""})
     return pd.DataFrame(rows)
 
 
@@ -69,9 +70,10 @@ def _sync(device: str) -> None:
 
 def run_case(case: str, images: int, size: int, batch: int, device: str) -> dict:
     """Throughput (images/s, or maps/s for diffcam) and peak memory of one case."""
-    from audit.explain.compute import MapSettings, model_maps
+    from audit.explain.compute import model_maps
     from audit.explain.engine import ExplainerEngine
     from audit.models.preprocess import to_model_input
+    from audit.settings import ExplainSettings
 
     name, _, layer = case.partition("@")
     layer = layer or "layer4"
@@ -107,7 +109,7 @@ def run_case(case: str, images: int, size: int, batch: int, device: str) -> dict
     def ours(methods: list[str], per_image: int):
         plan = _plan(methods, count, per_image)
         engine = ExplainerEngine(model, layer, (size, size))
-        model_maps(engine, meta, pixels, plan, MapSettings(gamma=0.6, batch_size=batch))
+        model_maps(engine, meta, pixels, plan, ExplainSettings(finer_gamma=0.6, batch_size=batch))
 
     def package(methods: list[str], per_image: int):
         import pytorch_grad_cam

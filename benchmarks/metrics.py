@@ -11,8 +11,8 @@ output_stride 8, channels-last as the metrics run CNNs), one run. Cases:
 * ``forward``: plain forward throughput of the model (images/s), as the
   metrics run it. The bound of a metric group is forward throughput divided by
   its forwards per map (``audit.metrics.evaluate.forwards_per_map``).
-* ``ours_<group>``: ``evaluate_saliency`` with that group alone (deletion,
-  insertion, fidelity, road, class_sensitivity, box_sensitivity), maps/s.
+* ``ours_<metric>``: ``evaluate_saliency`` with that metric alone, for every
+  metric of the registry (``audit.metrics.registry``) that runs the model, maps/s.
 * ``package_road``: the package's ``ROADMostRelevantFirstAverage`` and
   ``ROADLeastRelevantFirstAverage`` at percentiles 10…90 on the same maps and
   batches, softmax target (the same 18 perturbed images per map as ours).
@@ -30,7 +30,15 @@ import torch.nn.functional as F
 
 from cases import print_case, run_cases  # benchmarks/cases.py (run from the repository root: python benchmarks/...)
 
-GROUPS = ["deletion", "insertion", "fidelity", "road", "class_sensitivity", "box_sensitivity"]
+def _perturbing_metrics() -> list[str]:
+    """The registry's metrics that send images through the model (those with a forward bound)."""
+    from audit.metrics.registry import METRICS
+    from audit.settings import MetricSettings
+
+    return [name for name, metric in METRICS.items() if metric.forwards(MetricSettings()) > 0]
+
+
+GROUPS = _perturbing_metrics()
 CASES = ["forward", *[f"ours_{g}" for g in GROUPS], "package_road", "ours_imputation", "package_imputation"]
 
 
@@ -39,12 +47,11 @@ def _setup(maps: int, size: int, grey: bool = False):
 
     from audit.explain.store import saliency_dataset
     from audit.models.checkpoint import ModelMeta, build_model
-    from audit.models.memory_format import use_channels_last
+    from audit.models.memory_format import inference_copy
 
     torch.manual_seed(0)
     meta = ModelMeta("resnet10t", {"output_stride": 8}, [f"c{i}" for i in range(10)], (3, size, size), (0.5,) * 3, (0.25,) * 3, "layer4")
-    model = build_model(meta).eval()
-    use_channels_last(model, (size, size))  # as the metrics run it; every case (the package's too) gets this model
+    model = inference_copy(build_model(meta), (size, size))  # as the metrics run it; every case (the package's too) gets this model
     generator = torch.Generator().manual_seed(0)
     images = (F.avg_pool2d(torch.rand(maps, 3, size, size, generator=generator), 3, 1, 1) * 255).to(torch.uint8).numpy()
     if grey:  # greyscale stored as RGB, like the digits demo and many medical images
@@ -54,20 +61,21 @@ def _setup(maps: int, size: int, grey: bool = False):
         {"method": "m", "image_index": np.arange(maps), "image_id": [f"i{i}" for i in range(maps)], "purpose": "anomaly", "variant": "m",
          "target": np.arange(maps) % 10, "contrasts": [[]] * maps, "reference": "", "compare": (np.arange(maps) + 1) % 10}
     )
-    store = saliency_dataset(plan, saliency, (size, size), (size, size), {}, contrast_maps=list(saliency[::-1]))
+    store = saliency_dataset(plan, saliency, (size, size), (size, size), {}, checks={"compare_class_map": list(saliency[::-1])})
     return model, meta, images, saliency, store
 
 
 def run_case(case: str, maps: int, size: int, batch: int, grey: bool) -> dict:
-    from audit.metrics.evaluate import MetricSettings, evaluate_saliency, forwards_per_map
+    from audit.metrics.evaluate import evaluate_saliency, forwards_per_map
     from audit.metrics.perturbation import model_logits, removal_masks
-    from audit.metrics.road import NORMALISED_NOISE, ROAD_FRACTIONS, noisy_linear_imputation
+    from audit.metrics.road import NORMALISED_NOISE, noisy_linear_imputation
     from audit.models.preprocess import normalise
+    from audit.settings import MetricSettings
 
     torch.set_num_threads(torch.get_num_threads())
     model, meta, images, saliency, store = _setup(maps, size, grey)
     x = torch.as_tensor(images).float() / 255
-    fractions = torch.tensor(ROAD_FRACTIONS)
+    fractions = torch.tensor(MetricSettings().road_fractions)
     masks = torch.cat([removal_masks(torch.as_tensor(saliency), fractions), removal_masks(-torch.as_tensor(saliency), fractions)], dim=1)
     result: dict = {"case": case, "maps": maps}
 
@@ -79,8 +87,8 @@ def run_case(case: str, maps: int, size: int, batch: int, grey: bool) -> dict:
 
         count, unit = len(repeated), "images_per_s"
     elif case.startswith("ours_") and case[5:] in GROUPS:
-        settings = MetricSettings(batch_size=batch, groups=(case[5:],))
-        result["forwards_per_map"] = forwards_per_map(case[5:], settings)
+        settings = MetricSettings(batch_size=batch, metrics=(case[5:],))
+        result["forwards_per_map"] = forwards_per_map(settings)[case[5:]]
 
         def work():
             evaluate_saliency(model, meta, images, store, "m", settings)

@@ -34,6 +34,7 @@ import torch
 def extraction(images: int, size: int, batch_size: int, threads: int, workers: int) -> dict:
     from audit.data.synthetic import write_synthetic_images
     from audit.features import extract_shard
+    from audit.settings import FeatureSettings
     from audit.models.checkpoint import ModelMeta, build_model
     from audit.models.preprocess import to_model_input
     from audit.storage import open_zarr
@@ -53,7 +54,8 @@ def extraction(images: int, size: int, batch_size: int, threads: int, workers: i
                 model(to_model_input(pixels[first : first + batch_size], meta.mean, meta.std))
         plain = images / (time.perf_counter() - started)
         started = time.perf_counter()
-        extract_shard(model, meta, store, 0, images, Path(scratch) / "shard.zarr", batch_size=batch_size, chunk=256, workers=workers)
+        settings = FeatureSettings(batch_size=batch_size, loader_workers=workers)
+        extract_shard(model, meta, store, 0, images, Path(scratch) / "shard.zarr", settings, chunk=256)
         extracted = images / (time.perf_counter() - started)
     return {"images": images, "size": size, "batch_size": batch_size, "threads": threads, "loader_workers": workers,
             "plain_forward_img_s": round(plain, 1), "extraction_img_s": round(extracted, 1), "ratio": round(extracted / plain, 3)}
@@ -70,7 +72,7 @@ def write_embeddings(path: Path, images: int, channels: int, classes: int, chunk
     for first in range(0, images, chunk):
         rows = min(chunk, images - first)
         block = rng.normal(size=(rows, channels)).astype(np.float32)
-        writer.add(xr.Dataset({"embedding": (("image", "channel"), block)}, coords={"label": ("image", np.arange(first, first + rows) % classes)}))
+        writer.add(xr.Dataset({"embedding": (("image", "unit"), block)}, coords={"label": ("image", np.arange(first, first + rows) % classes)}))
     writer.close()
 
 
@@ -88,7 +90,7 @@ def reference_peak(path: Path, classes: int) -> dict:
     _, traced = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"images": store.sizes["image"], "channels": store.sizes["channel"], "classes": classes, "seconds": round(seconds, 2),
+    return {"images": store.sizes["image"], "channels": store.sizes["unit"], "classes": classes, "seconds": round(seconds, 2),
             "traced_peak_mb": round(traced / 2**20, 1), "process_peak_rss_mb": round(peak / 1024, 1), "rss_before_mb": round(before / 1024, 1)}
 
 

@@ -1,6 +1,19 @@
 # Input functions, wildcard constraints and shared lists.
+# Params are narrow: each rule gets exactly the config values that change its output (audit.settings), so
+# editing a speed-only setting (batch sizes, workers) reruns nothing.
 from audit.data.dataset import image_count, shard_ranges
+from audit.explain.registry import explainer
 from audit.models.imported import pretrained_image_size
+from audit.settings import (
+    JOB_KEYS,
+    PLAN_KEYS,
+    DatasetSettings,
+    ExplainSettings,
+    FeatureSettings,
+    MetricSettings,
+    ModelSettings,
+    ReferenceSettings,
+)
 
 wildcard_constraints:
     audit="[A-Za-z0-9][A-Za-z0-9_.-]*",
@@ -57,11 +70,43 @@ def has_head(wildcards):
 
 
 def explain_methods(wildcards):
-    """The configured explainers; a backbone without a classifier gets the gradient-free DiffCAM only."""
+    """The configured explainers; a backbone without a classifier gets those that need no class logits."""
     methods = audit_config(wildcards)["explain"]["methods"]
-    return methods if has_head(wildcards) else [m for m in methods if m == "diffcam"]
+    return [m for m in methods if has_head(wildcards) or not explainer(m).needs_head]
 
 
 def metric_methods(wildcards):
     """The methods whose maps are scored: the metrics score class probabilities, so none without a classifier."""
     return explain_methods(wildcards) if has_head(wildcards) else []
+
+
+def dataset_params(wildcards):
+    return DatasetSettings.output_values(audit_config(wildcards)["dataset"])
+
+
+def model_params(wildcards):
+    return ModelSettings.output_values(audit_config(wildcards)["model"])
+
+
+def feature_params(wildcards):
+    return FeatureSettings.output_values(audit_config(wildcards)["features"])
+
+
+def reference_params(wildcards):
+    return ReferenceSettings.output_values(audit_config(wildcards)["reference"])
+
+
+def plan_params(wildcards):
+    """The explain settings that choose the plan's rows, with the methods that apply."""
+    return {**ExplainSettings.output_values(audit_config(wildcards)["explain"], PLAN_KEYS), "methods": explain_methods(wildcards)}
+
+
+def explain_params(wildcards):
+    """The explain job's own settings and the parameters its methods declare (not the plan's, which reach it as its input)."""
+    methods = explain_methods(wildcards)
+    keys = set(JOB_KEYS).union(*(explainer(m).parameters for m in methods))
+    return {**ExplainSettings.output_values(audit_config(wildcards)["explain"], keys), "methods": methods}
+
+
+def metric_params(wildcards):
+    return MetricSettings.output_values(audit_config(wildcards)["metrics"])

@@ -4,12 +4,10 @@ rule explain_plan:
         anomalies="results/{audit}/anomalies.parquet",
         pairs="results/{audit}/pairs.parquet",
         reference="results/{audit}/reference.zarr",
-        checkpoint=model_checkpoint,
     output:
         "results/{audit}/explain_plan.parquet",
     params:
-        explain=lambda wildcards: audit_config(wildcards)["explain"],
-        methods=explain_methods,
+        settings=plan_params,
     conda:
         "../workflow/envs/audit.yaml"
     log:
@@ -28,8 +26,7 @@ rule explain:
     output:
         directory("results/{audit}/saliency"),
     params:
-        explain=lambda wildcards: audit_config(wildcards)["explain"],
-        methods=explain_methods,
+        settings=explain_params,
     resources:
         gpu=1,
     conda:

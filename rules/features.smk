@@ -6,7 +6,7 @@ rule extract_features:
         directory("results/{audit}/features/shard-{shard}.zarr"),
     params:
         image_range=shard_range,
-        features=lambda wildcards: audit_config(wildcards)["features"],
+        settings=feature_params,
         chunk=lambda wildcards: audit_config(wildcards)["dataset"]["chunk"],
     resources:
         gpu=1,

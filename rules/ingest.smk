@@ -1,11 +1,12 @@
 checkpoint ingest:
     input:
         dataset_inputs,
+        check="results/{audit}/model_check.json",
     output:
         images=directory("results/{audit}/images.zarr"),
         rejects="results/{audit}/rejects.parquet",
     params:
-        dataset=lambda wildcards: audit_config(wildcards)["dataset"],
+        settings=dataset_params,
         image_size=image_size,
     conda:
         "../workflow/envs/audit.yaml"

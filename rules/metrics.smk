@@ -7,7 +7,7 @@ rule metrics:
         metrics="results/{audit}/metrics.parquet",
         summary="results/{audit}/metrics_summary.parquet",
     params:
-        metrics=lambda wildcards: audit_config(wildcards)["metrics"],
+        settings=metric_params,
         methods=metric_methods,
     resources:
         gpu=1,

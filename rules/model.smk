@@ -1,10 +1,25 @@
+rule check_model:
+    output:
+        "results/{audit}/model_check.json",
+    params:
+        settings=model_params,
+        methods=lambda wildcards: audit_config(wildcards)["explain"]["methods"],
+        image_size=image_size,
+    conda:
+        "../workflow/envs/audit.yaml"
+    log:
+        "logs/{audit}/check_model.log",
+    script:
+        "../workflow/scripts/check_model.py"
+
+
 rule train_model:
     input:
-        "results/{audit}/images.zarr",
+        images="results/{audit}/images.zarr",
     output:
         "results/{audit}/model/trained.pt",
     params:
-        model=lambda wildcards: audit_config(wildcards)["model"],
+        settings=model_params,
     resources:
         gpu=1,
     conda:
@@ -24,7 +39,7 @@ rule import_model:
     output:
         "results/{audit}/model/imported.pt",
     params:
-        model=lambda wildcards: audit_config(wildcards)["model"],
+        settings=model_params,
     conda:
         "../workflow/envs/audit.yaml"
     log:

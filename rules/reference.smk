@@ -7,7 +7,7 @@ rule reference_stats:
         pairs="results/{audit}/pairs.parquet",
         similar="results/{audit}/similar_classes.parquet",
     params:
-        reference=lambda wildcards: audit_config(wildcards)["reference"],
+        settings=reference_params,
     conda:
         "../workflow/envs/audit.yaml"
     log:

@@ -15,7 +15,8 @@ rule report:
     output:
         "reports/{audit}.html",
     params:
-        explain=lambda wildcards: audit_config(wildcards)["explain"],
+        top_anomalies=lambda wildcards: audit_config(wildcards)["explain"]["top_anomalies"],
+        top_pairs=lambda wildcards: audit_config(wildcards)["explain"]["top_pairs"],
         methods=explain_methods,
     conda:
         "../workflow/envs/audit.yaml"

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from audit.data.digits import load_digits_dataset
-from audit.models.train import TrainSettings, fit_model
+from audit.models.train import fit_model
+from audit.settings import ModelSettings, TrainSettings
 
 
 @pytest.fixture(scope="session")
@@ -19,7 +20,7 @@ def digits_small():
 def trained(digits_small):
     """(model, meta): resnet10t with output_stride 8 (layer4 is 512×4×4 at 32 px), two epochs."""
     torch.manual_seed(0)
-    model, meta = fit_model(digits_small, "resnet10t", {"output_stride": 8}, "layer4", TrainSettings(epochs=2, seed=0))
+    model, meta = fit_model(digits_small, ModelSettings(name="resnet10t", kwargs={"output_stride": 8}, layer="layer4", train=TrainSettings(epochs=2, seed=0)))
     return model.eval(), meta
 
 

@@ -5,6 +5,7 @@ import pandas as pd
 
 from audit.anomaly import anomaly_table
 from audit.explain.plan import explain_plan
+from audit.settings import ExplainSettings
 from audit.reference import LeaveOneOut, oas_gaussian, write_reference_store
 from audit.storage import open_zarr
 from audit.similarity import confusion_counts, pair_table, similar_classes
@@ -51,7 +52,8 @@ def test_plan_rows_per_subject():
     probability = np.array([[0.9, 0.05, 0.05], [0.6, 0.3, 0.1], [0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.05, 0.9, 0.05]])
     anomalies = pd.DataFrame({"image_id": ids, "label": labels, "score": [3.0, 2, 1, 3, 2, 1], "rank": [1, 2, 3, 1, 2, 3]})
     pairs = pd.DataFrame({"class_a": [0], "class_b": [1]})
-    plan = explain_plan(anomalies, pairs, ids, labels, probability, top_anomalies=1, top_pairs=1, images_per_pair=1, finer_contrasts=2, methods=["gradcam", "layercam", "finercam", "diffcam"])
+    settings = ExplainSettings(top_anomalies=1, top_pairs=1, images_per_pair=1, finer_contrasts=2)
+    plan = explain_plan(anomalies, pairs, ids, labels, probability, settings, methods=["gradcam", "layercam", "finercam", "diffcam"])
     anomaly = plan[plan["purpose"] == "anomaly"]
     assert set(anomaly["image_id"]) == {"i0", "i3"}
     assert set(anomaly.loc[anomaly["method"] == "diffcam", "reference"]) == {"others:0", "own-class-loo:0", "others:1", "own-class-loo:1"}
@@ -72,8 +74,8 @@ def test_plan_finer_contrasts_by_classifier_weight_similarity():
     anomalies = pd.DataFrame({"image_id": ["a", "b", "c"], "label": labels, "score": [1.0, 1, 1], "rank": [1, 1, 1]})
     similarity = np.array([[1.0, 0.1, 0.7], [0.1, 1.0, 0.2], [0.7, 0.2, 1.0]])
     plan = explain_plan(
-        anomalies, pd.DataFrame({"class_a": [], "class_b": []}), np.array(["a", "b", "c"]), labels, probability, 1, 0, 1, 1,
-        methods=["finercam", "diffcam"], weight_similarity=similarity,
+        anomalies, pd.DataFrame({"class_a": [], "class_b": []}), np.array(["a", "b", "c"]), labels, probability,
+        ExplainSettings(top_anomalies=1, top_pairs=0, images_per_pair=1, finer_contrasts=1), methods=["finercam", "diffcam"], weight_similarity=similarity,
     )
     finer = plan[(plan["method"] == "finercam") & (plan["image_id"] == "a")].iloc[0]
     assert list(finer["contrasts"]) == [2] and finer["compare"] == 1  # by weight: class 2; compare stays the top other prediction

@@ -7,7 +7,8 @@ import torch
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from audit.explain.compute import MapSettings, model_maps
+from audit.explain.compute import model_maps
+from audit.settings import ExplainSettings
 from audit.explain.diffcam import diffcam_weights
 from audit.explain.engine import ExplainerEngine
 from audit.explain.objectives import contrast_coefficients
@@ -29,7 +30,8 @@ def _plan(methods, targets, contrasts=None):
     rows = []
     for name in methods:
         for i, t in enumerate(targets):
-            rows.append({"method": name, "image_index": i, "target": int(t), "contrasts": list(contrasts[i]) if contrasts else [], "reference": ""})
+            contrasting = contrasts is not None and name.startswith("finercam")
+            rows.append({"method": name, "image_index": i, "target": int(t), "contrasts": list(contrasts[i]) if contrasting else [], "reference": ""})
     return pd.DataFrame(rows)
 
 
@@ -58,7 +60,7 @@ def test_agrees_with_grad_cam_package_with_a_target_per_image(trained, digits_sm
     targets = np.where(np.arange(count) % 2 == 0, digits_small.labels[:count], np.arange(count) % 10)  # own class or another
     engine = ExplainerEngine(model, layer, images.shape[-2:])
     meta_layer = type(meta)(**{**meta.__dict__, "layer": layer})
-    ours = model_maps(engine, meta_layer, images, _plan([name], targets), MapSettings(gamma=0.0, batch_size=4))
+    ours = model_maps(engine, meta_layer, images, _plan([name], targets), ExplainSettings(finer_gamma=0.0, batch_size=4))
     x = to_model_input(images, meta.mean, meta.std)
     model.requires_grad_(True)
     cam_class = getattr(pytorch_grad_cam, PACKAGE_CLASSES[name])
@@ -108,7 +110,7 @@ def test_finercam_with_gamma_zero_is_gradcam(trained, digits_small):
     contrasts = [[(t + 1) % 10, (t + 2) % 10, (t + 3) % 10] for t in targets]
     engine = ExplainerEngine(model, meta.layer, images.shape[-2:])
     for _ in range(2):  # the first pass takes autograd gradients, the second the closed form
-        maps = np.stack(model_maps(engine, meta, images, _plan(["finercam", "gradcam"], targets, contrasts), MapSettings(gamma=0.0, batch_size=8)))
+        maps = np.stack(model_maps(engine, meta, images, _plan(["finercam", "gradcam"], targets, contrasts), ExplainSettings(finer_gamma=0.0, batch_size=8)))
         np.testing.assert_array_equal(maps[:8], maps[8:])
 
 
@@ -121,7 +123,7 @@ def test_finercam_is_relu_of_the_weight_difference(trained, digits_small, layer)
     meta_layer = type(meta)(**{**meta.__dict__, "layer": layer})
     engine = ExplainerEngine(model, layer, images.shape[-2:])
     gamma = 0.6
-    finer = np.stack(model_maps(engine, meta_layer, images, _plan(["finercam"], targets, contrasts), MapSettings(gamma=gamma, batch_size=6)))
+    finer = np.stack(model_maps(engine, meta_layer, images, _plan(["finercam"], targets, contrasts), ExplainSettings(finer_gamma=gamma, batch_size=6)))
     x = to_model_input(images, meta.mean, meta.std)
     store = {}
     handle = model.get_submodule(layer).register_forward_hook(lambda _m, _i, out: store.setdefault("A", out.detach().requires_grad_(True)))
@@ -144,7 +146,7 @@ def test_score_finercam_weights_the_contrast_objective(trained, digits_small):
     targets = digits_small.labels[:2]
     contrasts = [[(t + 1) % 10] for t in targets]
     engine = ExplainerEngine(model, meta.layer, images.shape[-2:])
-    got = np.stack(model_maps(engine, meta, images, _plan(["finercam_score"], targets, contrasts), MapSettings(gamma=1.0, batch_size=2)))
+    got = np.stack(model_maps(engine, meta, images, _plan(["finercam_score"], targets, contrasts), ExplainSettings(finer_gamma=1.0, batch_size=2)))
     x = to_model_input(images, meta.mean, meta.std)
     layer_pass = engine.layer_pass(x, gradients=False)
     masked = engine.masked_logits(x, layer_pass.activations)  # (B, K, C)
@@ -158,7 +160,7 @@ def test_input_gradient_is_the_pixel_gradient(trained, digits_small):
     images = digits_small.images[:4]
     targets = np.array([3, 1, 4, 1])
     engine = ExplainerEngine(model, meta.layer, images.shape[-2:])
-    got = np.stack(model_maps(engine, meta, images, _plan(["inputgrad"], targets), MapSettings(gamma=0.0, batch_size=4)))
+    got = np.stack(model_maps(engine, meta, images, _plan(["inputgrad"], targets), ExplainSettings(finer_gamma=0.0, batch_size=4)))
     x = to_model_input(images, meta.mean, meta.std).requires_grad_(True)
     with torch.enable_grad():
         (g,) = torch.autograd.grad(model(x)[torch.arange(4), torch.as_tensor(targets)].sum(), x)
@@ -170,16 +172,64 @@ def test_package_adapter_runs_a_grad_cam_class_by_name(trained, digits_small):
     images = digits_small.images[:5]
     targets = np.array([0, 1, 2, 3, 4])
     engine = ExplainerEngine(model, meta.layer, images.shape[-2:])
-    got = np.stack(model_maps(engine, meta, images, _plan(["package-EigenGradCAM"], targets), MapSettings(gamma=0.0, batch_size=5)))
+    got = np.stack(model_maps(engine, meta, images, _plan(["package-EigenGradCAM"], targets), ExplainSettings(finer_gamma=0.0, batch_size=5)))
     x = to_model_input(images, meta.mean, meta.std)
     model.requires_grad_(True)
     with pytorch_grad_cam.EigenGradCAM(model=model, target_layers=[model.get_submodule(meta.layer)]) as oracle:
         expected = oracle(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
     model.requires_grad_(False)
     np.testing.assert_allclose(got, expected, atol=1e-5)
-    assert all(p.requires_grad is False for p in model.parameters())
+    assert all(p.requires_grad is False for p in engine.model.parameters())  # the package's backward left the engine's copy frozen
     with pytest.raises(ValueError, match="NoSuchCAM"):
-        model_maps(engine, meta, images, _plan(["package-NoSuchCAM"], targets), MapSettings(gamma=0.0, batch_size=5))
+        model_maps(engine, meta, images, _plan(["package-NoSuchCAM"], targets), ExplainSettings(finer_gamma=0.0, batch_size=5))
+
+
+@pytest.mark.parametrize("layer", ["layer4", "layer3"])
+def test_eigencam_agrees_with_the_grad_cam_package_up_to_the_svd_sign(trained, digits_small, layer):
+    """Our projection equals the package's get_2d_projection up to its arbitrary sign, and ours agrees with the channel
+    mean; the package's EigenCAM maps are the ReLU of the projection with the package's sign, after its normalisation."""
+    from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
+
+    from audit.explain.eigencam import eigen_projection
+    from audit.features import capture_layer
+
+    model, meta = trained
+    images = digits_small.images[:10]
+    x = to_model_input(images, meta.mean, meta.std)
+    with torch.no_grad(), capture_layer(model, layer) as captured:
+        model(x)
+    activations = captured["A"]
+    ours = eigen_projection(activations).numpy()
+    theirs = get_2d_projection(activations.numpy().copy())
+    signs = np.sign((ours * theirs).sum(axis=(1, 2)))
+    np.testing.assert_allclose(ours, signs[:, None, None] * theirs, rtol=1e-3, atol=1e-4 * np.abs(theirs).max())
+    mean_map = activations.mean(1).numpy()
+    agreement = [np.corrcoef(o.ravel(), m.ravel())[0, 1] for o, m in zip(ours, mean_map)]
+    assert min(agreement) >= 0
+    engine = ExplainerEngine(model, layer, images.shape[-2:])
+    meta_layer = type(meta)(**{**meta.__dict__, "layer": layer})
+    maps = np.stack(model_maps(engine, meta_layer, images, _plan(["eigencam"], digits_small.labels[:10]), ExplainSettings(batch_size=4)))
+    np.testing.assert_allclose(maps, np.clip(ours, 0, None), rtol=1e-4, atol=1e-5)
+    model.requires_grad_(True)
+    with pytorch_grad_cam.EigenCAM(model=model, target_layers=[model.get_submodule(layer)]) as oracle:
+        package = oracle(input_tensor=x, targets=None)
+    model.requires_grad_(False)
+    _assert_agrees(upsample(np.clip(signs[:, None, None] * ours, 0, None), x.shape[-2:]), package)
+
+
+def test_the_engine_leaves_the_callers_model_as_it_was(trained, digits_small):
+    model, meta = trained
+    model.train()
+    flags = [p.requires_grad for p in model.parameters()]
+    formats = [p.is_contiguous() for p in model.parameters()]
+    try:
+        engine = ExplainerEngine(model, meta.layer, digits_small.images.shape[-2:])
+        model_maps(engine, meta, digits_small.images[:4], _plan(["gradcam", "scorecam"], digits_small.labels[:4]), ExplainSettings(batch_size=4))
+        assert model.training and [p.requires_grad for p in model.parameters()] == flags
+        assert [p.is_contiguous() for p in model.parameters()] == formats
+        assert not engine.model.training and engine.channels_last
+    finally:
+        model.eval()
 
 
 def test_maps_change_when_the_head_is_randomised(trained, digits_small):
@@ -187,12 +237,12 @@ def test_maps_change_when_the_head_is_randomised(trained, digits_small):
     images = digits_small.images[:8]
     targets = digits_small.labels[:8]
     plan = _plan(["gradcam", "layercam"], targets)
-    before = np.stack(model_maps(ExplainerEngine(model, meta.layer, images.shape[-2:]), meta, images, plan, MapSettings(gamma=0.0, batch_size=8)))
+    before = np.stack(model_maps(ExplainerEngine(model, meta.layer, images.shape[-2:]), meta, images, plan, ExplainSettings(finer_gamma=0.0, batch_size=8)))
     state = {k: v.clone() for k, v in model.state_dict().items()}
     try:
         torch.manual_seed(3)
         nn.init.normal_(model.get_classifier().weight)
-        after = np.stack(model_maps(ExplainerEngine(model, meta.layer, images.shape[-2:]), meta, images, plan, MapSettings(gamma=0.0, batch_size=8)))
+        after = np.stack(model_maps(ExplainerEngine(model, meta.layer, images.shape[-2:]), meta, images, plan, ExplainSettings(finer_gamma=0.0, batch_size=8)))
     finally:
         model.load_state_dict(state)
     correlations = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(before, after) if a.std() > 0 and b.std() > 0]

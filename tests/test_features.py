@@ -4,6 +4,7 @@ import torch
 
 from audit.data.dataset import shard_ranges, write_image_store
 from audit.features import capture_layer, extract_shard, forward_features, open_features
+from audit.settings import FeatureSettings
 
 
 def test_shards_combine_to_the_model_outputs_with_named_dims(trained, digits_small, tmp_path):
@@ -13,12 +14,14 @@ def test_shards_combine_to_the_model_outputs_with_named_dims(trained, digits_sma
     assert ranges == [(0, 128), (128, 256), (256, 300)]
     paths = [tmp_path / f"shard-{i}.zarr" for i in range(len(ranges))]
     for (start, stop), path in zip(ranges, paths):
-        written = extract_shard(model, meta, tmp_path / "images.zarr", start, stop + 1000 * (stop == 300), path, batch_size=48, chunk=32, workers=2)
+        written = extract_shard(
+            model, meta, tmp_path / "images.zarr", start, stop + 1000 * (stop == 300), path, FeatureSettings(batch_size=48, loader_workers=2), chunk=32
+        )
         assert written == stop - start
 
     store = open_features(paths)
-    assert store["activation"].dims == ("image", "channel", "y", "x")
-    assert store["embedding"].dims == ("image", "channel")
+    assert store["activation"].dims == ("image", "unit", "layer_y", "layer_x")
+    assert store["embedding"].dims == ("image", "unit")
     assert store["logits"].dims == ("image", "class")
     assert store["activation"].chunks[0][:5] == (32, 32, 32, 32, 32)  # whole chunks within each shard
     assert list(store["class"].values) == digits_small.class_names
@@ -35,7 +38,7 @@ def test_shards_combine_to_the_model_outputs_with_named_dims(trained, digits_sma
     np.testing.assert_allclose(store["embedding"].values, activations.mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(store["prediction"].values, logits.argmax(1))
     np.testing.assert_allclose(store["probability"].sum("class").values, 1.0, rtol=1e-5)
-    assert store.attrs == {"model": "resnet10t", "layer": "layer4"}
+    assert store.attrs == {"model": "resnet10t", "layer": "layer4", "head": 1}
 
 
 def test_an_interrupted_shard_leaves_no_store_and_is_redone(trained, digits_small, tmp_path, monkeypatch):
@@ -53,12 +56,12 @@ def test_an_interrupted_shard_leaves_no_store_and_is_redone(trained, digits_smal
 
     monkeypatch.setattr("audit.features.forward_features", failing)
     try:
-        extract_shard(model, meta, tmp_path / "images.zarr", 0, 160, target, batch_size=32, chunk=32, workers=0)
+        extract_shard(model, meta, tmp_path / "images.zarr", 0, 160, target, FeatureSettings(batch_size=32, loader_workers=0), chunk=32)
     except KeyboardInterrupt:
         pass
     assert not target.exists() and not list(tmp_path.glob(".shard-0.zarr.tmp-*"))
     monkeypatch.setattr("audit.features.forward_features", original)
-    assert extract_shard(model, meta, tmp_path / "images.zarr", 0, 160, target, batch_size=32, chunk=32, workers=0) == 160
+    assert extract_shard(model, meta, tmp_path / "images.zarr", 0, 160, target, FeatureSettings(batch_size=32, loader_workers=0), chunk=32) == 160
     assert open_features([target]).sizes["image"] == 160
 
 

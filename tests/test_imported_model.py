@@ -5,6 +5,7 @@ import timm
 import torch
 
 from audit.models.imported import import_model
+from audit.settings import ModelSettings
 
 NAMES = ["a", "b", "c"]
 
@@ -27,7 +28,7 @@ def test_checkpoint_forms_load_to_the_same_model(source_model, tmp_path, form):
         safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     else:
         torch.save({f"module.{k}": v for k, v in state.items()}, path)
-    model, meta = import_model(path, "resnet10t", {}, NAMES, "auto", image_size=64)
+    model, meta = import_model(path, ModelSettings(name="resnet10t"), NAMES, image_size=64)
     assert meta.layer == "layer4" and meta.input_size == (3, 64, 64)
     assert meta.mean == pytest.approx((0.485, 0.456, 0.406))
     x = torch.randn(2, 3, 64, 64)
@@ -37,29 +38,31 @@ def test_checkpoint_forms_load_to_the_same_model(source_model, tmp_path, form):
 def test_class_count_mismatch_names_the_classifier(source_model, tmp_path):
     torch.save(source_model.state_dict(), tmp_path / "w.pth")
     with pytest.raises(ValueError, match=r"classifier fc.weight has 3 outputs but the dataset has 4 classes"):
-        import_model(tmp_path / "w.pth", "resnet10t", {}, NAMES + ["d"], "auto", image_size=64)
+        import_model(tmp_path / "w.pth", ModelSettings(name="resnet10t"), NAMES + ["d"], image_size=64)
 
 
 def test_other_architecture_names_the_mismatching_keys(source_model, tmp_path):
     torch.save(source_model.state_dict(), tmp_path / "w.pth")
     with pytest.raises(ValueError, match="does not match the model"):
-        import_model(tmp_path / "w.pth", "resnet18", {}, NAMES, "auto", image_size=64)
+        import_model(tmp_path / "w.pth", ModelSettings(name="resnet18"), NAMES, image_size=64)
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        import_model(tmp_path / "nope.pth", "resnet10t", {}, NAMES, "auto", image_size=64)
+        import_model(tmp_path / "nope.pth", ModelSettings(name="resnet10t"), NAMES, image_size=64)
 
 
 def test_pickled_code_in_a_checkpoint_is_refused(source_model, tmp_path):
     torch.save({"state_dict": source_model.state_dict(), "extra": object()}, tmp_path / "w.pth")
     with pytest.raises(Exception, match="[Ww]eights only load failed|Unsupported global"):
-        import_model(tmp_path / "w.pth", "resnet10t", {}, NAMES, "auto", image_size=64)
+        import_model(tmp_path / "w.pth", ModelSettings(name="resnet10t"), NAMES, image_size=64)
 
 
 def test_normalisation_override_and_named_layer(source_model, tmp_path):
     torch.save(source_model.state_dict(), tmp_path / "w.pth")
-    _, meta = import_model(tmp_path / "w.pth", "resnet10t", {}, NAMES, "layer3", image_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    _, meta = import_model(
+        tmp_path / "w.pth", ModelSettings(name="resnet10t", layer="layer3", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)), NAMES, image_size=32
+    )
     assert meta.layer == "layer3" and meta.mean == (0.5, 0.5, 0.5) and meta.std == (0.25, 0.25, 0.25)
 
 

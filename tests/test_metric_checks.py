@@ -8,9 +8,11 @@ import xarray as xr
 from audit.explain.checks import class_contrast_plan, explains_the_head, last_block, randomised_model
 from audit.explain.store import saliency_dataset
 from audit.metrics.boxes import box_masks, pearson, random_boxes
-from audit.metrics.evaluate import MetricSettings, evaluate_saliency
+from audit.metrics.evaluate import evaluate_saliency
+from audit.metrics.registry import METRICS
 from audit.metrics.localization import energy_pointing_game, iou, object_regions, otsu_thresholds, pixel_auprc
 from audit.metrics.sanity import rank_similarity
+from audit.settings import ExplainSettings, MetricSettings, ModelSettings, TrainSettings
 from tests.test_metrics import META, QuadrantModel
 
 
@@ -73,13 +75,15 @@ def test_random_boxes_and_masks():
     assert pearson(torch.arange(4.0)[None], 2 * torch.arange(4.0)[None] + 1)[0].item() == pytest.approx(1.0)
 
 
-def _store(maps, contrast=None, randomised=None, target=0, compare=1, size=8):
+def _store(maps, contrast=None, randomised=None, target=0, compare=1, size=8, random_class=None):
     count = len(maps)
     plan = pd.DataFrame(
         {"method": "m", "image_index": np.zeros(count, int), "image_id": "i", "purpose": "anomaly", "variant": "m",
          "target": target, "contrasts": [[]] * count, "reference": "", "compare": compare}
     )
-    return saliency_dataset(plan, maps, (size, size), (size, size), {}, contrast_maps=contrast, randomised_maps=randomised)
+    given = (("compare_class_map", contrast), ("randomised_model_map", randomised), ("random_class_map", random_class))
+    checks = {name: values for name, values in given if values is not None}
+    return saliency_dataset(plan, maps, (size, size), (size, size), {}, checks=checks)
 
 
 class BigQuadrantModel(torch.nn.Module):
@@ -100,7 +104,7 @@ def test_box_and_class_sensitivity_on_the_quadrant_model():
     right[:, :8, :8] = 1.0
     right += np.linspace(0, 1e-3, 256, dtype=np.float32).reshape(1, 16, 16)
     reversed_ = 1 - right
-    settings = MetricSettings(steps=16, baseline="zero", box_sizes=(0.25, 0.5), boxes_per_size=16, groups=("deletion", "class_sensitivity", "box_sensitivity"))
+    settings = MetricSettings(steps=16, baseline="zero", box_sizes=(0.25, 0.5), boxes_per_size=16, metrics=("deletion", "class_sensitivity", "box_sensitivity"))
     store = _store(np.concatenate([right, reversed_]), contrast=[reversed_[0], None], size=16)
     table = evaluate_saliency(BigQuadrantModel(), META, image, store, "m", settings)
     box = table[table["metric"] == "box_sensitivity_mean"].set_index("map")["value"]
@@ -114,7 +118,7 @@ def test_sanity_and_localization_rows_through_evaluate(tmp_path):
     maps = np.random.default_rng(0).random((2, 8, 8)).astype(np.float32)
     store = _store(maps, randomised=[maps[0], None])
     regions = (np.ones((1, 8, 8), bool) & (np.arange(8)[None, :, None] < 4), np.array([True]))
-    table = evaluate_saliency(QuadrantModel(), META, np.zeros((1, 3, 8, 8), np.uint8), store, "m", MetricSettings(groups=("sanity", "localization", "compactness")), regions=regions)
+    table = evaluate_saliency(QuadrantModel(), META, np.zeros((1, 3, 8, 8), np.uint8), store, "m", MetricSettings(metrics=("sanity", "localization", "compactness")), regions=regions)
     sanity = table[table["metric"] == "sanity_similarity"]["value"].to_numpy()
     assert sanity[0] == pytest.approx(1.0) and np.isnan(sanity[1])
     assert {"energy_pointing_game", "iou", "pixel_auprc", "compactness"} <= set(table["metric"])
@@ -178,16 +182,16 @@ def test_a_planted_truth_map_beats_gradcam_and_a_random_map_on_a_synthetic_task(
     is the model's whole evidence, so deleting it first hurts most; Grad-CAM should sit between it and a random map."""
     from audit.data.dataset import ImageDataset
     from audit.data.synthetic import synthetic_chunk
-    from audit.explain.compute import MapSettings, model_maps
+    from audit.explain.compute import model_maps
     from audit.explain.engine import ExplainerEngine
-    from audit.models.train import TrainSettings, fit_model
+    from audit.models.train import fit_model
 
     chunk = synthetic_chunk(0, 320, num_classes=4, size=32, seed=0)
     pixels, labels = chunk["pixels"].values, chunk["label"].values
     split = np.where(np.arange(len(labels)) % 5 == 0, "audit", "train")
     dataset = ImageDataset(pixels, labels, split, chunk["image_id"].values, [f"c{c}" for c in range(4)])
     torch.manual_seed(0)
-    model, meta = fit_model(dataset, "resnet10t", {"output_stride": 8}, "layer4", TrainSettings(epochs=10, batch_size=32, shift=0, seed=0))
+    model, meta = fit_model(dataset, ModelSettings(name="resnet10t", kwargs={"output_stride": 8}, layer="layer4", train=TrainSettings(epochs=10, batch_size=32, shift=0, seed=0)))
     assert meta.metrics["audit_accuracy"] > 0.95
     held_out = np.flatnonzero(split == "audit")[:32]
     images = pixels[held_out]
@@ -196,10 +200,10 @@ def test_a_planted_truth_map_beats_gradcam_and_a_random_map_on_a_synthetic_task(
         {"method": "m", "image_index": np.arange(len(held_out)), "image_id": "i", "purpose": "anomaly", "variant": "m",
          "target": labels[held_out], "contrasts": [[]] * len(held_out), "reference": "", "compare": (labels[held_out] + 1) % 4}
     )
-    gradcam = np.stack(model_maps(ExplainerEngine(model, meta.layer, (32, 32)), meta, images, plan.assign(method="gradcam"), MapSettings(batch_size=32)))
+    gradcam = np.stack(model_maps(ExplainerEngine(model, meta.layer, (32, 32)), meta, images, plan.assign(method="gradcam"), ExplainSettings(batch_size=32)))
     random_maps = np.random.default_rng(0).random(planted.shape).astype(np.float32)
     regions = (planted.astype(bool), np.ones(len(held_out), bool))
-    settings = MetricSettings(steps=16, baseline="mean", groups=("deletion", "localization"), batch_size=64)
+    settings = MetricSettings(steps=16, baseline="mean", metrics=("deletion", "localization"), batch_size=64)
     scores = {}
     for name, maps in (("planted", planted + 1e-3 * random_maps), ("gradcam", gradcam), ("random", random_maps)):
         layer_size = maps.shape[-2:]
@@ -209,9 +213,9 @@ def test_a_planted_truth_map_beats_gradcam_and_a_random_map_on_a_synthetic_task(
     assert scores["planted"]["energy_pointing_game"] > scores["gradcam"]["energy_pointing_game"] > scores["random"]["energy_pointing_game"]
 
 
-@pytest.mark.parametrize("group", ["deletion", "insertion", "fidelity", "road", "class_sensitivity", "box_sensitivity"])
+@pytest.mark.parametrize("group", list(METRICS))
 def test_forwards_per_map_counts_the_images_each_group_sends_through_the_model(group):
-    """The benchmarks' bound divides forward throughput by this count: it must be what the metric runs."""
+    """The benchmarks' bound divides forward throughput by this count: it must be what the metric runs (0 for map metrics)."""
     from audit.metrics.evaluate import forwards_per_map
 
     class Counting(QuadrantModel):
@@ -222,6 +226,9 @@ def test_forwards_per_map_counts_the_images_each_group_sends_through_the_model(g
             return super().forward(x)
 
     maps = np.random.default_rng(0).random((3, 8, 8)).astype(np.float32)
-    settings = MetricSettings(steps=4, box_sizes=(0.25, 0.5), boxes_per_size=3, road_fractions=(0.2, 0.6), groups=(group,), batch_size=5)
-    evaluate_saliency(Counting(), META, np.full((1, 3, 8, 8), 200, np.uint8), _store(maps, contrast=list(maps[::-1])), "m", settings)
-    assert Counting.seen == 3 * forwards_per_map(group, settings)
+    settings = MetricSettings(steps=4, box_sizes=(0.25, 0.5), boxes_per_size=3, road_fractions=(0.2, 0.6), metrics=(group,), batch_size=5)
+    regions = (np.ones((1, 8, 8), bool) & (np.arange(8)[None, :, None] < 4), np.array([True]))
+    store = _store(maps, contrast=list(maps[::-1]), randomised=list(maps[::-1]), random_class=list(maps[::-1]))
+    table = evaluate_saliency(Counting(), META, np.full((1, 3, 8, 8), 200, np.uint8), store, "m", settings, regions=regions)
+    assert Counting.seen == 3 * forwards_per_map(settings)[group]
+    assert set(table["metric"]) == {o.name for o in METRICS[group].outputs}

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from audit.metrics.perturbation import baseline_images, compactness, curve_auc, perturbed_probabilities, relative_confidence_drop, removal_masks
+from audit.metrics.map_properties import compactness
+from audit.metrics.perturbation import baseline_images, curve_auc, perturbed_probabilities, relative_confidence_drop, removal_masks
 from audit.metrics.summary import bootstrap_interval, summarise_metrics
 from audit.models.checkpoint import ModelMeta
 
@@ -122,13 +123,16 @@ def test_dask_summary_per_method_class_and_overall(rng):
     per_class = summary[(summary["level"] == "class") & (summary["metric"] == "road_morf")].set_index("target")
     assert per_class.loc[1, "mean"] == pytest.approx(values[101::2].mean()) and per_class.loc[1, "n"] == 50
     assert (overall["ci_low"] < overall["mean"]).all() and (overall["mean"] < overall["ci_high"]).all()
+    assert overall.loc["deletion_auc", "direction"] == "lower" and (summary["direction"] != "").all()  # from the metric registry
 
 
 def test_gradcam_beats_a_random_map_on_the_trained_model(trained, digits_small):
-    from audit.explain.compute import MapSettings, model_maps
+    from audit.explain.compute import model_maps
+    from audit.settings import ExplainSettings
     from audit.explain.engine import ExplainerEngine
     from audit.explain.store import saliency_dataset
-    from audit.metrics.evaluate import MetricSettings, evaluate_saliency
+    from audit.metrics.evaluate import evaluate_saliency
+    from audit.settings import MetricSettings
 
     model, meta = trained
     count = 48
@@ -140,12 +144,12 @@ def test_gradcam_beats_a_random_map_on_the_trained_model(trained, digits_small):
             "compare": (digits_small.labels[:count] + 1) % 10,
         }
     )
-    maps = np.stack(model_maps(ExplainerEngine(model, meta.layer, images.shape[-2:]), meta, images, plan, MapSettings(batch_size=48)))
+    maps = np.stack(model_maps(ExplainerEngine(model, meta.layer, images.shape[-2:]), meta, images, plan, ExplainSettings(batch_size=48)))
     random_maps = np.random.default_rng(0).random(maps.shape).astype(np.float32)
     means = {}
     for name, layer_maps in (("gradcam", maps), ("random", random_maps)):
         store = saliency_dataset(plan, layer_maps, maps.shape[-2:], images.shape[-2:], {})
-        settings = MetricSettings(steps=8, baseline="blur", drop_fractions=(0.1,), batch_size=48, groups=("deletion", "insertion", "fidelity"))
+        settings = MetricSettings(steps=8, baseline="blur", drop_fractions=(0.1,), batch_size=48, metrics=("deletion", "insertion", "fidelity"))
         table = evaluate_saliency(model, meta, images, store, name, settings)
         means[name] = table.groupby("metric")["value"].mean()
     assert means["gradcam"]["deletion_auc"] < means["random"]["deletion_auc"]

@@ -8,7 +8,8 @@ from pytorch_grad_cam.metrics.road import NoisyLinearImputer, ROADLeastRelevantF
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
 from audit.explain.store import saliency_dataset
-from audit.metrics.evaluate import MetricSettings, evaluate_saliency
+from audit.metrics.evaluate import evaluate_saliency
+from audit.settings import MetricSettings
 from audit.metrics.perturbation import removal_masks
 from audit.metrics.road import linear_imputation, noisy_linear_imputation
 from audit.models.preprocess import normalise
@@ -78,7 +79,7 @@ def test_road_on_the_quadrant_model_is_hand_computable():
     right = np.zeros((1, 8, 8), np.float32)
     right[:, :4, :4] = 1.0
     right += np.linspace(0, 1e-3, 64, dtype=np.float32).reshape(1, 8, 8)  # no ties
-    settings = MetricSettings(road_fractions=(0.25, 0.75), groups=("road",), batch_size=4)
+    settings = MetricSettings(road_fractions=(0.25, 0.75), metrics=("road",), batch_size=4)
     table = evaluate_saliency(QuadrantModel(), META, image, _quadrant_store(right), "m", settings).set_index(["metric", "fraction"])["value"]
     low, high = (torch.softmax(torch.tensor([logit, 5.0]), 0)[0].item() for logit in (0.0, 20.0))
     # noise 0.01 per pixel moves the quadrant's mean by ~0.0025, the logit by ~0.05
@@ -103,7 +104,7 @@ def test_road_agrees_with_the_grad_cam_package(trained, digits_small):
          "target": digits_small.labels[:count], "contrasts": [[]] * count, "reference": "", "compare": 0}
     )
     store = saliency_dataset(plan, maps, (32, 32), (32, 32), {})
-    table = evaluate_saliency(model, meta, images, store, "m", MetricSettings(groups=("road", "deletion"), batch_size=64))
+    table = evaluate_saliency(model, meta, images, store, "m", MetricSettings(metrics=("road", "deletion"), batch_size=64))
     value = table.set_index(["metric", "map"])["value"]
     start = np.array([table[(table["metric"] == "deletion_curve") & (table["fraction"] == 0.0)].set_index("map")["value"][i] for i in range(count)])
     x = normalise(torch.as_tensor(images).float() / 255, meta.mean, meta.std)

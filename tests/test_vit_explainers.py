@@ -8,7 +8,8 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from audit.explain.cdam import attention_map, integrated_cdam, smooth_cdam
-from audit.explain.compute import MapSettings, model_maps
+from audit.explain.compute import model_maps
+from audit.settings import ExplainSettings
 from audit.explain.engine import ExplainerEngine
 from audit.explain.store import upsample
 from audit.models.checkpoint import ModelMeta
@@ -68,14 +69,14 @@ def test_cdam_class_and_concept_equal_direct_autograd(vit):
     model, meta, images = vit
     targets = np.array([0, 1, 2, 3, 4, 0])
     engine = ExplainerEngine(model, LAYER, SIZE)
-    got = np.stack(model_maps(engine, meta, images, _plan(["cdam"], targets), MapSettings(batch_size=6)))
+    got = np.stack(model_maps(engine, meta, images, _plan(["cdam"], targets), ExplainSettings(batch_size=6)))
     tokens, gradients = _direct_token_gradients(model, _x(meta, images), lambda _m, logits: logits[torch.arange(6), torch.as_tensor(targets)])
     expected = (tokens * gradients).sum(-1)[:, 3:].reshape(6, 4, 6)
     np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-6)
     assert (got < 0).any() and (got > 0).any()  # signed
 
     concept = np.random.default_rng(1).normal(size=32)
-    got = np.stack(model_maps(engine, meta, images, _plan(["cdam_concept"], targets, "concept:x"), MapSettings(batch_size=6), {"concept:x": concept}))
+    got = np.stack(model_maps(engine, meta, images, _plan(["cdam_concept"], targets, "concept:x"), ExplainSettings(batch_size=6), {"concept:x": concept}))
     store = {}
     handle = model.get_classifier().register_forward_pre_hook(lambda _m, inputs: store.setdefault("z", inputs[0]))
     tokens, gradients = _direct_token_gradients(model, _x(meta, images), lambda _m, _logits: store["z"] @ torch.as_tensor(concept, dtype=torch.float32))
@@ -144,7 +145,7 @@ def test_vit_gradcam_agrees_with_grad_cam_package(vit):
     model, meta, images = vit
     targets = np.array([0, 1, 2, 3, 4, 2])
     engine = ExplainerEngine(model, LAYER, SIZE)
-    ours = upsample(np.stack(model_maps(engine, meta, images, _plan(["gradcam"], targets), MapSettings(batch_size=6))), SIZE)
+    ours = upsample(np.stack(model_maps(engine, meta, images, _plan(["gradcam"], targets), ExplainSettings(batch_size=6))), SIZE)
     assert engine.closed_form is False
     model.requires_grad_(True)
     with GradCAM(model=model, target_layers=[model.get_submodule(LAYER)], reshape_transform=engine.layout.to_spatial) as oracle:

@@ -67,7 +67,7 @@ def test_end_to_end_artefacts_are_well_formed(tiny_audit):
     assert images.sizes["image"] == 240 and set(images["split"].values) == {"train", "audit"}
 
     features = open_features(sorted((results / "features").glob("shard-*.zarr")))
-    assert features["activation"].dims == ("image", "channel", "y", "x")
+    assert features["activation"].dims == ("image", "unit", "layer_y", "layer_x") and features["embedding"].dims == ("image", "unit")
     assert features.sizes["image"] == 240 and features.sizes["class"] == 10
     assert np.isfinite(features["activation"].values).all()
 
@@ -100,11 +100,15 @@ def test_end_to_end_artefacts_are_well_formed(tiny_audit):
         assert np.isfinite(saliency["image_map"].values).all()
         assert saliency.attrs["method"] == method and saliency.attrs["signed"] == int(method == "diffcam")
         assert saliency.sizes["map"] == (28 if method == "diffcam" else 14)
-        contrast, randomised = (np.isfinite(saliency[v].values).all(axis=(1, 2)) for v in ("contrast_map", "randomised_map"))
-        if method == "diffcam":  # a contrast map for "vs all others" only; the head plays no part
-            assert (contrast == (saliency["reference"].str.startswith("others:")).values).all() and not randomised.any()
+        contrast, random_class, randomised = (
+            np.isfinite(saliency[v].values).all(axis=(1, 2)) for v in ("compare_class_map", "random_class_map", "randomised_model_map")
+        )
+        assert (saliency["random_class"] != saliency["target"]).all() and saliency.attrs["format_version"] == 2
+        if method == "diffcam":  # class-swapped maps for "vs all others" only; the head plays no part
+            others = saliency["reference"].str.startswith("others:").values
+            assert (contrast == others).all() and (random_class == others).all() and not randomised.any()
         else:
-            assert contrast.all() and randomised.all()
+            assert contrast.all() and random_class.all() and randomised.all()
     assert open_zarr(results / "saliency" / "gradcam.zarr").attrs["gradients"].startswith("closed form")
 
     metrics = pd.read_parquet(results / "metrics.parquet")
@@ -112,7 +116,7 @@ def test_end_to_end_artefacts_are_well_formed(tiny_audit):
         "deletion_curve", "deletion_auc", "insertion_curve", "insertion_auc", "mif_auc", "lif_auc", "fidelity", "relative_confidence_drop",
         "road_morf", "road_lerf", "road_morf_mean", "road_lerf_mean", "road_combined", "class_sensitivity", "box_sensitivity",
         "box_sensitivity_mean", "compactness", "sanity_similarity", "energy_pointing_game", "iou", "pixel_auprc",
-        "region_share",
+        "region_share", "sparseness", "complexity", "concentration", "object_contrast", "otsu_f_measure", "random_logit_similarity",
     }
     assert set(metrics["method"]) == methods
     assert set(metrics.loc[metrics["metric"] == "relative_confidence_drop", "fraction"]) == {0.05, 0.1}
@@ -178,11 +182,9 @@ def test_rerun_has_nothing_to_do(tiny_audit):
 
 
 def test_report_escapes_names(tiny_audit):
-    from audit.models.checkpoint import load_checkpoint
     from audit.report.render import ReportInputs, render_report
 
     results = tiny_audit / "results" / "tiny"
-    model, meta = load_checkpoint(results / "model" / "trained.pt")
     evil = "<script>alert(1)</script>"
     features = open_features(sorted((results / "features").glob("shard-*.zarr")))
     features = features.assign_coords({"class": [evil] + list(features["class"].values[1:])})
@@ -200,14 +202,51 @@ def test_report_escapes_names(tiny_audit):
             rejects=pd.DataFrame({"image_id": [evil], "path": ["p"], "label": [evil], "reason": ["unknown label"]}),
             reference=open_zarr(results / "reference.zarr")[["covariance", "class_nonfinite"]].load(),
             saliency={m: open_zarr(results / "saliency" / f"{m}.zarr").load() for m in ("gradcam", "finercam", "diffcam")},
-            classifier_weight=model.get_classifier().weight.detach().numpy(),
-            model={"name": meta.name, "layer": meta.layer, "metrics": meta.metrics},
+            model={"name": "resnet10t", "layer": "layer4", "metrics": {}, "head": True},
             top_anomalies=1,
             top_pairs=1,
         )
     )
     assert evil not in html
     assert "&lt;script&gt;" in html and "x&amp;y" in html
+
+
+def _edited_config(tmp_path: Path, section: str, key: str, value) -> Path:
+    config = yaml.safe_load(TINY.read_text())
+    config["audits"]["tiny"].setdefault(section, {})[key] = value
+    path = tmp_path / f"{section}-{key}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _planned_rules(result: subprocess.CompletedProcess) -> set[str]:
+    """The rules of the jobs a dry run lists."""
+    return {line.split()[1].rstrip(":") for line in result.stdout.splitlines() if line.startswith(("rule ", "localrule ", "checkpoint "))}
+
+
+def test_speed_only_settings_rerun_nothing(tiny_audit, tmp_path):
+    """Params are narrow: batch sizes and workers change how fast a job runs, not what it writes."""
+    for section, key, value in (("features", "batch_size", 7), ("features", "loader_workers", 0), ("explain", "score_batch", 5), ("metrics", "batch_size", 3)):
+        result = snakemake("reports/tiny.html", "-n", "--directory", str(tiny_audit), "--configfile", str(_edited_config(tmp_path, section, key, value)))
+        assert result.returncode == 0 and "Nothing to be done" in result.stdout, (section, key, result.stdout[-2000:])
+
+
+def test_a_method_parameter_reruns_the_maps_not_the_plan(tiny_audit, tmp_path):
+    result = snakemake("reports/tiny.html", "-n", "--directory", str(tiny_audit), "--configfile", str(_edited_config(tmp_path, "explain", "finer_gamma", 0.3)))
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert _planned_rules(result) == {"explain", "metrics", "report"}
+    result = snakemake("reports/tiny.html", "-n", "--directory", str(tiny_audit), "--configfile", str(_edited_config(tmp_path, "explain", "top_pairs", 2)))
+    assert _planned_rules(result) == {"explain_plan", "explain", "metrics", "report"}
+
+
+def test_a_method_that_does_not_fit_the_model_fails_before_any_data_is_read(tmp_path):
+    config = _edited_config(tmp_path, "explain", "methods", ["gradcam", "cdam", "attention"])
+    result = snakemake("reports/tiny.html", "--cores", "1", "--directory", str(tmp_path), "--configfile", str(config))
+    assert result.returncode != 0
+    log = (tmp_path / "logs" / "tiny" / "check_model.log").read_text()
+    assert "explain.methods do not fit model resnet10t (cnn, layer layer4): cdam applies to vit models, not cnn" in log
+    assert "attention applies to vit models" in log
+    assert not (tmp_path / "results" / "tiny" / "images.zarr").exists()  # nothing ran after the check
 
 
 def test_rerun_redoes_only_the_unfinished_shard(tiny_audit, tmp_path):
@@ -237,7 +276,8 @@ def test_users_imagefolder_and_checkpoint_end_to_end(tmp_path, digits_small):
     import torch
     from PIL import Image
 
-    from audit.models.train import TrainSettings, fit_model
+    from audit.models.train import fit_model
+    from audit.settings import ModelSettings, TrainSettings
 
     names = {0: "zero", 1: "one", 7: "s<e>ven"}
     root = tmp_path / "tree"
@@ -258,7 +298,7 @@ def test_users_imagefolder_and_checkpoint_end_to_end(tmp_path, digits_small):
         image_ids=digits_small.image_ids[keep],
         class_names=sorted(names.values()),
     )
-    model, _ = fit_model(subset, "resnet10t", {"output_stride": 8}, "layer4", TrainSettings(epochs=1))
+    model, _ = fit_model(subset, ModelSettings(name="resnet10t", kwargs={"output_stride": 8}, layer="layer4", train=TrainSettings(epochs=1)))
     weights = tmp_path / "user_model.safetensors"
     safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
     backbone = tmp_path / "backbone.pth"  # a self-supervised-style backbone: no classifier weights
@@ -269,13 +309,13 @@ def test_users_imagefolder_and_checkpoint_end_to_end(tmp_path, digits_small):
             "user": {
                 "dataset": {"source": "imagefolder", "path": str(root), "image_size": 32, "chunk": 16},
                 "model": {"name": "resnet10t", "kwargs": {"output_stride": 8}, "checkpoint": str(weights)},
-                "explain": {"top_anomalies": 1, "top_pairs": 1, "images_per_pair": 1, "methods": ["gradcam", "finercam", "diffcam", "package-EigenCAM"]},
+                "explain": {"top_anomalies": 1, "top_pairs": 1, "images_per_pair": 1, "methods": ["gradcam", "finercam", "diffcam", "eigencam", "package-EigenCAM"]},
                 "metrics": {"steps": 4},
             },
             "backbone": {
                 "dataset": {"source": "imagefolder", "path": str(root), "chunk": 16},  # size: the model's pretrained input
                 "model": {"name": "resnet10t", "kwargs": {"output_stride": 8}, "checkpoint": str(backbone), "head": False},
-                "explain": {"top_anomalies": 1, "top_pairs": 1, "images_per_pair": 1},
+                "explain": {"top_anomalies": 1, "top_pairs": 1, "images_per_pair": 1, "methods": ["gradcam", "eigencam", "diffcam"]},
             },
         }
     }
@@ -293,7 +333,11 @@ def test_users_imagefolder_and_checkpoint_end_to_end(tmp_path, digits_small):
     assert str(reference["covariance"].sel(group="class:s<e>ven").values) == "pooled"
     package = open_zarr(results / "saliency" / "package-EigenCAM.zarr")
     assert package.attrs["normalised"].startswith("min-max") and float(package["image_map"].max()) <= 1.0
-    assert set(pd.read_parquet(results / "metrics.parquet")["method"]) == {"gradcam", "finercam", "diffcam", "package-EigenCAM"}
+    assert set(pd.read_parquet(results / "metrics.parquet")["method"]) == {"gradcam", "finercam", "diffcam", "eigencam", "package-EigenCAM"}
+    eigencam = pd.read_parquet(results / "metrics.parquet").query("method == 'eigencam'")
+    # class-agnostic: the compare-class and random-class maps are the map itself
+    assert (eigencam.query("metric == 'class_sensitivity'")["value"].abs() < 1e-6).all()
+    assert (eigencam.query("metric == 'random_logit_similarity'")["value"].dropna() > 0.999).all()
     html = (tmp_path / "reports" / "user.html").read_text()
     assert "Rejected at ingest: 1 images" in html and "s&lt;e&gt;ven" in html and "s<e>ven" not in html
     assert "pooled within-class covariance" in html
@@ -304,7 +348,7 @@ def test_users_imagefolder_and_checkpoint_end_to_end(tmp_path, digits_small):
     assert "logits" not in features and "prediction" not in features.coords
     assert features.sizes["feature"] == 512
     assert open_zarr(results / "images.zarr").sizes["y"] == 176  # resnet10t's pretrained input size
-    assert sorted(p.name for p in (results / "saliency").glob("*.zarr")) == ["diffcam.zarr"]
+    assert sorted(p.name for p in (results / "saliency").glob("*.zarr")) == ["diffcam.zarr", "eigencam.zarr"]  # Grad-CAM needs logits
     assert pd.read_parquet(results / "metrics.parquet").empty
     pairs = pd.read_parquet(results / "pairs.parquet")
     assert pairs["weight_cosine"].isna().all() and pairs["mean_distance"].is_monotonic_increasing

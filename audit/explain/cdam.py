@@ -20,9 +20,16 @@ tokens substituted at the layer (``ExplainerEngine.replay``).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
 import torch
 
 from audit.explain.engine import ExplainerEngine
+from audit.explain.explainer import LAYER_GRADIENTS, OWN_PASS, Explainer, ReportColumn, Subject
+
+if TYPE_CHECKING:
+    from audit.explain.compute import Batch, Rows
 
 
 def token_scores(tokens: torch.Tensor, gradients: torch.Tensor, prefix: int, grid: tuple[int, int]) -> torch.Tensor:
@@ -101,3 +108,95 @@ def attention_map(engine: ExplainerEngine, x: torch.Tensor) -> torch.Tensor:
     q, k = attention.q_norm(qkv[0]), attention.k_norm(qkv[1])
     weights = torch.softmax((q[:, :, :1] * attention.scale) @ k.transpose(-2, -1), dim=-1)  # (B, heads, 1, N)
     return weights[:, :, 0, layout.prefix :].mean(1).reshape(batch, *layout.grid)
+
+
+TOKENS = {"tokens": "output of the explained layer (CDAM: the last block's norm1)"}
+VIT = frozenset({"vit"})
+
+
+@dataclass(frozen=True)
+class Cdam(Explainer):
+    """CDAM of each row's class logit: S_i = Σ_d T_i,d · ∂y/∂T_i,d from the batch's trunk pass."""
+
+    needs: frozenset[str] = frozenset({LAYER_GRADIENTS})
+    signed: bool = True
+    architectures: frozenset[str] = VIT
+
+    def objective(self, batch: Batch, rows: Rows) -> tuple[torch.Tensor, str]:
+        """Each row's coefficients and the output they weight (``logits`` or ``pre_logits``)."""
+        return rows.coefficients, "logits"
+
+    def maps(self, batch: Batch, rows: Rows) -> torch.Tensor:
+        coefficients, output = self.objective(batch, rows)
+        layer_pass = batch.layer_pass
+        return (layer_pass.activations[rows.positions] * layer_pass.gradients(rows.positions, coefficients, output)).sum(1)
+
+
+@dataclass(frozen=True)
+class ConceptCdam(Cdam):
+    """CDAM of concepts: the dot product of the final embedding with the subject's own class concept and each named concept.
+
+    A concept lives on the embedding before the head: the map does not explain the
+    classifier (no sanity check), and has no class-swapped counterpart.
+    """
+
+    explains_head: bool = False
+
+    def rows(self, subject: Subject) -> list[dict[str, Any]]:
+        base = {**subject.base(), "method": self.name}
+        return [
+            {**base, "variant": f"{self.name} {'own class' if c.startswith('class:') else c}", "reference": c} for c in subject.concepts
+        ]
+
+    def swapped(self, row, other):
+        return None
+
+    def objective(self, batch: Batch, rows: Rows) -> tuple[torch.Tensor, str]:
+        return batch.concept_vectors(rows.references), "pre_logits"
+
+
+@dataclass(frozen=True)
+class SmoothCdam(Cdam):
+    """Smooth CDAM: the mean score over noisy copies of the tokens."""
+
+    parameters: tuple[str, ...] = ("smooth_samples", "smooth_noise")
+
+    def maps(self, batch: Batch, rows: Rows) -> torch.Tensor:
+        coefficients, output = self.objective(batch, rows)
+        tokens = batch.layer_pass.tokens[rows.positions]
+        return smooth_cdam(
+            batch.engine, batch.x[rows.positions], tokens, coefficients, output, batch.settings.smooth_samples, batch.settings.smooth_noise
+        )
+
+
+@dataclass(frozen=True)
+class IntegratedCdam(Cdam):
+    """Integrated CDAM: integrated gradients from zero patch tokens."""
+
+    parameters: tuple[str, ...] = ("integrated_steps",)
+
+    def maps(self, batch: Batch, rows: Rows) -> torch.Tensor:
+        coefficients, output = self.objective(batch, rows)
+        tokens = batch.layer_pass.tokens[rows.positions]
+        return integrated_cdam(batch.engine, batch.x[rows.positions], tokens, coefficients, output, batch.settings.integrated_steps)
+
+
+@dataclass(frozen=True)
+class Attention(Explainer):
+    """The last block's CLS attention, averaged over heads; it does not use the head but claims to explain the prediction."""
+
+    needs: frozenset[str] = frozenset({OWN_PASS})
+    needs_head: bool = False
+    architectures: frozenset[str] = VIT
+
+    def maps(self, batch: Batch, rows: Rows) -> torch.Tensor:
+        return attention_map(batch.engine, batch.x)[rows.positions]
+
+
+CDAMS = (
+    Cdam("cdam", "CDAM", notes=TOKENS, report=(ReportColumn("anomaly", "", "CDAM"), ReportColumn("pair", "", "CDAM {a}"))),
+    SmoothCdam("cdam_smooth", "Smooth CDAM", notes=TOKENS),
+    IntegratedCdam("cdam_integrated", "Integrated CDAM", notes={**TOKENS, "baseline": "zero patch tokens"}),
+    ConceptCdam("cdam_concept", "concept CDAM", notes=TOKENS),
+    Attention("attention", "attention", report=(ReportColumn("anomaly", "", "attention"),)),
+)

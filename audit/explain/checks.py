@@ -1,19 +1,19 @@
-"""The maps the metrics need beside each planned map: the contrast-class map and the randomised-head map.
+"""The maps the metrics need beside each planned map: class-swapped maps and the randomised-model map.
 
 * Class sensitivity compares a map with the same method's map for the plan
-  row's ``compare`` class d (the most similar other class, or the pair class).
-  The contrast row asks the same question with target and d swapped: a
-  single-target method explains d; Finer-CAM explains d against its contrasts
-  with d replaced by the target; DiffCAM "vs all others" explains the image
-  against all classes but d. Rows without a class-swapped counterpart (DiffCAM
-  against a single class or the own class, concept CDAM) get none.
-* The sanity check (Adebayo et al. 2018) recomputes every model-based map
-  with the classifier head (or the head and the explained layer's block)
-  re-initialised: a map that does not change does not depend on what the
-  model learned to classify. DiffCAM and concept CDAM do
-  not explain the head (DiffCAM reads stored activations, a concept lives on
-  the embedding before the head); their maps get none. Attention does not use
-  the head either but claims to explain the prediction: it is checked.
+  row's ``compare`` class d (the most similar other class, or the pair
+  class); the random-logit check (Sixt et al. 2020, as in Quantus) compares it
+  with the map for a random other class (``random_classes``). Each method
+  says how a row asks the same question about another class
+  (``Explainer.swapped``): a single-target method explains the other class;
+  Finer-CAM explains it against the same contrasts; DiffCAM "vs all others"
+  explains the image against all classes but the other one. Rows without a
+  class-swapped counterpart (DiffCAM against one class or its own class,
+  concept CDAM) get none.
+* The sanity check (Adebayo et al. 2018) recomputes every map that claims to
+  explain the classifier (``Explainer.explains_head``) with the classifier
+  head (or the head and the explained layer's block) re-initialised: a map
+  that does not change does not depend on what the model learned to classify.
 """
 from __future__ import annotations
 
@@ -24,39 +24,46 @@ import pandas as pd
 import torch
 from torch import nn
 
-from audit.explain.methods import REFERENCE, method
+from audit.explain.registry import explainer
 from audit.models.checkpoint import classifier_module
 
 
-def class_contrast_plan(plan: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
-    """The class-swapped rows of ``plan`` and a mask (len(plan),) of which rows have one.
+def swapped_plan(plan: pd.DataFrame, others: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+    """The rows of ``plan`` asked about class ``others[r]`` instead of their target, and a mask (len(plan),) of which rows have one.
 
     The returned frame keeps the plan's columns and index, restricted to the masked rows.
     """
     plan = plan.reset_index(drop=True)
     swapped = []
     has = np.zeros(len(plan), dtype=bool)
-    for i, row in enumerate(plan.itertuples(index=False)):
-        spec = method(row.method)
-        target, compare = int(row.target), int(row.compare)
-        if compare == target or row.method == "cdam_concept":
-            continue
-        if spec.needs == REFERENCE:
-            if not str(row.reference).startswith("others:"):
-                continue
-            swapped.append({**row._asdict(), "target": compare, "compare": target, "reference": f"others:{compare}"})
-        elif spec.contrast:
-            contrasts = [target if c == compare else int(c) for c in row.contrasts]
-            swapped.append({**row._asdict(), "target": compare, "compare": target, "contrasts": list(dict.fromkeys(contrasts))})
-        else:
-            swapped.append({**row._asdict(), "target": compare, "compare": target})
-        has[i] = True
+    for i, (row, other) in enumerate(zip(plan.to_dict("records"), others)):
+        counterpart = explainer(row["method"]).swapped(row, int(other))
+        if counterpart is not None:
+            swapped.append(counterpart)
+            has[i] = True
     return pd.DataFrame(swapped, columns=plan.columns, index=np.flatnonzero(has)), has
+
+
+def class_contrast_plan(plan: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """The rows of ``plan`` for their ``compare`` class (class sensitivity); see :func:`swapped_plan`."""
+    return swapped_plan(plan, plan["compare"].to_numpy())
+
+
+def random_classes(plan: pd.DataFrame, num_classes: int, seed: int) -> np.ndarray:
+    """A random class other than the target for each plan row (len(plan),), the same for every row of one image and target.
+
+    Drawn from ``seed`` and the image's index, so it does not depend on which other rows the plan holds.
+    """
+    out = np.empty(len(plan), dtype=np.int64)
+    for r, (index, target) in enumerate(zip(plan["image_index"].to_numpy(), plan["target"].to_numpy())):
+        draw = int(np.random.default_rng([seed, int(index), int(target)]).integers(num_classes - 1))
+        out[r] = draw + (draw >= target)
+    return out
 
 
 def explains_the_head(plan: pd.DataFrame) -> np.ndarray:
     """(len(plan),) bool: the rows whose map is meant to explain the classifier's output (sanity-checked)."""
-    return (~plan["method"].isin(["diffcam", "cdam_concept"])).to_numpy()
+    return np.array([explainer(name).explains_head for name in plan["method"]], dtype=bool)
 
 
 SANITY_SCOPES = ("head", "last_block")

@@ -1,7 +1,13 @@
-"""Compute the maps of a plan: model methods through the engine, DiffCAM from stored activations."""
+"""Compute the maps of a plan: model methods batch by batch through the engine, the others from stored features.
+
+Each batch of images is run through the model at most once per need
+(``audit.explain.explainer``): the trunk pass (with head-side gradients when a
+method of the batch needs them) and Score-CAM's masked forwards are shared by
+every method of the batch that needs them.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -9,56 +15,79 @@ import torch
 import xarray as xr
 from tqdm import tqdm
 
-from audit.explain.cdam import attention_map, integrated_cdam, smooth_cdam
-from audit.explain.diffcam import diffcam_maps
 from audit.explain.engine import ExplainerEngine, LayerPass
-from audit.explain.methods import (
-    ATTENTION,
-    INPUT_GRADIENTS,
-    LAYER_GRADIENTS,
-    MASKED_SCORES,
-    PACKAGE,
-    PACKAGE_PREFIX,
-    TOKEN_GRADIENTS,
-    input_gradient_map,
-    method,
-    score_weighted_map,
-)
+from audit.explain.explainer import LAYER, LAYER_GRADIENTS, MASKED_SCORES
 from audit.explain.objectives import contrast_coefficients
-from audit.explain.package import package_maps
+from audit.explain.registry import explainer
 from audit.models.checkpoint import ModelMeta
 from audit.models.preprocess import to_model_input
-from audit.reference import LeaveOneOut, group_from_store
-
-
-@dataclass(frozen=True)
-class MapSettings:
-    """Parameters of the model-based methods.
-
-    Attributes:
-        gamma: Finer-CAM γ. batch_size: images per trunk pass.
-        score_batch: masked inputs per forward (Score-CAM).
-        smooth_samples, smooth_noise: Smooth CDAM's n and σ as a share of the token range.
-        integrated_steps: Integrated CDAM's path points.
-    """
-
-    gamma: float = 0.6
-    batch_size: int = 64
-    score_batch: int = 64
-    smooth_samples: int = 50
-    smooth_noise: float = 0.05
-    integrated_steps: int = 32
+from audit.settings import ExplainSettings
 
 
 @dataclass
-class _Rows:
-    """Plan rows of one need in one batch: their plan positions, image positions in the batch, objectives."""
+class Rows:
+    """The plan rows of one explainer in one batch.
 
-    index: np.ndarray
+    Attributes:
+        positions: image position in the batch of each row (R,), on the device.
+        coefficients: objective of each row over the logits (R, C): e_target − γ·mean e_contrasts.
+        references: each row's reference (R,) str.
+    """
+
     positions: torch.Tensor
     coefficients: torch.Tensor
-    methods: np.ndarray
     references: np.ndarray
+
+
+@dataclass
+class Batch:
+    """One batch of images and what the model computed on it, computed on first use.
+
+    Attributes:
+        x: model input (B, 3, H, W). needs: the union of its explainers' needs.
+        masked_positions: the images whose masked-input scores some row needs.
+        concepts: concept reference → vector over the final embedding (D,).
+    """
+
+    engine: ExplainerEngine
+    meta: ModelMeta
+    x: torch.Tensor
+    needs: set[str]
+    masked_positions: torch.Tensor
+    settings: ExplainSettings
+    concepts: dict[str, np.ndarray]
+    _pass: LayerPass | None = field(default=None, repr=False)
+    _masked: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def layer_pass(self) -> LayerPass:
+        """The trunk pass, with head-side gradients when any method of the batch needs them."""
+        if self._pass is None:
+            self._pass = self.engine.layer_pass(self.x, gradients=LAYER_GRADIENTS in self.needs)
+        return self._pass
+
+    def masked_logits(self, positions: torch.Tensor) -> torch.Tensor:
+        """Logits (R, K, C) of the inputs masked by each channel, for images at ``positions`` (R,)."""
+        if self._masked is None:
+            subjects = self.masked_positions
+            computed = self.engine.masked_logits(self.x[subjects], self.layer_pass.activations[subjects], self.settings.score_batch)
+            self._masked = computed.new_zeros((len(self.x), *computed.shape[1:]))
+            self._masked[subjects] = computed
+        return self._masked[positions]
+
+    def concept_vectors(self, references: np.ndarray) -> torch.Tensor:
+        """Concept vectors (R, D) for references ``class:<index>`` or ``concept:<name>``."""
+        keys = [concept_key(r, self.meta.class_names) for r in references]
+        missing = sorted(set(keys) - set(self.concepts))
+        if missing:
+            raise ValueError(f"no concept vector named {', '.join(missing)}")
+        return torch.as_tensor(np.stack([self.concepts[k] for k in keys]), dtype=torch.float32, device=self.x.device)
+
+
+def concept_key(reference: str, class_names: list[str]) -> str:
+    """The reference store's concept name of a plan reference: ``class:<index>`` → ``class:<name>``; ``concept:<name>`` as is."""
+    kind, _, value = reference.partition(":")
+    return f"class:{class_names[int(value)]}" if kind == "class" else reference
 
 
 def model_maps(
@@ -66,27 +95,24 @@ def model_maps(
     meta: ModelMeta,
     images: np.ndarray,
     plan: pd.DataFrame,
-    settings: MapSettings,
+    settings: ExplainSettings,
     concepts: dict[str, np.ndarray] | None = None,
 ) -> list[np.ndarray]:
-    """Raw maps for plan rows of model-based methods, one float32 array per row, in plan order.
+    """Raw maps for plan rows of model methods, one float32 array per row, in plan order.
 
-    Images are visited once each, in batches of ``settings.batch_size``; every
-    method of the plan that shares a need (layer gradients, masked-input scores,
-    input gradients, token gradients, attention) shares one pass over the
-    batch. Layer-resolution maps are (h, w), image-resolution maps (H, W).
+    Images are visited once each, in batches of ``settings.batch_size``.
+    Layer-resolution maps are (h, w), image-resolution maps (H, W).
 
     Args:
         images: uint8 (N, 3, H, W), indexed by ``plan.image_index``.
-        plan: rows with method, image_index, target, contrasts, reference (the
-            concept name for ``cdam_concept``).
-        concepts: concept name → vector (D,) over the final embedding, for ``cdam_concept``.
+        plan: rows with method, image_index, target, contrasts, reference.
+        concepts: the reference store's concept name → vector (D,) over the final embedding.
     """
     plan = plan.reset_index(drop=True)
-    specs = [method(name) for name in plan["method"]]
-    contrasts = [list(c) if spec.contrast else [] for c, spec in zip(plan["contrasts"], specs)]
-    coefficients = contrast_coefficients(len(meta.class_names), plan["target"].tolist(), contrasts, settings.gamma).to(engine.device)
-    needs = np.array([spec.needs for spec in specs])
+    explainers = {name: explainer(name) for name in plan["method"].unique()}
+    coefficients = contrast_coefficients(
+        len(meta.class_names), plan["target"].tolist(), [list(c) for c in plan["contrasts"]], settings.finer_gamma
+    ).to(engine.device)
     image_index = plan["image_index"].to_numpy()
     names = plan["method"].to_numpy()
     references = plan["reference"].astype(str).to_numpy()
@@ -94,103 +120,40 @@ def model_maps(
     subjects = np.unique(image_index)
     for start in tqdm(range(0, len(subjects), settings.batch_size), desc="explain", unit="batch"):
         chunk = subjects[start : start + settings.batch_size]
-        x = to_model_input(images[chunk], meta.mean, meta.std, engine.device)
         in_batch = np.flatnonzero(np.isin(image_index, chunk))
-        batch_needs = set(needs[in_batch])
-        layer_pass = None
-        if batch_needs & {LAYER_GRADIENTS, MASKED_SCORES, TOKEN_GRADIENTS}:
-            layer_pass = engine.layer_pass(x, gradients=bool(batch_needs & {LAYER_GRADIENTS, TOKEN_GRADIENTS}))
-        for need in batch_needs:
-            index = in_batch[needs[in_batch] == need]
-            rows = _Rows(
-                index,
+        batch_explainers = [explainers[n] for n in np.unique(names[in_batch])]
+        needs = set().union(*(e.needs for e in batch_explainers))
+        if needs & {LAYER_GRADIENTS, MASKED_SCORES}:
+            needs.add(LAYER)
+        masked = in_batch[np.isin(names[in_batch], [e.name for e in batch_explainers if MASKED_SCORES in e.needs])]
+        batch = Batch(
+            engine, meta, to_model_input(images[chunk], meta.mean, meta.std, engine.device), needs,
+            torch.as_tensor(np.unique(np.searchsorted(chunk, image_index[masked])), device=engine.device),
+            settings, concepts or {},
+        )
+        for method in batch_explainers:
+            index = in_batch[names[in_batch] == method.name]
+            rows = Rows(
                 torch.as_tensor(np.searchsorted(chunk, image_index[index]), device=engine.device),
                 coefficients[index],
-                names[index],
                 references[index],
             )
-            maps = _COMPUTE[need](engine, meta, x, layer_pass, rows, settings, concepts or {})
+            maps = method.maps(batch, rows)
+            if isinstance(maps, torch.Tensor):
+                maps = list(maps.detach().float().cpu().numpy())
             for r, m in zip(index, maps):
                 out[r] = m
     return out
 
 
-def _layer_gradient_maps(engine, meta, x, layer_pass: LayerPass, rows: _Rows, settings, concepts) -> list[np.ndarray]:
-    gradients = layer_pass.gradients(rows.positions, rows.coefficients)
-    activations = layer_pass.activations
-    maps = torch.empty(len(rows.index), *activations.shape[-2:], device=activations.device)
-    for name in np.unique(rows.methods):
-        mine = torch.as_tensor(rows.methods == name, device=activations.device)
-        maps[mine] = method(name).cam(activations, rows.positions[mine], gradients[mine]).clamp_min(0)
-    return _to_numpy(maps)
-
-
-def _masked_score_maps(engine, meta, x, layer_pass: LayerPass, rows: _Rows, settings, concepts) -> list[np.ndarray]:
-    subjects, inverse = torch.unique(rows.positions, return_inverse=True)
-    masked = engine.masked_logits(x[subjects], layer_pass.activations[subjects], settings.score_batch)
-    objective = torch.einsum("rkc,rc->rk", masked[inverse], rows.coefficients)
-    return _to_numpy(score_weighted_map(layer_pass.activations, rows.positions, objective).clamp_min(0))
-
-
-def _input_gradient_maps(engine, meta, x, layer_pass, rows: _Rows, settings, concepts) -> list[np.ndarray]:
-    return _to_numpy(input_gradient_map(engine.input_gradients(x, rows.positions, rows.coefficients)))
-
-
-def _token_gradient_maps(engine, meta, x, layer_pass: LayerPass, rows: _Rows, settings, concepts) -> list[np.ndarray]:
-    if engine.layout is None:
-        raise ValueError("CDAM explains ViT tokens; this model has none")
-    maps = torch.empty(len(rows.index), *engine.layout.grid, device=layer_pass.activations.device)
-    concept_rows = rows.methods == "cdam_concept"
-    if concept_rows.any():
-        missing = sorted(set(rows.references[concept_rows]) - set(concepts))
-        if missing:
-            raise ValueError(f"no concept vector named {', '.join(missing)}")
-        vectors = torch.as_tensor(np.stack([concepts[name] for name in rows.references[concept_rows]]), dtype=rows.coefficients.dtype, device=rows.coefficients.device)
-    for name in np.unique(rows.methods):
-        mine = torch.as_tensor(rows.methods == name, device=maps.device)
-        positions = rows.positions[mine]
-        if name == "cdam_concept":
-            coefficients, output = vectors, "pre_logits"
-        else:
-            coefficients, output = rows.coefficients[mine], "logits"
-        if name in ("cdam", "cdam_concept"):
-            gradients = layer_pass.gradients(positions, coefficients, output)
-            maps[mine] = (layer_pass.activations[positions] * gradients).sum(1)
-        elif name == "cdam_smooth":
-            maps[mine] = smooth_cdam(engine, x[positions], layer_pass.tokens[positions], coefficients, output, settings.smooth_samples, settings.smooth_noise)
-        else:
-            maps[mine] = integrated_cdam(engine, x[positions], layer_pass.tokens[positions], coefficients, output, settings.integrated_steps)
-    return _to_numpy(maps)
-
-
-def _attention_maps(engine, meta, x, layer_pass, rows: _Rows, settings, concepts) -> list[np.ndarray]:
-    return _to_numpy(attention_map(engine, x)[rows.positions])
-
-
-def _package_maps(engine, meta, x, layer_pass, rows: _Rows, settings, concepts) -> list[np.ndarray]:
-    maps: list[np.ndarray | None] = [None] * len(rows.index)
-    transform = engine.layout.to_spatial if engine.layout is not None else None
-    targets = rows.coefficients.argmax(1).cpu().numpy()
-    for name in np.unique(rows.methods):
-        mine = np.flatnonzero(rows.methods == name)
-        computed = package_maps(engine.model, meta.layer, x[rows.positions[mine]], targets[mine], name[len(PACKAGE_PREFIX) :], transform)
-        for j, m in zip(mine, computed):
-            maps[j] = m
-    return maps
-
-
-def _to_numpy(maps: torch.Tensor) -> list[np.ndarray]:
-    return list(maps.detach().float().cpu().numpy())
-
-
-_COMPUTE = {
-    LAYER_GRADIENTS: _layer_gradient_maps,
-    MASKED_SCORES: _masked_score_maps,
-    INPUT_GRADIENTS: _input_gradient_maps,
-    TOKEN_GRADIENTS: _token_gradient_maps,
-    ATTENTION: _attention_maps,
-    PACKAGE: _package_maps,
-}
+def stored_maps(features: xr.Dataset, reference: xr.Dataset, plan: pd.DataFrame, settings: ExplainSettings) -> list[np.ndarray]:
+    """Maps of plan rows of methods that need no model (DiffCAM), from stored activations and reference statistics."""
+    plan = plan.reset_index(drop=True)
+    out: list[np.ndarray | None] = [None] * len(plan)
+    for name, rows in plan.groupby("method", sort=False):
+        for row, m in zip(rows.index, explainer(name).stored_maps(features, reference, rows, settings)):
+            out[row] = m
+    return out
 
 
 def plan_maps(
@@ -200,47 +163,27 @@ def plan_maps(
     images: np.ndarray,
     features: xr.Dataset,
     reference: xr.Dataset,
-    settings: MapSettings,
+    settings: ExplainSettings,
     concepts: dict[str, np.ndarray],
-    centre: bool,
 ) -> list[np.ndarray]:
-    """Maps for every plan row, in plan order: model methods through ``engine``, DiffCAM from stored activations.
+    """Maps for every plan row, in plan order: model methods through ``engine``, the others from stored features.
 
-    ``engine`` and ``meta`` may be None when the plan holds DiffCAM rows only.
+    ``engine`` and ``meta`` may be None when no row's method uses the model.
     """
     plan = plan.reset_index(drop=True)
     maps: list[np.ndarray | None] = [None] * len(plan)
-    on_model = (plan["method"] != "diffcam").to_numpy()
+    on_model = uses_model(plan)
     if on_model.any():
         if engine is None or meta is None:
             raise ValueError("model-based methods need the model")
         for row, m in zip(np.flatnonzero(on_model), model_maps(engine, meta, images, plan[on_model], settings, concepts)):
             maps[row] = m
     if not on_model.all():
-        for row, m in zip(np.flatnonzero(~on_model), diffcam_plan_maps(features, reference, plan[~on_model], centre)):
+        for row, m in zip(np.flatnonzero(~on_model), stored_maps(features, reference, plan[~on_model], settings)):
             maps[row] = m
     return maps
 
 
-def diffcam_plan_maps(features: xr.Dataset, reference: xr.Dataset, plan: pd.DataFrame, centre: bool) -> np.ndarray:
-    """DiffCAM maps (M, h, w) for plan rows, from stored activations only (no model).
-
-    ``reference`` values: ``others:<c>`` and ``class:<c>`` name groups of the
-    reference store; ``own-class-loo:<c>`` is class c without the image itself.
-    """
-    class_names = list(reference["class"].values)
-    leave_one_out = LeaveOneOut(reference)
-    out = np.empty((len(plan),) + features["activation"].shape[2:], dtype=np.float32)
-    for reference_name, rows in tqdm(plan.groupby("reference", sort=False), desc="diffcam", unit="group"):
-        kind, c = reference_name.split(":")
-        selected = features.isel(image=rows["image_index"].to_numpy())
-        activations = selected["activation"].values
-        positions = plan.index.get_indexer(rows.index)
-        if kind == "own-class-loo":
-            for j, (a, z) in enumerate(zip(activations, selected["embedding"].values)):
-                group = leave_one_out.group(int(c), z)
-                out[positions[j]] = diffcam_maps(a[None], group, centre)[0] if group is not None else np.nan
-        else:
-            group = group_from_store(reference, f"{kind}:{class_names[int(c)]}")
-            out[positions] = diffcam_maps(activations, group, centre)
-    return out
+def uses_model(plan: pd.DataFrame) -> np.ndarray:
+    """(len(plan),) bool: the rows whose method runs the model."""
+    return np.array([explainer(name).uses_model for name in plan["method"]], dtype=bool)

@@ -9,10 +9,22 @@ Maps are signed (no ReLU).
 """
 from __future__ import annotations
 
-import numpy as np
-import torch
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from audit.reference import ShrunkGaussian
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from audit.explain.explainer import Explainer, ReportColumn, Subject
+from audit.reference import LeaveOneOut, ShrunkGaussian, group_from_store
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+    from audit.settings import ExplainSettings
 
 
 def diffcam_weights(embedding: np.ndarray, group: ShrunkGaussian) -> np.ndarray:
@@ -37,3 +49,76 @@ def diffcam_maps(activations: np.ndarray, group: ShrunkGaussian, centre: bool = 
     if centre:
         maps -= (weights @ group.mean)[:, None]
     return maps.reshape(count, height, width)
+
+
+@dataclass(frozen=True)
+class DiffCam(Explainer):
+    """DiffCAM from stored activations and the reference store: no model, no gradients, no labels.
+
+    Rows of a subject: against all other classes ("why is it c"), and against its
+    own class without it (anomaly subjects: "what is odd about this one") or the
+    pair class (pair subjects: "why a, not b"). Only "vs all others" has a
+    class-swapped counterpart (all classes but the other one).
+    """
+
+    needs: frozenset[str] = frozenset()
+    signed: bool = True
+    explains_head: bool = False
+    needs_head: bool = False
+    parameters: tuple[str, ...] = ("diffcam_centre",)
+
+    uses_model: ClassVar[bool] = False
+
+    def rows(self, subject: Subject) -> list[dict[str, Any]]:
+        base = {**subject.base(), "method": self.name}
+        if subject.pair_class is None:
+            specific, words = f"own-class-loo:{subject.target}", "vs own class"
+        else:
+            specific, words = f"class:{subject.pair_class}", "vs pair class"
+        return [
+            {**base, "variant": f"{self.name} vs all others", "reference": f"others:{subject.target}"},
+            {**base, "variant": f"{self.name} {words}", "reference": specific},
+        ]
+
+    def swapped(self, row: Mapping[str, Any], other: int) -> dict[str, Any] | None:
+        swapped = super().swapped(row, other)
+        if swapped is None or not str(row["reference"]).startswith("others:"):
+            return None
+        return {**swapped, "reference": f"others:{other}"}
+
+    def attrs(self, settings: ExplainSettings) -> dict[str, Any]:
+        return {**super().attrs(settings), "covariance": "oas"}
+
+    def stored_maps(self, features: xr.Dataset, reference: xr.Dataset, rows: pd.DataFrame, settings: ExplainSettings) -> np.ndarray:
+        """Maps (M, h, w) of ``rows`` against their reference groups.
+
+        ``others:<c>`` and ``class:<c>`` name groups of the reference store;
+        ``own-class-loo:<c>`` is class c without the image itself.
+        """
+        class_names = list(reference["class"].values)
+        leave_one_out = LeaveOneOut(reference)
+        out = np.empty((len(rows),) + features["activation"].shape[2:], dtype=np.float32)
+        positions_of = pd.Series(np.arange(len(rows)), index=rows.index)
+        for reference_name, group_rows in tqdm(rows.groupby("reference", sort=False), desc="diffcam", unit="group"):
+            kind, c = reference_name.split(":")
+            selected = features.isel(image=group_rows["image_index"].to_numpy())
+            activations = selected["activation"].values
+            positions = positions_of[group_rows.index].to_numpy()
+            if kind == "own-class-loo":
+                for j, (a, z) in enumerate(zip(activations, selected["embedding"].values)):
+                    group = leave_one_out.group(int(c), z)
+                    out[positions[j]] = diffcam_maps(a[None], group, settings.diffcam_centre)[0] if group is not None else np.nan
+            else:
+                group = group_from_store(reference, f"{kind}:{class_names[int(c)]}")
+                out[positions] = diffcam_maps(activations, group, settings.diffcam_centre)
+        return out
+
+
+DIFFCAM = DiffCam(
+    "diffcam", "DiffCAM",
+    report=(
+        ReportColumn("anomaly", "own-class-loo", "DiffCAM vs own class"),
+        ReportColumn("anomaly", "others", "DiffCAM vs all others"),
+        ReportColumn("pair", "class", "DiffCAM vs {b}"),
+    ),
+)

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from audit.explain.methods import slots
+from audit.explain.weighting import slots
 from audit.models.checkpoint import classifier_module
-from audit.models.memory_format import as_channels_last, use_channels_last
+from audit.models.memory_format import as_channels_last, inference_copy, is_channels_last
 from audit.models.tokens import as_map, token_layout
 
 
@@ -65,17 +65,17 @@ class ExplainerEngine:
     """Runs a model split at one layer; see the module docstring.
 
     Args:
-        model: a classifier; the engine puts it in eval mode, freezes its parameters and, for CNNs,
-            moves it to channels-last memory format.
+        model: a classifier; the engine works on its own copy (:func:`~audit.models.memory_format.inference_copy`:
+            eval mode, frozen parameters, channels-last for CNNs), so the caller's model is not changed.
         layer: dotted name of the explained module.
         input_size: (H, W) of the model input, for the token grid of ViTs.
     """
 
     def __init__(self, model: nn.Module, layer: str, input_size: tuple[int, int]):
-        self.model = model.eval().requires_grad_(False)
-        self.module = model.get_submodule(layer)
-        self.layout = token_layout(model, input_size)
-        self.channels_last = use_channels_last(self.model, input_size)
+        self.model = inference_copy(model, input_size)
+        self.module = self.model.get_submodule(layer)
+        self.layout = token_layout(self.model, input_size)
+        self.channels_last = is_channels_last(self.model)
         self.closed_form: bool | None = None  # decided on the first pass with gradients
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:

@@ -9,10 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
+
+from audit.explain.explainer import OWN_PASS, Explainer
+
+if TYPE_CHECKING:
+    from audit.explain.compute import Batch, Rows
+
+PACKAGE_PREFIX = "package-"
 
 
 @contextmanager
@@ -49,3 +58,34 @@ def package_maps(
     with _trainable(model), cam_class(model=model, target_layers=[model.get_submodule(layer)], reshape_transform=reshape_transform) as cam:
         maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
     return np.asarray(maps, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class PackageCam(Explainer):
+    """``package-<Class>``: a CAM class of the grad-cam package, at image resolution, min-max normalised by the package."""
+
+    needs: frozenset[str] = frozenset({OWN_PASS})
+    resolution: str = "image"
+
+    @property
+    def class_name(self) -> str:
+        return self.name[len(PACKAGE_PREFIX) :]
+
+    def maps(self, batch: Batch, rows: Rows) -> list[np.ndarray]:
+        engine = batch.engine
+        transform = engine.layout.to_spatial if engine.layout is not None else None
+        targets = rows.coefficients.argmax(1).cpu().numpy()
+        return list(package_maps(engine.model, batch.meta.layer, batch.x[rows.positions], targets, self.class_name, transform))
+
+    def attrs(self, settings) -> dict:
+        return {**super().attrs(settings), "relu": 0, "normalised": "min-max per map by the grad-cam package"}
+
+
+def package_cam(name: str) -> PackageCam:
+    """The explainer ``package-<Class>``; ``ValueError`` when the package has no such CAM class."""
+    import pytorch_grad_cam
+
+    class_name = name[len(PACKAGE_PREFIX) :]
+    if not isinstance(getattr(pytorch_grad_cam, class_name, None), type):
+        raise ValueError(f"grad-cam has no CAM class {class_name!r} (method {name!r})")
+    return PackageCam(name, f"{class_name} (grad-cam package)")

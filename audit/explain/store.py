@@ -7,12 +7,15 @@ method that works on pixels (input gradient, ``grad-cam`` package classes) is
 area-averaged down to the layer grid. Maps are raw (the package's are its
 own [0, 1] normalisation, said in attrs) and signed where the method is signed.
 They are stored in float16, or float32 when a value lies beyond float16's
-range (attrs ``dtype``). ``contrast_map`` and ``randomised_map`` (map, y, x)
-hold, at image resolution, the same method's map for the ``compare`` class
-(class sensitivity) and after re-initialising the classifier head (sanity);
-NaN where a row has none (see ``audit.explain.checks``). Coordinates along ``map``: image_id, image_index,
-purpose, variant, target, contrasts (comma-separated class indices), reference,
-compare. The method's parameters are in attrs.
+range (attrs ``dtype``). ``compare_class_map``, ``random_class_map`` and
+``randomised_model_map`` (map, y, x) hold, at image resolution, the same
+method's map for the ``compare`` class (class sensitivity), for the random
+other class ``random_class`` (random-logit check) and after re-initialising
+the classifier head or its last block (sanity); NaN where a row has none (see
+``audit.explain.checks``). Coordinates along ``map``: image_id, image_index,
+purpose, variant, target, contrasts (comma-separated class indices),
+reference, compare, random_class (-1 where none). The method's parameters
+are in attrs.
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ import torch.nn.functional as F
 import xarray as xr
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
+CHECK_MAPS = ("compare_class_map", "random_class_map", "randomised_model_map")
+"""The maps stored beside each map for the metrics' checks (class sensitivity, random logit, sanity)."""
 
 
 def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -51,20 +56,19 @@ def saliency_dataset(
     layer_size: tuple[int, int],
     image_size: tuple[int, int],
     attrs: dict[str, Any],
-    contrast_maps: list[np.ndarray | None] | None = None,
-    randomised_maps: list[np.ndarray | None] | None = None,
+    checks: dict[str, list[np.ndarray | None]] | None = None,
 ) -> xr.Dataset:
     """Assemble a saliency store from plan rows (M) and their maps (M, h, w) at the layer or (M, H, W) at the image.
 
-    Which resolution ``maps`` has is read from its shape. ``contrast_maps`` and
-    ``randomised_maps`` (M entries, None = none) have the same resolution.
+    Which resolution ``maps`` has is read from its shape. ``checks`` maps a
+    variable name (``CHECK_MAPS``) to M maps of the same resolution (None = none).
+    The plan may carry a ``random_class`` column.
     """
     plan = plan.reset_index(drop=True)
     layer_maps, image_maps = _both_resolutions(maps, layer_size, image_size)
     checks = {
         name: _both_resolutions([np.full(np.shape(own), np.nan, np.float32) if m is None else m for m, own in zip(extra, maps)], layer_size, image_size)[1]
-        for name, extra in (("contrast_map", contrast_maps), ("randomised_map", randomised_maps))
-        if extra is not None
+        for name, extra in (checks or {}).items()
     }
     dtype = storage_dtype(layer_maps, image_maps, *checks.values())
     return xr.Dataset(
@@ -82,6 +86,7 @@ def saliency_dataset(
             "contrasts": ("map", np.array([",".join(map(str, c)) for c in plan["contrasts"]], dtype=str)),
             "reference": ("map", plan["reference"].astype(str).to_numpy()),
             "compare": ("map", plan["compare"].to_numpy(np.int64)),
+            "random_class": ("map", plan["random_class"].to_numpy(np.int64) if "random_class" in plan else np.full(len(plan), -1)),
         },
         attrs={**attrs, "dtype": str(dtype)},
     )

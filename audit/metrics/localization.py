@@ -7,6 +7,11 @@ for the target; unsigned maps are unchanged), normalised by its peak.
 * IoU at threshold t: the pixels with S⁺ ≥ t · max S⁺ against the region;
   ``otsu`` uses Otsu's threshold of the normalised map (256-bin histogram).
 * Pixel AUPRC: average precision of S⁺ as a score for region pixels.
+* Object contrast (Diffusion-CAM): mean S⁺ inside the region over mean S⁺
+  outside it; NaN where nothing positive lies outside (the ratio is unbounded)
+  or the region covers the whole image.
+* Otsu F-measure (Diffusion-CAM): F1 = 2PR / (P + R) of the map's Otsu region
+  (precision P, recall R) against the region.
 
 A map with no positive evidence, or an image without a region, gets NaN.
 """
@@ -44,7 +49,7 @@ def object_regions(images: xr.Dataset) -> tuple[np.ndarray, np.ndarray] | None:
     return regions, valid
 
 
-def _positive_normalised(maps: np.ndarray) -> np.ndarray:
+def positive_normalised(maps: np.ndarray) -> np.ndarray:
     """S⁺ / max S⁺ per map (M, H, W); NaN rows where a map has no positive value."""
     positive = np.clip(np.nan_to_num(np.asarray(maps, dtype=np.float64), nan=0.0), 0, None)
     peak = positive.reshape(len(positive), -1).max(axis=1, initial=0.0)
@@ -54,7 +59,7 @@ def _positive_normalised(maps: np.ndarray) -> np.ndarray:
 
 def energy_pointing_game(maps: np.ndarray, regions: np.ndarray) -> np.ndarray:
     """Share (M,) of each map's positive energy inside its region (M, H, W)."""
-    positive = _positive_normalised(maps)
+    positive = positive_normalised(maps)
     return (positive * regions).sum(axis=(1, 2)) / positive.sum(axis=(1, 2))
 
 
@@ -76,7 +81,7 @@ def otsu_thresholds(values: np.ndarray) -> np.ndarray:
 
 def iou(maps: np.ndarray, regions: np.ndarray, thresholds: list[float]) -> dict[str, np.ndarray]:
     """IoU (M,) of each map's region above each threshold (share of the peak) and Otsu's, keyed by the threshold's name."""
-    positive = _positive_normalised(maps)
+    positive = positive_normalised(maps)
     finite = np.isfinite(positive).all(axis=(1, 2))
     flat = np.nan_to_num(positive.reshape(len(positive), -1), nan=0.0)
     levels = {f"{t:g}": np.full(len(positive), t) for t in thresholds}
@@ -94,9 +99,32 @@ def pixel_auprc(maps: np.ndarray, regions: np.ndarray) -> np.ndarray:
     """Average precision (M,) of each map's positive part as a score for its region's pixels."""
     from sklearn.metrics import average_precision_score  # imported here: ≈ 1 s that most metrics jobs (no masks) do not need
 
-    positive = _positive_normalised(maps)
+    positive = positive_normalised(maps)
     out = np.full(len(positive), np.nan)
     for i, (score, truth) in enumerate(zip(positive, regions)):
         if np.isfinite(score).all() and truth.any() and not truth.all():
             out[i] = average_precision_score(truth.ravel(), score.ravel())
     return out
+
+
+def object_contrast(maps: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    """Mean S⁺ inside each region over mean S⁺ outside it (M,)."""
+    positive = positive_normalised(maps)
+    inside_count = regions.sum(axis=(1, 2))
+    outside_count = (~regions).sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        inside = (positive * regions).sum(axis=(1, 2)) / inside_count
+        outside = (positive * ~regions).sum(axis=(1, 2)) / outside_count
+        return np.where((outside > 0) & (inside_count > 0), inside / outside, np.nan)
+
+
+def otsu_f_measure(maps: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    """F1 (M,) of each map's Otsu region against its object region; 0 when they do not overlap."""
+    positive = positive_normalised(maps)
+    finite = np.isfinite(positive).all(axis=(1, 2))
+    flat = np.nan_to_num(positive.reshape(len(positive), -1), nan=0.0)
+    above = positive >= otsu_thresholds(flat)[:, None, None]
+    overlap = (above & regions).sum(axis=(1, 2))
+    denominator = above.sum(axis=(1, 2)) + regions.sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(finite & (denominator > 0), 2 * overlap / denominator, np.nan)

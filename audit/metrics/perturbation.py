@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from audit.models.checkpoint import ModelMeta
-from audit.models.memory_format import as_channels_last
+from audit.models.memory_format import as_channels_last, is_channels_last
 from audit.models.preprocess import normalise
 
 BASELINES = ("zero", "mean", "blur")
@@ -77,17 +77,12 @@ def model_logits(model: nn.Module, meta: ModelMeta, images: torch.Tensor, batch_
     Inputs go channels-last when the model's convolutions are (see ``audit.models.memory_format``).
     """
     flat = images.reshape(-1, *images.shape[-3:])
-    channels_last = _is_channels_last(model)
+    channels_last = is_channels_last(model)
     logits = [
         model(as_channels_last(normalise(flat[i : i + batch_size], meta.mean, meta.std), channels_last)).float()
         for i in range(0, len(flat), batch_size)
     ]
     return torch.cat(logits).reshape(*images.shape[:-3], -1)
-
-
-def _is_channels_last(model: nn.Module) -> bool:
-    weight = next((m.weight for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    return weight is not None and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
 
 
 def perturbed_logits(
@@ -107,14 +102,6 @@ def perturbed_probabilities(
 ) -> torch.Tensor:
     """Softmax probabilities (B, F, C) of the images with the pixels of each mask replaced (see ``perturbed_logits``)."""
     return torch.softmax(perturbed_logits(model, meta, x, masks, replacement, batch_size), dim=-1)
-
-
-def compactness(saliency: np.ndarray, threshold: float = 0.05) -> np.ndarray:
-    """Share of pixels (M,) with |S| < threshold · max|S| in maps (M, H, W); NaN for an all-zero map."""
-    magnitude = np.abs(np.asarray(saliency, dtype=np.float32)).reshape(len(saliency), -1)
-    peak = magnitude.max(axis=1, keepdims=True, initial=0.0)
-    share = (magnitude < threshold * peak).mean(axis=1)
-    return np.where(peak[:, 0] > 0, share, np.nan)
 
 
 def curve_auc(curve: np.ndarray, fractions: np.ndarray) -> np.ndarray:

@@ -35,7 +35,6 @@ import torch.nn.functional as F
 
 from audit.metrics.imputation_kernel import DIAGONAL_WEIGHT, EDGE_WEIGHT, linear_imputation_cpu, neighbour_weight_sum
 
-ROAD_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 NORMALISED_NOISE = 0.01
 _CHECK_EVERY = 3  # steps between convergence checks
 _OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]

@@ -2,7 +2,9 @@
 
 Levels: ``overall`` (per method, variant, metric, fraction and parameter) and
 ``class`` (the same, per target class). NaN values (a metric that does not
-apply to a map) are left out and ``n`` counts the values used.
+apply to a map) are left out and ``n`` counts the values used. ``direction``
+comes from the metric registry: ``higher`` or ``lower`` is better, or
+``reference`` (a chance level).
 """
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 
+from audit.metrics.registry import outputs
+
 SUMMARY_KEYS = ["method", "variant", "metric", "fraction", "parameter"]
-SUMMARY_COLUMNS = ["level", "target", *SUMMARY_KEYS, "mean", "ci_low", "ci_high", "n"]
+SUMMARY_COLUMNS = ["level", "target", *SUMMARY_KEYS, "direction", "mean", "ci_low", "ci_high", "n"]
 
 
 def bootstrap_interval(values: np.ndarray, resamples: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
@@ -51,4 +55,6 @@ def summarise_metrics(metrics: pd.DataFrame | dd.DataFrame, resamples: int = 100
     out = pd.concat(parts, ignore_index=True)
     out["fraction"] = out["fraction"].where(out["fraction"] >= 0)
     out["n"] = out["n"].astype(np.int64)
+    directions = {name: output.direction for name, output in outputs().items()}
+    out["direction"] = out["metric"].map(directions).fillna("")
     return out[SUMMARY_COLUMNS].sort_values(["level", "method", "variant", "metric", "fraction", "parameter", "target"], ignore_index=True)

@@ -67,6 +67,17 @@ def save_checkpoint(model: nn.Module, meta: ModelMeta, path: str | os.PathLike) 
         torch.save(payload, tmp)
 
 
+def read_meta(path: str | os.PathLike) -> ModelMeta:
+    """The metadata of a checkpoint written by :func:`save_checkpoint`, without building the model."""
+    return _meta(torch.load(path, map_location="cpu", weights_only=True)["meta"])
+
+
+def _meta(meta_dict: dict) -> ModelMeta:
+    return ModelMeta(
+        **{**meta_dict, "input_size": tuple(meta_dict["input_size"]), "mean": tuple(meta_dict["mean"]), "std": tuple(meta_dict["std"])}
+    )
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelMeta]:
     """Rebuild the model from a checkpoint written by :func:`save_checkpoint`.
 
@@ -75,10 +86,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     not fit the architecture.
     """
     payload = torch.load(path, map_location="cpu", weights_only=True)
-    meta_dict = payload["meta"]
-    meta = ModelMeta(
-        **{**meta_dict, "input_size": tuple(meta_dict["input_size"]), "mean": tuple(meta_dict["mean"]), "std": tuple(meta_dict["std"])}
-    )
+    meta = _meta(payload["meta"])
     model = build_model(meta)
     load_state_strict(model, payload["state_dict"], str(path))
     return model.to(device).eval(), meta

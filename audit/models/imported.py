@@ -17,34 +17,26 @@ from torch import nn
 
 from audit.features import layer_output_shape
 from audit.models.checkpoint import ModelMeta, build_model, load_state_strict
+from audit.settings import ModelSettings
 
 log = logging.getLogger(__name__)
 
 
-def import_model(
-    path: str | os.PathLike,
-    name: str,
-    kwargs: dict,
-    class_names: Sequence[str],
-    layer: str,
-    image_size: int,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    head: bool = True,
-) -> tuple[nn.Module, ModelMeta]:
-    """Build timm model ``name`` for ``class_names`` and load the checkpoint at ``path``.
+def import_model(path: str | os.PathLike, settings: ModelSettings, class_names: Sequence[str], image_size: int) -> tuple[nn.Module, ModelMeta]:
+    """Build timm model ``settings.name`` for ``class_names`` and load the checkpoint at ``path``.
 
-    ``layer`` ``"auto"`` picks the last feature stage (timm's ``feature_info``).
-    Mean and std default to the model's pretrained config. ``head=False``
+    ``settings.layer`` ``"auto"`` picks the last feature stage (timm's ``feature_info``).
+    Mean and std default to the model's pretrained config. ``settings.head`` False
     builds the backbone without a classifier (``num_classes=0``). Raises
     ``FileNotFoundError`` for a missing file and ``ValueError`` naming the
     mismatch when the weights do not fit the architecture or the class count.
     """
     path = Path(path)
+    name, layer, head, mean, std = settings.name, settings.layer, settings.head, settings.mean, settings.std
     if not path.is_file():
         raise FileNotFoundError(f"model checkpoint {path} does not exist")
     meta = ModelMeta(
-        name=name, kwargs=dict(kwargs), class_names=list(class_names), input_size=(3, image_size, image_size),
+        name=name, kwargs=dict(settings.kwargs), class_names=list(class_names), input_size=(3, image_size, image_size),
         mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), layer=layer if layer != "auto" else "", head=head,
     )
     model = build_model(meta)

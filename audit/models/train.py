@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -16,20 +15,9 @@ from audit.features import layer_output_shape
 from audit.models.imported import resolve_layer
 from audit.models.checkpoint import ModelMeta, build_model
 from audit.models.preprocess import to_model_input
+from audit.settings import ModelSettings, TrainSettings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainSettings:
-    """Optimisation settings. ``shift`` is the max random translation in pixels."""
-
-    epochs: int = 8
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 5e-4
-    shift: int = 4
-    seed: int = 0
 
 
 def train_classifier(
@@ -95,16 +83,17 @@ def _random_shift(x: torch.Tensor, shift: int, rng: np.random.Generator) -> torc
     return padded[..., shift + dy : shift + dy + h, shift + dx : shift + dx + w]
 
 
-def fit_model(dataset: ImageDataset, name: str, kwargs: dict, layer: str, settings: TrainSettings) -> tuple[nn.Module, ModelMeta]:
-    """Build a timm model for ``dataset``, train it on the ``train`` split, score it on the rest.
+def fit_model(dataset: ImageDataset, settings: ModelSettings) -> tuple[nn.Module, ModelMeta]:
+    """Build timm model ``settings.name`` for ``dataset``, train it on the ``train`` split (``settings.train``), score it on the rest.
 
-    Normalisation comes from the model's pretrained config. The metadata's
+    Normalisation is ``settings.mean``/``std``, else the model's pretrained config. The metadata's
     ``metrics`` get ``train_accuracy``, ``audit_accuracy`` (held-out split),
     ``final_loss`` and ``train_seconds``.
     """
+    layer = settings.layer
     meta = ModelMeta(
-        name=name,
-        kwargs=dict(kwargs),
+        name=settings.name,
+        kwargs=dict(settings.kwargs),
         class_names=list(dataset.class_names),
         input_size=tuple(dataset.images.shape[1:]),
         mean=(0.0, 0.0, 0.0),
@@ -113,8 +102,8 @@ def fit_model(dataset: ImageDataset, name: str, kwargs: dict, layer: str, settin
     )
     model = build_model(meta)
     meta.layer = resolve_layer(model, layer)
-    meta.mean = tuple(float(v) for v in model.pretrained_cfg.get("mean", (0.5, 0.5, 0.5)))
-    meta.std = tuple(float(v) for v in model.pretrained_cfg.get("std", (0.5, 0.5, 0.5)))
+    meta.mean = tuple(float(v) for v in (settings.mean or model.pretrained_cfg.get("mean", (0.5, 0.5, 0.5))))
+    meta.std = tuple(float(v) for v in (settings.std or model.pretrained_cfg.get("std", (0.5, 0.5, 0.5))))
     shape = layer_output_shape(model, meta)
     log.info("explained layer %s output (channels, height, width) = %s", meta.layer, shape)
     train = dataset.split == "train"
@@ -125,7 +114,7 @@ def fit_model(dataset: ImageDataset, name: str, kwargs: dict, layer: str, settin
             "set model.checkpoint to audit an existing model, or give the manifest a split column"
         )
     started = time.perf_counter()
-    losses = train_classifier(model, dataset.images[train], dataset.labels[train], meta.mean, meta.std, settings)
+    losses = train_classifier(model, dataset.images[train], dataset.labels[train], meta.mean, meta.std, settings.train)
     meta.metrics = {
         "train_seconds": round(time.perf_counter() - started, 1),
         "final_loss": round(losses[-1], 4),

@@ -8,8 +8,6 @@ import warnings
 import matplotlib
 
 matplotlib.use("Agg")
-# seaborn 0.13.2 passes matplotlib's deprecated `vert` argument to boxplots.
-warnings.filterwarnings("ignore", message="vert: bool was deprecated", category=matplotlib.MatplotlibDeprecationWarning)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -28,7 +26,9 @@ def score_distribution(anomalies: pd.DataFrame, top: int) -> str:
     """Per-class distribution of the anomaly score (log scale), top-``top`` images marked."""
     figure, axis = plt.subplots(figsize=(9, 3.5))
     order = sorted(anomalies["class_name"].unique(), key=lambda n: anomalies.loc[anomalies["class_name"] == n, "label"].iloc[0])
-    sns.boxplot(data=anomalies, x="class_name", y="score", order=order, color="#dddddd", fliersize=0, ax=axis, log_scale=True)
+    with warnings.catch_warnings():  # seaborn 0.13.2 passes matplotlib's deprecated `vert` argument to boxplots
+        warnings.filterwarnings("ignore", message="vert: bool was deprecated", category=matplotlib.MatplotlibDeprecationWarning)
+        sns.boxplot(data=anomalies, x="class_name", y="score", order=order, color="#dddddd", fliersize=0, ax=axis, log_scale=True)
     sns.stripplot(data=anomalies, x="class_name", y="score", order=order, hue=anomalies["rank"] <= top, palette={False: "#888888", True: "#d62728"}, size=3, ax=axis, legend=False)
     axis.set(xlabel="class", ylabel="squared Mahalanobis distance to own class (log)")
     return to_data_uri(figure)

@@ -14,8 +14,13 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from audit.explain.explainer import ReportColumn
+from audit.explain.registry import explainer
+from audit.features import has_classifier
+from audit.metrics.metric import Output
+from audit.metrics.registry import outputs
 from audit.report import figures
-from audit.similarity import confusion_counts, weight_cosine
+from audit.similarity import pair_matrix
 
 
 @dataclass
@@ -27,8 +32,7 @@ class ReportInputs:
         anomalies, pairs, similar, metrics, rejects: the stage tables; metrics_summary: the metrics' Dask summary; anomaly_quality: AUROC/AP against flagged anomalies (empty without flags).
         reference: the reference store (which groups fell back to the pooled covariance).
         saliency: method name → saliency store.
-        classifier_weight: (C, D) rows of the classifier, for the similarity heatmap; None without a head.
-        model: model description (name, layer, training metrics).
+        model: model description (``ModelMeta`` as a dict: name, layer, head, training metrics).
     """
 
     audit: str
@@ -43,39 +47,42 @@ class ReportInputs:
     rejects: pd.DataFrame
     reference: xr.Dataset
     saliency: dict[str, xr.Dataset]
-    classifier_weight: np.ndarray | None
     model: dict
     top_anomalies: int
     top_pairs: int
 
 
 class _MapIndex:
-    """Look up image-resolution maps by (variant, purpose, image_id, target)."""
+    """Image-resolution maps by (method, reference kind, purpose, image_id, target), and the report's map columns."""
 
     def __init__(self, saliency: dict[str, xr.Dataset]):
         self._maps = {}
-        for store in saliency.values():
+        self.signed = {}
+        for method, store in saliency.items():
             image_map = store["image_map"].values.astype(np.float32)
-            keys = zip(store["variant"].values, store["purpose"].values, store["image_id"].values, store["target"].values)
-            for m, key in enumerate(keys):
-                self._maps[tuple(str(k) for k in key)] = image_map[m]
+            kinds = [str(r).partition(":")[0] if ":" in str(r) else "" for r in store["reference"].values]
+            keys = zip(kinds, store["purpose"].values, store["image_id"].values, store["target"].values)
+            for m, (kind, purpose, image_id, target) in enumerate(keys):
+                self._maps[(method, kind, str(purpose), str(image_id), int(target))] = image_map[m]
+            self.signed[method] = bool(store.attrs.get("signed", 0))
 
-    def get(self, variant: str, purpose: str, image_id: str, target: int) -> np.ndarray | None:
-        return self._maps.get((variant, purpose, image_id, str(target)))
+    def get(self, method: str, column: ReportColumn, image_id: str, target: int) -> np.ndarray | None:
+        return self._maps.get((method, column.kind, column.purpose, image_id, int(target)))
 
-    def variants(self) -> set[str]:
-        return {key[0] for key in self._maps}
+    def columns(self, purpose: str) -> list[tuple[str, ReportColumn]]:
+        """(method, column) pairs the report shows for ``purpose``, in the order of the configured methods."""
+        return [(method, column) for method in self.signed for column in explainer(method).report if column.purpose == purpose]
 
 
-def _grid(images, maps: _MapIndex, purpose: str, ids: list[str], target: int, image_index: dict, row_labels: list[str], columns: list[tuple[str, str, bool]]) -> str:
-    """A map grid for ``ids`` with the (variant, title, signed) columns that were computed."""
-    present = [c for c in columns if c[0] in maps.variants()]
+def _grid(images, maps: _MapIndex, purpose: str, ids: list[str], target: int, image_index: dict, row_labels: list[str], names: dict[str, str]) -> str:
+    """A map grid for ``ids`` with the report columns of every computed method; ``names`` fills the titles' {a} and {b}."""
+    columns = maps.columns(purpose)
     return figures.map_grid(
         [images[image_index[i]].values for i in ids],
-        [[maps.get(variant, purpose, i, target) for variant, _, _ in present] for i in ids],
+        [[maps.get(method, column, i, target) for method, column in columns] for i in ids],
         row_labels,
-        [title for _, title, _ in present],
-        signed=[signed for _, _, signed in present],
+        [column.title.format(**names) for _, column in columns],
+        signed=[maps.signed[method] for method, _ in columns],
     )
 
 
@@ -83,7 +90,7 @@ def render_report(inputs: ReportInputs) -> str:
     """The report's HTML text. Models without a classifier head get the gradient-free parts only."""
     class_names = [str(c) for c in inputs.features["class"].values]
     labels = inputs.features["label"].values
-    predictions = inputs.features["prediction"].values if "prediction" in inputs.features else None
+    predictions = inputs.features["prediction"].values if has_classifier(inputs.features) else None
     split = inputs.features["split"].values
     held_out = split != "train" if (split != "train").any() else np.ones(len(split), bool)
     image_index = {str(i): n for n, i in enumerate(inputs.images["image_id"].values)}
@@ -99,14 +106,7 @@ def render_report(inputs: ReportInputs) -> str:
         if top.empty:
             continue
         ids = list(top["image_id"])
-        columns = [
-            ("diffcam vs own class", "diffcam vs own class", True),
-            ("diffcam vs all others", "diffcam vs all others", True),
-            ("gradcam", "gradcam", False),
-            ("cdam", "CDAM", True),
-            ("attention", "attention", False),
-        ]
-        grid = _grid(images, maps, "anomaly", ids, c, image_index, [f"#{r} {i}" for r, i in zip(top["rank"], ids)], columns)
+        grid = _grid(images, maps, "anomaly", ids, c, image_index, [f"#{r} {i}" for r, i in zip(top["rank"], ids)], {"a": name})
         rows = [
             {
                 "rank": int(r.rank), "image_id": r.image_id, "score": f"{r.score:.1f}", "prediction": predicted(image_index[r.image_id]),
@@ -126,22 +126,16 @@ def render_report(inputs: ReportInputs) -> str:
             chosen = [i for i in dict.fromkeys(chosen) if labels[image_index[i]] == a]
             if not chosen:
                 continue
-            columns = [
-                ("gradcam", f"Grad-CAM {class_names[a]}", False),
-                ("finercam vs pair class", f"Finer-CAM {class_names[a]} − γ·{class_names[b]}", False),
-                ("diffcam vs pair class", f"DiffCAM vs {class_names[b]}", True),
-                ("cdam", f"CDAM {class_names[a]}", True),
-            ]
-            grid = _grid(images, maps, "pair", chosen, a, image_index, [f"{i} (pred {predicted(image_index[i])})" for i in chosen], columns)
+            names = {"a": class_names[a], "b": class_names[b]}
+            grid = _grid(images, maps, "pair", chosen, a, image_index, [f"{i} (pred {predicted(image_index[i])})" for i in chosen], names)
             pair_sections.append({"a": class_names[a], "b": class_names[b], "figure": grid})
 
     covariance = pd.Series(inputs.reference["covariance"].values, index=inputs.reference["group"].values)
-    if inputs.classifier_weight is not None:
-        similarity_figure = figures.heatmap(weight_cosine(inputs.classifier_weight), class_names, "classifier-weight cosine", ".2f")
+    num_classes = len(class_names)
+    if inputs.model["head"]:
+        similarity_figure = figures.heatmap(pair_matrix(inputs.pairs, num_classes, "weight_cosine", diagonal=1.0), class_names, "classifier-weight cosine", ".2f")
     else:
-        distance = np.zeros((len(class_names),) * 2)
-        distance[inputs.pairs["class_a"], inputs.pairs["class_b"]] = inputs.pairs["mean_distance"]
-        similarity_figure = figures.heatmap(distance + distance.T, class_names, "distance between class means", ".1f")
+        similarity_figure = figures.heatmap(pair_matrix(inputs.pairs, num_classes, "mean_distance"), class_names, "distance between class means", ".1f")
     has_metrics = not inputs.metrics.empty
     context = {
         "audit": inputs.audit,
@@ -166,8 +160,11 @@ def render_report(inputs: ReportInputs) -> str:
         ],
         "similarity_figure": similarity_figure,
         "confusion_figure": (
-            figures.heatmap(confusion_counts(labels[held_out], predictions[held_out], len(class_names)), class_names, "confusions (held-out)", "d")
-            if predictions is not None
+            figures.heatmap(
+                pair_matrix(inputs.pairs, num_classes, "confused_a_as_b", "confused_b_as_a").astype(np.int64), class_names,
+                "confusions (held-out; row = label, column = prediction)", "d",
+            )
+            if inputs.model["head"]
             else None
         ),
         "pairs": inputs.pairs.head(10).to_dict("records"),
@@ -190,23 +187,21 @@ def render_report(inputs: ReportInputs) -> str:
     return environment.get_template("template.html.j2").render(**context)
 
 
-# Headline metrics of the method-quality table: (metric, fraction, parameter) → column title, with ↑/↓ for better.
-HEADLINE_METRICS = [
-    (("deletion_auc", None, ""), "deletion AUC ↓"),
-    (("insertion_auc", None, ""), "insertion AUC ↑"),
-    (("fidelity", None, ""), "fidelity LIF−MIF ↑"),
-    (("road_combined", None, ""), "ROAD combined ↑"),
-    (("relative_confidence_drop", 0.05, ""), "RD@5 % ↑"),
-    (("relative_confidence_drop", 0.1, ""), "RD@10 % ↑"),
-    (("class_sensitivity", None, ""), "class sensitivity ↑"),
-    (("box_sensitivity_mean", None, ""), "box sensitivity ↑"),
-    (("compactness", None, ""), "compactness ↑"),
-    (("sanity_similarity", None, ""), "similarity after randomisation ↓"),
-    (("energy_pointing_game", None, ""), "energy pointing game ↑"),
-    (("region_share", None, ""), "chance: object share of the image"),
-    (("iou", None, "otsu"), "IoU (Otsu) ↑"),
-    (("pixel_auprc", None, ""), "pixel AUPRC ↑"),
-]
+def headline_columns(summary: pd.DataFrame) -> list[tuple[Output, float | None, str, str]]:
+    """The quality table's columns, in registry order: (output, fraction or None, parameter, title with ↑/↓).
+
+    A per-fraction headline gets one column per fraction in ``summary``; a per-parameter one shows its ``headline_parameter``.
+    """
+    columns = []
+    for output in outputs().values():
+        if not output.headline:
+            continue
+        if output.per == "fraction":
+            fractions = sorted(summary.loc[summary["metric"] == output.name, "fraction"].dropna().unique())
+            columns += [(output, float(f), "", f"{output.headline}@{100 * f:g} %{output.arrow}") for f in fractions]
+        else:
+            columns.append((output, None, output.headline_parameter, f"{output.headline}{output.arrow}"))
+    return columns
 
 
 def _number(value: float) -> str:
@@ -223,8 +218,8 @@ def _cell(row: pd.Series) -> str:
 def _headline(summary: pd.DataFrame) -> pd.DataFrame:
     """Summary rows of the headline metrics with a ``column`` title; absent metrics are left out."""
     parts = []
-    for (metric, fraction, parameter), title in HEADLINE_METRICS:
-        chosen = summary[(summary["metric"] == metric) & (summary["parameter"].fillna("") == parameter)]
+    for output, fraction, parameter, title in headline_columns(summary):
+        chosen = summary[(summary["metric"] == output.name) & (summary["parameter"].fillna("") == parameter)]
         chosen = chosen[chosen["fraction"].isna()] if fraction is None else chosen[np.isclose(chosen["fraction"].astype(float), fraction)]
         if len(chosen) and (chosen["n"] > 0).any():
             parts.append(chosen.assign(column=title))
@@ -233,8 +228,9 @@ def _headline(summary: pd.DataFrame) -> pd.DataFrame:
 
 def quality_table(summary: pd.DataFrame) -> dict:
     """Overall means [95 % interval] per method variant (rows) and headline metric (columns)."""
-    headline = _headline(summary[summary["level"] == "overall"])
-    columns = [title for _, title in HEADLINE_METRICS if title in set(headline["column"])]
+    overall = summary[summary["level"] == "overall"]
+    headline = _headline(overall)
+    columns = [title for *_, title in headline_columns(overall) if title in set(headline["column"])]
     rows = []
     for variant, group in headline.groupby("variant", sort=True):
         cells = {row["column"]: _cell(row) for _, row in group.iterrows()}

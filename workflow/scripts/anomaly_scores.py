@@ -3,27 +3,27 @@ import numpy as np
 import pandas as pd
 
 from audit.anomaly import anomaly_table
-from audit.features import open_features
+from audit.features import has_classifier, open_features
 from audit.metrics.anomaly_quality import ranking_quality
 from audit.reference import LeaveOneOut
-from audit.runtime import configure
+from audit.runtime import stage_run
 from audit.storage import open_zarr, write_parquet
 
-configure(snakemake.log[0], snakemake.threads)
-features = open_features(snakemake.input.features)
-reference = open_zarr(snakemake.input.reference).load()
-table = anomaly_table(
-    features["embedding"].values,
-    features["label"].values,
-    features["prediction"].values if "prediction" in features else np.full(features.sizes["image"], -1),
-    features["image_id"].values,
-    features["split"].values,
-    LeaveOneOut(reference),
-    [str(c) for c in features["class"].values],
-)
-images = open_zarr(snakemake.input.images)
-if "flagged" in images.coords:
-    flags = pd.Series(images["flagged"].values.astype(bool), index=images["image_id"].values.astype(str))
-    table["flagged"] = table["image_id"].astype(str).map(flags).astype(bool)
-write_parquet(table, snakemake.output.anomalies)
-write_parquet(ranking_quality(table, snakemake.params.top), snakemake.output.quality)
+with stage_run(snakemake.log[0], snakemake.threads):
+    features = open_features(snakemake.input.features)
+    reference = open_zarr(snakemake.input.reference).load()
+    table = anomaly_table(
+        features["embedding"].values,
+        features["label"].values,
+        features["prediction"].values if has_classifier(features) else np.full(features.sizes["image"], -1),
+        features["image_id"].values,
+        features["split"].values,
+        LeaveOneOut(reference),
+        [str(c) for c in features["class"].values],
+    )
+    images = open_zarr(snakemake.input.images)
+    if "flagged" in images.coords:
+        flags = pd.Series(images["flagged"].values.astype(bool), index=images["image_id"].values.astype(str))
+        table["flagged"] = table["image_id"].astype(str).map(flags).astype(bool)
+    write_parquet(table, snakemake.output.anomalies)
+    write_parquet(ranking_quality(table, snakemake.params.top), snakemake.output.quality)

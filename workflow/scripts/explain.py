@@ -1,67 +1,70 @@
-"""Snakemake adapter: every configured method's maps for the plan, with their contrast-class and randomised-head maps."""
+"""Snakemake adapter: every configured method's maps for the plan, with the maps the metrics' checks compare them with."""
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from stage import stage_settings
 
 from audit.data.dataset import read_image_store
-from audit.explain.checks import class_contrast_plan, explains_the_head, randomised_model
-from audit.explain.compute import MapSettings, plan_maps
+from audit.explain.checks import class_contrast_plan, explains_the_head, random_classes, randomised_model, swapped_plan
+from audit.explain.compute import plan_maps, uses_model
 from audit.explain.engine import ExplainerEngine
-from audit.explain.methods import method_attrs
+from audit.explain.registry import explainer
 from audit.explain.store import saliency_dataset
-from audit.features import open_features
+from audit.features import has_classifier, open_features
 from audit.models.checkpoint import load_checkpoint
-from audit.runtime import configure
+from audit.runtime import stage_run
+from audit.settings import ExplainSettings
 from audit.storage import open_zarr, write_zarr
 
-device = configure(snakemake.log[0], snakemake.threads)
-settings = snakemake.params.explain
-plan = pd.read_parquet(snakemake.input.plan)
-images = read_image_store(snakemake.input.images).images
-features = open_features(snakemake.input.features)
-layer_size = features["activation"].shape[-2:]
-reference = open_zarr(snakemake.input.reference).load()
-context = {"layer": features.attrs["layer"], "model": features.attrs["model"]}
-map_settings = MapSettings(
-    settings["finer_gamma"], settings["batch_size"], settings["score_batch"],
-    settings["smooth_samples"], settings["smooth_noise"], settings["integrated_steps"],
-)
-concepts = dict(zip(reference["concept"].values.astype(str), reference["concept_vector"].values))
-on_model = (plan["method"] != "diffcam").to_numpy()
-model = meta = engine = None
-if on_model.any():
-    model, meta = load_checkpoint(snakemake.input.checkpoint, device)
-    engine = ExplainerEngine(model, meta.layer, images.shape[-2:])
+with stage_run(snakemake.log[0], snakemake.threads) as device:
+    settings = stage_settings(snakemake, ExplainSettings, "explain")
+    plan = pd.read_parquet(snakemake.input.plan)
+    images = read_image_store(snakemake.input.images).images
+    features = open_features(snakemake.input.features)
+    layer_size = features["activation"].shape[-2:]
+    reference = open_zarr(snakemake.input.reference).load()
+    context = {"layer": features.attrs["layer"], "model": features.attrs["model"]}
+    concepts = dict(zip(reference["concept"].values.astype(str), reference["concept_vector"].values))
+    model = meta = engine = None
+    if uses_model(plan).any():
+        model, meta = load_checkpoint(snakemake.input.checkpoint, device)
+        engine = ExplainerEngine(model, meta.layer, images.shape[-2:])
 
+    def maps_for(rows: pd.DataFrame, explainer_engine: ExplainerEngine | None) -> list:
+        return plan_maps(rows, explainer_engine, meta, images, features, reference, settings, concepts)
 
-def maps_for(rows: pd.DataFrame, explainer: ExplainerEngine | None) -> list:
-    return plan_maps(rows, explainer, meta, images, features, reference, map_settings, concepts, settings["diffcam_centre"])
-
-
-# The contrast-class rows go in the same pass, so methods that share a need (Score-CAM's masked forwards) share it.
-swapped, has_contrast = class_contrast_plan(plan) if settings["class_sensitivity"] else (plan.iloc[:0], np.zeros(len(plan), bool))
-computed = maps_for(pd.concat([plan, swapped], ignore_index=True), engine)
-maps = computed[: len(plan)]
-contrast_maps = [None] * len(plan)
-for row, m in zip(np.flatnonzero(has_contrast), computed[len(plan) :]):
-    contrast_maps[row] = m
-if engine is not None:
-    context["gradients"] = "closed form (pool + linear head)" if engine.closed_form else "autograd through the head side"
-randomised_maps = [None] * len(plan)
-checked = explains_the_head(plan)
-if settings["sanity"] and checked.any():
-    randomised, context["sanity"] = randomised_model(model, settings["sanity_seed"], settings["sanity_scope"], meta.layer)
-    random_engine = ExplainerEngine(randomised, meta.layer, images.shape[-2:])
-    for row, m in zip(np.flatnonzero(checked), maps_for(plan[checked], random_engine)):
-        randomised_maps[row] = m
-output = Path(snakemake.output[0])
-output.mkdir(parents=True, exist_ok=True)
-for name in snakemake.params.methods:
-    rows = np.flatnonzero(plan["method"] == name)
-    attrs = {**context, **method_attrs(name, settings)}
-    dataset = saliency_dataset(
-        plan.iloc[rows], [maps[r] for r in rows], layer_size, images.shape[-2:], attrs,
-        contrast_maps=[contrast_maps[r] for r in rows], randomised_maps=[randomised_maps[r] for r in rows],
-    )
-    write_zarr(dataset, output / f"{name}.zarr")
+    # Class-swapped rows (compare class, random class) go in the same pass, so methods that share a need share it.
+    num_classes = features.sizes["class"]
+    plan["random_class"] = random_classes(plan, num_classes, settings.sanity_seed) if settings.random_class else -1
+    extra = {}
+    if settings.class_sensitivity:
+        extra["compare_class_map"] = class_contrast_plan(plan)
+    if settings.random_class:
+        extra["random_class_map"] = swapped_plan(plan, plan["random_class"].to_numpy())
+    computed = maps_for(pd.concat([plan] + [rows for rows, _ in extra.values()], ignore_index=True), engine)
+    maps, offset = computed[: len(plan)], len(plan)
+    checks = {}
+    for name, (rows, has) in extra.items():
+        checks[name] = [None] * len(plan)
+        for row, m in zip(np.flatnonzero(has), computed[offset : offset + len(rows)]):
+            checks[name][row] = m
+        offset += len(rows)
+    if engine is not None:
+        context["gradients"] = "closed form (pool + linear head)" if engine.closed_form else "autograd through the head side"
+    checked = explains_the_head(plan)
+    if settings.sanity and checked.any() and has_classifier(features):
+        randomised, context["sanity"] = randomised_model(model, settings.sanity_seed, settings.sanity_scope, meta.layer)
+        checks["randomised_model_map"] = [None] * len(plan)
+        for row, m in zip(np.flatnonzero(checked), maps_for(plan[checked], ExplainerEngine(randomised, meta.layer, images.shape[-2:]))):
+            checks["randomised_model_map"][row] = m
+    output = Path(snakemake.output[0])
+    output.mkdir(parents=True, exist_ok=True)
+    for name in settings.methods:
+        rows = np.flatnonzero(plan["method"] == name)
+        attrs = {**context, **explainer(name).attrs(settings)}
+        dataset = saliency_dataset(
+            plan.iloc[rows], [maps[r] for r in rows], layer_size, images.shape[-2:], attrs,
+            checks={check: [values[r] for r in rows] for check, values in checks.items()},
+        )
+        write_zarr(dataset, output / f"{name}.zarr")

@@ -1,25 +1,13 @@
 """Snakemake adapter: activations, embeddings and logits of one shard of images."""
+from stage import stage_settings
+
 from audit.features import extract_shard
 from audit.models.checkpoint import load_checkpoint
-from audit.runtime import configure
+from audit.runtime import stage_run
+from audit.settings import FeatureSettings
 
-device = configure(snakemake.log[0], snakemake.threads)
-settings = snakemake.params.features
-model, meta = load_checkpoint(snakemake.input.checkpoint, device)
-workers = settings["loader_workers"]
-if workers == "auto":
-    workers = 0 if device == "cpu" else 4
-start, stop = snakemake.params.image_range
-extract_shard(
-    model,
-    meta,
-    snakemake.input.images,
-    start,
-    stop,
-    snakemake.output[0],
-    batch_size=settings["batch_size"],
-    chunk=snakemake.params.chunk,
-    workers=workers,
-    device=device,
-    precision=settings["precision"],
-)
+with stage_run(snakemake.log[0], snakemake.threads) as device:
+    model, meta = load_checkpoint(snakemake.input.checkpoint, device)
+    start, stop = snakemake.params.image_range
+    settings = stage_settings(snakemake, FeatureSettings, "features")
+    extract_shard(model, meta, snakemake.input.images, start, stop, snakemake.output[0], settings, chunk=snakemake.params.chunk, device=device)

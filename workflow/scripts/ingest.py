@@ -1,25 +1,12 @@
 """Snakemake adapter: load the configured dataset into images.zarr and list the rejects."""
-import pandas as pd
+from stage import stage_settings
 
-from audit.data.dataset import write_image_store
-from audit.data.digits import load_digits_dataset
-from audit.data.ingest import REJECT_COLUMNS, ingest_manifest
-from audit.data.manifest import imagefolder_manifest, read_manifest
-from audit.runtime import configure
+from audit.data.sources import ingest_dataset
+from audit.runtime import stage_run
+from audit.settings import DatasetSettings
 from audit.storage import write_parquet
 
-configure(snakemake.log[0], snakemake.threads)
-settings = snakemake.params.dataset
-if settings["source"] == "digits":
-    dataset = load_digits_dataset(
-        snakemake.params.image_size, settings["audit_fraction"], settings["seed"], settings["limit"], settings["mislabel_fraction"],
-        settings["ink_masks"],
-    )
-    write_image_store(dataset, snakemake.output.images, chunk=settings["chunk"])
-    rejects = pd.DataFrame(columns=REJECT_COLUMNS)
-else:
-    manifest = imagefolder_manifest(settings["path"]) if settings["source"] == "imagefolder" else read_manifest(settings["path"])
-    rejects = ingest_manifest(
-        manifest, snakemake.output.images, snakemake.params.image_size, settings.get("classes"), settings["chunk"], settings["workers"]
-    )
-write_parquet(rejects, snakemake.output.rejects)
+with stage_run(snakemake.log[0], snakemake.threads):
+    settings = stage_settings(snakemake, DatasetSettings, "dataset")
+    rejects = ingest_dataset(settings, snakemake.params.image_size, snakemake.output.images)
+    write_parquet(rejects, snakemake.output.rejects)

@@ -2,27 +2,28 @@
 from pathlib import Path
 
 import pandas as pd
+from stage import stage_settings
 
-from audit.metrics.evaluate import METRIC_COLUMNS, MetricSettings, evaluate_saliency
+from audit.metrics.evaluate import METRIC_COLUMNS, evaluate_saliency
 from audit.metrics.localization import object_regions
 from audit.metrics.summary import SUMMARY_COLUMNS, summarise_metrics
 from audit.models.checkpoint import load_checkpoint
-from audit.runtime import configure
+from audit.runtime import stage_run
+from audit.settings import MetricSettings
 from audit.storage import open_zarr, write_parquet
 
-device = configure(snakemake.log[0], snakemake.threads)
-config = snakemake.params.metrics
-tables = []
-if snakemake.params.methods:
-    model, meta = load_checkpoint(snakemake.input.checkpoint, device)
-    store = open_zarr(snakemake.input.images)
-    images = store["pixels"].values
-    regions = object_regions(store)  # masks and boxes, where the store has them
-    settings = MetricSettings.from_config(config)
-    for method in snakemake.params.methods:
-        saliency = open_zarr(Path(snakemake.input.saliency) / f"{method}.zarr").load()
-        tables.append(evaluate_saliency(model, meta, images, saliency, method, settings, device, regions))
-metrics = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=METRIC_COLUMNS)
-write_parquet(metrics, snakemake.output.metrics)
-summary = summarise_metrics(metrics, config["bootstrap"], config["seed"]) if len(metrics) else pd.DataFrame(columns=SUMMARY_COLUMNS)
-write_parquet(summary, snakemake.output.summary)
+with stage_run(snakemake.log[0], snakemake.threads) as device:
+    settings = stage_settings(snakemake, MetricSettings, "metrics")
+    tables = []
+    if snakemake.params.methods:
+        model, meta = load_checkpoint(snakemake.input.checkpoint, device)
+        store = open_zarr(snakemake.input.images)
+        images = store["pixels"].values
+        regions = object_regions(store)  # masks and boxes, where the store has them
+        for method in snakemake.params.methods:
+            saliency = open_zarr(Path(snakemake.input.saliency) / f"{method}.zarr").load()
+            tables.append(evaluate_saliency(model, meta, images, saliency, method, settings, device, regions))
+    metrics = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=METRIC_COLUMNS)
+    write_parquet(metrics, snakemake.output.metrics)
+    summary = summarise_metrics(metrics, settings.bootstrap, settings.seed) if len(metrics) else pd.DataFrame(columns=SUMMARY_COLUMNS)
+    write_parquet(summary, snakemake.output.summary)

@@ -1,33 +1,34 @@
 """Snakemake adapter: reference-group statistics (Dask), concept vectors and the class-pair tables."""
 import numpy as np
+from stage import stage_settings
 
 from audit.concepts import concept_vectors
-from audit.features import open_features
+from audit.features import has_classifier, open_features
 from audit.models.checkpoint import load_checkpoint
 from audit.reference import write_reference_store
-from audit.runtime import configure
+from audit.runtime import stage_run
+from audit.settings import ReferenceSettings
 from audit.similarity import confusion_counts, pair_table, similar_classes
 from audit.storage import open_zarr, write_parquet
 
-configure(snakemake.log[0], snakemake.threads)
-settings = snakemake.params.reference
-features = open_features(snakemake.input.features)
-class_names = [str(c) for c in features["class"].values]
-labels = features["label"].values
-concepts = concept_vectors(features["pre_logits"], labels, features["image_id"].values, class_names, settings["concepts"])
-write_reference_store(
-    features["embedding"].data, labels, class_names, snakemake.output.reference, settings["min_images"], snakemake.threads, extra=concepts
-)
-
-model, meta = load_checkpoint(snakemake.input.checkpoint)
-class_means = open_zarr(snakemake.output.reference)["mean"].sel(group=[f"class:{c}" for c in class_names]).values
-if meta.head:
-    held_out = features["split"].values != "train"
-    if not held_out.any():
-        held_out[:] = True
-    confusion = confusion_counts(labels[held_out], features["prediction"].values[held_out], len(class_names))
-    pairs = pair_table(class_names, model.get_classifier().weight.detach().numpy(), confusion, class_means)
-else:  # a backbone without a classifier: no confusions, no weights; pairs by distance between class means
-    pairs = pair_table(class_names, None, np.zeros((len(class_names),) * 2, np.int64), class_means)
-write_parquet(pairs, snakemake.output.pairs)
-write_parquet(similar_classes(pairs, settings["top_similar"]), snakemake.output.similar)
+with stage_run(snakemake.log[0], snakemake.threads):
+    settings = stage_settings(snakemake, ReferenceSettings, "reference")
+    features = open_features(snakemake.input.features)
+    class_names = [str(c) for c in features["class"].values]
+    labels = features["label"].values
+    concepts = concept_vectors(features["pre_logits"], labels, features["image_id"].values, class_names, settings.concepts)
+    write_reference_store(
+        features["embedding"].data, labels, class_names, snakemake.output.reference, settings.min_images, snakemake.threads, extra=concepts
+    )
+    class_means = open_zarr(snakemake.output.reference)["mean"].sel(group=[f"class:{c}" for c in class_names]).values
+    if has_classifier(features):
+        model, _ = load_checkpoint(snakemake.input.checkpoint)
+        held_out = features["split"].values != "train"
+        if not held_out.any():
+            held_out[:] = True
+        confusion = confusion_counts(labels[held_out], features["prediction"].values[held_out], len(class_names))
+        pairs = pair_table(class_names, model.get_classifier().weight.detach().numpy(), confusion, class_means)
+    else:  # a backbone without a classifier: no confusions, no weights; pairs by distance between class means
+        pairs = pair_table(class_names, None, np.zeros((len(class_names),) * 2, np.int64), class_means)
+    write_parquet(pairs, snakemake.output.pairs)
+    write_parquet(similar_classes(pairs, settings.top_similar), snakemake.output.similar)

@@ -1,0 +1,25 @@
+"""Ingest the configured dataset source into the image store: the bundled digits, an ImageFolder tree or a manifest."""
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+
+from audit.data.dataset import write_image_store
+from audit.data.digits import load_digits_dataset
+from audit.data.ingest import REJECT_COLUMNS, ingest_manifest
+from audit.data.manifest import imagefolder_manifest, read_manifest
+from audit.settings import DatasetSettings
+
+
+def ingest_dataset(settings: DatasetSettings, image_size: int, images_path: str | os.PathLike) -> pd.DataFrame:
+    """Write ``images.zarr`` at ``images_path`` from ``settings.source``; return the rejected images (``REJECT_COLUMNS``)."""
+    if settings.source == "digits":
+        dataset = load_digits_dataset(
+            image_size, settings.audit_fraction, settings.seed, settings.limit, settings.mislabel_fraction, settings.ink_masks
+        )
+        write_image_store(dataset, images_path, chunk=settings.chunk)
+        return pd.DataFrame(columns=REJECT_COLUMNS)
+    manifest = imagefolder_manifest(settings.path) if settings.source == "imagefolder" else read_manifest(settings.path)
+    classes = list(settings.classes) if settings.classes is not None else None
+    return ingest_manifest(manifest, images_path, image_size, classes, settings.chunk, settings.workers)

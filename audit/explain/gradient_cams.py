@@ -1,0 +1,115 @@
+"""Gradient CAMs: Grad-CAM and its family, and Finer-CAM.
+
+Each takes the activations A (R, K, h, w) and the gradient G of its
+objective, (R, K, h, w) or spatially constant (R, K, 1, 1) when the head is
+pooling + linear, and returns the map (R, h, w); the ReLU follows, as in their
+papers and in the ``grad-cam`` package:
+
+* Grad-CAM: α_k = mean_ij G_k,ij; map = Σ_k α_k A_k.
+* Grad-CAM++: α_k = Σ_ij ReLU(G) · G² / (2G² + Σ_ij A_k · G³) (Chattopadhay et al., eq. 19, exp-logit form).
+* XGradCAM: α_k = Σ_ij G_k,ij A_k,ij / Σ_ij A_k,ij.
+* LayerCAM: map = Σ_k ReLU(G_k) ⊙ A_k.
+* HiResCAM: map = Σ_k G_k ⊙ A_k.
+
+Finer-CAM (``finercam``) is Grad-CAM of the objective y_c − γ·mean_t y_{d_t}:
+the weights of the contrasts are averaged before the ReLU. Its rows contrast
+an anomaly subject with the T classes most similar to it, and a pair subject
+with the pair class.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping
+
+import torch
+
+from audit.explain.explainer import LAYER_GRADIENTS, Explainer, ReportColumn, Subject
+from audit.explain.weighting import channel_sum, constant_over_grid, grid_sum
+
+if TYPE_CHECKING:
+    from audit.explain.compute import Batch, Rows
+
+
+def gradcam_map(activations: torch.Tensor, positions: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    return channel_sum(gradients.mean(dim=(2, 3), keepdim=True), activations, positions)
+
+
+def gradcampp_map(activations: torch.Tensor, positions: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    squared = gradients * gradients
+    activation_sum = activations.sum(dim=(2, 3), keepdim=True)[positions]
+    aij = squared / (2 * squared + activation_sum * squared * gradients + 1e-6)
+    aij = torch.where(gradients != 0, aij, torch.zeros_like(aij))
+    alpha = grid_sum(gradients.clamp_min(0) * aij, activations.shape[-2:])
+    return channel_sum(alpha[:, :, None, None], activations, positions)
+
+
+def xgradcam_map(activations: torch.Tensor, positions: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    activation_sum = activations.sum(dim=(2, 3))[positions]
+    if constant_over_grid(gradients):
+        weighted = gradients[:, :, 0, 0] * activation_sum
+    else:
+        weighted = (gradients * activations[positions]).sum(dim=(2, 3))
+    return channel_sum((weighted / (activation_sum + 1e-7))[:, :, None, None], activations, positions)
+
+
+def layercam_map(activations: torch.Tensor, positions: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    return channel_sum(gradients.clamp_min(0), activations, positions)
+
+
+def hirescam_map(activations: torch.Tensor, positions: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    return channel_sum(gradients, activations, positions)
+
+
+
+
+@dataclass(frozen=True)
+class GradientCam(Explainer):
+    """A CAM from the layer's activations and the head-side gradient of each row's objective.
+
+    ``cam`` maps (batch A (B, K, h, w), row positions (R,), row gradients (R, K, h, w) or (R, K, 1, 1)) to maps (R, h, w).
+    """
+
+    cam: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    needs: frozenset[str] = frozenset({LAYER_GRADIENTS})
+
+    def maps(self, batch: Batch, rows: Rows) -> torch.Tensor:
+        layer_pass = batch.layer_pass
+        gradients = layer_pass.gradients(rows.positions, rows.coefficients)
+        return self.cam(layer_pass.activations, rows.positions, gradients).clamp_min(0)
+
+
+@dataclass(frozen=True)
+class ContrastCam(GradientCam):
+    """Finer-CAM: the CAM of the target minus γ times the mean of its contrast classes."""
+
+    parameters: tuple[str, ...] = ("finer_gamma", "finer_contrasts", "finer_similarity")
+
+    def rows(self, subject: Subject) -> list[dict[str, Any]]:
+        if subject.pair_class is None:
+            contrasts, words = list(subject.similar), f"top-{len(subject.similar)} {subject.similar_by}"
+        else:
+            contrasts, words = [subject.pair_class], "vs pair class"
+        return [{**subject.base(), "method": self.name, "variant": f"{self.name} {words}", "contrasts": contrasts}]
+
+    def swapped(self, row: Mapping[str, Any], other: int) -> dict[str, Any] | None:
+        """The other class against the same contrasts, with ``other`` replaced by the target among them."""
+        swapped = super().swapped(row, other)
+        if swapped is not None:
+            target = int(row["target"])
+            swapped["contrasts"] = list(dict.fromkeys(target if int(c) == other else int(c) for c in row["contrasts"]))
+        return swapped
+
+
+def _plain_columns(title: str) -> tuple[ReportColumn, ...]:
+    return (ReportColumn("anomaly", "", title), ReportColumn("pair", "", title + " {a}"))
+
+
+GRADIENT_CAMS = (
+    GradientCam("gradcam", "Grad-CAM", cam=gradcam_map, report=_plain_columns("Grad-CAM")),
+    GradientCam("gradcampp", "Grad-CAM++", cam=gradcampp_map),
+    GradientCam("xgradcam", "XGradCAM", cam=xgradcam_map),
+    GradientCam("layercam", "LayerCAM", cam=layercam_map),
+    GradientCam("hirescam", "HiResCAM", cam=hirescam_map),
+    ContrastCam("finercam", "Finer-CAM", cam=gradcam_map, report=(ReportColumn("pair", "", "Finer-CAM {a} − γ·{b}"),)),
+)

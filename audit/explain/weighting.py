@@ -1,0 +1,42 @@
+"""Weighted channel sums of a batch's activations, with one slot per row of an image."""
+from __future__ import annotations
+
+import torch
+
+
+def constant_over_grid(gradients: torch.Tensor) -> bool:
+    """Whether (R, K, h, w) values are given as spatially constant (R, K, 1, 1)."""
+    return gradients.shape[-2:] == (1, 1)
+
+
+def channel_sum(weights: torch.Tensor, activations: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Σ_k weights[r, k] ⊙ activations[positions[r], k] (R, h, w).
+
+    Args:
+        weights: (R, K, h, w), or spatially constant (R, K, 1, 1): then one batched
+            matrix product per image, without gathering the activations per row.
+        activations: the batch's A (B, K, h, w). positions: the image of each row (R,).
+    """
+    if not constant_over_grid(weights):
+        return (weights * activations[positions]).sum(dim=1)
+    batch, channels, height, width = activations.shape
+    slot = slots(positions)
+    padded = weights.new_zeros(batch, int(slot.max()) + 1 if len(slot) else 1, channels)
+    padded[positions, slot] = weights[:, :, 0, 0]
+    maps = torch.bmm(padded, activations.reshape(batch, channels, height * width))
+    return maps[positions, slot].reshape(len(positions), height, width)
+
+
+def grid_sum(values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Σ_ij over the (h, w) grid (R, K) of values (R, K, h, w) or spatially constant (R, K, 1, 1)."""
+    return values[:, :, 0, 0] * (size[0] * size[1]) if constant_over_grid(values) else values.sum(dim=(2, 3))
+
+
+def slots(positions: torch.Tensor) -> torch.Tensor:
+    """For rows with image positions (R,), a slot per row such that rows of one image get slots 0, 1, 2, …"""
+    order = torch.argsort(positions, stable=True)
+    sorted_positions = positions[order]
+    starts = torch.searchsorted(sorted_positions, sorted_positions, right=False)
+    slot = torch.empty_like(positions)
+    slot[order] = torch.arange(len(positions), device=positions.device) - starts
+    return slot

@@ -1,0 +1,51 @@
+"""Early checks of an audit's model and methods, before any data is read.
+
+Builds the configured timm architecture with random weights (nothing is
+downloaded), resolves the explained layer, runs one zero image through it to
+see that the layer gives a spatial map (a CNN's (K, h, w) or a ViT's tokens),
+and checks that every configured explainer applies to the architecture. One
+error lists every problem, naming the methods and the model.
+"""
+from __future__ import annotations
+
+import difflib
+
+import timm
+
+from audit.explain.registry import explainer
+from audit.features import layer_output_shape
+from audit.models.checkpoint import ModelMeta
+from audit.models.imported import resolve_layer
+from audit.models.tokens import token_layout
+from audit.settings import ModelSettings
+
+
+def check_model(model: ModelSettings, methods: list[str], image_size: int) -> dict:
+    """Check the architecture, layer and methods; return what was found.
+
+    Returns ``architecture`` (``cnn`` or ``vit``), ``layer`` (resolved),
+    ``layer_shape`` (K, h, w) and ``methods`` (those that apply: methods that
+    need class logits are left out for a backbone without a classifier).
+    Raises ``ValueError`` naming the model and each problem.
+    """
+    if not timm.is_model(model.name.split(".")[0]):
+        close = difflib.get_close_matches(model.name, timm.list_models(), n=5)
+        raise ValueError(f"unknown timm model {model.name!r}" + (f"; close matches: {', '.join(close)}" if close else ""))
+    built = timm.create_model(model.name, pretrained=False, num_classes=2 if model.head else 0, **model.kwargs)
+    try:
+        layer = resolve_layer(built, model.layer)
+    except AttributeError:
+        raise ValueError(f"model {model.name} has no layer {model.layer!r} (model.layer)") from None
+    meta = ModelMeta(model.name, dict(model.kwargs), ["a", "b"], (3, image_size, image_size), (0.0,) * 3, (1.0,) * 3, layer, head=model.head)
+    shape = layer_output_shape(built, meta)
+    architecture = "vit" if token_layout(built, (image_size, image_size)) is not None else "cnn"
+    problems, applicable = [], []
+    for name in methods:
+        why = explainer(name).applies_to(architecture, model.head)
+        if why is None:
+            applicable.append(name)
+        elif architecture not in explainer(name).architectures:
+            problems.append(why)
+    if problems:
+        raise ValueError(f"explain.methods do not fit model {model.name} ({architecture}, layer {layer}): " + "; ".join(problems))
+    return {"architecture": architecture, "layer": layer, "layer_shape": list(shape), "methods": applicable}

@@ -1,0 +1,113 @@
+"""One place per method, per metric and per setting: the registries, the schema and the typed settings agree."""
+import dataclasses
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from audit.explain.explainer import ARCHITECTURES, Explainer
+from audit.explain.registry import EXPLAINERS, explainer
+from audit.metrics.metric import HIGHER, LOWER, REFERENCE
+from audit.metrics.registry import METRICS, outputs
+from audit.settings import STAGES, ExplainSettings, FeatureSettings, MetricSettings, ModelSettings, TrainSettings
+from audit.storage import StoreVersionError, open_zarr, write_zarr
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+AUDIT = SCHEMA["$defs"]["audit"]["properties"]
+
+
+def _schema_defaults(properties: dict) -> dict:
+    return {key: spec["default"] for key, spec in properties.items() if "default" in spec}
+
+
+@pytest.mark.parametrize("section", list(STAGES))
+def test_settings_defaults_are_the_schema_defaults(section):
+    """Defaults live in the schema: a dataclass default that drifts from it fails here."""
+    cls = STAGES[section]
+    properties = AUDIT[section]["properties"]
+    assert {f.name for f in dataclasses.fields(cls)} == set(properties), "settings fields and schema keys differ"
+    defaults = cls.defaults()
+    for key, default in _schema_defaults(properties).items():
+        if key == "train":
+            continue
+        expected = tuple(default) if isinstance(default, list) else default
+        assert defaults[key] == expected, (section, key)
+    train = _schema_defaults(properties["train"]["properties"]) if section == "model" else {}
+    for key, default in train.items():
+        assert TrainSettings.defaults()[key] == default, ("model.train", key)
+
+
+def test_settings_from_a_validated_section_and_speed_only_fields():
+    section = {**_schema_defaults(AUDIT["features"]["properties"]), "batch_size": 7}
+    assert FeatureSettings.output_values(section) == {"shard_size": 10000, "precision": "float32"}
+    settings = FeatureSettings.from_config(FeatureSettings.output_values(section), speed=section)
+    assert settings.batch_size == 7 and settings.workers("cpu") == 0 and settings.workers("cuda") == 4
+    model = ModelSettings.from_config({"name": "resnet10t", "train": {"epochs": 2}, "mean": [0.5, 0.5, 0.5]})
+    assert model.train == TrainSettings(epochs=2) and model.mean == (0.5, 0.5, 0.5)
+    with pytest.raises(ValueError, match="unknown settings typo"):
+        ExplainSettings.from_config({"typo": 1})
+    assert "batch_size" not in MetricSettings.output_values({"batch_size": 1, "steps": 3})
+
+
+def test_the_schema_method_list_is_the_registry():
+    pattern = AUDIT["explain"]["properties"]["methods"]["items"]["pattern"]
+    listed = re.fullmatch(r"\^\((.*)\)\$", pattern).group(1).split("|")
+    assert [m for m in listed if not m.startswith("package-")] == list(EXPLAINERS)
+    assert all(m in listed for m in ExplainSettings().methods)
+
+
+def test_the_schema_metric_list_is_the_registry():
+    spec = AUDIT["metrics"]["properties"]["metrics"]
+    assert spec["items"]["enum"] == list(METRICS) == spec["default"]
+
+
+def test_every_explainer_declares_what_the_rest_of_the_code_asks():
+    for name, entry in EXPLAINERS.items():
+        assert isinstance(entry, Explainer) and entry.name == name and entry.display
+        assert entry.architectures <= set(ARCHITECTURES) and entry.resolution in ("layer", "image")
+        assert set(entry.parameters) <= {f.name for f in dataclasses.fields(ExplainSettings)}
+        assert entry.uses_model == bool(entry.needs), name  # a method on stored features needs nothing from the model
+        attrs = entry.attrs(ExplainSettings())
+        assert attrs["method"] == name and attrs["signed"] == int(entry.signed)
+    assert explainer("package-GradCAM").resolution == "image"
+    with pytest.raises(ValueError, match="unknown explainer 'nope'"):
+        explainer("nope")
+    with pytest.raises(ValueError, match="grad-cam has no CAM class"):
+        explainer("package-NoSuchCAM")
+
+
+def test_every_metric_output_declares_its_direction_conventions_and_headline():
+    names = [o.name for m in METRICS.values() for o in m.outputs]
+    assert len(names) == len(set(names)) == len(outputs())
+    for entry in METRICS.values():
+        assert entry.description and entry.forwards(MetricSettings()) >= 0
+        for output in entry.outputs:
+            assert output.direction in (HIGHER, LOWER, REFERENCE)
+            conventions = output.conventions(MetricSettings(baseline="mean"))
+            assert set(conventions) == {"baseline", "steps", "score", "order"}
+    assert outputs()["deletion_auc"].conventions(MetricSettings(baseline="mean"))["baseline"] == "mean"
+    assert outputs()["fidelity"].conventions(MetricSettings(baseline="mean"))["baseline"] == "blur"
+
+
+def test_stores_carry_their_format_version_and_refuse_another(tmp_path):
+    import xarray as xr
+
+    write_zarr(xr.Dataset({"a": ("image", np.arange(3))}), tmp_path / "new.zarr")
+    assert open_zarr(tmp_path / "new.zarr").attrs["format_version"] == 2
+    xr.Dataset({"a": ("image", np.arange(3))}).to_zarr(tmp_path / "old.zarr", zarr_format=3, consolidated=False)
+    with pytest.raises(StoreVersionError, match="written with store format version 1; this code reads version 2"):
+        open_zarr(tmp_path / "old.zarr")
+
+
+def test_importing_the_report_figures_leaves_the_warning_filters_alone():
+    import importlib
+
+    import audit.report.figures as figures
+
+    before = list(warnings.filters)
+    importlib.reload(figures)
+    assert warnings.filters == before

@@ -20,13 +20,14 @@ tokens substituted at the layer (``ExplainerEngine.replay``).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from audit.explain.engine import ExplainerEngine
-from audit.explain.explainer import LAYER_GRADIENTS, OWN_PASS, Explainer, ReportColumn, Subject
+from audit.explain.explainer import EMBEDDING_GRADIENTS, LAYER, LAYER_GRADIENTS, OWN_PASS, Explainer, ReportColumn, Subject
 
 if TYPE_CHECKING:
     from audit.explain.compute import Batch, Rows
@@ -126,10 +127,12 @@ class Cdam(Explainer):
         """Each row's coefficients and the output they weight (``logits`` or ``pre_logits``)."""
         return rows.coefficients, "logits"
 
+    def gradients(self, batch: Batch, rows: Rows) -> torch.Tensor:
+        """∂f/∂T on the grid (R, D, h, w): the class gradients the batch shares with the gradient CAMs."""
+        return batch.class_gradients(rows)
+
     def maps(self, batch: Batch, rows: Rows) -> torch.Tensor:
-        coefficients, output = self.objective(batch, rows)
-        layer_pass = batch.layer_pass
-        return (layer_pass.activations[rows.positions] * layer_pass.gradients(rows.positions, coefficients, output)).sum(1)
+        return (batch.layer_pass.activations[rows.positions] * self.gradients(batch, rows)).sum(1)
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,7 @@ class ConceptCdam(Cdam):
     """
 
     explains_head: bool = False
+    needs: frozenset[str] = frozenset({EMBEDDING_GRADIENTS})
 
     def rows(self, subject: Subject) -> list[dict[str, Any]]:
         base = {**subject.base(), "method": self.name}
@@ -148,17 +152,21 @@ class ConceptCdam(Cdam):
             {**base, "variant": f"{self.name} {'own class' if c.startswith('class:') else c}", "reference": c} for c in subject.concepts
         ]
 
-    def swapped(self, row, other):
+    def swapped(self, row: Mapping[str, Any], other: int) -> None:
         return None
 
     def objective(self, batch: Batch, rows: Rows) -> tuple[torch.Tensor, str]:
         return batch.concept_vectors(rows.references), "pre_logits"
+
+    def gradients(self, batch: Batch, rows: Rows) -> torch.Tensor:
+        return batch.layer_pass.gradients(rows.positions, *self.objective(batch, rows))
 
 
 @dataclass(frozen=True)
 class SmoothCdam(Cdam):
     """Smooth CDAM: the mean score over noisy copies of the tokens."""
 
+    needs: frozenset[str] = frozenset({LAYER})  # the tokens; the gradients come from replays of the head side
     parameters: tuple[str, ...] = ("smooth_samples", "smooth_noise")
 
     def maps(self, batch: Batch, rows: Rows) -> torch.Tensor:
@@ -173,6 +181,7 @@ class SmoothCdam(Cdam):
 class IntegratedCdam(Cdam):
     """Integrated CDAM: integrated gradients from zero patch tokens."""
 
+    needs: frozenset[str] = frozenset({LAYER})
     parameters: tuple[str, ...] = ("integrated_steps",)
 
     def maps(self, batch: Batch, rows: Rows) -> torch.Tensor:

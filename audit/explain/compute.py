@@ -16,7 +16,7 @@ import xarray as xr
 from tqdm import tqdm
 
 from audit.explain.engine import ExplainerEngine, LayerPass
-from audit.explain.explainer import LAYER, LAYER_GRADIENTS, MASKED_SCORES
+from audit.explain.explainer import EMBEDDING_GRADIENTS, LAYER, LAYER_GRADIENTS, MASKED_SCORES
 from audit.explain.objectives import contrast_coefficients
 from audit.explain.registry import explainer
 from audit.models.checkpoint import ModelMeta
@@ -29,11 +29,13 @@ class Rows:
     """The plan rows of one explainer in one batch.
 
     Attributes:
+        index: the rows' positions in the plan (R,).
         positions: image position in the batch of each row (R,), on the device.
         coefficients: objective of each row over the logits (R, C): e_target − γ·mean e_contrasts.
         references: each row's reference (R,) str.
     """
 
+    index: np.ndarray
     positions: torch.Tensor
     coefficients: torch.Tensor
     references: np.ndarray
@@ -46,6 +48,7 @@ class Batch:
     Attributes:
         x: model input (B, 3, H, W). needs: the union of its explainers' needs.
         masked_positions: the images whose masked-input scores some row needs.
+        gradient_rows: the rows of every method that needs class-objective gradients (``LAYER_GRADIENTS``).
         concepts: concept reference → vector over the final embedding (D,).
     """
 
@@ -56,15 +59,31 @@ class Batch:
     masked_positions: torch.Tensor
     settings: ExplainSettings
     concepts: dict[str, np.ndarray]
+    gradient_rows: Rows | None = None
     _pass: LayerPass | None = field(default=None, repr=False)
     _masked: torch.Tensor | None = field(default=None, repr=False)
+    _gradients: torch.Tensor | None = field(default=None, repr=False)
+    _gradient_row: dict[int, int] = field(default_factory=dict, repr=False)
 
     @property
     def layer_pass(self) -> LayerPass:
         """The trunk pass, with head-side gradients when any method of the batch needs them."""
         if self._pass is None:
-            self._pass = self.engine.layer_pass(self.x, gradients=LAYER_GRADIENTS in self.needs)
+            self._pass = self.engine.layer_pass(self.x, gradients=bool(self.needs & {LAYER_GRADIENTS, EMBEDDING_GRADIENTS}))
         return self._pass
+
+    def class_gradients(self, rows: Rows) -> torch.Tensor:
+        """∂(coefficients · y)/∂A for ``rows``: (R, K, h, w), or (R, K, 1, 1) from the closed form.
+
+        Computed once per batch for the rows of every method that needs them, in one batched
+        vector-Jacobian product (identical objectives of different methods are computed once).
+        """
+        if self._gradients is None:
+            shared = self.gradient_rows
+            self._gradients = self.layer_pass.gradients(shared.positions, shared.coefficients)
+            self._gradient_row = {int(plan_row): i for i, plan_row in enumerate(shared.index)}
+        picked = torch.as_tensor([self._gradient_row[int(r)] for r in rows.index], device=self._gradients.device)
+        return self._gradients[picked]
 
     def masked_logits(self, positions: torch.Tensor) -> torch.Tensor:
         """Logits (R, K, C) of the inputs masked by each channel, for images at ``positions`` (R,)."""
@@ -123,25 +142,26 @@ def model_maps(
         in_batch = np.flatnonzero(np.isin(image_index, chunk))
         batch_explainers = [explainers[n] for n in np.unique(names[in_batch])]
         needs = set().union(*(e.needs for e in batch_explainers))
-        if needs & {LAYER_GRADIENTS, MASKED_SCORES}:
+        if needs & {LAYER_GRADIENTS, EMBEDDING_GRADIENTS, MASKED_SCORES}:
             needs.add(LAYER)
-        masked = in_batch[np.isin(names[in_batch], [e.name for e in batch_explainers if MASKED_SCORES in e.needs])]
+
+        def rows_of(index: np.ndarray) -> Rows:
+            return Rows(index, torch.as_tensor(np.searchsorted(chunk, image_index[index]), device=engine.device), coefficients[index], references[index])
+
+        def needing(need: str) -> np.ndarray:
+            return in_batch[np.isin(names[in_batch], [e.name for e in batch_explainers if need in e.needs])]
+
         batch = Batch(
             engine, meta, to_model_input(images[chunk], meta.mean, meta.std, engine.device), needs,
-            torch.as_tensor(np.unique(np.searchsorted(chunk, image_index[masked])), device=engine.device),
-            settings, concepts or {},
+            torch.as_tensor(np.unique(np.searchsorted(chunk, image_index[needing(MASKED_SCORES)])), device=engine.device),
+            settings, concepts or {}, rows_of(needing(LAYER_GRADIENTS)),
         )
         for method in batch_explainers:
-            index = in_batch[names[in_batch] == method.name]
-            rows = Rows(
-                torch.as_tensor(np.searchsorted(chunk, image_index[index]), device=engine.device),
-                coefficients[index],
-                references[index],
-            )
+            rows = rows_of(in_batch[names[in_batch] == method.name])
             maps = method.maps(batch, rows)
             if isinstance(maps, torch.Tensor):
                 maps = list(maps.detach().float().cpu().numpy())
-            for r, m in zip(index, maps):
+            for r, m in zip(rows.index, maps):
                 out[r] = m
     return out
 

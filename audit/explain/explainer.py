@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 
 # What an explainer needs from the model; the batch runs each at most once for all methods.
 LAYER = "layer"  # one trunk pass: the activations A at the layer
-LAYER_GRADIENTS = "layer_gradients"  # ... and head-side gradients of A
+LAYER_GRADIENTS = "layer_gradients"  # ... and head-side gradients of A for each row's class objective (one batched VJP for all methods)
+EMBEDDING_GRADIENTS = "embedding_gradients"  # ... and head-side gradients of A for objectives on the final embedding (concepts)
 MASKED_SCORES = "masked_scores"  # Score-CAM's forwards on the input masked by each channel
 OWN_PASS = "own_pass"  # the method runs the model itself (input gradients, attention, the grad-cam package)
 

@@ -74,9 +74,7 @@ class GradientCam(Explainer):
     needs: frozenset[str] = frozenset({LAYER_GRADIENTS})
 
     def maps(self, batch: Batch, rows: Rows) -> torch.Tensor:
-        layer_pass = batch.layer_pass
-        gradients = layer_pass.gradients(rows.positions, rows.coefficients)
-        return self.cam(layer_pass.activations, rows.positions, gradients).clamp_min(0)
+        return self.cam(batch.layer_pass.activations, rows.positions, batch.class_gradients(rows)).clamp_min(0)
 
 
 @dataclass(frozen=True)

@@ -200,7 +200,8 @@ def headline_columns(summary: pd.DataFrame) -> list[tuple[Output, float | None, 
             fractions = sorted(summary.loc[summary["metric"] == output.name, "fraction"].dropna().unique())
             columns += [(output, float(f), "", f"{output.headline}@{100 * f:g} %{output.arrow}") for f in fractions]
         else:
-            columns.append((output, None, output.headline_parameter, f"{output.headline}{output.arrow}"))
+            qualifier = f" ({output.headline_parameter})" if output.headline_parameter else ""
+            columns.append((output, None, output.headline_parameter, f"{output.headline}{qualifier}{output.arrow}"))
     return columns
 
 

@@ -111,3 +111,20 @@ def test_importing_the_report_figures_leaves_the_warning_filters_alone():
     before = list(warnings.filters)
     importlib.reload(figures)
     assert warnings.filters == before
+
+
+def test_no_module_outside_the_methods_and_metrics_tests_their_names():
+    """Method and metric names appear as literals only in their own modules, the registries and the settings' defaults."""
+    method_modules = {"gradient_cams", "score_cams", "input_gradient", "eigencam", "diffcam", "cdam", "package", "registry"}
+    metric_modules = {"faithfulness", "map_metrics", "registry"}
+    sources = [*ROOT.joinpath("audit").rglob("*.py"), *ROOT.joinpath("workflow").rglob("*.py"), *ROOT.joinpath("rules").glob("*.smk")]
+    found = []
+    for path in sources:
+        text = path.read_text()
+        if path.name == "settings.py":
+            continue  # the schema's defaults, checked against the registries above
+        own_methods = path.parent.name == "explain" and path.stem in method_modules
+        own_metrics = path.parent.name == "metrics" and path.stem in metric_modules
+        names = ([] if own_methods else list(EXPLAINERS)) + ([] if own_metrics else list(METRICS))
+        found += [f"{path.relative_to(ROOT)}: {name}" for name in names if re.search(rf"[\"']{name}[\"']", text)]
+    assert not found, found

@@ -23,10 +23,12 @@ def _curve(settings: MetricSettings) -> int:
     return settings.steps + 1
 
 
-DELETION_CURVE = Output("deletion_curve", LOWER, CONFIGURED, "curve", order=MOST_FIRST, per="fraction")
-DELETION_AUC = Output("deletion_auc", LOWER, CONFIGURED, "curve", order=MOST_FIRST, headline="deletion AUC")
+DELETION_CURVE = Output(
+    "deletion_curve", LOWER, CONFIGURED, "steps", order=MOST_FIRST, per="fraction", curve=("deletion", "deletion", "fraction removed (most relevant first)")
+)
+DELETION_AUC = Output("deletion_auc", LOWER, CONFIGURED, "steps", order=MOST_FIRST, headline="deletion AUC")
 CONFIDENCE_DROP = Output(
-    "relative_confidence_drop", HIGHER, CONFIGURED, "curve", order="most-relevant-first; minus the compare class's drop",
+    "relative_confidence_drop", HIGHER, CONFIGURED, "steps", order="most-relevant-first; minus the compare class's drop",
     headline="RD", per="fraction",
 )
 
@@ -41,8 +43,11 @@ def deletion(batch: MetricBatch, table: Table) -> None:
         table.add(CONFIDENCE_DROP, relative_confidence_drop(probabilities[:, 0], probabilities[:, steps + 1 + j], batch.target, batch.compare), fraction=f)
 
 
-INSERTION_CURVE = Output("insertion_curve", HIGHER, CONFIGURED, "curve", order="insert most-relevant-first", per="fraction")
-INSERTION_AUC = Output("insertion_auc", HIGHER, CONFIGURED, "curve", order="insert most-relevant-first", headline="insertion AUC")
+INSERTION_CURVE = Output(
+    "insertion_curve", HIGHER, CONFIGURED, "steps", order="insert most-relevant-first", per="fraction",
+    curve=("insertion", "insertion", "fraction inserted (most relevant first)"),
+)
+INSERTION_AUC = Output("insertion_auc", HIGHER, CONFIGURED, "steps", order="insert most-relevant-first", headline="insertion AUC")
 
 
 def insertion(batch: MetricBatch, table: Table) -> None:
@@ -52,9 +57,9 @@ def insertion(batch: MetricBatch, table: Table) -> None:
     table.add(INSERTION_AUC, batch.auc(inserted))
 
 
-MIF_AUC = Output("mif_auc", LOWER, "blur", "curve", order=MOST_FIRST)
-LIF_AUC = Output("lif_auc", HIGHER, "blur", "curve", order=LEAST_FIRST)
-FIDELITY = Output("fidelity", HIGHER, "blur", "curve", order="lif - mif", headline="fidelity LIF−MIF")
+MIF_AUC = Output("mif_auc", LOWER, "blur", "steps", order=MOST_FIRST)
+LIF_AUC = Output("lif_auc", HIGHER, "blur", "steps", order=LEAST_FIRST)
+FIDELITY = Output("fidelity", HIGHER, "blur", "steps", order="lif - mif", headline="fidelity LIF−MIF")
 
 
 def fidelity(batch: MetricBatch, table: Table) -> None:
@@ -67,11 +72,12 @@ def fidelity(batch: MetricBatch, table: Table) -> None:
 
 
 ROAD_IMPUTATION = "noisy linear imputation"
-ROAD_MORF = Output("road_morf", LOWER, ROAD_IMPUTATION, "road", order=MOST_FIRST, per="fraction")
-ROAD_LERF = Output("road_lerf", HIGHER, ROAD_IMPUTATION, "road", order=LEAST_FIRST, per="fraction")
-ROAD_MORF_MEAN = Output("road_morf_mean", LOWER, ROAD_IMPUTATION, "road", order=MOST_FIRST)
-ROAD_LERF_MEAN = Output("road_lerf_mean", HIGHER, ROAD_IMPUTATION, "road", order=LEAST_FIRST)
-ROAD_COMBINED = Output("road_combined", HIGHER, ROAD_IMPUTATION, "road", order="(lerf - morf) / 2", headline="ROAD combined")
+ROAD_AXIS = "fraction removed (noisy linear imputation)"
+ROAD_MORF = Output("road_morf", LOWER, ROAD_IMPUTATION, "road_fractions", order=MOST_FIRST, per="fraction", curve=("ROAD", "MoRF", ROAD_AXIS))
+ROAD_LERF = Output("road_lerf", HIGHER, ROAD_IMPUTATION, "road_fractions", order=LEAST_FIRST, per="fraction", curve=("ROAD", "LeRF", ROAD_AXIS))
+ROAD_MORF_MEAN = Output("road_morf_mean", LOWER, ROAD_IMPUTATION, "road_fractions", order=MOST_FIRST)
+ROAD_LERF_MEAN = Output("road_lerf_mean", HIGHER, ROAD_IMPUTATION, "road_fractions", order=LEAST_FIRST)
+ROAD_COMBINED = Output("road_combined", HIGHER, ROAD_IMPUTATION, "road_fractions", order="(lerf - morf) / 2", headline="ROAD combined")
 
 
 def road(batch: MetricBatch, table: Table) -> None:
@@ -96,7 +102,7 @@ def road(batch: MetricBatch, table: Table) -> None:
 
 
 CLASS_SENSITIVITY = Output(
-    "class_sensitivity", HIGHER, CONFIGURED, "curve", order="deletion AUC with the compare-class map minus with the own map",
+    "class_sensitivity", HIGHER, CONFIGURED, "steps", order="deletion AUC with the compare-class map minus with the own map",
     headline="class sensitivity",
 )
 
@@ -117,8 +123,8 @@ def class_sensitivity(batch: MetricBatch, table: Table) -> None:
     table.add(CLASS_SENSITIVITY, value)
 
 
-BOX_SENSITIVITY = Output("box_sensitivity", HIGHER, "blur", "boxes", "logit", "random boxes", per="parameter")
-BOX_SENSITIVITY_MEAN = Output("box_sensitivity_mean", HIGHER, "blur", "boxes", "logit", "random boxes", headline="box sensitivity")
+BOX_SENSITIVITY = Output("box_sensitivity", HIGHER, "blur", "boxes_per_size", "logit", "random boxes", per="parameter")
+BOX_SENSITIVITY_MEAN = Output("box_sensitivity_mean", HIGHER, "blur", "boxes_per_size", "logit", "random boxes", headline="box sensitivity")
 
 
 def box_sensitivity(batch: MetricBatch, table: Table) -> None:

@@ -98,7 +98,7 @@ MAP_METRICS = (
         description="F1 of the map's Otsu region against the object region (Diffusion-CAM)",
     ),
     Metric(
-        "sanity", (SANITY,), _similarity_to("randomised_model_map", SANITY, described_by="sanity"), needs=("randomised_model_map",),
+        "sanity", (SANITY,), _similarity_to("randomised_model_map", SANITY, described_by="randomisation"), needs=("randomised_model_map",),
         description="Spearman r of the map and its map after re-initialising the head (or head and last block)",
     ),
     Metric(

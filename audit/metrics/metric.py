@@ -46,26 +46,29 @@ class Output:
         name: the ``metric`` column's value.
         direction: ``higher`` or ``lower`` is better, or ``reference`` (a chance level).
         baseline: what removed pixels are replaced with (``configured`` = ``metrics.baseline``); "" when none.
-        steps: ``curve`` (``metrics.steps``), ``road`` (number of ROAD fractions), ``boxes`` (boxes per size) or ``none``.
+        steps: the ``metrics`` setting that gives the ``steps`` convention (its value, or its length for a list), or "" for 0.
         score: what is measured (``probability``, ``logit``, ``saliency``, ``region``).
         order: how pixels are ordered or what is compared.
         headline: the report's column title, or "" when the quality table does not show it.
         per: ``fraction`` or ``parameter`` when the output has one row per fraction or parameter.
         headline_parameter: for per-parameter outputs, the parameter the headline shows.
+        curve: for a curve over the fraction, the report's (panel title, line label, x-axis label); () when none.
     """
 
     name: str
     direction: str
     baseline: str = ""
-    steps: str = "none"
+    steps: str = ""
     score: str = "probability"
     order: str = ""
     headline: str = ""
     per: str = ""
     headline_parameter: str = ""
+    curve: tuple[str, str, str] = ()
 
     def conventions(self, settings: MetricSettings) -> dict[str, Any]:
-        steps = {"curve": settings.steps, "road": len(settings.road_fractions), "boxes": settings.boxes_per_size, "none": 0}[self.steps]
+        value = getattr(settings, self.steps) if self.steps else 0
+        steps = len(value) if isinstance(value, tuple) else int(value)
         baseline = settings.baseline if self.baseline == CONFIGURED else self.baseline
         return {"baseline": baseline, "steps": steps, "score": self.score, "order": self.order}
 

@@ -73,13 +73,12 @@ def map_grid(images: list[np.ndarray], maps: list[list[np.ndarray | None]], row_
     return to_data_uri(figure)
 
 
-def perturbation_curves(summary: pd.DataFrame) -> str:
-    """Mean target probability per method along the deletion, insertion and ROAD curves (overall level of the summary)."""
-    panels = [
-        ("deletion", {"deletion_curve": "deletion"}, "fraction removed (most relevant first)"),
-        ("insertion", {"insertion_curve": "insertion"}, "fraction inserted (most relevant first)"),
-        ("ROAD", {"road_morf": "MoRF", "road_lerf": "LeRF"}, "fraction removed (noisy linear imputation)"),
-    ]
+def perturbation_curves(summary: pd.DataFrame, panels: list[tuple[str, dict[str, str], str]]) -> str:
+    """Mean target probability per method along perturbation curves (overall level of the summary).
+
+    Args:
+        panels: (title, {metric: line label}, x-axis label) per panel; panels without data are left out.
+    """
     overall = summary[summary["level"] == "overall"]
     shown = [(title, names, label) for title, names, label in panels if overall["metric"].isin(list(names)).any()]
     figure, axes = plt.subplots(1, max(1, len(shown)), figsize=(4.2 * max(1, len(shown)), 3.4), squeeze=False)

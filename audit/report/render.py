@@ -176,7 +176,7 @@ def render_report(inputs: ReportInputs) -> str:
         "has_metrics": has_metrics,
         "quality": quality_table(inputs.metrics_summary) if has_metrics else None,
         "quality_by_class": quality_by_class(inputs.metrics_summary, class_names) if has_metrics else [],
-        "curves_figure": figures.perturbation_curves(inputs.metrics_summary) if has_metrics else None,
+        "curves_figure": figures.perturbation_curves(inputs.metrics_summary, curve_panels()) if has_metrics else None,
         "metric_conventions": (
             inputs.metrics[["metric", "baseline", "steps", "score", "order"]].drop_duplicates("metric").to_dict("records") if has_metrics else []
         ),
@@ -185,6 +185,16 @@ def render_report(inputs: ReportInputs) -> str:
         loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=True, undefined=jinja2.StrictUndefined
     )
     return environment.get_template("template.html.j2").render(**context)
+
+
+def curve_panels() -> list[tuple[str, dict[str, str], str]]:
+    """The curve figure's panels from the registry: (title, {output name: line label}, x-axis label), in registry order."""
+    panels: dict[str, tuple[str, dict[str, str], str]] = {}
+    for output in outputs().values():
+        if output.curve:
+            title, label, axis = output.curve
+            panels.setdefault(title, (title, {}, axis))[1][output.name] = label
+    return list(panels.values())
 
 
 def headline_columns(summary: pd.DataFrame) -> list[tuple[Output, float | None, str, str]]:

@@ -54,7 +54,7 @@ with stage_run(snakemake.log[0], snakemake.threads) as device:
         context["gradients"] = "closed form (pool + linear head)" if engine.closed_form else "autograd through the head side"
     checked = explains_the_head(plan)
     if settings.sanity and checked.any() and has_classifier(features):
-        randomised, context["sanity"] = randomised_model(model, settings.sanity_seed, settings.sanity_scope, meta.layer)
+        randomised, context["randomisation"] = randomised_model(model, settings.sanity_seed, settings.sanity_scope, meta.layer)
         checks["randomised_model_map"] = [None] * len(plan)
         for row, m in zip(np.flatnonzero(checked), maps_for(plan[checked], ExplainerEngine(randomised, meta.layer, images.shape[-2:]))):
             checks["randomised_model_map"][row] = m

@@ -6,7 +6,7 @@ embedding z_i to the OAS-shrunk Gaussian of class c *without* image i
 class: ``LeaveOneOut.member_scores``). Small classes use the
 pooled within-class covariance (``pooled`` is True); the only image of a
 class, and an image with NaN or infinite features (left out of the
-statistics), get a NaN score, ranked last.
+statistics), get a NaN score and no rank (``<NA>``; listed after the ranked images).
 """
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ def anomaly_table(
     Returns:
         a table with image_id, label, class_name, prediction, split, score
         (squared Mahalanobis distance, unitless), shrinkage (λ of the LOO
-        group), pooled and rank (1 = most anomalous within its class), sorted
-        by class then rank.
+        group), pooled and rank (1 = most anomalous within its class; nullable,
+        ``<NA>`` for an unscored image), sorted by class then rank.
     """
     scores = np.full(len(labels), np.nan)
     shrinkage = np.full(len(labels), np.nan)
@@ -56,5 +56,5 @@ def anomaly_table(
             "pooled": pooled,
         }
     )
-    table["rank"] = table.groupby("label")["score"].rank(ascending=False, method="first", na_option="bottom").astype(int)
-    return table.sort_values(["label", "rank"], ignore_index=True)
+    table["rank"] = table.groupby("label")["score"].rank(ascending=False, method="first").astype("Int64")
+    return table.sort_values(["label", "rank"], ignore_index=True, na_position="last")

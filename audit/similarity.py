@@ -24,22 +24,26 @@ def confusion_counts(labels: np.ndarray, predictions: np.ndarray, num_classes: i
     return matrix
 
 
-def pair_table(class_names: list[str], weight: np.ndarray | None, confusion: np.ndarray, class_means: np.ndarray) -> pd.DataFrame:
+def pair_table(
+    class_names: list[str], weight: np.ndarray | None, confusion: np.ndarray, class_means: np.ndarray, counts: np.ndarray | None = None
+) -> pd.DataFrame:
     """The class-pair table (see module docstring).
 
     Args:
         weight: classifier weights (C, D), or None for a backbone without a
             classifier (cosines are NaN; pairs are then ranked by distance).
         confusion: (C, C) counts. class_means: class means of the embedding (C, K).
+        counts: images per class (C,); pairs with a class without images are left out (no images to compare).
     """
     cosine = weight_cosine(weight) if weight is not None else np.full((len(class_names),) * 2, np.nan)
+    present = np.ones(len(class_names), bool) if counts is None else np.asarray(counts) > 0
     rows = []
-    for a in range(len(class_names)):
-        for b in range(a + 1, len(class_names)):
+    for a in np.flatnonzero(present):
+        for b in np.flatnonzero(present[a + 1 :]) + a + 1:
             rows.append(
                 {
-                    "class_a": a,
-                    "class_b": b,
+                    "class_a": int(a),
+                    "class_b": int(b),
                     "name_a": class_names[a],
                     "name_b": class_names[b],
                     "weight_cosine": float(cosine[a, b]),
@@ -48,7 +52,8 @@ def pair_table(class_names: list[str], weight: np.ndarray | None, confusion: np.
                     "mean_distance": float(np.linalg.norm(class_means[a] - class_means[b])),
                 }
             )
-    table = pd.DataFrame(rows)
+    columns = ["class_a", "class_b", "name_a", "name_b", "weight_cosine", "confused_a_as_b", "confused_b_as_a", "mean_distance"]
+    table = pd.DataFrame(rows, columns=columns)
     table["confusions"] = table["confused_a_as_b"] + table["confused_b_as_a"]
     table = table.sort_values(["confusions", "weight_cosine", "mean_distance"], ascending=[False, False, True], ignore_index=True)
     table["rank"] = np.arange(1, len(table) + 1)

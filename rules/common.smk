@@ -3,7 +3,7 @@
 # editing a speed-only setting (batch sizes, workers) reruns nothing.
 from audit.data.dataset import image_count, shard_ranges
 from audit.explain.registry import explainer
-from audit.models.imported import pretrained_image_size
+from audit.models.imported import pretrained_image_size, require_timm_model
 from audit.settings import (
     JOB_KEYS,
     PLAN_KEYS,
@@ -14,6 +14,13 @@ from audit.settings import (
     ModelSettings,
     ReferenceSettings,
 )
+
+for _name, _audit in config["audits"].items():  # a misspelt model name fails here, at DAG build, with close matches
+    try:
+        require_timm_model(_audit["model"]["name"])
+    except ValueError as error:
+        raise ValueError(f"audit {_name}, model.name: {error}") from None
+
 
 wildcard_constraints:
     audit="[A-Za-z0-9][A-Za-z0-9_.-]*",

@@ -8,6 +8,7 @@ checkpoint ingest:
     params:
         settings=dataset_params,
         image_size=image_size,
+        trains_model=lambda wildcards: not audit_config(wildcards)["model"].get("checkpoint"),
     conda:
         "../workflow/envs/audit.yaml"
     log:

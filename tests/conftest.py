@@ -1,5 +1,7 @@
-"""Shared fixtures: a small timm CNN trained briefly on a few digits."""
+"""Shared fixtures: a small timm CNN trained briefly on a few digits, and the tiny audit run once by the workflow."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +10,7 @@ import torch
 from audit.data.digits import load_digits_dataset
 from audit.models.train import fit_model
 from audit.settings import ModelSettings, TrainSettings
+from tests.workflow import TINY, snakemake
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +30,12 @@ def trained(digits_small):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_audit(tmp_path_factory) -> Path:
+    """The whole workflow run on the tiny config in a scratch directory (read-only for the tests that use it)."""
+    workdir = tmp_path_factory.mktemp("tiny")
+    result = snakemake("reports/tiny.html", "--cores", "2", "--directory", str(workdir), "--configfile", str(TINY))
+    assert result.returncode == 0, result.stdout[-5000:]
+    return workdir

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,15 +13,7 @@ import yaml
 from audit.features import open_features
 from audit.metrics.registry import outputs
 from audit.storage import open_zarr
-
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-TINY = ROOT / "tests" / "data" / "tiny.yaml"
-
-
-def snakemake(*args: str) -> subprocess.CompletedProcess:
-    """Run snakemake at the repository root; ``stdout`` holds stdout and stderr together."""
-    return subprocess.run([SNAKEMAKE, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+from tests.workflow import ROOT, TINY, snakemake
 
 
 def test_lint_is_clean():
@@ -49,15 +40,6 @@ def test_config_that_fails_the_schema_is_a_clear_error(tmp_path):
     assert result.returncode != 0
     assert "'noise' is not one of ['zero', 'mean', 'blur']" in result.stdout
     assert "instance['audits']['tiny']['metrics']['baseline']" in result.stdout
-
-
-@pytest.fixture(scope="module")
-def tiny_audit(tmp_path_factory) -> Path:
-    """Run the whole workflow on the tiny config in a scratch directory."""
-    workdir = tmp_path_factory.mktemp("tiny")
-    result = snakemake("reports/tiny.html", "--cores", "2", "--directory", str(workdir), "--configfile", str(TINY))
-    assert result.returncode == 0, result.stdout[-5000:]
-    return workdir
 
 
 def test_end_to_end_artefacts_are_well_formed(tiny_audit):
@@ -197,7 +179,7 @@ def test_report_escapes_names(tiny_audit):
             metrics_summary=pd.read_parquet(results / "metrics_summary.parquet").replace({"variant": {"gradcam": evil}}),
             anomaly_quality=pd.read_parquet(results / "anomaly_quality.parquet").replace({"scope": {"0": evil}}),
             rejects=pd.DataFrame({"image_id": [evil], "path": ["p"], "label": [evil], "reason": ["unknown label"]}),
-            reference=open_zarr(results / "reference.zarr")[["covariance", "class_nonfinite"]].load(),
+            reference=open_zarr(results / "reference.zarr")[["covariance", "class_count", "class_nonfinite"]].load(),
             saliency={m: open_zarr(results / "saliency" / f"{m}.zarr").load() for m in ("gradcam", "finercam", "diffcam")},
             model={"name": "resnet10t", "layer": "layer4", "metrics": {}, "head": True},
             top_anomalies=1,

@@ -4,9 +4,18 @@ Geometry: the shorter side is resized to ``size`` (bilinear; nearest for
 masks), then the centre ``size × size`` square is cropped, as timm's
 evaluation transform does with crop_pct = 1. Boxes follow the same transform
 and are clipped to the crop.
+
+Bit depths: 8-bit modes (L, P, RGB, RGBA, CMYK, 1, …) convert to RGB as
+Pillow does. Deeper greyscale is scaled to 8 bits by its type's range, never
+clipped: 16-bit (``I;16*``) and 32-bit integer (``I``) images with values in
+0–65,535 as v / 257; float images (``F``) with values in [0, 1] as v · 255.
+Integer values beyond 16 bits and floats outside [0, 1] have no defined
+scaling: such images are rejected with the reason (rescale them first).
+Masks are non-zero = object in any mode.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,25 +37,55 @@ class DecodedImage:
 
 def decode(path: str, size: int, mask_path: str = "", box: str = "") -> DecodedImage:
     """Load ``path`` as RGB at ``size`` × ``size``; raise :class:`RejectedImage` with the reason."""
-    original = _open(path, "RGB")
+    original = _open(path, to_rgb)
     geometry = _Geometry(original.size, size)
     image = np.asarray(geometry.apply(original, Image.Resampling.BILINEAR)).transpose(2, 0, 1).copy()
     mask = None
     if mask_path:
-        mask_image = _open(mask_path, "L", what="mask")
+        mask_image = _open(mask_path, _nonzero, what="mask")
         if mask_image.size != original.size:
             raise RejectedImage(f"mask size {mask_image.size} differs from image size {original.size}")
         mask = np.asarray(geometry.apply(mask_image, Image.Resampling.NEAREST)) > 0
     return DecodedImage(image=image, mask=mask, box=geometry.box(_parse_box(box)) if box else None)
 
 
-def _open(path: str, mode: str, what: str = "image") -> Image.Image:
+DEEP_INTEGER_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An 8-bit RGB image; deeper greyscale scaled by its type's range (module docstring), else :class:`RejectedImage`."""
+    if image.mode not in (*DEEP_INTEGER_MODES, "F"):
+        return image.convert("RGB")
+    values = np.asarray(image, dtype=np.float64)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if image.mode == "F":
+        if not (np.isfinite(values).all() and low >= 0.0 and high <= 1.0):
+            raise RejectedImage(f"float image with values in [{low:g}, {high:g}], not [0, 1]: no defined scaling to 8 bits")
+        scaled = values * 255.0
+    else:
+        if low < 0 or high > 65535:
+            raise RejectedImage(f"integer image with values in [{low:g}, {high:g}], beyond 16 bits: no defined scaling to 8 bits")
+        scaled = values / 257.0
+    return Image.fromarray(np.rint(scaled).astype(np.uint8), "L").convert("RGB")
+
+
+def _nonzero(image: Image.Image) -> Image.Image:
+    """A mask in any mode as an 8-bit image: 255 where any channel is non-zero, else 0."""
+    values = np.asarray(image)
+    if values.ndim == 3:
+        values = values.any(axis=2)
+    return Image.fromarray(np.where(values != 0, 255, 0).astype(np.uint8), "L")
+
+
+def _open(path: str, convert: Callable[[Image.Image], Image.Image], what: str = "image") -> Image.Image:
     try:
         with Image.open(path) as handle:
             handle.load()
-            return handle.convert(mode)
+            return convert(handle)
     except FileNotFoundError:
         raise RejectedImage(f"{what} file not found") from None
+    except RejectedImage:
+        raise
     except Exception as error:  # PIL raises many types for corrupt data
         raise RejectedImage(f"unreadable {what}: {type(error).__name__}: {error}") from None
 

@@ -2,7 +2,7 @@
 
 A manifest has one row per image with columns ``path`` (absolute, or relative
 to the manifest's folder) and ``label`` (class name), and optionally
-``image_id`` (default: the path relative to the root), ``split`` (default
+``image_id`` (default, for each row where blank: the path relative to the root), ``split`` (default
 ``audit``), ``mask`` (path of a mask image, non-zero = object), ``box``
 (``x0 y0 x1 y1`` in pixels of the original image) and ``anomaly`` (a known
 anomaly: 1/true/yes, or 0/false/no/empty; it scores the anomaly ranking).
@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 REQUIRED_COLUMNS = ("path", "label")
@@ -41,17 +42,27 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     return normalise_manifest(table, path.parent)
 
 
+SPLIT_FOLDERS = ("train", "val", "valid", "validation", "test", "audit")
+
+
 def imagefolder_manifest(root: str | os.PathLike) -> pd.DataFrame:
     """List an ImageFolder tree ``root/<class>/<image>`` (nested folders allowed) as a manifest.
 
     Files with an image suffix are listed; the class is the first folder level.
+    A split layout, ``root/<split>/<class>/<image>`` with a ``train`` folder and
+    every top-level folder one of ``SPLIT_FOLDERS`` holding class folders, gives
+    each image its split from the folder name (``train``; the others are held out).
     """
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"ImageFolder root {root} is not a directory")
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    by_split = (root / "train") in folders and all(f.name in SPLIT_FOLDERS and any(c.is_dir() for c in f.iterdir()) for f in folders)
+    trees = [(folder.name, folder) for folder in folders] if by_split else [("", root)]
     rows = [
-        {"path": str(file), "label": class_dir.name}
-        for class_dir in sorted(p for p in root.iterdir() if p.is_dir())
+        {"path": str(file), "label": class_dir.name, "split": split}
+        for split, tree in trees
+        for class_dir in sorted(p for p in tree.iterdir() if p.is_dir())
         for file in sorted(class_dir.rglob("*"))
         if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES
     ]
@@ -64,8 +75,8 @@ def normalise_manifest(table: pd.DataFrame, root: Path) -> pd.DataFrame:
     """Absolute paths, default ids and splits, all optional columns present (empty = none)."""
     table = table.copy()
     table["path"] = [str(p if Path(p).is_absolute() else root / p) for p in table["path"]]
-    if "image_id" not in table or (table["image_id"] == "").all():
-        table["image_id"] = [_relative_id(p, root) for p in table["path"]]
+    ids = table["image_id"].fillna("").astype(str).str.strip() if "image_id" in table else pd.Series("", index=table.index)
+    table["image_id"] = [given or _relative_id(p, root) for given, p in zip(ids, table["path"])]  # blank ids default per row
     if "split" not in table:
         table["split"] = "audit"
     table["split"] = table["split"].replace("", "audit")
@@ -77,6 +88,17 @@ def normalise_manifest(table: pd.DataFrame, root: Path) -> pd.DataFrame:
     table["label"] = table["label"].str.strip()
     table["anomaly"] = table["anomaly"].str.strip().str.lower()
     return table[list(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)].reset_index(drop=True)
+
+
+def split_by_fraction(table: pd.DataFrame, audit_fraction: float, seed: int) -> pd.DataFrame:
+    """The manifest with a seeded split: per label, ``audit_fraction`` of the images (at least one of two or more) ``audit``, the rest ``train``."""
+    rng = np.random.default_rng(seed)
+    split = np.full(len(table), "train", dtype=object)
+    for _, rows in table.groupby("label", sort=True):
+        positions = table.index.get_indexer(rows.index)
+        held = min(len(rows) - 1, max(1, round(audit_fraction * len(rows)))) if len(rows) > 1 else 0
+        split[rng.permutation(positions)[:held]] = "audit"
+    return table.assign(split=split)
 
 
 def _relative_id(path: str, root: Path) -> str:

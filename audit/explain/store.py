@@ -2,9 +2,12 @@
 
 Variables: ``layer_map`` (map, layer_y, layer_x), raw maps at the explained
 layer's resolution, and ``image_map`` (map, y, x) at the image's. A method that
-works at the layer is upsampled bilinearly (half-pixel centres) to the image; a
-method that works on pixels (input gradient, ``grad-cam`` package classes) is
-area-averaged down to the layer grid. Maps are raw (the package's are its
+works at the layer is upsampled bilinearly between the cells' registered
+centres (``audit.models.registration``: where each cell's receptive field
+lies in the image, stored in attrs ``grid_origin``, ``grid_step`` and
+``grid_offset``, the shift from plain half-pixel upsampling); a method that
+works on pixels (input gradient, ``grad-cam`` package classes) is
+area-averaged down to the layer grid (plain cells). Maps are raw (the package's are its
 own [0, 1] normalisation, said in attrs) and signed where the method is signed.
 They are stored in float16, or float32 when a value lies beyond float16's
 range (attrs ``dtype``). ``compare_class_map``, ``random_class_map`` and
@@ -26,6 +29,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 import xarray as xr
+
+from audit.models.registration import GridRegistration
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 CHECK_MAPS = ("compare_class_map", "random_class_map", "randomised_model_map")
@@ -57,17 +62,22 @@ def saliency_dataset(
     image_size: tuple[int, int],
     attrs: dict[str, Any],
     checks: dict[str, list[np.ndarray | None]] | None = None,
+    registration: GridRegistration | None = None,
 ) -> xr.Dataset:
     """Assemble a saliency store from plan rows (M) and their maps (M, h, w) at the layer or (M, H, W) at the image.
 
     Which resolution ``maps`` has is read from its shape. ``checks`` maps a
     variable name (``CHECK_MAPS``) to M maps of the same resolution (None = none).
-    The plan may carry a ``random_class`` column.
+    The plan may carry a ``random_class`` column. ``registration``: where the layer's
+    cells lie in the image (default: plain half-pixel centres).
     """
     plan = plan.reset_index(drop=True)
-    layer_maps, image_maps = _both_resolutions(maps, layer_size, image_size)
+    registration = registration or GridRegistration.plain(layer_size, image_size)
+    layer_maps, image_maps = _both_resolutions(maps, layer_size, image_size, registration)
     checks = {
-        name: _both_resolutions([np.full(np.shape(own), np.nan, np.float32) if m is None else m for m, own in zip(extra, maps)], layer_size, image_size)[1]
+        name: _both_resolutions(
+            [np.full(np.shape(own), np.nan, np.float32) if m is None else m for m, own in zip(extra, maps)], layer_size, image_size, registration
+        )[1]
         for name, extra in (checks or {}).items()
     }
     dtype = storage_dtype(layer_maps, image_maps, *checks.values())
@@ -88,15 +98,17 @@ def saliency_dataset(
             "compare": ("map", plan["compare"].to_numpy(np.int64)),
             "random_class": ("map", plan["random_class"].to_numpy(np.int64) if "random_class" in plan else np.full(len(plan), -1)),
         },
-        attrs={**attrs, "dtype": str(dtype)},
+        attrs={**attrs, **registration.attrs(), "dtype": str(dtype)},
     )
 
 
-def _both_resolutions(maps: list[np.ndarray] | np.ndarray, layer_size: tuple[int, int], image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _both_resolutions(
+    maps: list[np.ndarray] | np.ndarray, layer_size: tuple[int, int], image_size: tuple[int, int], registration: GridRegistration
+) -> tuple[np.ndarray, np.ndarray]:
     """Maps (M, h, w) at the layer and (M, H, W) at the image, from maps at either."""
     maps = np.asarray(maps, dtype=np.float32)
     if maps.size == 0:
         maps = maps.reshape((0, *layer_size))
     if tuple(maps.shape[1:]) == tuple(layer_size):
-        return maps, upsample(maps, image_size)
+        return maps, registration.upsample(maps, image_size)
     return downsample(maps, layer_size), maps

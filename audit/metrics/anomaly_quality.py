@@ -33,7 +33,7 @@ def ranking_quality(anomalies: pd.DataFrame, top: int) -> pd.DataFrame:
                 "flagged": int(flagged.sum()),
                 "auroc": roc_auc_score(flagged, group["score"]) if both else np.nan,
                 "average_precision": average_precision_score(flagged, group["score"]) if both else np.nan,
-                "flagged_in_top": int((flagged & (group["rank"].to_numpy() <= top)).sum()),
+                "flagged_in_top": int((flagged & group["rank"].le(top).fillna(False).to_numpy(bool)).sum()),
             }
         )
     return pd.DataFrame(rows, columns=QUALITY_COLUMNS)

@@ -8,14 +8,12 @@ error lists every problem, naming the methods and the model.
 """
 from __future__ import annotations
 
-import difflib
-
 import timm
 
 from audit.explain.registry import explainer
 from audit.features import layer_output_shape
 from audit.models.checkpoint import ModelMeta
-from audit.models.imported import resolve_layer
+from audit.models.imported import require_timm_model, resolve_layer
 from audit.models.tokens import token_layout
 from audit.settings import ModelSettings
 
@@ -28,9 +26,7 @@ def check_model(model: ModelSettings, methods: list[str], image_size: int) -> di
     need class logits are left out for a backbone without a classifier).
     Raises ``ValueError`` naming the model and each problem.
     """
-    if not timm.is_model(model.name.split(".")[0]):
-        close = difflib.get_close_matches(model.name, timm.list_models(), n=5)
-        raise ValueError(f"unknown timm model {model.name!r}" + (f"; close matches: {', '.join(close)}" if close else ""))
+    require_timm_model(model.name)
     built = timm.create_model(model.name, pretrained=False, num_classes=2 if model.head else 0, **model.kwargs)
     try:
         layer = resolve_layer(built, model.layer)

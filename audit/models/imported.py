@@ -7,6 +7,7 @@ preferred) or safetensors — read by ``timm.models.load_state_dict`` with
 """
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 from pathlib import Path
@@ -54,8 +55,16 @@ def import_model(path: str | os.PathLike, settings: ModelSettings, class_names: 
     return model.eval(), meta
 
 
+def require_timm_model(name: str) -> None:
+    """``ValueError`` "unknown timm model" with close matches when timm has no architecture ``name`` (a ``.tag`` may follow)."""
+    if not timm.is_model(name.split(".")[0]):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5)
+        raise ValueError(f"unknown timm model {name!r}" + (f"; close matches: {', '.join(close)}" if close else ""))
+
+
 def pretrained_image_size(name: str) -> int:
     """The side of timm model ``name``'s pretrained input (its ``pretrained_cfg`` input size)."""
+    require_timm_model(name)
     config = timm.models.get_pretrained_cfg(name)
     if config is None or not config.input_size:
         raise ValueError(f"timm has no pretrained input size for {name!r}: set dataset.image_size")

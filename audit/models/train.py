@@ -87,8 +87,9 @@ def fit_model(dataset: ImageDataset, settings: ModelSettings) -> tuple[nn.Module
     """Build timm model ``settings.name`` for ``dataset``, train it on the ``train`` split (``settings.train``), score it on the rest.
 
     Normalisation is ``settings.mean``/``std``, else the model's pretrained config. The metadata's
-    ``metrics`` get ``train_accuracy``, ``audit_accuracy`` (held-out split),
-    ``final_loss`` and ``train_seconds``.
+    ``metrics`` get ``train_accuracy``, ``audit_accuracy`` (held-out split) and
+    ``final_loss``; the training time goes to the log only, so that the same
+    config and seed give a bit-identical checkpoint on the same machine.
     """
     layer = settings.layer
     meta = ModelMeta(
@@ -100,6 +101,7 @@ def fit_model(dataset: ImageDataset, settings: ModelSettings) -> tuple[nn.Module
         std=(1.0, 1.0, 1.0),
         layer=layer if layer != "auto" else "",
     )
+    torch.manual_seed(settings.train.seed)  # the initial weights: the same seed gives the same checkpoint
     model = build_model(meta)
     meta.layer = resolve_layer(model, layer)
     meta.mean = tuple(float(v) for v in (settings.mean or model.pretrained_cfg.get("mean", (0.5, 0.5, 0.5))))
@@ -111,15 +113,15 @@ def fit_model(dataset: ImageDataset, settings: ModelSettings) -> tuple[nn.Module
     if not train.any() or not held_out.any():
         raise ValueError(
             f"training needs images in the 'train' split and held-out images, got {train.sum()} and {held_out.sum()}: "
-            "set model.checkpoint to audit an existing model, or give the manifest a split column"
+            "give the manifest's split column both train and held-out rows (or leave it out: the workflow then splits by "
+            "dataset.audit_fraction), lay an ImageFolder tree out as train/ and val/ folders, or set model.checkpoint to audit your own model"
         )
     started = time.perf_counter()
     losses = train_classifier(model, dataset.images[train], dataset.labels[train], meta.mean, meta.std, settings.train)
     meta.metrics = {
-        "train_seconds": round(time.perf_counter() - started, 1),
         "final_loss": round(losses[-1], 4),
         "train_accuracy": round(accuracy(model, dataset.images[train], dataset.labels[train], meta.mean, meta.std), 4),
         "audit_accuracy": round(accuracy(model, dataset.images[held_out], dataset.labels[held_out], meta.mean, meta.std), 4),
     }
-    log.info("training figures %s", meta.metrics)
+    log.info("training figures %s after %.1f s", meta.metrics, time.perf_counter() - started)
     return model, meta

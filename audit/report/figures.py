@@ -1,9 +1,15 @@
-"""Report figures (seaborn/matplotlib), returned as PNG data URIs."""
+"""Report figures (seaborn/matplotlib), returned as PNG data URIs.
+
+Every figure is drawn with matplotlib's math text off, so a class name or an
+image id with ``$`` in it is drawn as it is, not parsed as TeX.
+"""
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import warnings
+from collections.abc import Callable
 
 import matplotlib
 
@@ -14,6 +20,17 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 
+def plain_text(draw: Callable[..., str]) -> Callable[..., str]:
+    """Draw a figure with math text off (``text.parse_math``), for the figure only."""
+
+    @functools.wraps(draw)
+    def drawn(*args, **kwargs) -> str:
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+
+    return drawn
+
+
 def to_data_uri(figure: plt.Figure) -> str:
     """Encode ``figure`` as a base64 PNG data URI and close it."""
     buffer = io.BytesIO()
@@ -22,6 +39,7 @@ def to_data_uri(figure: plt.Figure) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+@plain_text
 def score_distribution(anomalies: pd.DataFrame, top: int) -> str:
     """Per-class distribution of the anomaly score (log scale), top-``top`` images marked."""
     figure, axis = plt.subplots(figsize=(9, 3.5))
@@ -34,6 +52,7 @@ def score_distribution(anomalies: pd.DataFrame, top: int) -> str:
     return to_data_uri(figure)
 
 
+@plain_text
 def heatmap(matrix: np.ndarray, names: list[str], title: str, fmt: str) -> str:
     """An annotated class × class heatmap."""
     figure, axis = plt.subplots(figsize=(5, 4.2))
@@ -42,6 +61,7 @@ def heatmap(matrix: np.ndarray, names: list[str], title: str, fmt: str) -> str:
     return to_data_uri(figure)
 
 
+@plain_text
 def map_grid(images: list[np.ndarray], maps: list[list[np.ndarray | None]], row_labels: list[str], column_labels: list[str], signed: list[bool]) -> str:
     """A grid: one row per image, first column the image, then one overlay per map column.
 
@@ -73,6 +93,7 @@ def map_grid(images: list[np.ndarray], maps: list[list[np.ndarray | None]], row_
     return to_data_uri(figure)
 
 
+@plain_text
 def perturbation_curves(summary: pd.DataFrame, panels: list[tuple[str, dict[str, str], str]]) -> str:
     """Mean target probability per method along perturbation curves (overall level of the summary).
 

@@ -131,6 +131,7 @@ def render_report(inputs: ReportInputs) -> str:
             pair_sections.append({"a": class_names[a], "b": class_names[b], "figure": grid})
 
     covariance = pd.Series(inputs.reference["covariance"].values, index=inputs.reference["group"].values)
+    class_count = inputs.reference["class_count"].values
     num_classes = len(class_names)
     if inputs.model["head"]:
         similarity_figure = figures.heatmap(pair_matrix(inputs.pairs, num_classes, "weight_cosine", diagonal=1.0), class_names, "classifier-weight cosine", ".2f")
@@ -149,7 +150,8 @@ def render_report(inputs: ReportInputs) -> str:
         "layer_shape": "×".join(str(s) for s in inputs.features["activation"].shape[1:]),
         "rejects_by_reason": inputs.rejects["reason"].value_counts().to_dict(),
         "rejects": inputs.rejects.head(50).to_dict("records"),
-        "pooled_classes": [n for n in class_names if covariance.get(f"class:{n}") == "pooled"],
+        "pooled_classes": [n for n, k in zip(class_names, class_count) if covariance.get(f"class:{n}") == "pooled" and k > 1],
+        "single_classes": [n for n, k in zip(class_names, class_count) if k == 1],
         "empty_classes": [n for n in class_names if covariance.get(f"class:{n}") == "none"],
         "min_images": inputs.reference.attrs["min_images"],
         "nonfinite": {n: int(k) for n, k in zip(class_names, inputs.reference["class_nonfinite"].values) if k > 0},

@@ -1,6 +1,4 @@
 """Snakemake adapter: every configured method's maps for the plan, with the maps the metrics' checks compare them with."""
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 from stage import stage_settings
@@ -13,9 +11,10 @@ from audit.explain.registry import explainer
 from audit.explain.store import saliency_dataset
 from audit.features import has_classifier, open_features
 from audit.models.checkpoint import load_checkpoint
+from audit.models.registration import register_grid
 from audit.runtime import stage_run
 from audit.settings import ExplainSettings
-from audit.storage import open_zarr, write_zarr
+from audit.storage import atomic_path, open_zarr, write_zarr
 
 with stage_run(snakemake.log[0], snakemake.threads) as device:
     settings = stage_settings(snakemake, ExplainSettings, "explain")
@@ -26,10 +25,9 @@ with stage_run(snakemake.log[0], snakemake.threads) as device:
     reference = open_zarr(snakemake.input.reference).load()
     context = {"layer": features.attrs["layer"], "model": features.attrs["model"]}
     concepts = dict(zip(reference["concept"].values.astype(str), reference["concept_vector"].values))
-    model = meta = engine = None
-    if uses_model(plan).any():
-        model, meta = load_checkpoint(snakemake.input.checkpoint, device)
-        engine = ExplainerEngine(model, meta.layer, images.shape[-2:])
+    model, meta = load_checkpoint(snakemake.input.checkpoint, device)
+    registration = register_grid(model, meta.layer, images.shape[-2:])  # where the layer's cells lie in the image
+    engine = ExplainerEngine(model, meta.layer, images.shape[-2:]) if uses_model(plan).any() else None
 
     def maps_for(rows: pd.DataFrame, explainer_engine: ExplainerEngine | None) -> list:
         return plan_maps(rows, explainer_engine, meta, images, features, reference, settings, concepts)
@@ -58,13 +56,13 @@ with stage_run(snakemake.log[0], snakemake.threads) as device:
         checks["randomised_model_map"] = [None] * len(plan)
         for row, m in zip(np.flatnonzero(checked), maps_for(plan[checked], ExplainerEngine(randomised, meta.layer, images.shape[-2:]))):
             checks["randomised_model_map"][row] = m
-    output = Path(snakemake.output[0])
-    output.mkdir(parents=True, exist_ok=True)
-    for name in settings.methods:
-        rows = np.flatnonzero(plan["method"] == name)
-        attrs = {**context, **explainer(name).attrs(settings)}
-        dataset = saliency_dataset(
-            plan.iloc[rows], [maps[r] for r in rows], layer_size, images.shape[-2:], attrs,
-            checks={check: [values[r] for r in rows] for check, values in checks.items()},
-        )
-        write_zarr(dataset, output / f"{name}.zarr")
+    with atomic_path(snakemake.output[0]) as folder:  # the folder of stores appears complete or not at all
+        folder.mkdir()
+        for name in settings.methods:
+            rows = np.flatnonzero(plan["method"] == name)
+            attrs = {**context, **explainer(name).attrs(settings)}
+            dataset = saliency_dataset(
+                plan.iloc[rows], [maps[r] for r in rows], layer_size, images.shape[-2:], attrs,
+                checks={check: [values[r] for r in rows] for check, values in checks.items()}, registration=registration,
+            )
+            write_zarr(dataset, folder / f"{name}.zarr")

@@ -8,5 +8,5 @@ from audit.storage import write_parquet
 
 with stage_run(snakemake.log[0], snakemake.threads):
     settings = stage_settings(snakemake, DatasetSettings, "dataset")
-    rejects = ingest_dataset(settings, snakemake.params.image_size, snakemake.output.images)
+    rejects = ingest_dataset(settings, snakemake.params.image_size, snakemake.output.images, snakemake.params.trains_model)
     write_parquet(rejects, snakemake.output.rejects)

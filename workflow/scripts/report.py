@@ -22,7 +22,7 @@ with stage_run(snakemake.log[0], snakemake.threads):
         metrics_summary=pd.read_parquet(snakemake.input.metrics_summary),
         anomaly_quality=pd.read_parquet(snakemake.input.anomaly_quality),
         rejects=pd.read_parquet(snakemake.input.rejects),
-        reference=open_zarr(snakemake.input.reference)[["covariance", "class_nonfinite"]].load(),
+        reference=open_zarr(snakemake.input.reference)[["covariance", "class_count", "class_nonfinite"]].load(),
         saliency={method: open_zarr(Path(snakemake.input.saliency) / f"{method}.zarr").load() for method in snakemake.params.methods},
         model=asdict(read_meta(snakemake.input.checkpoint)),
         top_anomalies=snakemake.params.top_anomalies,

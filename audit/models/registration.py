@@ -1,0 +1,115 @@
+"""Where the explained layer's cells sit in the image: the grid registration used to draw layer maps on pixels.
+
+A layer map's cell (i, j) is centred at image pixel coordinates
+(origin_y + i·step_y, origin_x + j·step_x), pixel k spanning [k, k + 1).
+Plain bilinear upsampling assumes origin = step / 2 (cell i covers pixels
+[i·step, (i + 1)·step)); padding, strides and dilations move a CNN cell's
+effective receptive-field centre away from that, by about a cell for the
+demo's resnet10t at ``output_stride`` 8, so maps drawn that way sit a cell off
+the evidence they point at.
+
+For a CNN the registration is measured once per model and layer: the centre
+of mass of |∂(Σ_k A_k,ij)/∂x| over the input pixels, averaged over a few
+seeded noise images, for every cell; the step is the stride (input side /
+grid side) and the origin the mean of c_i − i·step over the cells not on the
+border (their receptive fields are cut by the padding), at most 4 × 4 of
+them spread over the grid. For a ViT the patch
+tokens are the patches: origin = patch / 2, no offset.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from audit.models.tokens import spatial_map, token_layout
+
+
+@dataclass(frozen=True)
+class GridRegistration:
+    """Cell (i, j) of a (h, w) layer grid is centred at (origin[0] + i·step[0], origin[1] + j·step[1]) in pixels."""
+
+    origin: tuple[float, float]
+    step: tuple[float, float]
+
+    @classmethod
+    def plain(cls, layer_size: tuple[int, int], image_size: tuple[int, int]) -> GridRegistration:
+        """The registration plain bilinear upsampling (half-pixel centres) assumes."""
+        step = (image_size[0] / layer_size[0], image_size[1] / layer_size[1])
+        return cls((step[0] / 2, step[1] / 2), step)
+
+    def offset(self) -> tuple[float, float]:
+        """How far (pixels, y and x) the cells' centres lie from the plain registration's."""
+        return (self.origin[0] - self.step[0] / 2, self.origin[1] - self.step[1] / 2)
+
+    def attrs(self) -> dict[str, list[float]]:
+        """The registration as store attrs."""
+        return {"grid_origin": [float(v) for v in self.origin], "grid_step": [float(v) for v in self.step], "grid_offset": [float(v) for v in self.offset()]}
+
+    @classmethod
+    def from_attrs(cls, attrs: dict) -> GridRegistration:
+        return cls(tuple(attrs["grid_origin"]), tuple(attrs["grid_step"]))
+
+    def interpolation(self, cells: int, pixels: int, axis: int) -> np.ndarray:
+        """(pixels, cells) bilinear weights along one axis: pixel centres k + ½ at cell coordinate (k + ½ − origin) / step, clamped to the grid."""
+        position = np.clip((np.arange(pixels) + 0.5 - self.origin[axis]) / self.step[axis], 0.0, cells - 1)
+        low = np.floor(position).astype(int)
+        high = np.minimum(low + 1, cells - 1)
+        weight = position - low
+        matrix = np.zeros((pixels, cells))
+        np.add.at(matrix, (np.arange(pixels), low), 1.0 - weight)
+        np.add.at(matrix, (np.arange(pixels), high), weight)
+        return matrix
+
+    def upsample(self, maps: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+        """Maps (M, h, w) on the layer grid → (M, H, W) on the image, bilinear between registered cell centres."""
+        maps = np.asarray(maps, dtype=np.float32)
+        rows = self.interpolation(maps.shape[1], image_size[0], 0).astype(np.float32)
+        columns = self.interpolation(maps.shape[2], image_size[1], 1).astype(np.float32)
+        return np.einsum("yi,mij,xj->myx", rows, maps, columns, optimize=True)
+
+
+def register_grid(model: nn.Module, layer: str, input_size: tuple[int, int], samples: int = 4, seed: int = 0, per_axis: int = 4) -> GridRegistration:
+    """The registration of ``model``'s ``layer`` at input (H, W) ``input_size`` (see the module docstring).
+
+    The model is used in eval mode and left as it was.
+    """
+    layout = token_layout(model, input_size)
+    was_training = model.training
+    model.eval()
+    try:
+        if layout is not None:
+            return GridRegistration.plain(layout.grid, input_size)
+        x = torch.randn(samples, 3, *input_size, generator=torch.Generator().manual_seed(seed)).to(next(model.parameters()).device)
+        x.requires_grad_(True)
+        store: dict[str, torch.Tensor] = {}
+        handle = model.get_submodule(layer).register_forward_hook(lambda _m, _i, output: store.__setitem__("A", output))
+        try:
+            with torch.enable_grad():
+                model(x)
+                cells = spatial_map(model, store["A"], input_size).sum(dim=1)  # (n, h, w): Σ_k A_k,ij
+                height, width = cells.shape[1:]
+                grid_i, grid_j = np.meshgrid(_inner(height, per_axis), _inner(width, per_axis), indexing="ij")
+                grid_i, grid_j = grid_i.ravel(), grid_j.ravel()
+                grad_outputs = torch.zeros(len(grid_i), *cells.shape, device=cells.device)
+                grad_outputs[np.arange(len(grid_i)), :, grid_i, grid_j] = 1.0
+                (gradients,) = torch.autograd.grad(cells, x, grad_outputs, is_grads_batched=True)
+        finally:
+            handle.remove()
+        weight = gradients.abs().sum(dim=(1, 2)).double().cpu().numpy()  # (cells, H, W): over samples and colours
+        total = weight.sum(axis=(1, 2)).clip(1e-30)
+        centre_y = (weight.sum(axis=2) * (np.arange(input_size[0]) + 0.5)).sum(axis=1) / total
+        centre_x = (weight.sum(axis=1) * (np.arange(input_size[1]) + 0.5)).sum(axis=1) / total
+        step = (input_size[0] / height, input_size[1] / width)
+        origin = (float(np.mean(centre_y - grid_i * step[0])), float(np.mean(centre_x - grid_j * step[1])))
+        return GridRegistration(origin, step)
+    finally:
+        model.train(was_training)
+
+
+def _inner(size: int, count: int) -> np.ndarray:
+    """Up to ``count`` cell indices spread over a grid side of ``size``, off the border (all cells when it has fewer than 4)."""
+    inner = np.arange(1, size - 1) if size >= 4 else np.arange(size)
+    return np.unique(inner[np.linspace(0, len(inner) - 1, min(count, len(inner))).round().astype(int)])

@@ -70,5 +70,5 @@ def test_pretrained_image_size_comes_from_timm():
     from audit.models.imported import pretrained_image_size
 
     assert pretrained_image_size("resnet50") == 224
-    with pytest.raises(ValueError, match="set dataset.image_size"):
-        pretrained_image_size("no_such_model")
+    with pytest.raises(ValueError, match="unknown timm model 'resnet5O'; close matches: resnet50"):
+        pretrained_image_size("resnet5O")

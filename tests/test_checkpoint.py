@@ -38,3 +38,23 @@ def test_layer_without_spatial_map_is_rejected(trained):
     with pytest.raises(ValueError, match=r"global_pool.*a \(B, K, h, w\) map or ViT tokens"):
         layer_output_shape(model, replace(meta, layer="global_pool"))
     assert layer_output_shape(model, meta) == (512, 4, 4)
+
+
+class _Payload:
+    """A pickle that would create a file when unpickled (the way a malicious checkpoint runs code)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_a_malicious_pickle_checkpoint_runs_no_code(tmp_path):
+    marker = tmp_path / "ran"
+    torch.save({"state_dict": {}, "meta": _Payload(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()

@@ -8,12 +8,16 @@ effective receptive-field centre away from that, by about a cell for the
 demo's resnet10t at ``output_stride`` 8, so maps drawn that way sit a cell off
 the evidence they point at.
 
-For a CNN the registration is measured once per model and layer: the centre
-of mass of |∂(Σ_k A_k,ij)/∂x| over the input pixels, averaged over a few
-seeded noise images, for every cell; the step is the stride (input side /
-grid side) and the origin the mean of c_i − i·step over the cells not on the
-border (their receptive fields are cut by the padding), at most 4 × 4 of
-them spread over the grid. For a ViT the patch
+For a CNN the registration is measured once per model and layer: for cells
+off the border (at most 4 × 4 of them, spread over the grid), the peak of
+|∂(Σ_k A_k,ij)/∂x| summed over a few seeded noise images and over colours,
+smoothed by a box of one stride: where an input change moves the cell most.
+The step is the stride (input side / grid side) and the origin the mean of
+c_i − i·step over those cells. (The gradient's centre of mass was tried
+first: the receptive field's tails, cut by the image border, pull it toward
+the image centre, 4.3 px on the trained demo model against ≈ 7 px for the
+peak, and squares on its centres moved the intended cell in 42 of 49 cases
+instead of 49.) For a ViT the patch
 tokens are the patches: origin = patch / 2, no offset.
 """
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from audit.models.tokens import spatial_map, token_layout
@@ -98,11 +103,12 @@ def register_grid(model: nn.Module, layer: str, input_size: tuple[int, int], sam
                 (gradients,) = torch.autograd.grad(cells, x, grad_outputs, is_grads_batched=True)
         finally:
             handle.remove()
-        weight = gradients.abs().sum(dim=(1, 2)).double().cpu().numpy()  # (cells, H, W): over samples and colours
-        total = weight.sum(axis=(1, 2)).clip(1e-30)
-        centre_y = (weight.sum(axis=2) * (np.arange(input_size[0]) + 0.5)).sum(axis=1) / total
-        centre_x = (weight.sum(axis=1) * (np.arange(input_size[1]) + 0.5)).sum(axis=1) / total
         step = (input_size[0] / height, input_size[1] / width)
+        weight = gradients.abs().sum(dim=(1, 2))[:, None]  # (cells, 1, H, W): over samples and colours
+        box = (max(1, round(step[0])), max(1, round(step[1])))
+        smoothed = F.avg_pool2d(F.pad(weight, (box[1] // 2, (box[1] - 1) // 2, box[0] // 2, (box[0] - 1) // 2), mode="replicate"), box, stride=1)
+        peak = smoothed.flatten(1).argmax(dim=1).cpu().numpy()
+        centre_y, centre_x = peak // input_size[1] + 0.5, peak % input_size[1] + 0.5
         origin = (float(np.mean(centre_y - grid_i * step[0])), float(np.mean(centre_x - grid_j * step[1])))
         return GridRegistration(origin, step)
     finally:

@@ -12,7 +12,7 @@ from audit.settings import ExplainSettings
 from audit.explain.diffcam import diffcam_weights
 from audit.explain.engine import ExplainerEngine
 from audit.explain.objectives import contrast_coefficients
-from audit.explain.store import upsample
+from audit.models.registration import GridRegistration
 from audit.models.preprocess import to_model_input
 from audit.reference import ShrunkGaussian
 
@@ -67,7 +67,7 @@ def test_agrees_with_grad_cam_package_with_a_target_per_image(trained, digits_sm
     with cam_class(model=model, target_layers=[model.get_submodule(layer)]) as oracle:
         theirs = oracle(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
     model.requires_grad_(False)
-    _assert_agrees(upsample(np.stack(ours), x.shape[-2:]), theirs)
+    _assert_agrees(_plain_upsample(np.stack(ours), x.shape[-2:]), theirs)
     assert engine.closed_form is (layer == "layer4" if name != "scorecam" else None)
 
 
@@ -214,7 +214,7 @@ def test_eigencam_agrees_with_the_grad_cam_package_up_to_the_svd_sign(trained, d
     with pytorch_grad_cam.EigenCAM(model=model, target_layers=[model.get_submodule(layer)]) as oracle:
         package = oracle(input_tensor=x, targets=None)
     model.requires_grad_(False)
-    _assert_agrees(upsample(np.clip(signs[:, None, None] * ours, 0, None), x.shape[-2:]), package)
+    _assert_agrees(_plain_upsample(np.clip(signs[:, None, None] * ours, 0, None), x.shape[-2:]), package)
 
 
 def test_the_engine_leaves_the_callers_model_as_it_was(trained, digits_small):
@@ -280,3 +280,8 @@ def test_diffcam_equals_finercam_weights_on_the_lda_head_of_the_same_class_means
     alpha = layer_pass.gradients(torch.tensor([0]), contrast_coefficients(classes, [c], [[d]], gamma=1.0).double()).mean(dim=(2, 3))[0]
     group = ShrunkGaussian(mean=means[d], cholesky=cholesky, shrinkage=0.0, count=100.0)
     np.testing.assert_allclose(alpha.numpy() * side * side, diffcam_weights(means[c], group)[0], rtol=1e-8)
+
+
+def _plain_upsample(maps, size):
+    """Layer maps (M, h, w) on the image as the grad-cam package draws them: bilinear, half-pixel cell centres."""
+    return GridRegistration.plain(maps.shape[1:], tuple(size)).upsample(maps, tuple(size))

@@ -11,7 +11,7 @@ from audit.explain.cdam import attention_map, integrated_cdam, smooth_cdam
 from audit.explain.compute import model_maps
 from audit.settings import ExplainSettings
 from audit.explain.engine import ExplainerEngine
-from audit.explain.store import upsample
+from audit.models.registration import GridRegistration
 from audit.models.checkpoint import ModelMeta
 from audit.models.imported import resolve_layer
 
@@ -145,7 +145,8 @@ def test_vit_gradcam_agrees_with_grad_cam_package(vit):
     model, meta, images = vit
     targets = np.array([0, 1, 2, 3, 4, 2])
     engine = ExplainerEngine(model, LAYER, SIZE)
-    ours = upsample(np.stack(model_maps(engine, meta, images, _plan(["gradcam"], targets), ExplainSettings(batch_size=6))), SIZE)
+    layer_maps = np.stack(model_maps(engine, meta, images, _plan(["gradcam"], targets), ExplainSettings(batch_size=6)))
+    ours = GridRegistration.plain(layer_maps.shape[1:], tuple(SIZE)).upsample(layer_maps, tuple(SIZE))  # the package's half-pixel centres
     assert engine.closed_form is False
     model.requires_grad_(True)
     with GradCAM(model=model, target_layers=[model.get_submodule(LAYER)], reshape_transform=engine.layout.to_spatial) as oracle:

@@ -37,12 +37,6 @@ CHECK_MAPS = ("compare_class_map", "random_class_map", "randomised_model_map")
 """The maps stored beside each map for the metrics' checks (class sensitivity, random logit, sanity)."""
 
 
-def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear upsampling of maps (M, h, w) to (M, *size), align_corners=False."""
-    tensor = torch.as_tensor(np.asarray(maps, dtype=np.float32))[:, None]
-    return F.interpolate(tensor, size=tuple(size), mode="bilinear", align_corners=False)[:, 0].numpy()
-
-
 def downsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Area-average maps (M, H, W) down to (M, *size)."""
     tensor = torch.as_tensor(np.asarray(maps, dtype=np.float32))[:, None]

@@ -37,10 +37,11 @@ def check_model(model: ModelSettings, methods: list[str], image_size: int) -> di
     architecture = "vit" if token_layout(built, (image_size, image_size)) is not None else "cnn"
     problems, applicable = [], []
     for name in methods:
-        why = explainer(name).applies_to(architecture, model.head)
+        method = explainer(name)
+        why = method.applies_to(architecture, model.head)
         if why is None:
             applicable.append(name)
-        elif architecture not in explainer(name).architectures:
+        elif architecture not in method.architectures:
             problems.append(why)
     if problems:
         raise ValueError(f"explain.methods do not fit model {model.name} ({architecture}, layer {layer}): " + "; ".join(problems))

@@ -3,7 +3,7 @@
 # editing a speed-only setting (batch sizes, workers) reruns nothing.
 from audit.data.dataset import image_count, shard_ranges
 from audit.explain.registry import explainer
-from audit.models.imported import pretrained_image_size, require_timm_model
+from audit.models.timm_names import require_timm_model
 from audit.settings import (
     JOB_KEYS,
     PLAN_KEYS,
@@ -61,11 +61,11 @@ def shard_range(wildcards):
 
 
 def image_size(wildcards):
-    """The store's image side: configured, else 64 for the digits, else the timm model's pretrained input size."""
+    """The configured image side, else 64 for the digits, else None: check_model resolves it (timm's pretrained input size)."""
     dataset = audit_config(wildcards)["dataset"]
     if dataset["image_size"]:
         return dataset["image_size"]
-    return 64 if dataset["source"] == "digits" else pretrained_image_size(audit_config(wildcards)["model"]["name"])
+    return 64 if dataset["source"] == "digits" else None
 
 
 def all_reports():

@@ -7,7 +7,6 @@ checkpoint ingest:
         rejects="results/{audit}/rejects.parquet",
     params:
         settings=dataset_params,
-        image_size=image_size,
         trains_model=lambda wildcards: not audit_config(wildcards)["model"].get("checkpoint"),
     conda:
         "../workflow/envs/audit.yaml"

@@ -72,3 +72,25 @@ def test_pretrained_image_size_comes_from_timm():
     assert pretrained_image_size("resnet50") == 224
     with pytest.raises(ValueError, match="unknown timm model 'resnet5O'; close matches: resnet50"):
         pretrained_image_size("resnet5O")
+
+
+def test_timm_names_read_from_source_equal_timms_registry():
+    """The DAG-build name check reads timm's source; it must list exactly what the imported timm registers."""
+    import timm
+    from timm.models import _registry
+
+    from audit.models.timm_names import registered_models
+
+    deprecated = set(_registry._deprecated_models)  # accepted by timm.is_model, left out of list_models
+    assert registered_models() == set(timm.list_models()) | deprecated and len(deprecated) > 100
+    assert timm.is_model("efficientnet_b0") and "efficientnet_b0" in registered_models()
+
+
+def test_check_model_resolves_an_unset_image_size_to_the_pretrained_input():
+    """The DAG build leaves an unset image side to check_model (no timm at parse); ingest reads it from model_check.json."""
+    from audit.models.compatibility import check_model
+    from audit.models.imported import pretrained_image_size
+
+    found = check_model(ModelSettings(name="resnet10t", layer="layer4"), ["gradcam"], None)
+    assert found["image_size"] == pretrained_image_size("resnet10t") and found["layer_shape"][0] == 512
+    assert check_model(ModelSettings(name="resnet10t", layer="layer4"), ["gradcam"], 32)["image_size"] == 32

@@ -24,13 +24,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import torch
-
-from audit.explain.engine import ExplainerEngine
+from audit.deferred import deferred
 from audit.explain.explainer import EMBEDDING_GRADIENTS, LAYER, LAYER_GRADIENTS, OWN_PASS, Explainer, ReportColumn, Subject
 
 if TYPE_CHECKING:
+    import torch
+    from audit.explain.engine import ExplainerEngine
     from audit.explain.compute import Batch, Rows
+else:
+    torch = deferred("torch")  # imported on first use: the Snakefile reads this module's declarations
 
 
 def token_scores(tokens: torch.Tensor, gradients: torch.Tensor, prefix: int, grid: tuple[int, int]) -> torch.Tensor:

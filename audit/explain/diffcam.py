@@ -15,14 +15,17 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import torch
+from audit.deferred import deferred
 from tqdm import tqdm
 
 from audit.explain.explainer import Explainer, ReportColumn, Subject
 from audit.reference import LeaveOneOut, ShrunkGaussian, group_from_store
 
 if TYPE_CHECKING:
+    import torch
     import xarray as xr
+else:
+    torch = deferred("torch")  # imported on first use: the Snakefile reads this module's declarations
 
     from audit.settings import ExplainSettings
 

@@ -14,12 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
-
+from audit.deferred import deferred
 from audit.explain.explainer import LAYER, Explainer, ReportColumn
 
 if TYPE_CHECKING:
+    import torch
     from audit.explain.compute import Batch, Rows
+else:
+    torch = deferred("torch")  # imported on first use: the Snakefile reads this module's declarations
 
 
 def eigen_projection(activations: torch.Tensor) -> torch.Tensor:

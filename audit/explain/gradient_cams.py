@@ -22,13 +22,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
-import torch
-
+from audit.deferred import deferred
 from audit.explain.explainer import LAYER_GRADIENTS, Explainer, ReportColumn, Subject
 from audit.explain.weighting import channel_sum, constant_over_grid, grid_sum
 
 if TYPE_CHECKING:
+    import torch
     from audit.explain.compute import Batch, Rows
+else:
+    torch = deferred("torch")  # imported on first use: the Snakefile reads this module's declarations
 
 
 def gradcam_map(activations: torch.Tensor, positions: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:

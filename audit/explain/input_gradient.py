@@ -4,12 +4,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
-
+from audit.deferred import deferred
 from audit.explain.explainer import OWN_PASS, Explainer
 
 if TYPE_CHECKING:
+    import torch
     from audit.explain.compute import Batch, Rows
+else:
+    torch = deferred("torch")  # imported on first use: the Snakefile reads this module's declarations
 
 
 def input_gradient_map(input_gradients: torch.Tensor) -> torch.Tensor:

@@ -13,13 +13,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
-
+from audit.deferred import deferred
 from audit.explain.explainer import OWN_PASS, Explainer
 
 if TYPE_CHECKING:
+    import torch
+    from torch import nn
     from audit.explain.compute import Batch, Rows
+else:
+    torch = deferred("torch")  # imported on first use: the Snakefile reads this module's declarations
 
 PACKAGE_PREFIX = "package-"
 

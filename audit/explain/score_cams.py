@@ -10,14 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
-
+from audit.deferred import deferred
 from audit.explain.explainer import MASKED_SCORES
 from audit.explain.gradient_cams import ContrastCam, GradientCam
 from audit.explain.weighting import channel_sum
 
 if TYPE_CHECKING:
+    import torch
     from audit.explain.compute import Batch, Rows
+else:
+    torch = deferred("torch")  # imported on first use: the Snakefile reads this module's declarations
 
 
 def score_weighted_map(activations: torch.Tensor, positions: torch.Tensor, objective_scores: torch.Tensor) -> torch.Tensor:

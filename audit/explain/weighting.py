@@ -1,7 +1,14 @@
 """Weighted channel sums of a batch's activations, with one slot per row of an image."""
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+from audit.deferred import deferred
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = deferred("torch")  # imported on first use: the Snakefile reads this module's declarations
 
 
 def constant_over_grid(gradients: torch.Tensor) -> bool:

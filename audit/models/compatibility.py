@@ -13,20 +13,25 @@ import timm
 from audit.explain.registry import explainer
 from audit.features import layer_output_shape
 from audit.models.checkpoint import ModelMeta
-from audit.models.imported import require_timm_model, resolve_layer
+from audit.models.imported import pretrained_image_size, resolve_layer
+from audit.models.timm_names import require_timm_model
 from audit.models.tokens import token_layout
 from audit.settings import ModelSettings
 
 
-def check_model(model: ModelSettings, methods: list[str], image_size: int) -> dict:
+def check_model(model: ModelSettings, methods: list[str], image_size: int | None) -> dict:
     """Check the architecture, layer and methods; return what was found.
 
-    Returns ``architecture`` (``cnn`` or ``vit``), ``layer`` (resolved),
-    ``layer_shape`` (K, h, w) and ``methods`` (those that apply: methods that
-    need class logits are left out for a backbone without a classifier).
-    Raises ``ValueError`` naming the model and each problem.
+    ``image_size``: the configured image side (px), or None for the model's
+    pretrained input size.
+
+    Returns ``image_size`` (resolved, px), ``architecture`` (``cnn`` or ``vit``),
+    ``layer`` (resolved), ``layer_shape`` (K, h, w) and ``methods`` (those that
+    apply: methods that need class logits are left out for a backbone without a
+    classifier). Raises ``ValueError`` naming the model and each problem.
     """
     require_timm_model(model.name)
+    image_size = image_size or pretrained_image_size(model.name)
     built = timm.create_model(model.name, pretrained=False, num_classes=2 if model.head else 0, **model.kwargs)
     try:
         layer = resolve_layer(built, model.layer)
@@ -45,4 +50,4 @@ def check_model(model: ModelSettings, methods: list[str], image_size: int) -> di
             problems.append(why)
     if problems:
         raise ValueError(f"explain.methods do not fit model {model.name} ({architecture}, layer {layer}): " + "; ".join(problems))
-    return {"architecture": architecture, "layer": layer, "layer_shape": list(shape), "methods": applicable}
+    return {"image_size": image_size, "architecture": architecture, "layer": layer, "layer_shape": list(shape), "methods": applicable}

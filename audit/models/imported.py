@@ -7,7 +7,6 @@ preferred) or safetensors — read by ``timm.models.load_state_dict`` with
 """
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 from pathlib import Path
@@ -18,6 +17,7 @@ from torch import nn
 
 from audit.features import layer_output_shape
 from audit.models.checkpoint import ModelMeta, build_model, load_state_strict
+from audit.models.timm_names import require_timm_model
 from audit.settings import ModelSettings
 
 log = logging.getLogger(__name__)
@@ -53,13 +53,6 @@ def import_model(path: str | os.PathLike, settings: ModelSettings, class_names: 
     load_state_strict(model, state, str(path))
     log.info("explained layer %s output (channels, height, width) = %s", meta.layer, layer_output_shape(model, meta))
     return model.eval(), meta
-
-
-def require_timm_model(name: str) -> None:
-    """``ValueError`` "unknown timm model" with close matches when timm has no architecture ``name`` (a ``.tag`` may follow)."""
-    if not timm.is_model(name.split(".")[0]):
-        close = difflib.get_close_matches(name, timm.list_models(), n=5)
-        raise ValueError(f"unknown timm model {name!r}" + (f"; close matches: {', '.join(close)}" if close else ""))
 
 
 def pretrained_image_size(name: str) -> int:

@@ -1,4 +1,7 @@
-"""Snakemake adapter: load the configured dataset into images.zarr and list the rejects."""
+"""Snakemake adapter: load the configured dataset into images.zarr (at the image side check_model resolved) and list the rejects."""
+import json
+from pathlib import Path
+
 from stage import stage_settings
 
 from audit.data.sources import ingest_dataset
@@ -8,5 +11,6 @@ from audit.storage import write_parquet
 
 with stage_run(snakemake.log[0], snakemake.threads):
     settings = stage_settings(snakemake, DatasetSettings, "dataset")
-    rejects = ingest_dataset(settings, snakemake.params.image_size, snakemake.output.images, snakemake.params.trains_model)
+    image_size = json.loads(Path(snakemake.input.check).read_text())["image_size"]
+    rejects = ingest_dataset(settings, image_size, snakemake.output.images, snakemake.params.trains_model)
     write_parquet(rejects, snakemake.output.rejects)

@@ -178,11 +178,16 @@ def group_gaussian(count: float, total: np.ndarray, outer: np.ndarray, pooled: S
 
 
 def condition_number(cholesky: np.ndarray, covariance: np.ndarray) -> float:
-    """1-norm condition number of S = L Lᵀ (both given), estimated by LAPACK's ``pocon`` in O(K²)."""
+    """1-norm condition number of S = L Lᵀ (both given), estimated by LAPACK's ``pocon`` in O(K²).
+
+    Rounded to 4 significant digits: it is an estimate (within a small factor),
+    and its last bits vary between runs with the BLAS threads' scheduling, which
+    would make identical runs give different stores.
+    """
     reciprocal, info = scipy.linalg.lapack.dpocon(cholesky, np.abs(covariance).sum(axis=0).max(), uplo="L")
     if info != 0 or reciprocal == 0:
         return float("inf")
-    return float(1.0 / reciprocal)
+    return float(f"{1.0 / reciprocal:.4g}")
 
 
 def write_reference_store(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,10 +50,32 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
     except BaseException:
-        _remove(tmp)
+        _discard(tmp)
         raise
     _remove(target)
     os.replace(tmp, target)
+
+
+def _discard(tmp: Path, patience: float = 10.0) -> None:
+    """Remove a failed write's temporary without masking the failure.
+
+    Zarr writes chunks concurrently: when one fails (a full disk), the others
+    carry on for a while, and a removal races with them (a folder refilled
+    as it is removed). Retry until the temporary stays gone for a moment, up
+    to ``patience`` seconds; what is left then is removed by the next write
+    of the same target.
+    """
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        try:
+            _remove(tmp)
+        except OSError:
+            time.sleep(0.1)
+            continue
+        time.sleep(0.2)
+        if not tmp.exists():
+            return
+    warnings.warn(f"could not remove the temporary {tmp}; the next write of its target removes it", stacklevel=3)
 
 
 def _remove(path: Path) -> None:

@@ -2,6 +2,7 @@
 # Params are narrow: each rule gets exactly the config values that change its output (audit.settings), so
 # editing a speed-only setting (batch sizes, workers) reruns nothing.
 from audit.data.dataset import image_count, shard_ranges
+from audit.data.manifest import require_dataset_path
 from audit.explain.registry import explainer
 from audit.models.timm_names import require_timm_model
 from audit.settings import (
@@ -15,11 +16,15 @@ from audit.settings import (
     ReferenceSettings,
 )
 
-for _name, _audit in config["audits"].items():  # a misspelt model name fails here, at DAG build, with close matches
+for _name, _audit in config["audits"].items():  # a misspelt model name or a missing data path fails here, at DAG build
     try:
         require_timm_model(_audit["model"]["name"])
     except ValueError as error:
         raise ValueError(f"audit {_name}, model.name: {error}") from None
+    try:
+        require_dataset_path(_audit["dataset"]["source"], _audit["dataset"].get("path"))
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"audit {_name}, {error}") from None
 
 
 wildcard_constraints:

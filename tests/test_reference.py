@@ -67,7 +67,7 @@ def test_store_groups_match_direct_estimates(rng, tmp_path):
         np.testing.assert_allclose(group.mean, z32[rows].mean(0), rtol=1e-10)
         np.testing.assert_allclose(group.cholesky @ group.cholesky.T, direct.covariance_, rtol=1e-8, atol=1e-10)
         covariance = group.cholesky @ group.cholesky.T
-        assert np.linalg.cond(covariance, 1) / 3 <= store["condition"].sel(group=name).item() <= np.linalg.cond(covariance, 1) * (1 + 1e-9)
+        assert np.linalg.cond(covariance, 1) / 3 <= store["condition"].sel(group=name).item() <= np.linalg.cond(covariance, 1) * (1 + 5e-4)
     np.testing.assert_allclose(store["class_outer"].values[0], z32[labels == 0].T @ z32[labels == 0])
     members = np.flatnonzero(labels == 2)
     loo = LeaveOneOut(store).group(2, z32[members[0]])
@@ -91,7 +91,7 @@ def test_condition_number_estimate_is_close_to_the_exact_one_norm_condition(rng)
         covariance = basis @ np.diag(np.geomspace(0.01, 40.0, k)) @ basis.T
         exact = np.linalg.cond(covariance, 1)
         estimate = condition_number(np.linalg.cholesky(covariance), covariance)
-        assert exact / 3 <= estimate <= exact * (1 + 1e-9)
+        assert exact / 3 <= estimate <= exact * (1 + 5e-4)  # rounded to 4 significant digits
 
 
 def test_small_and_empty_classes_fall_back_instead_of_failing(rng, tmp_path):

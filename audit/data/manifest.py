@@ -22,6 +22,14 @@ ANOMALY_FALSE = {"0", "false", "no", "n", ""}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm"}
 
 
+def require_dataset_path(source: str, path: str | None) -> None:
+    """``FileNotFoundError`` naming ``dataset.path`` when a manifest is not a file or an ImageFolder root not a directory."""
+    if source == "manifest" and not os.path.isfile(path):
+        raise FileNotFoundError(f"dataset.path: manifest file {path!r} does not exist")
+    if source == "imagefolder" and not os.path.isdir(path):
+        raise FileNotFoundError(f"dataset.path: ImageFolder directory {path!r} does not exist")
+
+
 def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     """Read a CSV (``,``) or TSV (``.tsv``/``.tab``: tab) manifest and normalise it.
 

@@ -1,9 +1,15 @@
-"""Operating the workflow (issue 13): cheap DAG builds."""
+"""Operating the workflow (issue 13): cheap DAG builds, a real SLURM."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
 
 from tests.workflow import ROOT, SNAKEMAKE, TINY
 
@@ -18,3 +24,46 @@ def test_building_the_dag_imports_neither_torch_nor_timm(tmp_path):
     imported = set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)$", result.stderr, re.MULTILINE))
     assert "snakemake.workflow" in imported and "audit.explain.registry" in imported  # the measurement sees the parse
     assert not {"torch", "timm", "pytorch_grad_cam"} & imported
+
+
+def _site_profile(folder: Path, cpus: int, memory_mb: int) -> Path:
+    """profiles/slurm as a site would adapt it to this one-node cluster: sizes capped, status checked by squeue, quick polls."""
+    profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
+    profile["cores"] = cpus
+    profile["set-threads"] = {rule: min(threads, cpus) for rule, threads in profile["set-threads"].items()}
+    for resources in (profile["default-resources"], *profile["set-resources"].values()):
+        if "cpus_per_task" in resources:
+            resources["cpus_per_task"] = min(resources["cpus_per_task"], cpus)
+        if "mem_mb" in resources:
+            resources["mem_mb"] = min(resources["mem_mb"], memory_mb)
+    profile.update({"slurm-status-command": "squeue", "slurm-init-seconds-before-status-checks": 2, "slurm-no-account": True, "latency-wait": 5})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(profile))
+    return folder
+
+
+SUBMISSIONS = ["rule_check_model", "rule_ingest", "rule_train_model", "group_features_extract_features",
+               "group_statistics_anomaly_scores_explain_plan_reference_stats", "group_maps_explain_metrics_report"]
+
+
+@pytest.mark.slurm
+def test_the_tiny_audit_runs_through_a_real_slurm_and_matches_a_local_run(tiny_audit, tmp_path):
+    """Single-node SLURM from Debian's packages (installed when missing): every job goes through sbatch,
+    the profile's groups as one submission each (the four feature shards in one), and the results equal the local run's."""
+    from tests.local_slurm import local_slurm
+
+    with local_slurm() as conf:
+        profile = _site_profile(tmp_path / "profile", os.cpu_count() or 1, 3000)
+        result = subprocess.run(
+            [SNAKEMAKE, "reports/tiny.html", "--workflow-profile", str(profile), "--directory", str(tmp_path / "work"), "--configfile", str(TINY)],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600, env={**os.environ, "SLURM_CONF": str(conf)},
+        )
+        assert result.returncode == 0, result.stdout[-4000:]
+        submitted = dict(re.findall(r"has been submitted with SLURM jobid (\d+) \(log: \S+/slurm_logs/(\w+?)(?:/tiny)?/\d+\.log\)", result.stdout))
+        states = {job: subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout for job in submitted}
+    assert sorted(submitted.values()) == sorted(SUBMISSIONS), submitted
+    assert all("JobState=COMPLETED" in state for state in states.values()), states  # slurmctld's own record of each job
+    assert "localrule" not in result.stdout and result.stdout.count("    rule extract_features:") == 4
+    first, second = tiny_audit / "results" / "tiny", tmp_path / "work" / "results" / "tiny"
+    for table in ("anomalies.parquet", "pairs.parquet", "explain_plan.parquet", "metrics.parquet", "metrics_summary.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(first / table), pd.read_parquet(second / table), check_exact=True)

@@ -116,7 +116,8 @@ class ClassSpill:
 def spill_by_class(embedding: da.Array, labels: np.ndarray, num_classes: int, directory: str | os.PathLike, num_workers: int = 1) -> ClassSpill:
     """One pass over ``embedding`` (N, K): append each row to its class's file, sum counts and Σz.
 
-    Dask loads ``num_workers`` chunks at a time; memory is a few chunks plus C·K sums.
+    Dask loads ``num_workers`` chunks at a time, with the scheduler in effect
+    (``audit.dask_scheduler``); memory is a few chunks plus C·K sums.
     ``labels`` (N,) holds class indices in [0, num_classes).
     """
     directory = Path(directory)
@@ -127,7 +128,7 @@ def spill_by_class(embedding: da.Array, labels: np.ndarray, num_classes: int, di
     offsets = np.concatenate([[0], np.cumsum(embedding.chunks[0])])
     blocks = embedding.to_delayed().ravel()
     for first in tqdm(range(0, len(blocks), num_workers), desc="spill by class", unit="chunks"):
-        loaded = dask.compute(*blocks[first : first + num_workers], scheduler="threads", num_workers=num_workers)
+        loaded = dask.compute(*blocks[first : first + num_workers])
         for i, block in enumerate(loaded, start=first):
             z, block_labels = np.asarray(block, dtype=np.float32), labels[offsets[i] : offsets[i + 1]]
             finite = np.isfinite(z).all(axis=1)

@@ -214,6 +214,13 @@ class MetricSettings(StageSettings):
     batch_size: int = speed_only(32)
 
 
+@dataclass(frozen=True)
+class DaskSettings(StageSettings):
+    """``dask``: where the Dask stages (reference statistics, metric summaries) compute (``audit.dask_scheduler``)."""
+
+    scheduler: str = speed_only("threads")
+
+
 STAGES: dict[str, type[StageSettings]] = {
     "dataset": DatasetSettings,
     "model": ModelSettings,
@@ -221,5 +228,6 @@ STAGES: dict[str, type[StageSettings]] = {
     "reference": ReferenceSettings,
     "explain": ExplainSettings,
     "metrics": MetricSettings,
+    "dask": DaskSettings,
 }
 """Config section → its settings class."""

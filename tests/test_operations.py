@@ -67,3 +67,43 @@ def test_the_tiny_audit_runs_through_a_real_slurm_and_matches_a_local_run(tiny_a
     first, second = tiny_audit / "results" / "tiny", tmp_path / "work" / "results" / "tiny"
     for table in ("anomalies.parquet", "pairs.parquet", "explain_plan.parquet", "metrics.parquet", "metrics_summary.parquet"):
         pd.testing.assert_frame_equal(pd.read_parquet(first / table), pd.read_parquet(second / table), check_exact=True)
+
+
+def test_dask_stages_give_the_threaded_results_on_a_local_cluster(tmp_path, caplog):
+    """Reference statistics (from a Zarr-backed embedding) and the bootstrap summary equal the threaded run's.
+    (``processes``, Dask's own multiprocessing scheduler, costs 25 s here and is left to Dask's tests.)"""
+    import logging
+
+    import numpy as np
+    import xarray as xr
+
+    from audit.dask_scheduler import dask_scheduler
+    from audit.metrics.summary import summarise_metrics
+    from audit.reference import write_reference_store
+    from audit.storage import open_zarr, write_zarr
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 30)
+    write_zarr(xr.Dataset({"embedding": (("image", "unit"), rng.normal(size=(120, 6)) + labels[:, None])}), tmp_path / "features.zarr")
+    metrics = pd.DataFrame({
+        "method": "gradcam", "variant": "", "metric": np.repeat(["deletion", "insertion"], 60), "fraction": np.nan, "parameter": "",
+        "target": np.tile(np.repeat([0, 1, 2], 20), 2), "value": rng.random(120),
+    })
+    results = {}
+    for scheduler in ("threads", "local-cluster"):
+        with caplog.at_level(logging.INFO, logger="audit.dask_scheduler"), dask_scheduler(scheduler, 2) as workers:
+            embedding = open_zarr(tmp_path / "features.zarr")["embedding"].data.rechunk((25, 6))
+            write_reference_store(embedding, labels, list("abcd"), tmp_path / f"{scheduler}.zarr", min_images=5, num_workers=workers)
+            results[scheduler] = (open_zarr(tmp_path / f"{scheduler}.zarr").load(), summarise_metrics(metrics, 200, seed=0))
+    (reference, summary), (other_reference, other_summary) = results.values()
+    xr.testing.assert_identical(reference, other_reference)
+    pd.testing.assert_frame_equal(summary, other_summary, check_exact=True)
+    assert re.search(r"local cluster of 2 workers, dashboard http://\S+/status", caplog.text)
+
+
+def test_a_bad_dask_scheduler_is_named():
+    from audit.dask_scheduler import check_scheduler
+
+    with pytest.raises(ValueError, match="dask.scheduler 'thread': expected threads, processes, local-cluster or a scheduler address"):
+        check_scheduler("thread")
+    check_scheduler("tcp://10.0.0.1:8786")

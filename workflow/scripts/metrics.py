@@ -2,17 +2,18 @@
 from pathlib import Path
 
 import pandas as pd
-from stage import stage_settings
+from stage import dask_setting, stage_settings
 
 from audit.metrics.evaluate import METRIC_COLUMNS, evaluate_saliency
 from audit.metrics.localization import object_regions
 from audit.metrics.summary import SUMMARY_COLUMNS, summarise_metrics
 from audit.models.checkpoint import load_checkpoint
+from audit.dask_scheduler import dask_scheduler
 from audit.runtime import stage_run
 from audit.settings import MetricSettings
 from audit.storage import open_zarr, write_parquet
 
-with stage_run(snakemake.log[0], snakemake.threads) as device:
+with stage_run(snakemake.log[0], snakemake.threads) as device, dask_scheduler(dask_setting(snakemake), snakemake.threads):
     settings = stage_settings(snakemake, MetricSettings, "metrics")
     tables = []
     if snakemake.params.methods:

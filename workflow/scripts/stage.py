@@ -13,3 +13,8 @@ def stage_settings(snakemake, cls: type[StageSettings], *section: str) -> StageS
     for key in section:
         values = values[key]
     return cls.from_config(snakemake.params.settings, speed=values)
+
+
+def dask_setting(snakemake) -> str:
+    """The audit's ``dask.scheduler`` (speed-only: read from the config, not the rule's params)."""
+    return snakemake.config["audits"][snakemake.wildcards.audit]["dask"]["scheduler"]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -107,3 +108,90 @@ def test_a_bad_dask_scheduler_is_named():
     with pytest.raises(ValueError, match="dask.scheduler 'thread': expected threads, processes, local-cluster or a scheduler address"):
         check_scheduler("thread")
     check_scheduler("tcp://10.0.0.1:8786")
+
+
+def _results(folder: Path, z, labels, names) -> None:
+    """An audit's results folder with what the history reads: anomalies.parquet and reference.zarr."""
+    import dask.array as da
+
+    from audit.anomaly import anomaly_table
+    from audit.reference import LeaveOneOut, write_reference_store
+    from audit.storage import open_zarr
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_reference_store(da.from_array(z, chunks=(50, z.shape[1])), labels, names, folder / "reference.zarr", min_images=5)
+    reference = open_zarr(folder / "reference.zarr").load()
+    ids = [f"i{n:03d}" for n in range(len(labels))]
+    table = anomaly_table(z, labels, labels, np.array(ids), np.full(len(labels), "audit"), LeaveOneOut(reference), names)
+    table.to_parquet(folder / "anomalies.parquet")
+
+
+def test_the_history_records_what_changed_between_runs(tmp_path):
+    import json
+    from datetime import datetime, timezone
+
+    import numpy as np
+
+    from audit.history import record_run
+    from audit.storage import open_zarr
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 50)
+    z = rng.normal(size=(100, 3)) + labels[:, None] * 4
+    _results(tmp_path, z, labels, ["a", "b"])
+    first = record_run(tmp_path, datetime(2026, 11, 1, tzinfo=timezone.utc))
+    before = open_zarr(tmp_path / "reference.zarr").load()["mean"].sel(group="class:b").values
+    # Second run: 10 more images of class b (one far from the rest), image i000 gone.
+    grown = np.vstack([z, rng.normal(size=(10, 3)) + 4])
+    grown[-1] = [40.0, 40.0, 40.0]
+    labels2 = np.concatenate([labels, np.ones(10, int)])
+    keep = np.arange(len(labels2)) != 0
+    _results(tmp_path, grown, labels2, ["a", "b"])
+    table = pd.read_parquet(tmp_path / "anomalies.parquet")
+    pd.DataFrame(table[keep[table.index]]).to_parquet(tmp_path / "anomalies.parquet")
+    history = record_run(tmp_path, datetime(2026, 11, 2, tzinfo=timezone.utc))
+    assert len(first) == 1 and len(history) == 2
+    assert first.loc[0, ["images", "new_images", "removed_images"]].tolist() == [100, 100, 0] and np.isnan(first.loc[0, "max_mean_drift"])
+    last = history.iloc[-1]
+    assert (last["images"], last["new_images"], last["removed_images"]) == (109, 10, 1)
+    assert json.loads(last["class_counts"]) == {"a": 49, "b": 60}
+    reference = open_zarr(tmp_path / "reference.zarr").load()
+    covariance = reference["cholesky"].sel(group="class:b").values
+    spread = np.sqrt(np.trace(covariance @ covariance.T) / 3)
+    expected = np.linalg.norm(reference["mean"].sel(group="class:b").values - before) / spread
+    assert json.loads(last["mean_drift"])["b"] == pytest.approx(expected) and json.loads(last["mean_drift"])["a"] == pytest.approx(0.0)
+    assert last["new_anomalies"] >= 1 and last["anomalies"] >= 1
+    assert last["run_started"] == pd.Timestamp("2026-11-02", tz="UTC")
+
+
+SCHEDULE = ROOT / "workflow" / "schedule" / "run-audit.sh"
+
+
+def test_a_scheduled_run_skips_while_another_holds_the_lock(tmp_path):
+    import fcntl
+
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    with open(workdir / ".audit-run.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = subprocess.run(["bash", str(SCHEDULE), str(TINY), str(workdir)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "this run is skipped" in result.stdout, result.stdout + result.stderr
+    assert [p.name for p in workdir.iterdir()] == [".audit-run.lock"]  # nothing else written
+
+
+def test_scheduled_runs_resume_and_append_to_the_history(tiny_audit, tmp_path):
+    """Two scheduled runs on a finished tiny audit: nothing to redo, one history row each."""
+    import shutil
+
+    workdir = tmp_path / "work"
+    shutil.copytree(tiny_audit, workdir, symlinks=True)
+    config = tmp_path / "tiny_only.yaml"
+    config.write_text(yaml.safe_dump({"audits": {"tiny": yaml.safe_load(TINY.read_text())["audits"]["tiny"]}}))
+    for run in (1, 2):
+        result = subprocess.run(["bash", str(SCHEDULE), str(config), str(workdir)], capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"results/tiny: run {run}, 240 images" in result.stdout.replace(str(workdir) + "/", "")
+    logs = sorted((workdir / "logs" / "runs").glob("*.log"))
+    assert logs and "Nothing to be done" in logs[-1].read_text()
+    history = pd.read_parquet(workdir / "results" / "tiny" / "history.parquet")
+    assert history["images"].tolist() == [240, 240] and history["new_images"].tolist() == [240, 0]

@@ -1,8 +1,10 @@
 # Input functions, wildcard constraints and shared lists.
 # Params are narrow: each rule gets exactly the config values that change its output (audit.settings), so
 # editing a speed-only setting (batch sizes, workers) reruns nothing.
+from pathlib import Path
+
 from audit.data.dataset import image_count, shard_ranges
-from audit.data.manifest import require_dataset_path
+from audit.data.manifest import require_dataset_path, resolve_config_paths
 from audit.explain.registry import explainer
 from audit.models.timm_names import require_timm_model
 from audit.settings import (
@@ -16,7 +18,11 @@ from audit.settings import (
     ReferenceSettings,
 )
 
+# Relative data and checkpoint paths are relative to the config file (the last --configfile, else config/).
+CONFIG_FOLDER = Path(workflow.overwrite_configfiles[-1]).parent if workflow.overwrite_configfiles else Path(workflow.basedir) / "config"
+
 for _name, _audit in config["audits"].items():  # a misspelt model name or a missing data path fails here, at DAG build
+    resolve_config_paths(_audit, CONFIG_FOLDER)
     try:
         require_timm_model(_audit["model"]["name"])
     except ValueError as error:

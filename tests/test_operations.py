@@ -195,3 +195,19 @@ def test_scheduled_runs_resume_and_append_to_the_history(tiny_audit, tmp_path):
     assert logs and "Nothing to be done" in logs[-1].read_text()
     history = pd.read_parquet(workdir / "results" / "tiny" / "history.parquet")
     assert history["images"].tolist() == [240, 240] and history["new_images"].tolist() == [240, 0]
+
+
+def test_relative_data_paths_are_relative_to_the_config_file(tmp_path):
+    """A config beside its data, run from another working directory: the manifest and checkpoint are found."""
+    (tmp_path / "project" / "data").mkdir(parents=True)
+    (tmp_path / "project" / "data" / "manifest.csv").write_text("path,label\n")
+    (tmp_path / "project" / "weights.pth").write_bytes(b"")
+    audit = yaml.safe_load(TINY.read_text())["audits"]["tiny"]
+    audit["dataset"] = {"source": "manifest", "path": "data/manifest.csv", "image_size": 32}
+    audit["model"]["checkpoint"] = "./weights.pth"
+    config = tmp_path / "project" / "audit.yaml"
+    config.write_text(yaml.safe_dump({"audits": {"tiny": audit}}))
+    result = subprocess.run([SNAKEMAKE, "-n", "-p", "--directory", str(tmp_path / "scratch"), "--configfile", str(config)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert str(tmp_path / "project" / "weights.pth") in result.stdout and str(tmp_path / "project" / "data" / "manifest.csv") in result.stdout

@@ -22,6 +22,21 @@ ANOMALY_FALSE = {"0", "false", "no", "n", ""}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm"}
 
 
+def resolve_config_paths(audit: dict, folder: str | os.PathLike) -> None:
+    """Make an audit config's relative file paths (``dataset.path``, ``model.checkpoint``) absolute against ``folder``, in place.
+
+    ``folder`` is the config file's folder, so that a config can name its data
+    beside it and the run's working directory (``--directory``) can be anywhere.
+    """
+    sections = (("dataset", "path"), ("model", "checkpoint"))
+    for section, key in sections:
+        value = audit.get(section, {}).get(key)
+        if value and not os.path.isabs(os.path.expanduser(value)):
+            audit[section][key] = os.path.normpath(os.path.join(folder, value))
+        elif value:
+            audit[section][key] = os.path.expanduser(value)
+
+
 def require_dataset_path(source: str, path: str | None) -> None:
     """``FileNotFoundError`` naming ``dataset.path`` when a manifest is not a file or an ImageFolder root not a directory."""
     if source == "manifest" and not os.path.isfile(path):

@@ -7,6 +7,10 @@
 #   WORKDIR  where results/, reports/ and logs/ live (default: the repository root)
 # Environment: SNAKEMAKE_ARGS (extra arguments, e.g. "--cores 16" or "--workflow-profile profiles/slurm").
 set -euo pipefail
+if [ $# -lt 1 ]; then
+    echo "usage: $0 CONFIG [WORKDIR]" >&2
+    exit 2
+fi
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 CONFIG=$(realpath "$1")
 WORKDIR=$(realpath "${2:-$REPO}")

@@ -56,9 +56,9 @@ def _class_means(reference: xr.Dataset) -> tuple[list[str], np.ndarray, np.ndarr
     names = [str(c) for c in reference["class"].values]
     groups = [f"class:{name}" for name in names]
     means = reference["mean"].sel(group=groups).values
-    cholesky = reference["cholesky"].sel(group=groups).values
-    spread = np.sqrt((cholesky**2).sum(axis=2).mean(axis=1))
-    return names, means, spread
+    # diag(L Lᵀ) = Σ_j L_ij², reduced chunk by chunk (one group's K × K factor at a time), never the whole store in memory
+    variances = (reference["cholesky"].sel(group=groups) ** 2).sum("unit_b").mean("unit")
+    return names, means, np.sqrt(variances.values)
 
 
 def _snapshot(anomalies: pd.DataFrame, flagged: pd.Series, names: list[str], means: np.ndarray) -> xr.Dataset:
@@ -86,7 +86,7 @@ def record_run(results: str | os.PathLike, started: datetime, finished: datetime
     """Append this run's row to ``<results>/history.parquet`` (an audit's results folder); return the whole history."""
     results = Path(results)
     anomalies = pd.read_parquet(results / "anomalies.parquet")
-    names, means, spread = _class_means(open_zarr(results / "reference.zarr").load())
+    names, means, spread = _class_means(open_zarr(results / "reference.zarr"))
     flagged = outliers_within_class(anomalies, threshold)
     snapshot_path = results / "history" / "last_run.zarr"
     previous = open_zarr(snapshot_path).load() if snapshot_path.exists() else None

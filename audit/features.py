@@ -1,11 +1,11 @@
 """Feature extraction: activations at the explained layer, embeddings and logits.
 
-Images are split into shards (contiguous ranges of the image store); each
-shard is extracted by its own job into its own Zarr store, written in whole
+Each arrival shard of images (``images/shard-NNNNN.zarr``, see
+:mod:`audit.data.shards`) is extracted by its own job into its own Zarr store, written in whole
 chunks under a temporary name and renamed when complete, so an interrupted
 run redoes only the shards that are missing and never reads a half-written
 one. :func:`open_features` concatenates the shard stores lazily along
-``image``.
+``image`` and leaves out the images the listing marks absent.
 
 Store layout (each ``features/shard-NNNNN.zarr``, and their concatenation), dims named:
     activation  float32 (image, unit, layer_y, layer_x)   the layer's output A on its grid
@@ -25,6 +25,7 @@ from contextlib import contextmanager, nullcontext
 from typing import Iterator, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 import xarray as xr
 import zarr
@@ -32,6 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
+from audit.data.shards import keep_present
 from audit.models.checkpoint import ModelMeta
 from audit.models.preprocess import to_model_input
 from audit.models.tokens import spatial_map
@@ -171,7 +173,8 @@ def extract_shard(
     """Extract features of images [start, stop) of ``images_path`` into the shard store ``target``.
 
     ``settings``: batch size, DataLoader workers and autocast precision. ``stop`` is
-    clipped to the store's size. Returns the number of images written.
+    clipped to the store's size. Returns the number of images written (a store
+    of zero images for an empty range: a shard whose every image was rejected).
     """
     batch_size, workers, precision = settings.batch_size, settings.workers(device), settings.precision
     images = open_zarr(images_path)
@@ -187,15 +190,24 @@ def extract_shard(
             activations, pre_logits, logits = forward_features(model, meta, pixels, device, precision)
             rows = coords.isel(image=slice(first - start, first - start + len(pixels)))
             writer.add(feature_part(rows, class_names, activations, pre_logits, logits if meta.head else None))
+        if start >= stop:
+            writer.add(_empty_part(model, meta, coords, class_names))
         return writer.close()
 
 
-def open_features(paths: Sequence[str | os.PathLike]) -> xr.Dataset:
-    """The shard stores concatenated lazily along ``image`` (in the order given)."""
+def _empty_part(model: nn.Module, meta: ModelMeta, coords: xr.Dataset, class_names: Sequence[str]) -> xr.Dataset:
+    """The feature variables of zero images, shaped as the model's."""
+    activations, pre_logits, logits = forward_features(model, meta, torch.zeros(1, *meta.input_size, dtype=torch.uint8))
+    return feature_part(coords, class_names, activations[:0], pre_logits[:0], logits[:0] if meta.head else None)
+
+
+def open_features(paths: Sequence[str | os.PathLike], listing: pd.DataFrame | None = None) -> xr.Dataset:
+    """The shard stores concatenated lazily along ``image`` (in the order given), without the images ``listing`` marks absent."""
     shards = [open_zarr(p) for p in paths]
     combined = xr.concat(shards, dim="image", data_vars="minimal", coords="minimal", compat="override", join="override")
     first = shards[0].attrs
-    return combined.drop_attrs(deep=False).assign_attrs(model=first["model"], layer=first["layer"], head=first["head"])
+    combined = combined.drop_attrs(deep=False).assign_attrs(model=first["model"], layer=first["layer"], head=first["head"])
+    return keep_present(combined, listing) if listing is not None else combined
 
 
 def has_classifier(features: xr.Dataset) -> bool:

@@ -18,12 +18,15 @@ successful ``snakemake`` run. The row (``HISTORY_COLUMNS``):
 
 The previous run's image ids, anomaly flags and class means are kept in
 ``history/last_run.zarr`` beside the table; both are written atomically.
+The report reads them (:func:`read_run_history`) for its "Since the last run"
+section: the images new since then and the trends over the runs so far.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -115,6 +118,23 @@ def record_run(results: str | os.PathLike, started: datetime, finished: datetime
     write_parquet(history, history_path)  # the row first: a kill before the snapshot leaves the record, not a stale diff base
     write_zarr(_snapshot(anomalies, flagged, names, means), snapshot_path)
     return history
+
+
+@dataclass
+class RunHistory:
+    """The runs recorded before this one: the ``history.parquet`` rows and the ids of the last run's images."""
+
+    runs: pd.DataFrame
+    previous_ids: frozenset[str]
+
+
+def read_run_history(results: str | os.PathLike) -> RunHistory | None:
+    """The audit's recorded runs (``results`` is its results folder), or None before the first recorded run."""
+    results = Path(results)
+    history_path, snapshot_path = results / "history.parquet", results / "history" / "last_run.zarr"
+    if not history_path.exists() or not snapshot_path.exists():
+        return None
+    return RunHistory(pd.read_parquet(history_path), frozenset(open_zarr(snapshot_path)["image_id"].values.astype(str)))
 
 
 def main(argv: list[str] | None = None) -> None:

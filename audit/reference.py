@@ -5,13 +5,22 @@ count n, the sum Σz (K,) and the sum of outer products Σzzᵀ (K, K).
 Complements ("all other classes") and leave-one-out groups are totals minus a
 part, never another pass over the data.
 
+The statistics are additive over shards: each feature shard's are computed
+once (:func:`class_statistics`, stored per shard by the workflow), and the
+reference store is combined from them, so a new shard adds its statistics
+instead of a pass over every row. Σzzᵀ is kept in factored form: per class,
+rows r with Σ rrᵀ = Σzzᵀ — the class's own rows when the shard has at most K of
+them, else the K × K triangle R of their QR decomposition (ZᵀZ = RᵀR) — so a
+shard's statistics are never larger than its embeddings, whatever C and K.
+
 Memory stays bounded in N *and* in the number of classes C: one pass over the
-embedding store spills each chunk's rows to one file per class (and sums
-counts and Σz); then classes are taken one at a time — Σzzᵀ from the class's
-rows, its groups' Cholesky factors written into the store — so at most a few
-K × K matrices are in memory, whatever N and C (1,000 classes × 2,048
-channels included). Disk: the spilled rows (N·K float32, removed afterwards)
-and the store (C·K² for the class outer products, (2C + 2)·K² for the factors).
+shards' statistics spills each class's factor rows to one file per class (and
+sums counts and Σz); then classes are taken one at a time — Σzzᵀ from the
+class's factor rows, its groups' Cholesky factors written into the store — so
+at most a few K × K matrices are in memory, whatever N and C (1,000 classes ×
+2,048 channels included). Disk: the spilled factor rows (at most N·K float64,
+removed afterwards) and the store (C·K² for the class outer products,
+(2C + 2)·K² for the factors).
 
 Covariances are shrunk with the Oracle Approximating Shrinkage (OAS, Chen et
 al. 2010, in scikit-learn's form), which needs only tr(S) and tr(S²) and so
@@ -46,6 +55,7 @@ import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import dask
 import dask.array as da
@@ -85,12 +95,60 @@ class ShrunkGaussian:
         return (white**2).sum(0)
 
 
+def class_statistics(embedding: np.ndarray, labels: np.ndarray, num_classes: int) -> xr.Dataset:
+    """Sufficient statistics of one shard's embeddings (n, K), per class: additive over shards.
+
+    Variables: ``count`` (class) and ``nonfinite`` (class): rows used and rows
+    left out for a NaN or infinite value; ``sum`` (class, unit) float64: Σz;
+    ``factor`` (row, unit) float64 with ``factor_class`` (row): Gram factor
+    rows, Σ rrᵀ over a class's rows = its Σzzᵀ (the class's rows when it has at
+    most K of them, else R of their QR decomposition, K × K). ``labels`` (n,)
+    holds class indices in [0, num_classes).
+    """
+    z = np.asarray(embedding, dtype=np.float64)
+    k = z.shape[1]
+    finite = np.isfinite(z).all(axis=1)
+    count = np.bincount(labels[finite], minlength=num_classes).astype(np.float64)
+    nonfinite = np.bincount(labels[~finite], minlength=num_classes).astype(np.int64)
+    total = np.zeros((num_classes, k))
+    factors, factor_class = [np.zeros((0, k))], [np.zeros(0, np.int64)]
+    for c in np.unique(labels[finite]):
+        rows = z[finite & (labels == c)]
+        total[c] = rows.sum(0)
+        factor = rows if len(rows) <= k else np.linalg.qr(rows, mode="r")
+        factors.append(factor)
+        factor_class.append(np.full(len(factor), c, dtype=np.int64))
+    return xr.Dataset(
+        {
+            "count": ("class", count),
+            "nonfinite": ("class", nonfinite),
+            "sum": (("class", "unit"), total),
+            "factor": (("row", "unit"), np.concatenate(factors)),
+            "factor_class": ("row", np.concatenate(factor_class)),
+        }
+    )
+
+
+def embedding_statistics(embedding: da.Array, labels: np.ndarray, num_classes: int, num_workers: int = 1) -> Iterator[xr.Dataset]:
+    """:func:`class_statistics` of each chunk of ``embedding`` (N, K) in turn, ``num_workers`` chunks loaded at a time.
+
+    Dask loads the chunks with the scheduler in effect (``audit.dask_scheduler``).
+    """
+    embedding = embedding.rechunk({1: -1})
+    offsets = np.concatenate([[0], np.cumsum(embedding.chunks[0])])
+    blocks = embedding.to_delayed().ravel()
+    for first in tqdm(range(0, len(blocks), num_workers), desc="chunk statistics", unit="chunks"):
+        loaded = dask.compute(*blocks[first : first + num_workers])
+        for i, block in enumerate(loaded, start=first):
+            yield class_statistics(block, labels[offsets[i] : offsets[i + 1]], num_classes)
+
+
 @dataclass
 class ClassSpill:
-    """The embedding's rows spilled to one file per class, with per-class counts and sums.
+    """Shards' statistics summed per class, with each class's Gram factor rows spilled to its own file.
 
     Attributes:
-        directory: where ``class-<c>.f32`` files hold each class's finite rows (float32).
+        directory: where ``class-<c>.f64`` files hold each class's factor rows (float64, K per row).
         count (C,), total (C, K) float64: number and sum of the finite rows per class.
         nonfinite (C,): rows left out for NaN or infinite values.
     """
@@ -101,45 +159,40 @@ class ClassSpill:
     nonfinite: np.ndarray
 
     def outer(self, c: int, block: int = 4096) -> np.ndarray:
-        """Σzzᵀ (K, K) of class ``c`` in float64, reading its rows ``block`` at a time."""
+        """Σzzᵀ (K, K) of class ``c`` in float64, reading its factor rows ``block`` at a time."""
         k = self.total.shape[1]
         outer = np.zeros((k, k))
-        path = self.directory / f"class-{c}.f32"
+        path = self.directory / f"class-{c}.f64"
         if path.exists():
-            rows = np.memmap(path, dtype=np.float32, mode="r").reshape(-1, k)
+            rows = np.memmap(path, dtype=np.float64, mode="r").reshape(-1, k)
             for start in range(0, len(rows), block):
-                part = np.asarray(rows[start : start + block], dtype=np.float64)
+                part = np.asarray(rows[start : start + block])
                 outer += part.T @ part
         return outer
 
 
-def spill_by_class(embedding: da.Array, labels: np.ndarray, num_classes: int, directory: str | os.PathLike, num_workers: int = 1) -> ClassSpill:
-    """One pass over ``embedding`` (N, K): append each row to its class's file, sum counts and Σz.
+def spill_statistics(statistics: Iterable[xr.Dataset], num_classes: int, directory: str | os.PathLike) -> ClassSpill:
+    """One pass over shards' :func:`class_statistics`: sum counts and Σz, append each class's factor rows to its file.
 
-    Dask loads ``num_workers`` chunks at a time, with the scheduler in effect
-    (``audit.dask_scheduler``); memory is a few chunks plus C·K sums.
-    ``labels`` (N,) holds class indices in [0, num_classes).
+    Memory: one shard's statistics plus C·K sums.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    embedding = embedding.rechunk({1: -1})
-    k = embedding.shape[1]
-    spill = ClassSpill(directory, np.zeros(num_classes), np.zeros((num_classes, k)), np.zeros(num_classes, dtype=np.int64))
-    offsets = np.concatenate([[0], np.cumsum(embedding.chunks[0])])
-    blocks = embedding.to_delayed().ravel()
-    for first in tqdm(range(0, len(blocks), num_workers), desc="spill by class", unit="chunks"):
-        loaded = dask.compute(*blocks[first : first + num_workers])
-        for i, block in enumerate(loaded, start=first):
-            z, block_labels = np.asarray(block, dtype=np.float32), labels[offsets[i] : offsets[i + 1]]
-            finite = np.isfinite(z).all(axis=1)
-            np.add.at(spill.nonfinite, block_labels[~finite], 1)
-            for c in np.unique(block_labels[finite]):
-                rows = z[finite & (block_labels == c)]
-                spill.count[c] += len(rows)
-                spill.total[c] += rows.sum(0, dtype=np.float64)
-                with open(directory / f"class-{c}.f32", "ab") as handle:
-                    rows.tofile(handle)
-        del loaded, block, z  # free these chunks before loading the next ones
+    spill: ClassSpill | None = None
+    for part in statistics:
+        part = part.load()
+        if spill is None:
+            k = part.sizes["unit"]
+            spill = ClassSpill(directory, np.zeros(num_classes), np.zeros((num_classes, k)), np.zeros(num_classes, dtype=np.int64))
+        spill.count += part["count"].values
+        spill.total += part["sum"].values
+        spill.nonfinite += part["nonfinite"].values
+        factor, factor_class = part["factor"].values, part["factor_class"].values
+        for c in np.unique(factor_class):
+            with open(directory / f"class-{c}.f64", "ab") as handle:
+                np.ascontiguousarray(factor[factor_class == c], dtype=np.float64).tofile(handle)
+    if spill is None:
+        raise ValueError("no shard statistics to combine")
     return spill
 
 
@@ -201,24 +254,35 @@ def write_reference_store(
     scratch: str | os.PathLike | None = None,
     extra: xr.Dataset | None = None,
 ) -> None:
-    """Compute every reference group of ``embedding`` (N, K) and write ``reference.zarr`` atomically.
+    """Compute every reference group of ``embedding`` (N, K) and write ``reference.zarr`` atomically: :func:`combine_statistics` of its chunks."""
+    statistics = embedding_statistics(embedding, labels, len(class_names), num_workers)
+    combine_statistics(statistics, class_names, target, min_images, scratch, extra)
 
-    One pass over the embedding spills rows by class (under ``scratch``, a
-    temporary folder next to ``target`` by default, removed at the end); then
-    classes are processed one at a time (see the module docstring).
-    ``extra`` variables (e.g. concept vectors) are stored alongside.
+
+def combine_statistics(
+    statistics: Iterable[xr.Dataset],
+    class_names: list[str],
+    target: str | os.PathLike,
+    min_images: int = 10,
+    scratch: str | os.PathLike | None = None,
+    extra: xr.Dataset | None = None,
+) -> None:
+    """Write ``reference.zarr`` atomically from shards' :func:`class_statistics` (see the module docstring).
+
+    The factor rows are spilled by class under ``scratch`` (a temporary folder
+    next to ``target`` by default, removed at the end); then classes are
+    processed one at a time. ``extra`` variables (e.g. concept vectors) are stored alongside.
     """
     target = Path(target)
-    num_classes, k = len(class_names), embedding.shape[1]
     scratch = Path(scratch or target.parent)
     scratch.mkdir(parents=True, exist_ok=True)
     for stale in scratch.glob(f".{target.name}.spill-*"):  # left by a killed run
         shutil.rmtree(stale, ignore_errors=True)
     spill_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.spill-", dir=scratch))
     try:
-        spill = spill_by_class(embedding, labels, num_classes, spill_dir, num_workers)
+        spill = spill_statistics(statistics, len(class_names), spill_dir)
         with atomic_path(target) as tmp:
-            _write_groups(spill, class_names, tmp, min_images, k, extra)
+            _write_groups(spill, class_names, tmp, min_images, spill.total.shape[1], extra)
     finally:
         shutil.rmtree(spill_dir, ignore_errors=True)
 

@@ -139,7 +139,7 @@ def open_zarr(path: str | os.PathLike) -> xr.Dataset:
         raise StoreVersionError(
             f"{path} was written with store format version {version if version is not None else 1}; this code reads version "
             f"{FORMAT_VERSION}. Rebuild it with the current workflow (e.g. remove the audit's results/ folder, or "
-            "snakemake --forcerun ingest)"
+            "snakemake --forcerun list_images)"
         )
     for name, variable in dataset.variables.items():
         if variable.dtype.kind == "T":
@@ -176,8 +176,8 @@ class ChunkedZarrWriter:
             self._flush(whole_chunks_only=True)
 
     def close(self) -> int:
-        """Write what is left; return the number of images written."""
-        if self.buffered:
+        """Write what is left; return the number of images written (a store of zero images when only empty parts were added)."""
+        if self.buffered or (self.buffer and not self.written):
             self._flush(whole_chunks_only=False)
         return self.written
 

@@ -1,9 +1,11 @@
 # Input functions, wildcard constraints and shared lists.
 # Params are narrow: each rule gets exactly the config values that change its output (audit.settings), so
 # editing a speed-only setting (batch sizes, workers) reruns nothing.
+import os
+from functools import lru_cache
 from pathlib import Path
 
-from audit.data.dataset import image_count, shard_ranges
+from audit.data.shards import read_listing, shard_digests
 from audit.data.manifest import require_dataset_path, resolve_config_paths
 from audit.explain.registry import explainer
 from audit.models.timm_names import require_timm_model
@@ -49,26 +51,72 @@ def model_checkpoint(wildcards):
     return f"results/{wildcards.audit}/model/{kind}.pt"
 
 
+def trains_model(wildcards):
+    """Whether the workflow trains the audit's model (no checkpoint given)."""
+    return not audit_config(wildcards)["model"].get("checkpoint")
+
+
 def dataset_inputs(wildcards):
-    """The manifest file, so that editing it reruns the ingest (ImageFolder trees are listed at run time)."""
+    """The files whose change relists the images: the manifest, or an ImageFolder's class folders (their
+    modification time changes when an image is added or removed there; nested folders and edits in place
+    are seen by `--forcerun list_images`, which scheduled runs use)."""
     dataset = audit_config(wildcards)["dataset"]
-    return [dataset["path"]] if dataset["source"] == "manifest" else []
+    if dataset["source"] == "manifest":
+        return [dataset["path"]]
+    if dataset["source"] == "imagefolder":
+        return [str(p) for p in sorted(Path(dataset["path"]).glob("*/")) + sorted(Path(dataset["path"]).glob("*/*/")) if p.is_dir()]
+    return []
 
 
-def audit_shard_ranges(wildcards):
-    """[start, stop) image ranges of the audit's feature shards; their number follows from the ingested image count."""
-    images = checkpoints.ingest.get(audit=wildcards.audit).output.images
-    return shard_ranges(image_count(images), audit_config(wildcards)["features"]["shard_size"])
+def listing(wildcards):
+    """The digests of the audit's listing (audit.data.shards), once the list_images checkpoint has run."""
+    path = checkpoints.list_images.get(audit=wildcards.audit).output.listing
+    return _digests(path, os.stat(path).st_mtime_ns)
+
+
+@lru_cache(maxsize=16)
+def _digests(path, modified):
+    """Read once per listing version, not once per job: a listing of many shards is asked for by every shard's jobs."""
+    return shard_digests(read_listing(path))
+
+
+def _shard_paths(wildcards, pattern):
+    return [pattern.format(audit=wildcards.audit, shard=f"{shard:05d}") for shard in listing(wildcards).shards]
+
+
+def image_shards(wildcards):
+    return _shard_paths(wildcards, "results/{audit}/images/shard-{shard}.zarr")
+
+
+def image_shard_rejects(wildcards):
+    return _shard_paths(wildcards, "results/{audit}/images/shard-{shard}.rejects.parquet")
 
 
 def feature_shards(wildcards):
-    """The audit's feature shard stores."""
-    return [f"results/{wildcards.audit}/features/shard-{shard:05d}.zarr" for shard in range(len(audit_shard_ranges(wildcards)))]
+    return _shard_paths(wildcards, "results/{audit}/features/shard-{shard}.zarr")
 
 
-def shard_range(wildcards):
-    """[start, stop) of this shard's images."""
-    return audit_shard_ranges(wildcards)[int(wildcards.shard)]
+def statistics_shards(wildcards):
+    return _shard_paths(wildcards, "results/{audit}/statistics/shard-{shard}.zarr")
+
+
+def shard_digest_param(wildcards):
+    """The hash of the shard's images (ids, fingerprints): the shard is rebuilt exactly when it changes."""
+    return listing(wildcards).rebuild[int(wildcards.shard)]
+
+
+def shard_present_param(wildcards):
+    """The hash of the shard's present images: its statistics are recomputed when one leaves the dataset."""
+    return listing(wildcards).present[int(wildcards.shard)]
+
+
+def present_param(wildcards):
+    """The hash of every present image: rules that read the listing (ancient) rerun when the image set changes."""
+    return listing(wildcards).all_present
+
+
+def class_names(wildcards):
+    return listing(wildcards).class_names
 
 
 def image_size(wildcards):

@@ -1,6 +1,7 @@
 rule explain_plan:
     input:
         features=feature_shards,
+        listing=ancient("results/{audit}/listing.parquet"),
         anomalies="results/{audit}/anomalies.parquet",
         pairs="results/{audit}/pairs.parquet",
         reference="results/{audit}/reference.zarr",
@@ -19,7 +20,8 @@ rule explain_plan:
 rule explain:
     input:
         plan="results/{audit}/explain_plan.parquet",
-        images="results/{audit}/images.zarr",
+        images=image_shards,
+        listing=ancient("results/{audit}/listing.parquet"),
         checkpoint=model_checkpoint,
         features=feature_shards,
         reference="results/{audit}/reference.zarr",

@@ -1,11 +1,10 @@
 rule extract_features:
     input:
-        images="results/{audit}/images.zarr",
+        images="results/{audit}/images/shard-{shard}.zarr",
         checkpoint=model_checkpoint,
     output:
         directory("results/{audit}/features/shard-{shard}.zarr"),
     params:
-        image_range=shard_range,
         settings=feature_params,
         chunk=lambda wildcards: audit_config(wildcards)["dataset"]["chunk"],
     resources:
@@ -18,3 +17,22 @@ rule extract_features:
         "benchmarks/rules/{audit}/extract_features/shard-{shard}.tsv"
     script:
         "../workflow/scripts/extract_features.py"
+
+
+# Per class: count, Σz and a Gram factor of Σzzᵀ of the shard's present images (audit.reference): additive,
+# so the reference store combines shards instead of passing over every row. Reruns when the shard's
+# features change or one of its images leaves the dataset (its present digest).
+rule shard_statistics:
+    input:
+        features="results/{audit}/features/shard-{shard}.zarr",
+        listing=ancient("results/{audit}/listing.parquet"),
+    output:
+        directory("results/{audit}/statistics/shard-{shard}.zarr"),
+    params:
+        present=shard_present_param,
+    conda:
+        "../workflow/envs/audit.yaml"
+    log:
+        "logs/{audit}/shard_statistics/shard-{shard}.log",
+    script:
+        "../workflow/scripts/shard_statistics.py"

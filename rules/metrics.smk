@@ -1,7 +1,8 @@
 rule metrics:
     input:
         saliency="results/{audit}/saliency",
-        images="results/{audit}/images.zarr",
+        images=image_shards,
+        listing=ancient("results/{audit}/listing.parquet"),
         checkpoint=model_checkpoint,
     output:
         metrics="results/{audit}/metrics.parquet",

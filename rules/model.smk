@@ -15,11 +15,13 @@ rule check_model:
 
 rule train_model:
     input:
-        images="results/{audit}/images.zarr",
+        images=image_shards,
+        listing=ancient("results/{audit}/listing.parquet"),
     output:
         "results/{audit}/model/trained.pt",
     params:
         settings=model_params,
+        images=present_param,
     resources:
         gpu=1,
     conda:
@@ -32,14 +34,17 @@ rule train_model:
         "../workflow/scripts/train_model.py"
 
 
+# The listing is ancient: the imported model depends on the class names and the image side, not on which images there are.
 rule import_model:
     input:
-        images="results/{audit}/images.zarr",
+        listing=ancient("results/{audit}/listing.parquet"),
+        check="results/{audit}/model_check.json",
         weights=lambda wildcards: audit_config(wildcards)["model"]["checkpoint"],
     output:
         "results/{audit}/model/imported.pt",
     params:
         settings=model_params,
+        class_names=class_names,
     conda:
         "../workflow/envs/audit.yaml"
     log:

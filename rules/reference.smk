@@ -1,6 +1,8 @@
 rule reference_stats:
     input:
+        statistics=statistics_shards,
         features=feature_shards,
+        listing=ancient("results/{audit}/listing.parquet"),
         checkpoint=model_checkpoint,
     output:
         reference=directory("results/{audit}/reference.zarr"),
@@ -8,6 +10,7 @@ rule reference_stats:
         similar="results/{audit}/similar_classes.parquet",
     params:
         settings=reference_params,
+        images=present_param,
     conda:
         "../workflow/envs/audit.yaml"
     log:
@@ -22,7 +25,7 @@ rule anomaly_scores:
     input:
         features=feature_shards,
         reference="results/{audit}/reference.zarr",
-        images="results/{audit}/images.zarr",
+        listing=ancient("results/{audit}/listing.parquet"),
     output:
         anomalies="results/{audit}/anomalies.parquet",
         quality="results/{audit}/anomaly_quality.parquet",

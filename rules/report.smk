@@ -1,6 +1,7 @@
 rule report:
     input:
-        images="results/{audit}/images.zarr",
+        images=image_shards,
+        listing=ancient("results/{audit}/listing.parquet"),
         features=feature_shards,
         checkpoint=model_checkpoint,
         anomalies="results/{audit}/anomalies.parquet",

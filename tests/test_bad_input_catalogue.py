@@ -414,7 +414,7 @@ def test_killed_runs_resume_to_the_clean_runs_results(tiny_audit, tmp_path):
     from audit.storage import open_zarr
 
     run = _start(tmp_path)
-    _wait_for_log(run, tmp_path, "logs/tiny/ingest.log", "device")  # the lock is taken and a job runs
+    _wait_for_log(run, tmp_path, "logs/tiny/list_images.log", "device")  # the lock is taken and a job runs
     second = snakemake("reports/tiny.html", "--cores", "1", "--directory", str(tmp_path), "--configfile", str(TINY))
     assert run.poll() is None, "the first run ended before the second one started"
     # Refused either by Snakemake's lock or, when it looks first, by the running job's incomplete outputs.

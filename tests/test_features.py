@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from audit.data.dataset import shard_ranges, write_image_store
+from audit.data.dataset import write_image_store
 from audit.features import capture_layer, extract_shard, forward_features, open_features
 from audit.settings import FeatureSettings
 
@@ -10,8 +10,7 @@ from audit.settings import FeatureSettings
 def test_shards_combine_to_the_model_outputs_with_named_dims(trained, digits_small, tmp_path):
     model, meta = trained
     write_image_store(digits_small, tmp_path / "images.zarr", chunk=32)
-    ranges = shard_ranges(len(digits_small.labels), 128)
-    assert ranges == [(0, 128), (128, 256), (256, 300)]
+    ranges = [(0, 128), (128, 256), (256, 300), (300, 300)]  # the last: a shard whose every image was rejected
     paths = [tmp_path / f"shard-{i}.zarr" for i in range(len(ranges))]
     for (start, stop), path in zip(ranges, paths):
         written = extract_shard(
@@ -19,6 +18,7 @@ def test_shards_combine_to_the_model_outputs_with_named_dims(trained, digits_sma
         )
         assert written == stop - start
 
+    assert open_features(paths[-1:]).sizes == {"image": 0, "unit": 512, "layer_y": 4, "layer_x": 4, "feature": 512, "class": 10}
     store = open_features(paths)
     assert store["activation"].dims == ("image", "unit", "layer_y", "layer_x")
     assert store["embedding"].dims == ("image", "unit")

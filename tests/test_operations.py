@@ -179,22 +179,73 @@ def test_a_scheduled_run_skips_while_another_holds_the_lock(tmp_path):
     assert [p.name for p in workdir.iterdir()] == [".audit-run.lock"]  # nothing else written
 
 
-def test_scheduled_runs_resume_and_append_to_the_history(tiny_audit, tmp_path):
-    """Two scheduled runs on a finished tiny audit: nothing to redo, one history row each."""
-    import shutil
+def _grown_audit(tmp_path: Path, trained, digits_small, rows: np.ndarray) -> Path:
+    """A manifest audit of the digits ``rows`` (PNG files) with an imported checkpoint: shards of 20 images."""
+    import torch
+    from PIL import Image
+
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    for i in rows:
+        if not (data / f"{digits_small.image_ids[i]}.png").exists():  # a file rewritten is a changed image (its date)
+            Image.fromarray(digits_small.images[i].transpose(1, 2, 0)).save(data / f"{digits_small.image_ids[i]}.png")
+    labels = [str(digits_small.labels[i]) for i in rows]
+    pd.DataFrame({"path": [f"{digits_small.image_ids[i]}.png" for i in rows], "label": labels}).to_csv(data / "manifest.csv", index=False)
+    if not (tmp_path / "model.pth").exists():
+        torch.save(trained[0].state_dict(), tmp_path / "model.pth")
+    audit = {
+        "dataset": {"source": "manifest", "path": "data/manifest.csv", "image_size": 32, "chunk": 16, "classes": [str(c) for c in range(10)]},
+        "model": {"name": "resnet10t", "kwargs": {"output_stride": 8}, "layer": "layer4", "checkpoint": "model.pth"},
+        "features": {"shard_size": 20},
+        "explain": {"top_anomalies": 1, "top_pairs": 1, "images_per_pair": 1, "methods": ["gradcam", "diffcam"]},
+        "metrics": {"steps": 4},
+    }
+    config = tmp_path / "grown.yaml"
+    config.write_text(yaml.safe_dump({"audits": {"grown": audit}}))
+    return config
+
+
+def test_a_grown_dataset_reruns_only_its_new_shards(trained, digits_small, tmp_path):
+    """Two scheduled runs; between them the manifest gains 10 % more images and loses one. The second run
+    ingests and extracts only the new shard, recomputes the statistics of that shard and of the one that
+    lost an image, and combines the reference from the shards' statistics: equal to one computed from
+    every present image's features. The history has two rows and the report lists the new images."""
+    from audit.data.shards import read_listing
+    from audit.features import open_features
+    from audit.reference import write_reference_store
+    from audit.storage import open_zarr
 
     workdir = tmp_path / "work"
-    shutil.copytree(tiny_audit, workdir, symlinks=True)
-    config = tmp_path / "tiny_only.yaml"
-    config.write_text(yaml.safe_dump({"audits": {"tiny": yaml.safe_load(TINY.read_text())["audits"]["tiny"]}}))
-    for run in (1, 2):
-        result = subprocess.run(["bash", str(SCHEDULE), str(config), str(workdir)], capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert f"results/tiny: run {run}, 240 images" in result.stdout.replace(str(workdir) + "/", "")
-    logs = sorted((workdir / "logs" / "runs").glob("*.log"))
-    assert logs and "Nothing to be done" in logs[-1].read_text()
-    history = pd.read_parquet(workdir / "results" / "tiny" / "history.parquet")
-    assert history["images"].tolist() == [240, 240] and history["new_images"].tolist() == [240, 0]
+    environment = {**os.environ, "SNAKEMAKE_ARGS": "--cores 2"}
+    config = _grown_audit(tmp_path, trained, digits_small, np.arange(60))
+    first = subprocess.run(["bash", str(SCHEDULE), str(config), str(workdir)], capture_output=True, text=True, timeout=600, env=environment)
+    assert first.returncode == 0, first.stdout + first.stderr
+    grown = np.setdiff1d(np.arange(66), [5])  # 6 new images, digits_small's image 5 removed
+    _grown_audit(tmp_path, trained, digits_small, grown)
+    second = subprocess.run(["bash", str(SCHEDULE), str(config), str(workdir)], capture_output=True, text=True, timeout=600, env=environment)
+    assert second.returncode == 0, second.stdout + second.stderr
+    log = sorted((workdir / "logs" / "runs").glob("*.log"))[-1].read_text()
+
+    jobs = lambda rule: re.findall(rf"rule {rule}:\n(?:    .*\n)*?    wildcards: audit=grown, shard=(\d+)", log)  # noqa: E731
+    assert jobs("ingest_shard") == ["00003"] and jobs("extract_features") == ["00003"]
+    assert sorted(jobs("shard_statistics")) == ["00000", "00003"]  # shard 0 lost image 5
+    assert "rule import_model" not in log and "rule reference_stats" in log
+    results = workdir / "results" / "grown"
+    listing = read_listing(results / "listing.parquet")
+    assert listing.groupby("shard")["present"].sum().tolist() == [19, 20, 20, 6]
+
+    history = pd.read_parquet(results / "history.parquet")
+    assert history["images"].tolist() == [60, 65] and history["new_images"].tolist() == [60, 6] and history["removed_images"].tolist() == [0, 1]
+    html = (workdir / "reports" / "grown.html").read_text()
+    assert "6 images are new and 1 are gone since the last recorded run" in html
+    assert all(f"<td>{digits_small.image_ids[i]}.png</td>" in html for i in range(60, 66))  # ids: paths relative to the manifest
+
+    features = open_features(sorted((results / "features").glob("shard-*.zarr")), listing)
+    assert features.sizes["image"] == 65 and digits_small.image_ids[5] not in set(features["image_id"].values)
+    write_reference_store(features["embedding"].data, features["label"].values, [str(c) for c in range(10)], tmp_path / "direct.zarr", min_images=10)
+    incremental, direct = open_zarr(results / "reference.zarr").load(), open_zarr(tmp_path / "direct.zarr").load()
+    np.testing.assert_allclose(incremental["class_outer"].values, direct["class_outer"].values, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(incremental["mean"].values, direct["mean"].values, rtol=1e-12, equal_nan=True)
 
 
 def test_relative_data_paths_are_relative_to_the_config_file(tmp_path):

@@ -7,7 +7,7 @@ import xarray as xr
 from sklearn.covariance import OAS
 
 from audit.anomaly import anomaly_table
-from audit.reference import LeaveOneOut, condition_number, group_from_store, oas_gaussian, spill_by_class, write_reference_store
+from audit.reference import LeaveOneOut, condition_number, embedding_statistics, group_from_store, oas_gaussian, spill_statistics, write_reference_store
 from audit.storage import open_zarr
 
 
@@ -24,9 +24,11 @@ def _store(tmp_path, z, labels, names, min_images=10, chunk=17):
     return open_zarr(path).load()
 
 
-def test_spill_by_class_matches_numpy_over_several_chunks(rng, tmp_path):
+def test_chunk_statistics_add_up_to_numpy_over_several_chunks(rng, tmp_path):
+    """Chunks of 17 rows: classes with at most K = 6 rows in a chunk keep their rows, others their QR triangle; the sums are exact."""
     z, labels = _data(rng)
-    spill = spill_by_class(da.from_array(z.astype(np.float32), chunks=(17, 6)), labels, 4, tmp_path, num_workers=2)  # class 3 empty
+    statistics = embedding_statistics(da.from_array(z.astype(np.float32), chunks=(17, 6)), labels, 4, num_workers=2)
+    spill = spill_statistics(statistics, 4, tmp_path)  # class 3 empty
     for c in range(3):
         members = z[labels == c].astype(np.float32).astype(np.float64)
         assert spill.count[c] == len(members)

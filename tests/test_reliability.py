@@ -55,7 +55,7 @@ def test_an_unknown_package_class_fails_in_the_first_job_and_its_log_is_shown(tm
     result = snakemake("reports/tiny.html", "--cores", "1", "--directory", str(tmp_path), "--configfile", str(config))
     assert result.returncode != 0
     assert "grad-cam has no CAM class 'NoSuchCAM'" in result.stdout  # the log's end, printed by --show-failed-logs
-    assert not (tmp_path / "results" / "tiny" / "images.zarr").exists()
+    assert not (tmp_path / "results" / "tiny" / "listing.parquet").exists()
 
 
 

@@ -12,7 +12,7 @@ import yaml
 from audit.features import open_features
 from audit.metrics.registry import outputs
 from audit.storage import open_zarr
-from tests.workflow import ROOT, TINY, snakemake
+from tests.workflow import ROOT, TINY, audit_images, snakemake
 
 
 def test_lint_is_clean():
@@ -24,16 +24,16 @@ def test_lint_is_clean():
 def test_dry_run_of_the_demo_lists_every_stage(tmp_path):
     result = snakemake("-n", "--quiet", "rules", "--directory", str(tmp_path), "--configfile", str(ROOT / "config" / "config.yaml"))
     assert result.returncode == 0, result.stdout
-    for rule in ("ingest", "train_model", "reference_stats", "anomaly_scores", "explain_plan", "explain", "metrics", "report"):
+    for rule in ("list_images", "ingest_shard", "train_model", "shard_statistics", "reference_stats", "anomaly_scores", "explain_plan", "explain", "metrics", "report"):
         assert rule in result.stdout
-    # The number of extraction shards is known once the images are ingested (a Snakemake checkpoint).
+    # The shards are known once the images are listed (a Snakemake checkpoint).
     assert "checkpoint jobs" in result.stdout
 
 
 
 def test_end_to_end_artefacts_are_well_formed(tiny_audit):
     results = tiny_audit / "results" / "tiny"
-    images = open_zarr(results / "images.zarr")
+    images = audit_images(results)
     assert images["pixels"].dims == ("image", "channel", "y", "x") and images["pixels"].dtype == np.uint8
     assert "pixels" in images.data_vars
     assert images.sizes["image"] == 240 and set(images["split"].values) == {"train", "audit"}
@@ -110,7 +110,7 @@ def test_end_to_end_artefacts_are_well_formed(tiny_audit):
     np.testing.assert_allclose(overall["mean"].sort_index(), per_map.mean().sort_index())
     assert (overall["n"].sort_index() == per_map.count().sort_index()).all()
 
-    for log in ("ingest", "train_model", "extract_features/shard-00000", "reference_stats", "report"):
+    for log in ("list_images", "ingest_shard/shard-00000", "train_model", "extract_features/shard-00000", "reference_stats", "report"):
         assert (tiny_audit / "logs" / "tiny" / f"{log}.log").exists()
 
     html = (tiny_audit / "reports" / "tiny.html").read_text()
@@ -159,7 +159,7 @@ def test_report_escapes_names(tiny_audit):
     html = render_report(
         ReportInputs(
             audit="x&y",
-            images=open_zarr(results / "images.zarr").load(),
+            images=audit_images(results).load(),
             features=features,
             anomalies=pd.read_parquet(results / "anomalies.parquet").assign(class_name=lambda d: d["class_name"].replace("0", evil)),
             pairs=pd.read_parquet(results / "pairs.parquet").replace({"name_a": {"0": evil}}),
@@ -214,7 +214,7 @@ def test_a_method_that_does_not_fit_the_model_fails_before_any_data_is_read(tmp_
     log = (tmp_path / "logs" / "tiny" / "check_model.log").read_text()
     assert "explain.methods do not fit model resnet10t (cnn, layer layer4): cdam applies to vit models, not cnn" in log
     assert "attention applies to vit models" in log
-    assert not (tmp_path / "results" / "tiny" / "images.zarr").exists()  # nothing ran after the check
+    assert not (tmp_path / "results" / "tiny" / "listing.parquet").exists()  # nothing ran after the check
 
 
 def test_rerun_redoes_only_the_unfinished_shard(tiny_audit, tmp_path):
@@ -315,7 +315,7 @@ def test_users_imagefolder_and_checkpoint_end_to_end(tmp_path, digits_small):
     features = open_features(sorted((results / "features").glob("shard-*.zarr")))
     assert "logits" not in features and "prediction" not in features.coords
     assert features.sizes["feature"] == 512
-    assert open_zarr(results / "images.zarr").sizes["y"] == 176  # resnet10t's pretrained input size
+    assert audit_images(results).sizes["y"] == 176  # resnet10t's pretrained input size
     assert sorted(p.name for p in (results / "saliency").glob("*.zarr")) == ["diffcam.zarr", "eigencam.zarr"]  # Grad-CAM needs logits
     assert pd.read_parquet(results / "metrics.parquet").empty
     pairs = pd.read_parquet(results / "pairs.parquet")

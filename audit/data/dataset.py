@@ -1,4 +1,4 @@
-"""In-memory image dataset and its Zarr image store (``images.zarr``).
+"""In-memory image dataset and its Zarr image store (``images.zarr``; the workflow keeps one per arrival shard, ``images/shard-NNNNN.zarr``).
 
 Store layout: ``pixels`` (uint8, dims image × channel × y × x) with
 coordinates ``image_id``, ``label`` (class index), ``split``; the class names
@@ -67,7 +67,12 @@ def write_image_store(dataset: ImageDataset, path: str | os.PathLike, chunk: int
 
 def read_image_store(path: str | os.PathLike) -> ImageDataset:
     """Load an ``images.zarr`` store fully into memory."""
-    ds = open_zarr(path).load()
+    return image_dataset(open_zarr(path).load())
+
+
+def image_dataset(ds: xr.Dataset) -> ImageDataset:
+    """An image store's dataset (e.g. the shards of :func:`audit.data.sources.open_images`) as an :class:`ImageDataset`, in memory."""
+    ds = ds.load()
     return ImageDataset(
         images=ds["pixels"].values,
         labels=ds["label"].values.astype(np.int64),
@@ -82,7 +87,3 @@ def image_count(path: str | os.PathLike) -> int:
     """Number of images in an ``images.zarr`` store (reads only its metadata)."""
     return int(zarr.open_group(str(path), mode="r")["pixels"].shape[0])
 
-
-def shard_ranges(count: int, shard_size: int) -> list[tuple[int, int]]:
-    """Contiguous [start, stop) ranges of at most ``shard_size`` images covering ``count`` images."""
-    return [(start, min(start + shard_size, count)) for start in range(0, count, shard_size)]

@@ -61,27 +61,53 @@ def ingest_manifest(
     Raises ``ValueError`` only when no image at all can be ingested.
     """
     candidates, rejects, class_names = screen_rows(manifest, classes)
+    layout = {
+        "with_masks": bool((candidates["mask"] != "").any()),
+        "with_boxes": bool((candidates["box"] != "").any()),
+        "with_flags": bool((candidates["anomaly"] != "").any()),
+    }
+    decode_rejects, _ = ingest_rows(candidates, target, size, class_names, chunk, workers, allow_empty=False, **layout)
+    return pd.concat([rejects, decode_rejects], ignore_index=True)[REJECT_COLUMNS]
+
+
+def ingest_rows(
+    candidates: pd.DataFrame,
+    target: str | os.PathLike,
+    size: int,
+    class_names: Sequence[str],
+    chunk: int = 256,
+    workers: int = 4,
+    with_masks: bool = False,
+    with_boxes: bool = False,
+    with_flags: bool = False,
+    allow_empty: bool = True,
+) -> tuple[pd.DataFrame, int]:
+    """Decode screened rows (labels among ``class_names``) into an image store at ``target``; return (decode rejects, images written).
+
+    ``with_masks``/``with_boxes``/``with_flags`` give the store those variables
+    even when none of these rows has one (so that stores of one dataset share a
+    layout). When every row is rejected: a store of zero images, or with
+    ``allow_empty`` False a ``ValueError`` and nothing written.
+    """
     class_index = {name: i for i, name in enumerate(class_names)}
-    with_masks = bool((candidates["mask"] != "").any())
-    with_boxes = bool((candidates["box"] != "").any())
-    with_flags = bool((candidates["anomaly"] != "").any())
-    rejected = [rejects]
+    rejected = [pd.DataFrame(columns=REJECT_COLUMNS)]
     with atomic_path(target) as tmp, ThreadPoolExecutor(max(1, workers)) as pool:
-        writer = ChunkedZarrWriter(tmp, chunk, attrs={"class_names": class_names})
+        writer = ChunkedZarrWriter(tmp, chunk, attrs={"class_names": list(class_names)})
         for rows, decoded in tqdm(_decoded_chunks(candidates, size, chunk, pool), desc="ingest", unit="chunk", total=-(-len(candidates) // chunk)):
             kept = [i for i, d in enumerate(decoded) if isinstance(d, DecodedImage)]
             bad = [i for i, d in enumerate(decoded) if not isinstance(d, DecodedImage)]
             if bad:
                 rejected.append(rows.iloc[bad][["image_id", "path", "label"]].assign(reason=[str(decoded[i]) for i in bad]))
-            if not kept:
-                continue
-            writer.add(_chunk_dataset(rows.iloc[kept], [decoded[i] for i in kept], class_index, size, with_masks, with_boxes, with_flags))
+            if kept:
+                writer.add(_chunk_dataset(rows.iloc[kept], [decoded[i] for i in kept], class_index, size, with_masks, with_boxes, with_flags))
+        if writer.written + writer.buffered == 0:
+            if not allow_empty:
+                raise ValueError("no image could be ingested: every row was rejected")
+            writer.add(_chunk_dataset(candidates.iloc[:0], [], class_index, size, with_masks, with_boxes, with_flags))
         written = writer.close()
-        if written == 0:
-            raise ValueError("no image could be ingested: every row was rejected")
     rejects = pd.concat(rejected, ignore_index=True)[REJECT_COLUMNS]
     log.info("ingested %d images, rejected %d", written, len(rejects))
-    return rejects
+    return rejects, written
 
 
 def _decoded_chunks(candidates: pd.DataFrame, size: int, chunk: int, pool: ThreadPoolExecutor) -> Iterator[tuple[pd.DataFrame, list]]:
@@ -100,12 +126,14 @@ def _try_decode(row, size: int) -> DecodedImage | RejectedImage:
 def _chunk_dataset(
     rows: pd.DataFrame, decoded: list[DecodedImage], class_index: dict[str, int], size: int, with_masks: bool, with_boxes: bool, with_flags: bool
 ) -> xr.Dataset:
-    data = {"pixels": (("image", "channel", "y", "x"), np.stack([d.image for d in decoded]))}
+    data = {"pixels": (("image", "channel", "y", "x"), np.stack([d.image for d in decoded]) if decoded else np.zeros((0, 3, size, size), np.uint8))}
     if with_masks:
-        data["mask"] = (("image", "y", "x"), np.stack([d.mask if d.mask is not None else np.zeros((size, size), bool) for d in decoded]))
-        data["has_mask"] = ("image", np.array([d.mask is not None for d in decoded]))
+        masks = [d.mask if d.mask is not None else np.zeros((size, size), bool) for d in decoded]
+        data["mask"] = (("image", "y", "x"), np.stack(masks) if masks else np.zeros((0, size, size), bool))
+        data["has_mask"] = ("image", np.array([d.mask is not None for d in decoded], dtype=bool))
     if with_boxes:
-        data["box"] = (("image", "corner"), np.stack([d.box if d.box is not None else np.full(4, np.nan) for d in decoded]).astype(np.float32))
+        boxes = [d.box if d.box is not None else np.full(4, np.nan) for d in decoded]
+        data["box"] = (("image", "corner"), (np.stack(boxes) if boxes else np.zeros((0, 4))).astype(np.float32))
     coords = {
         "image_id": ("image", rows["image_id"].to_numpy(str)),
         "label": ("image", np.array([class_index[label] for label in rows["label"]], dtype=np.int64)),

@@ -94,6 +94,19 @@ def map_grid(images: list[np.ndarray], maps: list[list[np.ndarray | None]], row_
 
 
 @plain_text
+def run_trends(runs: pd.DataFrame) -> str:
+    """Images, anomalies and the largest class-mean drift per run (``history.parquet`` columns; a last row may be this run)."""
+    panels = [("images", "images"), ("anomalies", "anomalies (robust z > 3.5)"), ("max_mean_drift", "largest class-mean drift (RMS sd)")]
+    figure, axes = plt.subplots(1, len(panels), figsize=(10, 2.8), squeeze=False)
+    for axis, (column, title) in zip(axes[0], panels):
+        sns.lineplot(data=runs, x="run_started", y=column, marker="o", ax=axis)
+        axis.set(title=title, xlabel="run", ylabel="")
+        axis.tick_params(axis="x", labelrotation=30, labelsize=7)
+    figure.tight_layout()
+    return to_data_uri(figure)
+
+
+@plain_text
 def perturbation_curves(summary: pd.DataFrame, panels: list[tuple[str, dict[str, str], str]]) -> str:
     """Mean target probability per method along perturbation curves (overall level of the summary).
 

@@ -15,6 +15,7 @@ import pandas as pd
 import xarray as xr
 
 from audit.explain.explainer import ReportColumn
+from audit.history import RunHistory, outliers_within_class
 from audit.explain.registry import explainer
 from audit.features import has_classifier
 from audit.metrics.metric import Output
@@ -33,6 +34,7 @@ class ReportInputs:
         reference: the reference store (which groups fell back to the pooled covariance).
         saliency: method name → saliency store.
         model: model description (``ModelMeta`` as a dict: name, layer, head, training metrics).
+        history: the runs recorded before this one (scheduled audits), or None.
     """
 
     audit: str
@@ -50,6 +52,7 @@ class ReportInputs:
     model: dict
     top_anomalies: int
     top_pairs: int
+    history: RunHistory | None = None
 
 
 class _MapIndex:
@@ -179,6 +182,7 @@ def render_report(inputs: ReportInputs) -> str:
         "quality": quality_table(inputs.metrics_summary) if has_metrics else None,
         "quality_by_class": quality_by_class(inputs.metrics_summary, class_names) if has_metrics else [],
         "curves_figure": figures.perturbation_curves(inputs.metrics_summary, curve_panels()) if has_metrics else None,
+        "since_last_run": since_last_run(inputs.anomalies, inputs.history),
         "metric_conventions": (
             inputs.metrics[["metric", "baseline", "steps", "score", "order"]].drop_duplicates("metric").to_dict("records") if has_metrics else []
         ),
@@ -187,6 +191,29 @@ def render_report(inputs: ReportInputs) -> str:
         loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=True, undefined=jinja2.StrictUndefined
     )
     return environment.get_template("template.html.j2").render(**context)
+
+
+def since_last_run(anomalies: pd.DataFrame, history: RunHistory | None, listed: int = 50) -> dict | None:
+    """The "Since the last run" section: images new since the previous recorded run (most anomalous first) and the trends over runs."""
+    if history is None or history.runs.empty:
+        return None
+    ids = anomalies["image_id"].astype(str)
+    new = anomalies[~ids.isin(history.previous_ids)].sort_values("score", ascending=False, na_position="last")
+    now = pd.DataFrame(
+        [{"run_started": pd.Timestamp.now(tz="UTC"), "images": len(anomalies), "anomalies": int(outliers_within_class(anomalies).sum()), "max_mean_drift": np.nan}]
+    )
+    runs = pd.concat([history.runs[["run_started", "images", "anomalies", "max_mean_drift"]], now], ignore_index=True)
+    return {
+        "previous": history.runs["run_started"].iloc[-1].strftime("%Y-%m-%d %H:%M UTC"),
+        "runs": len(history.runs),
+        "new_count": len(new),
+        "removed_count": len(history.previous_ids - set(ids)),
+        "new": [
+            {"image_id": r.image_id, "class_name": r.class_name, "score": _number(r.score), "rank": "—" if pd.isna(r.rank) else int(r.rank)}
+            for r in new.head(listed).itertuples()
+        ],
+        "figure": figures.run_trends(runs),
+    }
 
 
 def curve_panels() -> list[tuple[str, dict[str, str], str]]:

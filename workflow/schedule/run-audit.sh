@@ -28,7 +28,8 @@ cd "$REPO"
 # The flock above makes this the only scheduled run here: a lock left by a killed run is stale.
 "$BIN/snakemake" --unlock --directory "$WORKDIR" --configfile "$CONFIG" >>"$LOG" 2>&1
 # shellcheck disable=SC2086
-if ! "$BIN/snakemake" --rerun-incomplete --directory "$WORKDIR" --configfile "$CONFIG" ${SNAKEMAKE_ARGS:---cores all} >>"$LOG" 2>&1; then
+# The listing is forced: an ImageFolder tree can change below its class folders, which no file date shows.
+if ! "$BIN/snakemake" --rerun-incomplete --forcerun list_images --directory "$WORKDIR" --configfile "$CONFIG" ${SNAKEMAKE_ARGS:---cores all} >>"$LOG" 2>&1; then
     echo "$(date -u +%FT%TZ) the audit run failed: see $LOG" >&2
     exit 1
 fi

@@ -3,6 +3,8 @@ import numpy as np
 import pandas as pd
 
 from audit.anomaly import anomaly_table
+from audit.data.manifest import ANOMALY_TRUE
+from audit.data.shards import read_listing
 from audit.features import has_classifier, open_features
 from audit.metrics.anomaly_quality import ranking_quality
 from audit.reference import LeaveOneOut
@@ -10,7 +12,8 @@ from audit.runtime import stage_run
 from audit.storage import open_zarr, write_parquet
 
 with stage_run(snakemake.log[0], snakemake.threads):
-    features = open_features(snakemake.input.features)
+    listing = read_listing(snakemake.input.listing)
+    features = open_features(snakemake.input.features, listing)
     reference = open_zarr(snakemake.input.reference).load()
     table = anomaly_table(
         features["embedding"].values,
@@ -21,9 +24,8 @@ with stage_run(snakemake.log[0], snakemake.threads):
         LeaveOneOut(reference),
         [str(c) for c in features["class"].values],
     )
-    images = open_zarr(snakemake.input.images)
-    if "flagged" in images.coords:
-        flags = pd.Series(images["flagged"].values.astype(bool), index=images["image_id"].values.astype(str))
+    if listing.attrs["with_flags"]:
+        flags = pd.Series(listing["anomaly"].isin(ANOMALY_TRUE).to_numpy(), index=listing["image_id"].to_numpy(str))
         table["flagged"] = table["image_id"].astype(str).map(flags).astype(bool)
     write_parquet(table, snakemake.output.anomalies)
     write_parquet(ranking_quality(table, snakemake.params.top), snakemake.output.quality)

@@ -3,7 +3,8 @@ import numpy as np
 import pandas as pd
 from stage import stage_settings
 
-from audit.data.dataset import read_image_store
+from audit.data.shards import read_listing
+from audit.data.sources import open_images
 from audit.explain.checks import class_contrast_plan, explains_the_head, random_classes, randomised_model, swapped_plan
 from audit.explain.compute import plan_maps, uses_model
 from audit.explain.engine import ExplainerEngine
@@ -19,8 +20,9 @@ from audit.storage import atomic_path, open_zarr, write_zarr
 with stage_run(snakemake.log[0], snakemake.threads) as device:
     settings = stage_settings(snakemake, ExplainSettings, "explain")
     plan = pd.read_parquet(snakemake.input.plan)
-    images = read_image_store(snakemake.input.images).images
-    features = open_features(snakemake.input.features)
+    listing = read_listing(snakemake.input.listing)
+    images = open_images(snakemake.input.images, listing)["pixels"].values
+    features = open_features(snakemake.input.features, listing)
     layer_size = features["activation"].shape[-2:]
     reference = open_zarr(snakemake.input.reference).load()
     context = {"layer": features.attrs["layer"], "model": features.attrs["model"]}

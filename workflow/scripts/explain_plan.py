@@ -3,6 +3,7 @@ import pandas as pd
 from stage import stage_settings
 
 from audit.explain.plan import explain_plan
+from audit.data.shards import read_listing
 from audit.features import has_classifier, open_features
 from audit.runtime import stage_run
 from audit.settings import ExplainSettings
@@ -11,7 +12,7 @@ from audit.storage import open_zarr, write_parquet
 
 with stage_run(snakemake.log[0], snakemake.threads):
     settings = stage_settings(snakemake, ExplainSettings, "explain")
-    features = open_features(snakemake.input.features)
+    features = open_features(snakemake.input.features, read_listing(snakemake.input.listing))
     reference = open_zarr(snakemake.input.reference)
     pairs = pd.read_parquet(snakemake.input.pairs)
     head = has_classifier(features)

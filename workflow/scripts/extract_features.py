@@ -1,6 +1,7 @@
 """Snakemake adapter: activations, embeddings and logits of one shard of images."""
 from stage import stage_settings
 
+from audit.data.dataset import image_count
 from audit.features import extract_shard
 from audit.models.checkpoint import load_checkpoint
 from audit.runtime import stage_run
@@ -8,6 +9,6 @@ from audit.settings import FeatureSettings
 
 with stage_run(snakemake.log[0], snakemake.threads) as device:
     model, meta = load_checkpoint(snakemake.input.checkpoint, device)
-    start, stop = snakemake.params.image_range
     settings = stage_settings(snakemake, FeatureSettings, "features")
-    extract_shard(model, meta, snakemake.input.images, start, stop, snakemake.output[0], settings, chunk=snakemake.params.chunk, device=device)
+    images = snakemake.input.images
+    extract_shard(model, meta, images, 0, image_count(images), snakemake.output[0], settings, chunk=snakemake.params.chunk, device=device)

@@ -1,14 +1,17 @@
 """Snakemake adapter: wrap a user's timm checkpoint with the audit's metadata."""
+import json
+from pathlib import Path
+
 from stage import stage_settings
 
 from audit.models.checkpoint import save_checkpoint
 from audit.models.imported import import_model
 from audit.runtime import stage_run
 from audit.settings import ModelSettings
-from audit.storage import open_zarr
+from audit.data.shards import read_listing
 
 with stage_run(snakemake.log[0], snakemake.threads):
-    images = open_zarr(snakemake.input.images)
+    image_size = json.loads(Path(snakemake.input.check).read_text())["image_size"]
     settings = stage_settings(snakemake, ModelSettings, "model")
-    model, meta = import_model(snakemake.input.weights, settings, list(images.attrs["class_names"]), images.sizes["y"])
+    model, meta = import_model(snakemake.input.weights, settings, list(read_listing(snakemake.input.listing).attrs["class_names"]), image_size)
     save_checkpoint(model, meta, snakemake.output[0])

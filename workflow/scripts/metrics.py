@@ -4,6 +4,8 @@ from pathlib import Path
 import pandas as pd
 from stage import dask_setting, stage_settings
 
+from audit.data.shards import read_listing
+from audit.data.sources import open_images
 from audit.metrics.evaluate import METRIC_COLUMNS, evaluate_saliency
 from audit.metrics.localization import object_regions
 from audit.metrics.summary import SUMMARY_COLUMNS, summarise_metrics
@@ -18,7 +20,7 @@ with stage_run(snakemake.log[0], snakemake.threads) as device, dask_scheduler(da
     tables = []
     if snakemake.params.methods:
         model, meta = load_checkpoint(snakemake.input.checkpoint, device)
-        store = open_zarr(snakemake.input.images)
+        store = open_images(snakemake.input.images, read_listing(snakemake.input.listing))
         images = store["pixels"].values
         regions = object_regions(store)  # masks and boxes, where the store has them
         for method in snakemake.params.methods:

@@ -1,26 +1,26 @@
-"""Snakemake adapter: reference-group statistics (Dask), concept vectors and the class-pair tables."""
+"""Snakemake adapter: reference-group statistics combined from the shards' statistics, concept vectors (Dask) and the class-pair tables."""
 import numpy as np
 from stage import dask_setting, stage_settings
 
 from audit.concepts import concept_vectors
 from audit.features import has_classifier, open_features
 from audit.models.checkpoint import load_checkpoint
-from audit.reference import write_reference_store
+from audit.data.shards import read_listing
+from audit.reference import combine_statistics
 from audit.dask_scheduler import dask_scheduler
 from audit.runtime import stage_run
 from audit.settings import ReferenceSettings
 from audit.similarity import confusion_counts, pair_table, similar_classes
 from audit.storage import open_zarr, write_parquet
 
-with stage_run(snakemake.log[0], snakemake.threads), dask_scheduler(dask_setting(snakemake), snakemake.threads) as workers:
+with stage_run(snakemake.log[0], snakemake.threads), dask_scheduler(dask_setting(snakemake), snakemake.threads):
     settings = stage_settings(snakemake, ReferenceSettings, "reference")
-    features = open_features(snakemake.input.features)
+    features = open_features(snakemake.input.features, read_listing(snakemake.input.listing))
     class_names = [str(c) for c in features["class"].values]
     labels = features["label"].values
     concepts = concept_vectors(features["pre_logits"], labels, features["image_id"].values, class_names, settings.concepts)
-    write_reference_store(
-        features["embedding"].data, labels, class_names, snakemake.output.reference, settings.min_images, workers, extra=concepts
-    )
+    statistics = (open_zarr(path) for path in snakemake.input.statistics)
+    combine_statistics(statistics, class_names, snakemake.output.reference, settings.min_images, extra=concepts)
     reference = open_zarr(snakemake.output.reference)
     class_means = reference["mean"].sel(group=[f"class:{c}" for c in class_names]).values
     counts = reference["class_count"].values  # images with finite features per class

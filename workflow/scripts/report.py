@@ -4,17 +4,21 @@ from pathlib import Path
 
 import pandas as pd
 
+from audit.data.shards import read_listing
+from audit.data.sources import open_images
 from audit.features import open_features
+from audit.history import read_run_history
 from audit.models.checkpoint import read_meta
 from audit.report.render import ReportInputs, render_report
 from audit.runtime import stage_run
 from audit.storage import atomic_path, open_zarr
 
 with stage_run(snakemake.log[0], snakemake.threads):
+    listing = read_listing(snakemake.input.listing)
     inputs = ReportInputs(
         audit=snakemake.wildcards.audit,
-        images=open_zarr(snakemake.input.images).load(),
-        features=open_features(snakemake.input.features),
+        images=open_images(snakemake.input.images, listing).load(),
+        features=open_features(snakemake.input.features, listing),
         anomalies=pd.read_parquet(snakemake.input.anomalies),
         pairs=pd.read_parquet(snakemake.input.pairs),
         similar=pd.read_parquet(snakemake.input.similar),
@@ -27,6 +31,7 @@ with stage_run(snakemake.log[0], snakemake.threads):
         model=asdict(read_meta(snakemake.input.checkpoint)),
         top_anomalies=snakemake.params.top_anomalies,
         top_pairs=snakemake.params.top_pairs,
+        history=read_run_history(Path(snakemake.input.anomalies).parent),
     )
     with atomic_path(snakemake.output[0]) as tmp:
         tmp.write_text(render_report(inputs), encoding="utf-8")

@@ -1,12 +1,15 @@
 """Snakemake adapter: train the configured timm model on the train split and checkpoint it."""
 from stage import stage_settings
 
-from audit.data.dataset import read_image_store
+from audit.data.dataset import image_dataset
+from audit.data.shards import read_listing
+from audit.data.sources import open_images
 from audit.models.checkpoint import save_checkpoint
 from audit.models.train import fit_model
 from audit.runtime import stage_run
 from audit.settings import ModelSettings
 
 with stage_run(snakemake.log[0], snakemake.threads):
-    model, meta = fit_model(read_image_store(snakemake.input.images), stage_settings(snakemake, ModelSettings, "model"))
+    images = open_images(snakemake.input.images, read_listing(snakemake.input.listing))
+    model, meta = fit_model(image_dataset(images), stage_settings(snakemake, ModelSettings, "model"))
     save_checkpoint(model, meta, snakemake.output[0])

@@ -1,0 +1,111 @@
+"""List the configured dataset (the digits, an ImageFolder tree or a manifest) into arrival shards: see :mod:`audit.data.shards`."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from audit.data.ingest import screen_rows
+from audit.data.manifest import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, imagefolder_manifest, read_manifest, split_by_fraction
+from audit.data.shards import LEDGER_NAME, assign_shards, fingerprint
+from audit.deferred import deferred
+from audit.settings import DatasetSettings
+from audit.storage import write_parquet
+
+if TYPE_CHECKING:
+    from audit.data import digits
+else:
+    digits = deferred("audit.data.digits")  # torch: only for the digits
+
+log = logging.getLogger(__name__)
+
+
+def dataset_rows(settings: DatasetSettings, image_size: int, trains_model: bool) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """The dataset's candidate rows (``ROW_COLUMNS`` + ``fingerprint``), the rows rejected by the table alone, and the class names.
+
+    Splits: the digits are split by ``audit_fraction``; a manifest's ``split``
+    column or an ImageFolder split layout is kept. When the workflow trains the
+    model (``trains_model``) and the data name no ``train`` images, they are
+    split by ``audit_fraction`` per class with ``seed``; an audited model of
+    your own sees every image as ``audit``.
+    """
+    if settings.source == "digits":
+        return _digits_rows(settings, image_size), pd.DataFrame(columns=["image_id", "path", "label", "reason"]), [str(c) for c in range(10)]
+    manifest = imagefolder_manifest(settings.path) if settings.source == "imagefolder" else read_manifest(settings.path)
+    if trains_model and not (manifest["split"] == "train").any():
+        manifest = split_by_fraction(manifest, settings.audit_fraction, settings.seed)
+        log.info("no train split given: %d of %d images held out by audit_fraction %.2f", (manifest["split"] == "audit").sum(), len(manifest), settings.audit_fraction)
+    candidates, rejects, class_names = screen_rows(manifest, list(settings.classes) if settings.classes is not None else None)
+    candidates = candidates[list(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)]
+    return candidates.assign(fingerprint=[_row_fingerprint(row) for row in candidates.itertuples(index=False)]), rejects, class_names
+
+
+def digits_dataset(settings: DatasetSettings, image_size: int):
+    """The bundled digits as configured (an :class:`~audit.data.dataset.ImageDataset`)."""
+    return digits.load_digits_dataset(image_size, settings.audit_fraction, settings.seed, settings.limit, settings.mislabel_fraction, settings.ink_masks)
+
+
+def _digits_rows(settings: DatasetSettings, image_size: int) -> pd.DataFrame:
+    dataset = digits_dataset(settings, image_size)
+    flagged = dataset.flagged if dataset.flagged is not None else np.zeros(len(dataset.labels), bool)
+    rows = pd.DataFrame(
+        {
+            "image_id": dataset.image_ids,
+            "path": "",
+            "label": [dataset.class_names[label] for label in dataset.labels],
+            "split": dataset.split,
+            "mask": "",
+            "box": "",
+            "anomaly": np.where(flagged, "1", ""),
+        }
+    )
+    masks = dataset.masks if dataset.masks is not None else [None] * len(rows)
+    rows["fingerprint"] = [
+        fingerprint([*row, image.tobytes(), b"" if mask is None else np.packbits(mask).tobytes()])
+        for row, image, mask in zip(rows.itertuples(index=False), dataset.images, masks)
+    ]
+    return rows
+
+
+def _row_fingerprint(row) -> str:
+    """A hash of the row's fields and of its image's and mask's size and modification time (``missing`` when absent)."""
+    return fingerprint([*row, _file_stamp(row.path), _file_stamp(row.mask) if row.mask else ""])
+
+
+def _file_stamp(path: str) -> str:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"{status.st_size}:{status.st_mtime_ns}"
+
+
+def write_listing(settings: DatasetSettings, image_size: int, trains_model: bool, shard_size: int, target: str | os.PathLike) -> pd.DataFrame:
+    """List the dataset against the ledger beside ``target``, write the listing there and update the ledger; return the rows rejected by the table alone.
+
+    ``ValueError`` when no row is left to ingest.
+    """
+    rows, rejects, class_names = dataset_rows(settings, image_size, trains_model)
+    if rows.empty:
+        raise ValueError("no image could be ingested: every row was rejected")
+    ledger_path = Path(target).with_name(LEDGER_NAME)
+    ledger = pd.read_parquet(ledger_path) if ledger_path.exists() else None
+    listing = assign_shards(rows, ledger, shard_size)
+    present = listing[listing["present"]]
+    listing.attrs = {
+        "class_names": list(class_names),
+        "shard_size": int(shard_size),
+        "source": settings.source,
+        "with_masks": bool((present["mask"] != "").any()) or bool(settings.source == "digits" and settings.ink_masks),
+        "with_boxes": bool((present["box"] != "").any()),
+        "with_flags": bool((present["anomaly"] != "").any()) or bool(settings.source == "digits" and settings.mislabel_fraction > 0),
+    }
+    new = int((~listing["image_id"].isin(ledger["image_id"])).sum()) if ledger is not None else len(listing)
+    log.info("listed %d images in %d shards: %d new, %d absent", len(present), listing["shard"].nunique(), new, int((~listing["present"]).sum()))
+    write_parquet(listing, target)
+    write_parquet(listing, ledger_path)
+    return rejects

@@ -7,16 +7,7 @@ run redoes only the shards that are missing and never reads a half-written
 one. :func:`open_features` concatenates the shard stores lazily along
 ``image`` and leaves out the images the listing marks absent.
 
-Store layout (each ``features/shard-NNNNN.zarr``, and their concatenation), dims named:
-    activation  float32 (image, unit, layer_y, layer_x)   the layer's output A on its grid
-    embedding   float32 (image, unit)                     z = spatial mean of A
-    pre_logits  float32 (image, feature)         the classifier's input (the model's final embedding)
-    logits      float32 (image, class)           (models with a classifier head only)
-    probability float32 (image, class)           softmax of the logits (idem)
-coordinates ``image_id``, ``label``, ``prediction`` (idem), ``split`` along ``image``
-and ``class`` (class names); attrs: model name, layer, head (1 when the model has a classifier), shard start and stop,
-``format_version``. ``unit`` is a feature channel of the explained layer,
-``feature`` one of the final embedding.
+The store layout is in :mod:`audit.feature_store`, which reads the shards back.
 """
 from __future__ import annotations
 
@@ -25,7 +16,6 @@ from contextlib import contextmanager, nullcontext
 from typing import Iterator, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 import xarray as xr
 import zarr
@@ -33,7 +23,6 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
-from audit.data.shards import keep_present
 from audit.models.checkpoint import ModelMeta
 from audit.models.preprocess import to_model_input
 from audit.models.tokens import spatial_map
@@ -199,17 +188,3 @@ def _empty_part(model: nn.Module, meta: ModelMeta, coords: xr.Dataset, class_nam
     """The feature variables of zero images, shaped as the model's."""
     activations, pre_logits, logits = forward_features(model, meta, torch.zeros(1, *meta.input_size, dtype=torch.uint8))
     return feature_part(coords, class_names, activations[:0], pre_logits[:0], logits[:0] if meta.head else None)
-
-
-def open_features(paths: Sequence[str | os.PathLike], listing: pd.DataFrame | None = None) -> xr.Dataset:
-    """The shard stores concatenated lazily along ``image`` (in the order given), without the images ``listing`` marks absent."""
-    shards = [open_zarr(p) for p in paths]
-    combined = xr.concat(shards, dim="image", data_vars="minimal", coords="minimal", compat="override", join="override")
-    first = shards[0].attrs
-    combined = combined.drop_attrs(deep=False).assign_attrs(model=first["model"], layer=first["layer"], head=first["head"])
-    return keep_present(combined, listing) if listing is not None else combined
-
-
-def has_classifier(features: xr.Dataset) -> bool:
-    """Whether the audited model has a classifier head (logits, probabilities, predictions): the checkpoint's ``meta.head``."""
-    return bool(features.attrs["head"])

@@ -5,17 +5,25 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-import torch
+from audit.deferred import deferred
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = deferred("torch")  # loaded only by the stages that run a model
 
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 
 
 @contextlib.contextmanager
-def stage_run(log_path: str | os.PathLike, threads: int) -> Iterator[str]:
+def stage_run(log_path: str | os.PathLike, threads: int, model: bool = True) -> Iterator[str]:
     """Within the block, log records (INFO and up) and stderr (tqdm progress) go to ``log_path``; torch uses ``threads``.
 
-    Yields the torch device: ``cuda`` when present, else ``cpu``. An exception is
+    Yields the torch device: ``cuda`` when present, else ``cpu``, and logs it (with
+    the GPU's name) for the report's provenance. A stage that runs no ``model``
+    does not load torch (seconds per job) and gets ``cpu``. An exception is
     logged with its traceback before it propagates. On exit the handler is removed,
     stderr restored and the log closed.
     """
@@ -28,13 +36,23 @@ def stage_run(log_path: str | os.PathLike, threads: int) -> Iterator[str]:
         root.setLevel(logging.INFO)
         try:
             with contextlib.redirect_stderr(stream):
-                torch.set_num_threads(max(1, int(threads)))
-                device = "cuda" if torch.cuda.is_available() else "cpu"
-                logging.getLogger(__name__).info("device %s, %d threads", device, torch.get_num_threads())
-                yield device
+                if model:
+                    yield _device(threads)
+                else:
+                    logging.getLogger(__name__).info("device cpu (no model in this stage)")
+                    yield "cpu"
         except BaseException:
             logging.getLogger(__name__).exception("stage failed")
             raise
         finally:
             root.removeHandler(handler)
             root.setLevel(level)
+
+
+def _device(threads: int) -> str:
+    torch.set_num_threads(max(1, int(threads)))
+    if torch.cuda.is_available():
+        logging.getLogger(__name__).info("device cuda (%s), %d threads", torch.cuda.get_device_name(0), torch.get_num_threads())
+        return "cuda"
+    logging.getLogger(__name__).info("device cpu, %d threads", torch.get_num_threads())
+    return "cpu"

@@ -57,15 +57,22 @@ def trains_model(wildcards):
 
 
 def dataset_inputs(wildcards):
-    """The files whose change relists the images: the manifest, or an ImageFolder's class folders (their
-    modification time changes when an image is added or removed there; nested folders and edits in place
-    are seen by `--forcerun list_images`, which scheduled runs use)."""
+    """The manifest file, so that editing it relists the images."""
     dataset = audit_config(wildcards)["dataset"]
-    if dataset["source"] == "manifest":
-        return [dataset["path"]]
-    if dataset["source"] == "imagefolder":
-        return [str(p) for p in sorted(Path(dataset["path"]).glob("*/")) + sorted(Path(dataset["path"]).glob("*/*/")) if p.is_dir()]
-    return []
+    return [dataset["path"]] if dataset["source"] == "manifest" else []
+
+
+def folder_dates(wildcards):
+    """An ImageFolder tree's folders (two levels: classes, or splits and classes) with their modification
+    times, which change when an image is added to or removed from them: as a parameter, a change relists
+    the images (a path input would not do: folder names may hold Snakemake's wildcard or pathvar braces).
+    Nested folders and files edited in place are seen by `--forcerun list_images`, which scheduled runs use."""
+    dataset = audit_config(wildcards)["dataset"]
+    if dataset["source"] != "imagefolder":
+        return ""
+    root = Path(dataset["path"])
+    folders = sorted(p for p in [*root.glob("*/"), *root.glob("*/*/")] if p.is_dir())
+    return ";".join(f"{p.relative_to(root)}:{p.stat().st_mtime_ns}" for p in folders)
 
 
 def listing(wildcards):
@@ -128,7 +135,8 @@ def image_size(wildcards):
 
 
 def all_reports():
-    return expand("reports/{audit}.html", audit=config["audits"])
+    """What a run makes of every audit: its report and its per-image table."""
+    return expand(["reports/{audit}.html", "results/{audit}/images.parquet"], audit=config["audits"])
 
 
 def has_head(wildcards):

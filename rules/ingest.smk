@@ -8,6 +8,7 @@ checkpoint list_images:
     params:
         settings=dataset_params,
         trains_model=trains_model,
+        folders=folder_dates,
         shard_size=lambda wildcards: audit_config(wildcards)["features"]["shard_size"],
     conda:
         "../workflow/envs/audit.yaml"

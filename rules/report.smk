@@ -19,6 +19,8 @@ rule report:
         top_anomalies=lambda wildcards: audit_config(wildcards)["explain"]["top_anomalies"],
         top_pairs=lambda wildcards: audit_config(wildcards)["explain"]["top_pairs"],
         methods=explain_methods,
+        logs="logs/{audit}",
+        benchmarks="benchmarks/rules/{audit}",
     conda:
         "../workflow/envs/audit.yaml"
     log:
@@ -27,3 +29,27 @@ rule report:
         "benchmarks/rules/{audit}/report.tsv"
     script:
         "../workflow/scripts/report.py"
+
+
+# The audit as one row per image (images.parquet) for dataframe tools and dataset browsers, with PNG
+# overlays of the report subjects' maps (audit.export).
+rule export_images:
+    input:
+        images=image_shards,
+        listing=ancient("results/{audit}/listing.parquet"),
+        features=feature_shards,
+        anomalies="results/{audit}/anomalies.parquet",
+        saliency="results/{audit}/saliency",
+    output:
+        table="results/{audit}/images.parquet",
+        overlays=directory("results/{audit}/overlays"),
+    params:
+        methods=explain_methods,
+    conda:
+        "../workflow/envs/audit.yaml"
+    log:
+        "logs/{audit}/export_images.log",
+    benchmark:
+        "benchmarks/rules/{audit}/export_images.tsv"
+    script:
+        "../workflow/scripts/export_images.py"

@@ -36,6 +36,6 @@ def rng():
 def tiny_audit(tmp_path_factory) -> Path:
     """The whole workflow run on the tiny config in a scratch directory (read-only for the tests that use it)."""
     workdir = tmp_path_factory.mktemp("tiny")
-    result = snakemake("reports/tiny.html", "--cores", "2", "--directory", str(workdir), "--configfile", str(TINY))
+    result = snakemake("reports/tiny.html", "results/tiny/images.parquet", "--cores", "2", "--directory", str(workdir), "--configfile", str(TINY))
     assert result.returncode == 0, result.stdout[-5000:]
     return workdir

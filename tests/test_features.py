@@ -3,7 +3,8 @@ import numpy as np
 import torch
 
 from audit.data.dataset import write_image_store
-from audit.features import capture_layer, extract_shard, forward_features, open_features
+from audit.feature_store import open_features
+from audit.features import capture_layer, extract_shard, forward_features
 from audit.settings import FeatureSettings
 
 

@@ -43,14 +43,15 @@ def _site_profile(folder: Path, cpus: int, memory_mb: int) -> Path:
     return folder
 
 
-SUBMISSIONS = ["rule_check_model", "rule_ingest", "rule_train_model", "group_features_extract_features",
-               "group_audit_anomaly_scores_explain_explain_plan_metrics_reference_stats_..."]  # the plugin shortens long names
+SUBMISSIONS = ["rule_check_model", "rule_list_images", "group_images_ingest_shard", "rule_train_model", "group_features_extract_features_shard_statistics",
+               "group_audit_anomaly_scores_collect_rejects_explain_explain_plan_metrics_..."]  # the plugin shortens long names
 
 
 @pytest.mark.slurm
 def test_the_tiny_audit_runs_through_a_real_slurm_and_matches_a_local_run(tiny_audit, tmp_path):
     """Single-node SLURM from Debian's packages (installed when missing): every job goes through sbatch,
-    the profile's groups as one submission each (the four feature shards in one), and the results equal the local run's."""
+    the profile's groups as one submission each (the four image shards in one, the four feature shards with their statistics
+    in one), and the results equal the local run's."""
     from tests.local_slurm import local_slurm
 
     with local_slurm() as conf:
@@ -211,7 +212,7 @@ def test_a_grown_dataset_reruns_only_its_new_shards(trained, digits_small, tmp_p
     lost an image, and combines the reference from the shards' statistics: equal to one computed from
     every present image's features. The history has two rows and the report lists the new images."""
     from audit.data.shards import read_listing
-    from audit.features import open_features
+    from audit.feature_store import open_features
     from audit.reference import write_reference_store
     from audit.storage import open_zarr
 

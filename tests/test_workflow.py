@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from audit.features import open_features
+from audit.feature_store import open_features
 from audit.metrics.registry import outputs
 from audit.storage import open_zarr
 from tests.workflow import ROOT, TINY, audit_images, snakemake
@@ -24,7 +24,7 @@ def test_lint_is_clean():
 def test_dry_run_of_the_demo_lists_every_stage(tmp_path):
     result = snakemake("-n", "--quiet", "rules", "--directory", str(tmp_path), "--configfile", str(ROOT / "config" / "config.yaml"))
     assert result.returncode == 0, result.stdout
-    for rule in ("list_images", "ingest_shard", "train_model", "shard_statistics", "reference_stats", "anomaly_scores", "explain_plan", "explain", "metrics", "report"):
+    for rule in ("list_images", "train_model", "reference_stats", "anomaly_scores", "explain_plan", "explain", "metrics", "report"):
         assert rule in result.stdout
     # The shards are known once the images are listed (a Snakemake checkpoint).
     assert "checkpoint jobs" in result.stdout
@@ -112,6 +112,18 @@ def test_end_to_end_artefacts_are_well_formed(tiny_audit):
 
     for log in ("list_images", "ingest_shard/shard-00000", "train_model", "extract_features/shard-00000", "reference_stats", "report"):
         assert (tiny_audit / "logs" / "tiny" / f"{log}.log").exists()
+
+    table = pd.read_parquet(results / "images.parquet")  # the export for dataframe tools
+    assert len(table) == 240 and list(table["image_id"]) == list(features["image_id"].values)
+    assert (table["top1_class"] == table["prediction"]).all() and (table["top1_probability"] >= table["top2_probability"]).all()
+    assert table["probability"].between(0, 1).all() and table["flagged"].sum() == 7
+    by_id = anomalies.set_index("image_id")
+    assert (table.set_index("image_id")["anomaly_rank"] == by_id.loc[table["image_id"], "rank"]).all()
+    subjects = table[table["overlays"] != ""]
+    saliency_ids = set(open_zarr(results / "saliency" / "gradcam.zarr")["image_id"].values)
+    assert set(subjects["image_id"]) == saliency_ids
+    files = [f for row in subjects["overlays"] for f in row.split(";")]
+    assert all((results / f).is_file() for f in files) and len(files) == sum(len(row.split(";")) for row in subjects["overlay_maps"])
 
     html = (tiny_audit / "reports" / "tiny.html").read_text()
     assert "Intra-class anomaly ranking" in html and "Class-pair discrimination" in html and "Method quality" in html
@@ -203,8 +215,9 @@ def test_a_method_parameter_reruns_the_maps_not_the_plan(tiny_audit, tmp_path):
     result = snakemake("reports/tiny.html", "-n", "--directory", str(tiny_audit), "--configfile", str(_edited_config(tmp_path, "explain", "finer_gamma", 0.3)))
     assert result.returncode == 0, result.stdout[-2000:]
     assert _planned_rules(result) == {"explain", "metrics", "report"}
-    result = snakemake("reports/tiny.html", "-n", "--directory", str(tiny_audit), "--configfile", str(_edited_config(tmp_path, "explain", "top_pairs", 2)))
-    assert _planned_rules(result) == {"explain_plan", "explain", "metrics", "report"}
+    config = _edited_config(tmp_path, "explain", "top_pairs", 2)
+    result = snakemake("reports/tiny.html", "results/tiny/images.parquet", "-n", "--directory", str(tiny_audit), "--configfile", str(config))
+    assert _planned_rules(result) == {"explain_plan", "explain", "metrics", "report", "export_images"}
 
 
 def test_a_method_that_does_not_fit_the_model_fails_before_any_data_is_read(tmp_path):

@@ -120,8 +120,15 @@ class DiffCam(Explainer):
 DIFFCAM = DiffCam(
     "diffcam", "DiffCAM",
     report=(
-        ReportColumn("anomaly", "own-class-loo", "DiffCAM vs own class"),
-        ReportColumn("anomaly", "others", "DiffCAM vs all others"),
-        ReportColumn("pair", "class", "DiffCAM vs {b}"),
+        ReportColumn(
+            "anomaly", "own-class-loo", "DiffCAM vs own class (− its mean)", relative=True,
+            legend="where the image departs from its own class: the map's mean is the anomaly score, so it is drawn minus "
+            "that mean; red: these cells add more than average to the distance from the class, blue: less",
+        ),
+        ReportColumn(
+            "anomaly", "others", "DiffCAM vs all others",
+            legend="red: these cells move the image away from all other classes (towards its own), blue: towards them",
+        ),
+        ReportColumn("pair", "class", "DiffCAM vs {b}", legend="red: these cells make the image less {b}-like, blue: more {b}-like"),
     ),
 )

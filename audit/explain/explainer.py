@@ -76,11 +76,16 @@ class ReportColumn:
     """A map column of the report's grids: the rows of this ``purpose`` whose reference is of ``kind`` ("" for none).
 
     ``title`` is formatted with ``a`` (the subject's class name) and ``b`` (the pair class's).
+    ``relative``: draw the map minus its spatial mean (for a signed map whose mean is
+    a score, so that where the image departs stands out instead of a wash of one
+    colour); ``legend``: what the colours mean (default: from the method's sign).
     """
 
     purpose: str
     kind: str
     title: str
+    relative: bool = False
+    legend: str = ""
 
 
 @dataclass(frozen=True)

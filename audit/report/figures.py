@@ -62,34 +62,53 @@ def heatmap(matrix: np.ndarray, names: list[str], title: str, fmt: str) -> str:
 
 
 @plain_text
-def map_grid(images: list[np.ndarray], maps: list[list[np.ndarray | None]], row_labels: list[str], column_labels: list[str], signed: list[bool]) -> str:
-    """A grid: one row per image, first column the image, then one overlay per map column.
+def map_grid(
+    images: list[np.ndarray],
+    maps: list[list[np.ndarray | None]],
+    row_labels: list[str],
+    column_labels: list[str],
+    signed: list[bool],
+    relative: list[bool] | None = None,
+) -> str:
+    """A grid: one row per image, first column the image (in colour), then one overlay per map column, each with its colour scale.
 
     Args:
         images: uint8 (3, H, W) per row. maps: per row, one (H, W) map (or None) per column.
-        signed: per column, whether to draw a symmetric diverging colour scale (else 0..max).
+        signed: per column, whether to draw a symmetric diverging scale centred at zero (red +, blue −; else 0..max).
+        relative: per column, whether to draw the map minus its spatial mean (a signed scale around the mean).
+    Each map is scaled to its own largest magnitude, so the colour bars run from −1 (or 0) to 1 in those units.
     """
+    relative = relative or [False] * len(column_labels)
     rows, columns = len(images), len(column_labels) + 1
-    figure, axes = plt.subplots(rows, columns, figsize=(1.7 * columns, 1.7 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(1.8 * columns, 1.8 * rows + 0.5), squeeze=False)
+    shown = [None] * len(column_labels)
     for r, image in enumerate(images):
-        grey = image.transpose(1, 2, 0).mean(axis=2)
-        axes[r, 0].imshow(grey, cmap="gray")
+        picture = image.transpose(1, 2, 0)
+        axes[r, 0].imshow(picture)
         axes[r, 0].set_ylabel(row_labels[r], fontsize=7, rotation=0, ha="right", va="center")
         for c, saliency in enumerate(maps[r]):
             axis = axes[r, c + 1]
-            axis.imshow(grey, cmap="gray")
-            if saliency is not None:
-                limit = float(np.abs(saliency).max()) or 1.0
-                if signed[c]:
-                    axis.imshow(saliency, cmap="RdBu_r", vmin=-limit, vmax=limit, alpha=0.6)
-                else:
-                    axis.imshow(saliency, cmap="inferno", vmin=0, vmax=limit, alpha=0.6)
+            axis.imshow(picture, alpha=0.55)
+            if saliency is None:
+                continue
+            values = saliency - np.nanmean(saliency) if relative[c] else saliency
+            limit = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0
+            limit = limit or 1.0
+            if signed[c] or relative[c]:
+                shown[c] = axis.imshow(values / limit, cmap="RdBu_r", vmin=-1, vmax=1, alpha=0.65)
+            else:
+                shown[c] = axis.imshow(values / limit, cmap="inferno", vmin=0, vmax=1, alpha=0.65)
     for c, label in enumerate(["image"] + column_labels):
         axes[0, c].set_title(label, fontsize=8)
     for axis in axes.ravel():
         axis.set_xticks([])
         axis.set_yticks([])
     figure.tight_layout()
+    for c, mappable in enumerate(shown):
+        if mappable is not None:
+            bar = figure.colorbar(mappable, ax=axes[-1, c + 1], orientation="horizontal", fraction=0.08, pad=0.06)
+            bar.set_ticks([-1, 0, 1] if mappable.get_clim()[0] < 0 else [0, 1])  # in units of the map's largest magnitude
+            bar.ax.tick_params(labelsize=6)
     return to_data_uri(figure)
 
 

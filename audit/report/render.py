@@ -17,7 +17,7 @@ import xarray as xr
 from audit.explain.explainer import ReportColumn
 from audit.history import RunHistory, outliers_within_class
 from audit.explain.registry import explainer
-from audit.features import has_classifier
+from audit.feature_store import has_classifier
 from audit.metrics.metric import Output
 from audit.metrics.registry import outputs
 from audit.report import figures
@@ -35,6 +35,7 @@ class ReportInputs:
         saliency: method name → saliency store.
         model: model description (``ModelMeta`` as a dict: name, layer, head, training metrics).
         history: the runs recorded before this one (scheduled audits), or None.
+        provenance: the run's provenance (``audit.report.provenance``), or None.
     """
 
     audit: str
@@ -53,6 +54,7 @@ class ReportInputs:
     top_anomalies: int
     top_pairs: int
     history: RunHistory | None = None
+    provenance: dict | None = None
 
 
 class _MapIndex:
@@ -77,16 +79,30 @@ class _MapIndex:
         return [(method, column) for method in self.signed for column in explainer(method).report if column.purpose == purpose]
 
 
-def _grid(images, maps: _MapIndex, purpose: str, ids: list[str], target: int, image_index: dict, row_labels: list[str], names: dict[str, str]) -> str:
-    """A map grid for ``ids`` with the report columns of every computed method; ``names`` fills the titles' {a} and {b}."""
+def _grid(images, maps: _MapIndex, purpose: str, ids: list[str], target: int, image_index: dict, row_labels: list[str], names: dict[str, str]) -> dict:
+    """A map grid for ``ids`` with the report columns of every computed method, and what each column's colours mean.
+
+    ``names`` fills the titles' and legends' {a} and {b}. Returns {"figure": data URI, "legend": [(title, meaning)]}.
+    """
     columns = maps.columns(purpose)
-    return figures.map_grid(
+    figure = figures.map_grid(
         [images[image_index[i]].values for i in ids],
         [[maps.get(method, column, i, target) for method, column in columns] for i in ids],
         row_labels,
         [column.title.format(**names) for _, column in columns],
         signed=[maps.signed[method] for method, _ in columns],
+        relative=[column.relative for _, column in columns],
     )
+    legend = [(column.title.format(**names), _meaning(column, maps.signed[method]).format(**names)) for method, column in columns]
+    return {"figure": figure, "legend": legend}
+
+
+def _meaning(column: ReportColumn, signed: bool) -> str:
+    if column.legend:
+        return column.legend
+    if signed:
+        return "red: evidence for the target, blue: against it (centred at zero)"
+    return "bright: the most evidence for the target, dark: none (from zero to the map's maximum)"
 
 
 def render_report(inputs: ReportInputs) -> str:
@@ -109,7 +125,8 @@ def render_report(inputs: ReportInputs) -> str:
         if top.empty:
             continue
         ids = list(top["image_id"])
-        grid = _grid(images, maps, "anomaly", ids, c, image_index, [f"#{r} {i}" for r, i in zip(top["rank"], ids)], {"a": name})
+        row_labels = [f"#{r.rank} {r.image_id}\nlabel {name}, pred {predicted(image_index[r.image_id])}\nscore {r.score:.1f}" for r in top.itertuples()]
+        grid = _grid(images, maps, "anomaly", ids, c, image_index, row_labels, {"a": name})
         rows = [
             {
                 "rank": int(r.rank), "image_id": r.image_id, "score": f"{r.score:.1f}", "prediction": predicted(image_index[r.image_id]),
@@ -117,7 +134,7 @@ def render_report(inputs: ReportInputs) -> str:
             }
             for r in top.itertuples()
         ]
-        anomaly_sections.append({"name": name, "figure": grid, "rows": rows})
+        anomaly_sections.append({"name": name, "anchor": f"class-{c}", "grid": grid, "rows": rows})
 
     pair_sections = []
     subjects = [
@@ -130,8 +147,9 @@ def render_report(inputs: ReportInputs) -> str:
             if not chosen:
                 continue
             names = {"a": class_names[a], "b": class_names[b]}
-            grid = _grid(images, maps, "pair", chosen, a, image_index, [f"{i} (pred {predicted(image_index[i])})" for i in chosen], names)
-            pair_sections.append({"a": class_names[a], "b": class_names[b], "figure": grid})
+            row_labels = [f"{i}\nlabel {class_names[a]}, pred {predicted(image_index[i])}" for i in chosen]
+            grid = _grid(images, maps, "pair", chosen, a, image_index, row_labels, names)
+            pair_sections.append({"a": class_names[a], "b": class_names[b], "anchor": f"pair-{a}-{b}", "grid": grid})
 
     covariance = pd.Series(inputs.reference["covariance"].values, index=inputs.reference["group"].values)
     class_count = inputs.reference["class_count"].values
@@ -183,6 +201,8 @@ def render_report(inputs: ReportInputs) -> str:
         "quality_by_class": quality_by_class(inputs.metrics_summary, class_names) if has_metrics else [],
         "curves_figure": figures.perturbation_curves(inputs.metrics_summary, curve_panels()) if has_metrics else None,
         "since_last_run": since_last_run(inputs.anomalies, inputs.history),
+        "summary": summary(inputs, class_names),
+        "provenance": inputs.provenance,
         "metric_conventions": (
             inputs.metrics[["metric", "baseline", "steps", "score", "order"]].drop_duplicates("metric").to_dict("records") if has_metrics else []
         ),
@@ -191,6 +211,47 @@ def render_report(inputs: ReportInputs) -> str:
         loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=True, undefined=jinja2.StrictUndefined
     )
     return environment.get_template("template.html.j2").render(**context)
+
+
+SANITY_LIMIT = 0.8  # rank correlation with the randomised model's map above which a method fails the randomisation check
+
+
+def summary(inputs: ReportInputs, class_names: list[str], shown: int = 5) -> dict:
+    """The findings in a few lines: the most anomalous images overall, the most confused pairs, the ranking's AUROC,
+    and which method is most faithful by deletion AUC (with a warning when its interval overlaps the next one's or a method fails its sanity check)."""
+    scored = inputs.anomalies.dropna(subset=["score"])
+    top = scored.assign(z=scored.groupby("label")["score"].transform(lambda s: (s - s.median()) / (s.std() or 1.0))).nlargest(shown, "z")
+    confused = inputs.pairs[inputs.pairs["confusions"] > 0].sort_values("confusions", ascending=False).head(3) if "confusions" in inputs.pairs else inputs.pairs.iloc[:0]
+    quality = inputs.anomaly_quality.set_index("scope") if not inputs.anomaly_quality.empty else None
+    result = {
+        "top_anomalies": [
+            {"image_id": r.image_id, "class_name": r.class_name, "score": f"{r.score:.1f}", "rank": int(r.rank), "anchor": f"class-{int(r.label)}"}
+            for r in top.itertuples()
+        ],
+        "confused_pairs": [
+            {"a": r.name_a, "b": r.name_b, "confusions": int(r.confusions), "anchor": "pairs"} for r in confused.itertuples()
+        ],
+        "auroc": _number(quality.loc["all", "auroc"]) if quality is not None and "all" in quality.index else None,
+        "best_method": None,
+        "warnings": [],
+    }
+    overall = inputs.metrics_summary[inputs.metrics_summary["level"] == "overall"] if not inputs.metrics_summary.empty else None
+    if overall is None:
+        return result
+    deletion = overall[overall["metric"] == "deletion_auc"].dropna(subset=["mean"]).sort_values("mean")
+    if len(deletion):
+        best = deletion.iloc[0]
+        result["best_method"] = {"variant": best["variant"], "value": _cell(best), "metric": "deletion AUC (lower is better)"}
+        if len(deletion) > 1 and deletion.iloc[1]["ci_low"] <= best["ci_high"]:
+            result["warnings"].append(
+                f"its 95 % interval overlaps that of {deletion.iloc[1]['variant']} ({_cell(deletion.iloc[1])}): on these images the two are not told apart"
+            )
+    sanity = overall[(overall["metric"] == "sanity_similarity")].dropna(subset=["mean"])
+    for row in sanity[sanity["mean"] > SANITY_LIMIT].itertuples():
+        result["warnings"].append(
+            f"{row.variant} fails the randomisation check: its maps barely change when the model is re-initialised (rank correlation {row.mean:.2f})"
+        )
+    return result
 
 
 def since_last_run(anomalies: pd.DataFrame, history: RunHistory | None, listed: int = 50) -> dict | None:

@@ -5,13 +5,13 @@ import pandas as pd
 from audit.anomaly import anomaly_table
 from audit.data.manifest import ANOMALY_TRUE
 from audit.data.shards import read_listing
-from audit.features import has_classifier, open_features
+from audit.feature_store import has_classifier, open_features
 from audit.metrics.anomaly_quality import ranking_quality
 from audit.reference import LeaveOneOut
 from audit.runtime import stage_run
 from audit.storage import open_zarr, write_parquet
 
-with stage_run(snakemake.log[0], snakemake.threads):
+with stage_run(snakemake.log[0], snakemake.threads, model=False):
     listing = read_listing(snakemake.input.listing)
     features = open_features(snakemake.input.features, listing)
     reference = open_zarr(snakemake.input.reference).load()

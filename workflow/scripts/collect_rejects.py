@@ -6,7 +6,7 @@ from audit.data.shards import read_listing
 from audit.runtime import stage_run
 from audit.storage import write_parquet
 
-with stage_run(snakemake.log[0], snakemake.threads):
+with stage_run(snakemake.log[0], snakemake.threads, model=False):
     listing = read_listing(snakemake.input.listing)
     decoded = pd.concat([pd.read_parquet(path) for path in snakemake.input.shards], ignore_index=True)
     decoded = decoded[decoded["image_id"].isin(listing.loc[listing["present"], "image_id"])]  # a shard keeps rejects of images since removed

@@ -10,7 +10,7 @@ from audit.explain.compute import plan_maps, uses_model
 from audit.explain.engine import ExplainerEngine
 from audit.explain.registry import explainer
 from audit.explain.store import saliency_dataset
-from audit.features import has_classifier, open_features
+from audit.feature_store import has_classifier, open_features
 from audit.models.checkpoint import load_checkpoint
 from audit.models.registration import register_grid
 from audit.runtime import stage_run

@@ -4,13 +4,13 @@ from stage import stage_settings
 
 from audit.explain.plan import explain_plan
 from audit.data.shards import read_listing
-from audit.features import has_classifier, open_features
+from audit.feature_store import has_classifier, open_features
 from audit.runtime import stage_run
 from audit.settings import ExplainSettings
 from audit.similarity import nearness_scores, pair_matrix
 from audit.storage import open_zarr, write_parquet
 
-with stage_run(snakemake.log[0], snakemake.threads):
+with stage_run(snakemake.log[0], snakemake.threads, model=False):
     settings = stage_settings(snakemake, ExplainSettings, "explain")
     features = open_features(snakemake.input.features, read_listing(snakemake.input.listing))
     reference = open_zarr(snakemake.input.reference)

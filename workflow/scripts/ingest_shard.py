@@ -10,7 +10,7 @@ from audit.runtime import stage_run
 from audit.settings import DatasetSettings
 from audit.storage import write_parquet
 
-with stage_run(snakemake.log[0], snakemake.threads):
+with stage_run(snakemake.log[0], snakemake.threads, model=False):
     settings = stage_settings(snakemake, DatasetSettings, "dataset")
     image_size = json.loads(Path(snakemake.input.check).read_text())["image_size"]
     listing = read_listing(snakemake.input.listing)

@@ -3,7 +3,7 @@ import numpy as np
 from stage import dask_setting, stage_settings
 
 from audit.concepts import concept_vectors
-from audit.features import has_classifier, open_features
+from audit.feature_store import has_classifier, open_features
 from audit.models.checkpoint import load_checkpoint
 from audit.data.shards import read_listing
 from audit.reference import combine_statistics

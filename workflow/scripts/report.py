@@ -4,16 +4,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from audit.data.shards import read_listing
+from audit.data.shards import read_listing, shard_digests
 from audit.data.sources import open_images
-from audit.features import open_features
+from audit.feature_store import open_features
 from audit.history import read_run_history
 from audit.models.checkpoint import read_meta
+from audit.report.provenance import provenance
 from audit.report.render import ReportInputs, render_report
 from audit.runtime import stage_run
 from audit.storage import atomic_path, open_zarr
 
-with stage_run(snakemake.log[0], snakemake.threads):
+with stage_run(snakemake.log[0], snakemake.threads, model=False):
     listing = read_listing(snakemake.input.listing)
     inputs = ReportInputs(
         audit=snakemake.wildcards.audit,
@@ -32,6 +33,10 @@ with stage_run(snakemake.log[0], snakemake.threads):
         top_anomalies=snakemake.params.top_anomalies,
         top_pairs=snakemake.params.top_pairs,
         history=read_run_history(Path(snakemake.input.anomalies).parent),
+        provenance=provenance(
+            snakemake.config["audits"][snakemake.wildcards.audit],  # read here, not a param: a speed-only edit must not rerun the report
+            snakemake.params.logs, snakemake.params.benchmarks, shard_digests(listing).all_present, snakemake.scriptdir,
+        ),
     )
     with atomic_path(snakemake.output[0]) as tmp:
         tmp.write_text(render_report(inputs), encoding="utf-8")

@@ -1,0 +1,40 @@
+"""The feature store: the shards written by :mod:`audit.features`, read back without torch.
+
+``open_features`` concatenates the shard stores lazily along ``image`` and
+leaves out the images the listing marks absent (:mod:`audit.data.shards`).
+
+Store layout (each ``features/shard-NNNNN.zarr``, and their concatenation), dims named:
+    activation  float32 (image, unit, layer_y, layer_x)   the layer's output A on its grid
+    embedding   float32 (image, unit)                     z = spatial mean of A
+    pre_logits  float32 (image, feature)         the classifier's input (the model's final embedding)
+    logits      float32 (image, class)           (models with a classifier head only)
+    probability float32 (image, class)           softmax of the logits (idem)
+coordinates ``image_id``, ``label``, ``prediction`` (idem), ``split`` along ``image``
+and ``class`` (class names); attrs: model name, layer, head (1 when the model has a classifier), shard start and stop,
+``format_version``. ``unit`` is a feature channel of the explained layer,
+``feature`` one of the final embedding.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import pandas as pd
+import xarray as xr
+
+from audit.data.shards import keep_present
+from audit.storage import open_zarr
+
+
+def open_features(paths: Sequence[str | os.PathLike], listing: pd.DataFrame | None = None) -> xr.Dataset:
+    """The shard stores concatenated lazily along ``image`` (in the order given), without the images ``listing`` marks absent."""
+    shards = [open_zarr(p) for p in paths]
+    combined = xr.concat(shards, dim="image", data_vars="minimal", coords="minimal", compat="override", join="override")
+    first = shards[0].attrs
+    combined = combined.drop_attrs(deep=False).assign_attrs(model=first["model"], layer=first["layer"], head=first["head"])
+    return keep_present(combined, listing) if listing is not None else combined
+
+
+def has_classifier(features: xr.Dataset) -> bool:
+    """Whether the audited model has a classifier head (logits, probabilities, predictions): the checkpoint's ``meta.head``."""
+    return bool(features.attrs["head"])

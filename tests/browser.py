@@ -1,0 +1,71 @@
+"""A real browser for the report tests: Debian's chromium, driven by Playwright.
+
+:func:`chromium_path` installs the ``chromium`` package with apt-get when it is
+missing (as root); nothing downloads a browser build of its own (Playwright is
+pointed at the system binary). :func:`open_report` opens a report from disk and
+records what a reader would see go wrong: page errors, console errors and every
+request that is not to ``file:`` or ``data:``.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CHROMIUM = "chromium"
+
+
+class BrowserUnavailable(RuntimeError):
+    """Chromium could not be installed here; the message says why."""
+
+
+def chromium_path() -> str:
+    """The system chromium, installed with apt-get when missing; BrowserUnavailable saying why not."""
+    found = shutil.which(CHROMIUM)
+    if found:
+        return found
+    if os.geteuid() != 0:
+        raise BrowserUnavailable("chromium is not installed and installing it needs root (apt-get install chromium)")
+    for command in (["apt-get", "install", "-y", "-q", CHROMIUM], ["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", CHROMIUM]):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=900, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        if command[1] == "install" and result.returncode == 0:
+            break
+    found = shutil.which(CHROMIUM)
+    if not found:
+        raise BrowserUnavailable(f"apt-get install {CHROMIUM} failed: {result.stdout[-1500:]}{result.stderr[-1500:]}")
+    return found
+
+
+@dataclass
+class PageLog:
+    """What went wrong while a page was open."""
+
+    errors: list[str] = field(default_factory=list)
+    console_errors: list[str] = field(default_factory=list)
+    outside_requests: list[str] = field(default_factory=list)
+    dialogs: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def open_report(path: Path, javascript: bool = True, width: int = 1280) -> Iterator[tuple[object, PageLog]]:
+    """(page, log) for the report at ``path``, opened from disk in headless chromium; closed on exit."""
+    from playwright.sync_api import sync_playwright
+
+    log = PageLog()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
+        try:
+            context = browser.new_context(java_script_enabled=javascript, viewport={"width": width, "height": 900})
+            page = context.new_page()
+            page.on("pageerror", lambda error: log.errors.append(str(error)))
+            page.on("console", lambda message: log.console_errors.append(message.text) if message.type == "error" else None)
+            page.on("dialog", lambda dialog: (log.dialogs.append(dialog.message), dialog.dismiss()))
+            page.on("request", lambda request: None if request.url.startswith(("file:", "data:")) else log.outside_requests.append(request.url))
+            page.goto(path.resolve().as_uri(), wait_until="load")
+            yield page, log
+        finally:
+            browser.close()

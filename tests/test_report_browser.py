@@ -1,0 +1,110 @@
+"""The report in a real browser (Debian's chromium, driven by Playwright), the way a reader uses it."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from tests.browser import open_report
+from tests.workflow import ROOT
+
+SCREENSHOTS = ROOT / "reports" / "screenshots"
+
+pytestmark = pytest.mark.browser
+
+
+def _broken_images(page) -> int:
+    return page.evaluate("Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).length")
+
+
+def test_the_tiny_report_opens_cleanly_and_every_part_works(tiny_audit):
+    """No page or console error, no request outside the file, every image decodes, every link's anchor exists,
+    sorting reorders a table, filtering hides rows, a figure enlarges on click; readable with JavaScript off."""
+    report = tiny_audit / "reports" / "tiny.html"
+    with open_report(report) as (page, log):
+        assert page.evaluate("document.images.length") > 5 and _broken_images(page) == 0
+        links = page.evaluate("Array.from(document.querySelectorAll('a[href^=\"#\"]')).map(a => a.getAttribute('href').slice(1))")
+        missing = [anchor for anchor in links if not page.evaluate("id => document.getElementById(id) !== null", anchor)]
+        assert links and not missing, missing
+        for section in ("summary", "dataset", "anomalies", "pairs", "quality", "provenance"):
+            assert page.locator(f"#{section}").count() == 1, section
+        assert page.locator("nav.toc a").count() >= 6
+
+        table = page.locator("table.sortable", has=page.locator("th", has_text="mean distance")).first
+        distances = lambda: [float(t) for t in table.locator("tr td:nth-child(7)").all_inner_texts()]  # noqa: E731
+        before = distances()
+        table.locator("th", has_text="mean distance").click()
+        ascending = distances()
+        table.locator("th", has_text="mean distance").click()
+        assert ascending == sorted(before) and distances() == sorted(before, reverse=True) and before != ascending
+
+        box = page.locator("input.filter").first
+        rows = box.locator("xpath=following-sibling::table[1]//tr[td]")
+        total = rows.count()
+        box.fill("no row has this text")
+        assert total > 0 and sum(row.is_visible() for row in rows.all()) == 0
+        box.fill("")
+        assert sum(row.is_visible() for row in rows.all()) == total
+
+        figure = page.locator("img.figure").nth(1)
+        figure.click()
+        assert "zoomed" in figure.get_attribute("class")
+        figure.click()
+
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "report-top.png"))
+        page.locator("details", has=page.locator("h3[id^='class-']")).first.screenshot(path=str(SCREENSHOTS / "report-gallery.png"))
+    assert not log.errors and not log.console_errors and not log.outside_requests and not log.dialogs, log
+
+    with open_report(report, javascript=False) as (page, log):
+        assert _broken_images(page) == 0 and page.locator("input.filter").count() == 0  # no dead controls without the script
+        assert page.locator("table.sortable tr").count() > 10 and page.locator("#quality").is_visible()
+    assert not log.errors and not log.outside_requests
+
+
+HOSTILE = ['<script>window.__pwned = 1</script>', '"><img src=x onerror="window.__pwned = 2">']
+
+
+def test_hostile_names_show_as_text_and_run_nothing(tiny_audit, tmp_path):
+    """Class names and image ids that are markup: shown as the text they are; no script runs, no request leaves the page."""
+    from audit.data.shards import read_listing
+    from audit.feature_store import open_features
+    from audit.report.render import ReportInputs, render_report
+    from audit.storage import open_zarr
+    from tests.workflow import audit_images
+
+    results = tiny_audit / "results" / "tiny"
+    listing = read_listing(results / "listing.parquet")
+    features = open_features(sorted((results / "features").glob("shard-*.zarr")), listing)
+    names = [HOSTILE[0], HOSTILE[1]] + [str(c) for c in features["class"].values[2:]]
+    features = features.assign_coords({"class": names})
+    rename = {"0": HOSTILE[0], "1": HOSTILE[1]}
+    anomalies = pd.read_parquet(results / "anomalies.parquet")
+    anomalies["class_name"] = anomalies["class_name"].replace(rename)
+    html = render_report(
+        ReportInputs(
+            audit=HOSTILE[1],
+            images=audit_images(results).load(),
+            features=features,
+            anomalies=anomalies,
+            pairs=pd.read_parquet(results / "pairs.parquet").replace({"name_a": rename, "name_b": rename}),
+            similar=pd.read_parquet(results / "similar_classes.parquet").replace({"name": rename, "similar_name": rename}),
+            metrics=pd.read_parquet(results / "metrics.parquet"),
+            metrics_summary=pd.read_parquet(results / "metrics_summary.parquet").replace({"variant": {"gradcam": HOSTILE[0]}}),
+            anomaly_quality=pd.read_parquet(results / "anomaly_quality.parquet"),
+            rejects=pd.DataFrame({"image_id": HOSTILE, "path": ["p", "q"], "label": HOSTILE, "reason": ["unknown label"] * 2}),
+            reference=open_zarr(results / "reference.zarr")[["covariance", "class_count", "class_nonfinite"]].load(),
+            saliency={m: open_zarr(results / "saliency" / f"{m}.zarr").load() for m in ("gradcam", "finercam", "diffcam")},
+            model={"name": "resnet10t", "layer": "layer4", "metrics": {}, "head": True},
+            top_anomalies=1,
+            top_pairs=1,
+        )
+    )
+    path = tmp_path / "hostile.html"
+    path.write_text(html, encoding="utf-8")
+    with open_report(path) as (page, log):
+        text = page.inner_text("body")
+        assert all(name in text for name in HOSTILE) and HOSTILE[1] in page.title()
+        assert page.evaluate("window.__pwned === undefined")
+        assert page.locator("script").count() == 1  # the report's own script, nothing injected
+    assert not log.errors and not log.outside_requests and not log.dialogs, log
+

@@ -2,13 +2,27 @@
 
 ``pairs.parquet`` has one row per unordered class pair (a < b): classifier-weight
 cosine, confusion counts both ways (on held-out images), the Euclidean distance
-between the class means of the embedding, and a rank (1 = most alike: most
-confusions, then highest weight cosine, then closest class means).
+between the class means of the embedding (``mean_distance``) and the Mahalanobis
+distance between them under the pooled within-class covariance
+(``mahalanobis``: how separable the two classes are in the embedding, in units
+of the classes' own spread), a ``rank`` and ``chosen_for``.
+
+Ranking: three orders of "alike", taken in turn — most confusions (pairs the
+model confuses at all), smallest Mahalanobis distance between the class means,
+highest classifier-weight cosine — so rank 1 is the most confused pair, rank 2
+the pair closest in the embedding, rank 3 the pair with the most alike
+classifier rows, rank 4 the second most confused, and so on, each pair once.
+``chosen_for`` names the order that brought the pair in. Two classes that
+differ only by a small mark, which the model separates without a confusion, are
+the closest pair in the embedding and so among the first pairs, not behind
+every pair with a few confusions. Orders that do not apply are skipped (no
+classifier: no cosine and no confusions).
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import scipy.linalg
 
 
 def weight_cosine(weight: np.ndarray) -> np.ndarray:
@@ -24,18 +38,35 @@ def confusion_counts(labels: np.ndarray, predictions: np.ndarray, num_classes: i
     return matrix
 
 
+CHOSEN_FOR = {
+    "confusions": "confused",
+    "mahalanobis": "close in the embedding",
+    "weight_cosine": "alike classifier weights",
+}
+
+
 def pair_table(
-    class_names: list[str], weight: np.ndarray | None, confusion: np.ndarray, class_means: np.ndarray, counts: np.ndarray | None = None
+    class_names: list[str],
+    weight: np.ndarray | None,
+    confusion: np.ndarray,
+    class_means: np.ndarray,
+    counts: np.ndarray | None = None,
+    pooled_cholesky: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """The class-pair table (see module docstring).
 
     Args:
         weight: classifier weights (C, D), or None for a backbone without a
-            classifier (cosines are NaN; pairs are then ranked by distance).
+            classifier (cosines are NaN).
         confusion: (C, C) counts. class_means: class means of the embedding (C, K).
         counts: images per class (C,); pairs with a class without images are left out (no images to compare).
+        pooled_cholesky: lower Cholesky factor (K, K) of the pooled within-class covariance; without it
+            ``mahalanobis`` is the Euclidean ``mean_distance``.
     """
     cosine = weight_cosine(weight) if weight is not None else np.full((len(class_names),) * 2, np.nan)
+    whitened = np.asarray(class_means, dtype=np.float64)
+    if pooled_cholesky is not None:
+        whitened = scipy.linalg.solve_triangular(pooled_cholesky, np.nan_to_num(whitened).T, lower=True).T
     present = np.ones(len(class_names), bool) if counts is None else np.asarray(counts) > 0
     rows = []
     for a in np.flatnonzero(present):
@@ -50,14 +81,35 @@ def pair_table(
                     "confused_a_as_b": int(confusion[a, b]),
                     "confused_b_as_a": int(confusion[b, a]),
                     "mean_distance": float(np.linalg.norm(class_means[a] - class_means[b])),
+                    "mahalanobis": float(np.linalg.norm(whitened[a] - whitened[b])),
                 }
             )
-    columns = ["class_a", "class_b", "name_a", "name_b", "weight_cosine", "confused_a_as_b", "confused_b_as_a", "mean_distance"]
+    columns = ["class_a", "class_b", "name_a", "name_b", "weight_cosine", "confused_a_as_b", "confused_b_as_a", "mean_distance", "mahalanobis"]
     table = pd.DataFrame(rows, columns=columns)
     table["confusions"] = table["confused_a_as_b"] + table["confused_b_as_a"]
-    table = table.sort_values(["confusions", "weight_cosine", "mean_distance"], ascending=[False, False, True], ignore_index=True)
-    table["rank"] = np.arange(1, len(table) + 1)
-    return table
+    return _ranked(table)
+
+
+def _ranked(table: pd.DataFrame) -> pd.DataFrame:
+    """The pairs in the interleaved order of the module docstring, with ``rank`` and ``chosen_for``."""
+    tie = ["mahalanobis", "mean_distance"]
+    orders = {
+        "confusions": table[table["confusions"] > 0].sort_values(["confusions", *tie], ascending=[False, True, True], kind="stable").index,
+        "mahalanobis": table.sort_values(tie, kind="stable").index,
+        "weight_cosine": table[table["weight_cosine"].notna()].sort_values(["weight_cosine", *tie], ascending=[False, True, True], kind="stable").index,
+    }
+    cursors = {name: 0 for name in orders}
+    chosen: dict[int, str] = {}
+    while len(chosen) < len(table):
+        for name, order in orders.items():
+            while cursors[name] < len(order) and order[cursors[name]] in chosen:
+                cursors[name] += 1
+            if cursors[name] < len(order):
+                chosen[order[cursors[name]]] = CHOSEN_FOR[name]
+    ranked = table.loc[list(chosen)].reset_index(drop=True)
+    ranked["rank"] = np.arange(1, len(ranked) + 1)
+    ranked["chosen_for"] = list(chosen.values())
+    return ranked
 
 
 def similar_classes(pairs: pd.DataFrame, k: int) -> pd.DataFrame:

@@ -6,7 +6,7 @@ rule metrics:
         checkpoint=model_checkpoint,
     output:
         metrics="results/{audit}/metrics.parquet",
-        summary="results/{audit}/metrics_summary.parquet",
+        summary=report("results/{audit}/metrics_summary.parquet", caption="../workflow/report/metrics_summary.rst", category="Audits", subcategory="{audit}", labels={"audit": "{audit}", "artefact": "method quality"}),
     params:
         settings=metric_params,
         methods=metric_methods,

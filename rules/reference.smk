@@ -6,7 +6,7 @@ rule reference_stats:
         checkpoint=model_checkpoint,
     output:
         reference=directory("results/{audit}/reference.zarr"),
-        pairs="results/{audit}/pairs.parquet",
+        pairs=report("results/{audit}/pairs.parquet", caption="../workflow/report/pairs.rst", category="Audits", subcategory="{audit}", labels={"audit": "{audit}", "artefact": "class pairs"}),
         similar="results/{audit}/similar_classes.parquet",
     params:
         settings=reference_params,
@@ -27,7 +27,7 @@ rule anomaly_scores:
         reference="results/{audit}/reference.zarr",
         listing=ancient("results/{audit}/listing.parquet"),
     output:
-        anomalies="results/{audit}/anomalies.parquet",
+        anomalies=report("results/{audit}/anomalies.parquet", caption="../workflow/report/anomalies.rst", category="Audits", subcategory="{audit}", labels={"audit": "{audit}", "artefact": "anomaly scores"}),
         quality="results/{audit}/anomaly_quality.parquet",
     params:
         top=lambda wildcards: audit_config(wildcards)["explain"]["top_anomalies"],

@@ -14,7 +14,7 @@ rule report:
         reference="results/{audit}/reference.zarr",
         saliency="results/{audit}/saliency",
     output:
-        "reports/{audit}.html",
+        report("reports/{audit}.html", caption="../workflow/report/audit_report.rst", category="Audits", subcategory="{audit}", labels={"audit": "{audit}", "artefact": "HTML report"}),
     params:
         top_anomalies=lambda wildcards: audit_config(wildcards)["explain"]["top_anomalies"],
         top_pairs=lambda wildcards: audit_config(wildcards)["explain"]["top_pairs"],
@@ -41,7 +41,7 @@ rule export_images:
         anomalies="results/{audit}/anomalies.parquet",
         saliency="results/{audit}/saliency",
     output:
-        table="results/{audit}/images.parquet",
+        table=report("results/{audit}/images.parquet", caption="../workflow/report/images.rst", category="Audits", subcategory="{audit}", labels={"audit": "{audit}", "artefact": "per-image table"}),
         overlays=directory("results/{audit}/overlays"),
     params:
         methods=explain_methods,

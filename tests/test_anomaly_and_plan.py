@@ -31,6 +31,22 @@ def test_planted_outliers_rank_first_and_scores_match_brute_force(rng, tmp_path)
     assert np.isclose(table.set_index("image_id").loc["i7", "score"], brute, rtol=1e-9)
 
 
+def test_pairs_alike_in_the_embedding_but_never_confused_rank_among_the_first(rng):
+    """Classes c and d differ by a small mark: no confusion, but their means are the closest in the pooled metric.
+    Ranked by confusions first they would come after every confused pair; taken in turn they are rank 2 (issue 15.6)."""
+    means = np.array([[0.0, 0.0, 0.0], [4.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 4.0, 0.3]])
+    spread = np.diag([1.0, 1.0, 0.01])  # the third unit varies little within a class: 0.3 there is 3 within-class sds
+    confusion = np.zeros((4, 4), np.int64)
+    confusion[0, 1], confusion[1, 0], confusion[0, 2], confusion[1, 2] = 5, 4, 3, 2
+    table = pair_table(list("abcd"), rng.normal(size=(4, 6)), confusion, means, pooled_cholesky=np.linalg.cholesky(spread))
+    assert (table.loc[0, "name_a"], table.loc[0, "name_b"], table.loc[0, "chosen_for"]) == ("a", "b", "confused")
+    assert (table.loc[1, "name_a"], table.loc[1, "name_b"], table.loc[1, "chosen_for"]) == ("c", "d", "close in the embedding")
+    assert table.loc[1, "confusions"] == 0 and np.isclose(table.loc[1, "mahalanobis"], 3.0)
+    assert np.isclose(table.set_index(["name_a", "name_b"]).loc[("a", "b"), "mahalanobis"], 4.0)
+    assert sorted(zip(table["class_a"], table["class_b"])) == [(a, b) for a in range(4) for b in range(a + 1, 4)]  # every pair once
+    assert list(table["rank"]) == list(range(1, 7))
+
+
 def test_pair_table_orders_confused_pairs_first(rng):
     labels = np.array([0, 0, 1, 1, 2, 2])
     predictions = np.array([0, 2, 1, 1, 0, 2])

@@ -30,7 +30,7 @@ def test_the_tiny_report_opens_cleanly_and_every_part_works(tiny_audit):
         assert page.locator("nav.toc a").count() >= 6
 
         table = page.locator("table.sortable", has=page.locator("th", has_text="mean distance")).first
-        distances = lambda: [float(t) for t in table.locator("tr td:nth-child(7)").all_inner_texts()]  # noqa: E731
+        distances = lambda: [float(t) for t in table.locator("tr td:nth-child(8)").all_inner_texts()]  # noqa: E731
         before = distances()
         table.locator("th", has_text="mean distance").click()
         ascending = distances()

@@ -161,6 +161,20 @@ def test_rerun_has_nothing_to_do(tiny_audit):
     assert "Nothing to be done" in result.stdout
 
 
+def test_snakemakes_own_report_packages_the_html_report_and_the_key_tables(tiny_audit, tmp_path):
+    """snakemake --report: a zip with the audit's HTML report, the tables flagged with report() (with their captions) and the run statistics."""
+    import zipfile
+
+    archive = tmp_path / "report.zip"
+    result = snakemake("reports/tiny.html", "results/tiny/images.parquet", "--report", str(archive), "--directory", str(tiny_audit), "--configfile", str(TINY))
+    assert result.returncode == 0, result.stdout[-3000:]
+    names = zipfile.ZipFile(archive).namelist()
+    for artefact in ("tiny.html", "anomalies.parquet", "pairs.parquet", "metrics_summary.parquet", "images.parquet"):
+        assert any(name.endswith("/" + artefact) for name in names), (artefact, names)
+    overview = zipfile.ZipFile(archive).read("report/report.html").decode("utf-8")
+    assert "squared Mahalanobis distance" in overview and "extract_features" in overview  # a caption; the run statistics
+
+
 def test_report_escapes_names(tiny_audit):
     from audit.report.render import ReportInputs, render_report
 

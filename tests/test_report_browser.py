@@ -19,6 +19,8 @@ def _broken_images(page) -> int:
 def test_the_tiny_report_opens_cleanly_and_every_part_works(tiny_audit):
     """No page or console error, no request outside the file, every image decodes, every link's anchor exists,
     sorting reorders a table, filtering hides rows, a figure enlarges on click; readable with JavaScript off."""
+    from audit.storage import open_zarr
+
     report = tiny_audit / "reports" / "tiny.html"
     with open_report(report) as (page, log):
         assert page.evaluate("document.images.length") > 5 and _broken_images(page) == 0
@@ -44,6 +46,17 @@ def test_the_tiny_report_opens_cleanly_and_every_part_works(tiny_audit):
         assert total > 0 and sum(row.is_visible() for row in rows.all()) == 0
         box.fill("")
         assert sum(row.is_visible() for row in rows.all()) == total
+
+        gallery = page.locator("details.gallery").first  # every method's maps of the first class's top image
+        subject = gallery.locator("h4").first.inner_text()
+        expected = 0
+        for store in (tiny_audit / "results" / "tiny" / "saliency").glob("*.zarr"):
+            maps = open_zarr(store)
+            expected += int(((maps["image_id"].values == subject) & (maps["purpose"].values == "anomaly")).sum())
+        assert not gallery.locator("figure.tile").first.is_visible()  # collapsed until opened
+        gallery.locator("summary").click()
+        assert gallery.locator("figure.tile").count() == expected > 5 and gallery.locator("figure.tile").first.is_visible()
+        assert "deletion AUC" in gallery.locator("figcaption").first.inner_text()
 
         figure = page.locator("img.figure").nth(1)
         figure.click()

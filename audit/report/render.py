@@ -21,6 +21,7 @@ from audit.feature_store import has_classifier
 from audit.metrics.metric import Output
 from audit.metrics.registry import outputs
 from audit.report import figures
+from audit.report.gallery import Gallery
 from audit.similarity import pair_matrix
 
 
@@ -115,6 +116,7 @@ def render_report(inputs: ReportInputs) -> str:
     image_index = {str(i): n for n, i in enumerate(inputs.images["image_id"].values)}
     images = inputs.images["pixels"]
     maps = _MapIndex(inputs.saliency)
+    gallery = Gallery(images, image_index, inputs.saliency, inputs.metrics, class_names)
 
     def predicted(n: int) -> str:
         return class_names[int(predictions[n])] if predictions is not None else "—"
@@ -134,7 +136,8 @@ def render_report(inputs: ReportInputs) -> str:
             }
             for r in top.itertuples()
         ]
-        anomaly_sections.append({"name": name, "anchor": f"class-{c}", "grid": grid, "rows": rows})
+        subjects = [{"image_id": i, "tiles": gallery.tiles(i, "anomaly", c)} for i in ids]
+        anomaly_sections.append({"name": name, "anchor": f"class-{c}", "grid": grid, "rows": rows, "gallery": subjects})
 
     pair_sections = []
     subjects = [
@@ -149,7 +152,8 @@ def render_report(inputs: ReportInputs) -> str:
             names = {"a": class_names[a], "b": class_names[b]}
             row_labels = [f"{i}\nlabel {class_names[a]}, pred {predicted(image_index[i])}" for i in chosen]
             grid = _grid(images, maps, "pair", chosen, a, image_index, row_labels, names)
-            pair_sections.append({"a": class_names[a], "b": class_names[b], "anchor": f"pair-{a}-{b}", "grid": grid})
+            subjects = [{"image_id": i, "tiles": gallery.tiles(i, "pair", a, compare=b)} for i in chosen]
+            pair_sections.append({"a": class_names[a], "b": class_names[b], "anchor": f"pair-{a}-{b}", "grid": grid, "gallery": subjects})
 
     covariance = pd.Series(inputs.reference["covariance"].values, index=inputs.reference["group"].values)
     class_count = inputs.reference["class_count"].values

@@ -6,7 +6,7 @@ import pandas as pd
 from audit.anomaly import anomaly_table
 from audit.explain.plan import explain_plan
 from audit.settings import ExplainSettings
-from audit.reference import LeaveOneOut, oas_gaussian, write_reference_store
+from audit.reference import LeaveOneOut, group_from_store, oas_gaussian, write_reference_store
 from audit.storage import open_zarr
 from audit.similarity import confusion_counts, pair_table, similar_classes
 
@@ -29,6 +29,22 @@ def test_planted_outliers_rank_first_and_scores_match_brute_force(rng, tmp_path)
     others = np.delete(z[labels == 0], 7, axis=0)
     brute = oas_gaussian(len(others), others.sum(0), others.T @ others).mahalanobis_squared(z[7])[0]
     assert np.isclose(table.set_index("image_id").loc["i7", "score"], brute, rtol=1e-9)
+
+
+def test_relative_and_label_issue_scores_in_closed_form(rng, tmp_path):
+    """relative_score = score − squared distance to the ``all`` group; label_issue = 1 − p(label) on images not trained on."""
+    z, labels = _planted(rng)
+    write_reference_store(da.from_array(z, chunks=(25, 6)), labels, ["a", "b"], tmp_path / "reference.zarr")
+    reference = open_zarr(tmp_path / "reference.zarr").load()
+    ids = np.array([f"i{n}" for n in range(80)])
+    split = np.where(np.arange(80) % 2 == 0, "train", "audit")
+    probability = rng.dirichlet([1.0, 1.0], size=80)
+    table = anomaly_table(z, labels, labels, ids, split, LeaveOneOut(reference), ["a", "b"], group_from_store(reference, "all"), probability)
+    table = table.set_index("image_id").loc[ids]
+    everything = oas_gaussian(80, z.sum(0), z.T @ z)
+    np.testing.assert_allclose(table["relative_score"], table["score"] - everything.mahalanobis_squared(z), rtol=1e-9)
+    expected = np.where(split == "train", np.nan, 1 - probability[np.arange(80), labels])
+    np.testing.assert_allclose(table["label_issue"].to_numpy(float), expected)
 
 
 def test_pairs_alike_in_the_embedding_but_never_confused_rank_among_the_first(rng):

@@ -113,6 +113,7 @@ def test_anomaly_ranking_quality_against_flags():
         }
     )
     quality = ranking_quality(table, top=1).set_index("scope")
+    assert set(quality["ranked_by"]) == {"score"}  # the other rankings' columns are absent here
     assert quality.loc["a", "auroc"] == 1.0 and quality.loc["a", "average_precision"] == 1.0 and quality.loc["a", "flagged_in_top"] == 1
     assert quality.loc["b", "auroc"] == 0.0 and quality.loc["b", "flagged_in_top"] == 0
     # all: flagged scores 9 and 4 against 1, 2, 3, 5 → 7 of 8 pairs ordered right

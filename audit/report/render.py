@@ -183,7 +183,8 @@ def render_report(inputs: ReportInputs) -> str:
         "score_figure": figures.score_distribution(inputs.anomalies.dropna(subset=["score"]), inputs.top_anomalies),
         "anomaly_sections": anomaly_sections,
         "anomaly_quality": [
-            {**r, "auroc": _number(r["auroc"]), "average_precision": _number(r["average_precision"])} for r in inputs.anomaly_quality.to_dict("records")
+            {**r, "auroc": _number(r["auroc"]), "average_precision": _number(r["average_precision"]), "flagged_in_top": "—" if pd.isna(r["flagged_in_top"]) else int(r["flagged_in_top"])}
+            for r in inputs.anomaly_quality.to_dict("records")
         ],
         "similarity_figure": similarity_figure,
         "confusion_figure": (
@@ -226,7 +227,7 @@ def summary(inputs: ReportInputs, class_names: list[str], shown: int = 5) -> dic
     scored = inputs.anomalies.dropna(subset=["score"])
     top = scored.assign(z=scored.groupby("label")["score"].transform(lambda s: (s - s.median()) / (s.std() or 1.0))).nlargest(shown, "z")
     confused = inputs.pairs[inputs.pairs["confusions"] > 0].sort_values("confusions", ascending=False).head(3) if "confusions" in inputs.pairs else inputs.pairs.iloc[:0]
-    quality = inputs.anomaly_quality.set_index("scope") if not inputs.anomaly_quality.empty else None
+    quality = inputs.anomaly_quality[inputs.anomaly_quality["ranked_by"] == "score"].set_index("scope") if not inputs.anomaly_quality.empty else None
     result = {
         "top_anomalies": [
             {"image_id": r.image_id, "class_name": r.class_name, "score": f"{r.score:.1f}", "rank": int(r.rank), "anchor": f"class-{int(r.label)}"}

@@ -7,7 +7,7 @@ from audit.data.manifest import ANOMALY_TRUE
 from audit.data.shards import read_listing
 from audit.feature_store import has_classifier, open_features
 from audit.metrics.anomaly_quality import ranking_quality
-from audit.reference import LeaveOneOut
+from audit.reference import LeaveOneOut, group_from_store
 from audit.runtime import stage_run
 from audit.storage import open_zarr, write_parquet
 
@@ -23,6 +23,8 @@ with stage_run(snakemake.log[0], snakemake.threads, model=False):
         features["split"].values,
         LeaveOneOut(reference),
         [str(c) for c in features["class"].values],
+        background=group_from_store(reference, "all"),
+        probability=features["probability"].values if has_classifier(features) else None,
     )
     if listing.attrs["with_flags"]:
         flags = pd.Series(listing["anomaly"].isin(ANOMALY_TRUE).to_numpy(), index=listing["image_id"].to_numpy(str))

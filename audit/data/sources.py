@@ -66,3 +66,22 @@ def open_images(paths: Sequence[str | os.PathLike], listing: pd.DataFrame) -> xr
         raise ValueError("no image could be ingested: every image was rejected (the reasons are in images/shard-*.rejects.parquet)")
     return images
 
+
+
+class PixelRows:
+    """An image store's ``pixels`` (N, 3, H, W) read only where indexed: a stage that explains or scores a few images
+    of a large dataset loads those (whole Zarr chunks at a time), never the store.
+
+    ``rows[i]`` or ``rows[indices]`` (int, slice or int array along ``image``) is a uint8 numpy array.
+    """
+
+    def __init__(self, pixels: xr.DataArray):
+        self.pixels = pixels
+        self.shape = tuple(pixels.shape)
+        self.dtype = pixels.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> np.ndarray:
+        return np.asarray(self.pixels[index].values)

@@ -4,7 +4,7 @@ import pandas as pd
 from stage import stage_settings
 
 from audit.data.shards import read_listing
-from audit.data.sources import open_images
+from audit.data.sources import PixelRows, open_images
 from audit.explain.checks import class_contrast_plan, explains_the_head, random_classes, randomised_model, swapped_plan
 from audit.explain.compute import plan_maps, uses_model
 from audit.explain.engine import ExplainerEngine
@@ -21,7 +21,7 @@ with stage_run(snakemake.log[0], snakemake.threads) as device:
     settings = stage_settings(snakemake, ExplainSettings, "explain")
     plan = pd.read_parquet(snakemake.input.plan)
     listing = read_listing(snakemake.input.listing)
-    images = open_images(snakemake.input.images, listing)["pixels"].values
+    images = PixelRows(open_images(snakemake.input.images, listing)["pixels"])  # only the plan's images are read
     features = open_features(snakemake.input.features, listing)
     layer_size = features["activation"].shape[-2:]
     reference = open_zarr(snakemake.input.reference).load()

@@ -1,6 +1,7 @@
 """Snakemake adapter: every metric of every method's maps (one job: the imports cost more than small audits' metrics), and their Dask summary."""
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from stage import dask_setting, stage_settings
 
@@ -20,11 +21,13 @@ with stage_run(snakemake.log[0], snakemake.threads) as device, dask_scheduler(da
     tables = []
     if snakemake.params.methods:
         model, meta = load_checkpoint(snakemake.input.checkpoint, device)
-        store = open_images(snakemake.input.images, read_listing(snakemake.input.listing))
-        images = store["pixels"].values
-        regions = object_regions(store)  # masks and boxes, where the store has them
-        for method in snakemake.params.methods:
-            saliency = open_zarr(Path(snakemake.input.saliency) / f"{method}.zarr").load()
+        stores = {method: open_zarr(Path(snakemake.input.saliency) / f"{method}.zarr").load() for method in snakemake.params.methods}
+        used = np.unique(np.concatenate([store["image_index"].values for store in stores.values()]))  # the maps' images, sorted
+        subjects = open_images(snakemake.input.images, read_listing(snakemake.input.listing)).isel(image=used)
+        images = subjects["pixels"].values  # only the images with maps, not the store
+        regions = object_regions(subjects)  # their masks and boxes, where the store has them
+        for method, saliency in stores.items():
+            saliency = saliency.assign_coords(image_index=("map", np.searchsorted(used, saliency["image_index"].values)))
             tables.append(evaluate_saliency(model, meta, images, saliency, method, settings, device, regions))
     metrics = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=METRIC_COLUMNS)
     write_parquet(metrics, snakemake.output.metrics)

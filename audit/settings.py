@@ -221,6 +221,13 @@ class DaskSettings(StageSettings):
     scheduler: str = speed_only("threads")
 
 
+@dataclass(frozen=True)
+class ReportSettings(StageSettings):
+    """``report``: how much of a large audit the HTML report draws."""
+
+    full_classes: int = 50
+
+
 STAGES: dict[str, type[StageSettings]] = {
     "dataset": DatasetSettings,
     "model": ModelSettings,
@@ -229,5 +236,6 @@ STAGES: dict[str, type[StageSettings]] = {
     "explain": ExplainSettings,
     "metrics": MetricSettings,
     "dask": DaskSettings,
+    "report": ReportSettings,
 }
 """Config section → its settings class."""

@@ -19,6 +19,7 @@ rule report:
         top_anomalies=lambda wildcards: audit_config(wildcards)["explain"]["top_anomalies"],
         top_pairs=lambda wildcards: audit_config(wildcards)["explain"]["top_pairs"],
         methods=explain_methods,
+        full_classes=lambda wildcards: audit_config(wildcards)["report"]["full_classes"],
         logs="logs/{audit}",
         benchmarks="benchmarks/rules/{audit}",
     conda:

@@ -180,34 +180,22 @@ def test_snakemakes_own_report_packages_the_html_report_and_the_key_tables(tiny_
     assert "squared Mahalanobis distance" in overview and "extract_features" in overview  # a caption; the run statistics
 
 
-def test_report_escapes_names(tiny_audit):
-    from audit.report.render import ReportInputs, render_report
+def test_report_draws_the_standout_classes_in_full_and_lists_the_rest(tiny_audit):
+    """report.full_classes = 3: three class sections (those whose top image stands out most), the other seven in a table; no link dangles."""
+    import re
+
+    from audit.report.render import class_standout, render_report
+    from tests.workflow import report_inputs
 
     results = tiny_audit / "results" / "tiny"
-    evil = "<script>alert(1)</script>"
-    features = open_features(sorted((results / "features").glob("shard-*.zarr")))
-    features = features.assign_coords({"class": [evil] + list(features["class"].values[1:])})
-    html = render_report(
-        ReportInputs(
-            audit="x&y",
-            images=audit_images(results).load(),
-            features=features,
-            anomalies=pd.read_parquet(results / "anomalies.parquet").assign(class_name=lambda d: d["class_name"].replace("0", evil)),
-            pairs=pd.read_parquet(results / "pairs.parquet").replace({"name_a": {"0": evil}}),
-            similar=pd.read_parquet(results / "similar_classes.parquet").replace({"name": {"0": evil}}),
-            metrics=pd.read_parquet(results / "metrics.parquet"),
-            metrics_summary=pd.read_parquet(results / "metrics_summary.parquet").replace({"variant": {"gradcam": evil}}),
-            anomaly_quality=pd.read_parquet(results / "anomaly_quality.parquet").replace({"scope": {"0": evil}}),
-            rejects=pd.DataFrame({"image_id": [evil], "path": ["p"], "label": [evil], "reason": ["unknown label"]}),
-            reference=open_zarr(results / "reference.zarr")[["covariance", "class_count", "class_nonfinite"]].load(),
-            saliency={m: open_zarr(results / "saliency" / f"{m}.zarr").load() for m in ("gradcam", "finercam", "diffcam")},
-            model={"name": "resnet10t", "layer": "layer4", "metrics": {}, "head": True},
-            top_anomalies=1,
-            top_pairs=1,
-        )
-    )
-    assert evil not in html
-    assert "&lt;script&gt;" in html and "x&amp;y" in html
+    html = render_report(report_inputs(results, full_classes=3))
+    drawn = re.findall(r'<h3 id="class-(\d+)"', html)
+    standout = class_standout(pd.read_parquet(results / "anomalies.parquet"))
+    assert sorted(map(int, drawn)) == sorted(standout.index[:3]) and html.count('<h3 id="class-') == 3
+    other = html[html.index('id="other-classes"') : html.index('id="pairs"')]
+    assert other.count("<tr><td>") == 7 and all(f"<td>{image}</td>" in other for image in standout["image_id"].iloc[3:])
+    ids = set(re.findall(r'id="([^"]+)"', html))
+    assert {link for link in re.findall(r'href="#([^"]+)"', html)} <= ids
 
 
 def _edited_config(tmp_path: Path, section: str, key: str, value) -> Path:

@@ -21,3 +21,31 @@ def audit_images(results: Path):
     from audit.data.sources import open_images
 
     return open_images(sorted((results / "images").glob("shard-*.zarr")), read_listing(results / "listing.parquet"))
+
+
+def report_inputs(results: Path, **changes):
+    """The report's inputs read from an audit's results, as the report rule reads them; ``changes`` replace fields."""
+    import dataclasses
+
+    import pandas as pd
+
+    from audit.data.shards import read_listing
+    from audit.feature_store import open_features
+    from audit.report.render import ReportInputs
+    from audit.storage import open_zarr
+
+    listing = read_listing(results / "listing.parquet")
+    tables = {name: pd.read_parquet(results / f"{name}.parquet") for name in ("anomalies", "pairs", "metrics", "metrics_summary", "anomaly_quality", "rejects")}
+    inputs = ReportInputs(
+        audit=results.name,
+        images=audit_images(results),
+        features=open_features(sorted((results / "features").glob("shard-*.zarr")), listing),
+        similar=pd.read_parquet(results / "similar_classes.parquet"),
+        reference=open_zarr(results / "reference.zarr")[["covariance", "class_count", "class_nonfinite"]].load(),
+        saliency={p.stem: open_zarr(p).load() for p in sorted((results / "saliency").glob("*.zarr"))},
+        model={"name": "resnet10t", "layer": "layer4", "metrics": {}, "head": True},
+        top_anomalies=1,
+        top_pairs=1,
+        **tables,
+    )
+    return dataclasses.replace(inputs, **changes)

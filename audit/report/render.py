@@ -37,6 +37,7 @@ class ReportInputs:
         model: model description (``ModelMeta`` as a dict: name, layer, head, training metrics).
         history: the runs recorded before this one (scheduled audits), or None.
         provenance: the run's provenance (``audit.report.provenance``), or None.
+        full_classes: classes drawn in full (``report.full_classes``); the rest are in a table.
     """
 
     audit: str
@@ -56,6 +57,7 @@ class ReportInputs:
     top_pairs: int
     history: RunHistory | None = None
     provenance: dict | None = None
+    full_classes: int = 50
 
 
 class _MapIndex:
@@ -121,8 +123,12 @@ def render_report(inputs: ReportInputs) -> str:
     def predicted(n: int) -> str:
         return class_names[int(predictions[n])] if predictions is not None else "—"
 
+    standout = class_standout(inputs.anomalies)
+    full = set(standout.head(inputs.full_classes).index)
     anomaly_sections = []
     for c, name in enumerate(class_names):
+        if c not in full:
+            continue
         top = inputs.anomalies[(inputs.anomalies["label"] == c) & (inputs.anomalies["rank"] <= inputs.top_anomalies) & inputs.anomalies["score"].notna()]
         if top.empty:
             continue
@@ -180,7 +186,12 @@ def render_report(inputs: ReportInputs) -> str:
         "empty_classes": [n for n in class_names if covariance.get(f"class:{n}") == "none"],
         "min_images": inputs.reference.attrs["min_images"],
         "nonfinite": {n: int(k) for n, k in zip(class_names, inputs.reference["class_nonfinite"].values) if k > 0},
-        "score_figure": figures.score_distribution(inputs.anomalies.dropna(subset=["score"]), inputs.top_anomalies),
+        "score_figure": figures.score_distribution(inputs.anomalies[inputs.anomalies["label"].isin(full)].dropna(subset=["score"]), inputs.top_anomalies),
+        "full_classes": inputs.full_classes,
+        "other_classes": [
+            {"name": class_names[c], "images": int(r.images), "image_id": r.image_id, "score": _number(r.score), "standout": _number(r.standout)}
+            for c, r in standout.iloc[inputs.full_classes :].iterrows()
+        ],
         "anomaly_sections": anomaly_sections,
         "anomaly_quality": [
             {**r, "auroc": _number(r["auroc"]), "average_precision": _number(r["average_precision"]), "flagged_in_top": "—" if pd.isna(r["flagged_in_top"]) else int(r["flagged_in_top"])}
@@ -203,10 +214,10 @@ def render_report(inputs: ReportInputs) -> str:
         "pair_sections": pair_sections,
         "has_metrics": has_metrics,
         "quality": quality_table(inputs.metrics_summary) if has_metrics else None,
-        "quality_by_class": quality_by_class(inputs.metrics_summary, class_names) if has_metrics else [],
+        "quality_by_class": [r for r in quality_by_class(inputs.metrics_summary, class_names) if r["class"] in {class_names[c] for c in full}] if has_metrics else [],
         "curves_figure": figures.perturbation_curves(inputs.metrics_summary, curve_panels()) if has_metrics else None,
         "since_last_run": since_last_run(inputs.anomalies, inputs.history),
-        "summary": summary(inputs, class_names),
+        "summary": summary(inputs, class_names, standout, full),
         "provenance": inputs.provenance,
         "metric_conventions": (
             inputs.metrics[["metric", "baseline", "steps", "score", "order"]].drop_duplicates("metric").to_dict("records") if has_metrics else []
@@ -218,20 +229,38 @@ def render_report(inputs: ReportInputs) -> str:
     return environment.get_template("template.html.j2").render(**context)
 
 
+def class_standout(anomalies: pd.DataFrame) -> pd.DataFrame:
+    """Per class (index: class index), its most anomalous image and how far its score stands out, most first.
+
+    Columns ``images`` (scored), ``image_id``, ``score`` (the top score) and ``standout``: the top score's
+    robust z within the class, (top − median) / (1.4826 · MAD); NaN for classes too small for a spread.
+    """
+    scored = anomalies.dropna(subset=["score"])
+    rows = {}
+    for label, group in scored.groupby("label"):
+        top = group.loc[group["score"].idxmax()]
+        median = group["score"].median()
+        spread = 1.4826 * (group["score"] - median).abs().median()
+        rows[int(label)] = {"images": len(group), "image_id": top["image_id"], "score": top["score"], "standout": (top["score"] - median) / spread if spread > 0 else np.nan}
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=["images", "image_id", "score", "standout"])
+    return table.sort_values("standout", ascending=False, na_position="last", kind="stable")
+
+
 SANITY_LIMIT = 0.8  # rank correlation with the randomised model's map above which a method fails the randomisation check
 
 
-def summary(inputs: ReportInputs, class_names: list[str], shown: int = 5) -> dict:
+def summary(inputs: ReportInputs, class_names: list[str], standout: pd.DataFrame, full: set[int], shown: int = 5) -> dict:
     """The findings in a few lines: the most anomalous images overall, the most confused pairs, the ranking's AUROC,
-    and which method is most faithful by deletion AUC (with a warning when its interval overlaps the next one's or a method fails its sanity check)."""
-    scored = inputs.anomalies.dropna(subset=["score"])
-    top = scored.assign(z=scored.groupby("label")["score"].transform(lambda s: (s - s.median()) / (s.std() or 1.0))).nlargest(shown, "z")
+    and which method is most faithful by deletion AUC (with a warning when its interval overlaps the next one's or a method fails its sanity check).
+
+    The most anomalous images are the top images of the classes where they stand out most (``class_standout``), linked to their class's section when it is drawn (``full``).
+    """
     confused = inputs.pairs[inputs.pairs["confusions"] > 0].sort_values("confusions", ascending=False).head(3) if "confusions" in inputs.pairs else inputs.pairs.iloc[:0]
     quality = inputs.anomaly_quality[inputs.anomaly_quality["ranked_by"] == "score"].set_index("scope") if not inputs.anomaly_quality.empty else None
     result = {
         "top_anomalies": [
-            {"image_id": r.image_id, "class_name": r.class_name, "score": f"{r.score:.1f}", "rank": int(r.rank), "anchor": f"class-{int(r.label)}"}
-            for r in top.itertuples()
+            {"image_id": r.image_id, "class_name": class_names[c], "score": f"{r.score:.1f}", "standout": _number(r.standout), "anchor": f"class-{c}" if c in full else "other-classes"}
+            for c, r in standout.dropna(subset=["standout"]).head(shown).iterrows()
         ],
         "confused_pairs": [
             {"a": r.name_a, "b": r.name_b, "confusions": int(r.confusions), "anchor": "pairs"} for r in confused.itertuples()

@@ -32,6 +32,7 @@ with stage_run(snakemake.log[0], snakemake.threads, model=False):
         model=asdict(read_meta(snakemake.input.checkpoint)),
         top_anomalies=snakemake.params.top_anomalies,
         top_pairs=snakemake.params.top_pairs,
+        full_classes=snakemake.params.full_classes,
         history=read_run_history(Path(snakemake.input.anomalies).parent),
         provenance=provenance(
             snakemake.config["audits"][snakemake.wildcards.audit],  # read here, not a param: a speed-only edit must not rerun the report

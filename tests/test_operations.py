@@ -198,8 +198,8 @@ def _grown_audit(tmp_path: Path, trained, digits_small, rows: np.ndarray) -> Pat
         "dataset": {"source": "manifest", "path": "data/manifest.csv", "image_size": 32, "chunk": 16, "classes": [str(c) for c in range(10)]},
         "model": {"name": "resnet10t", "kwargs": {"output_stride": 8}, "layer": "layer4", "checkpoint": "model.pth"},
         "features": {"shard_size": 20},
-        "explain": {"top_anomalies": 1, "top_pairs": 1, "images_per_pair": 1, "methods": ["gradcam", "diffcam"]},
-        "metrics": {"steps": 4},
+        "explain": {"top_anomalies": 1, "top_pairs": 1, "images_per_pair": 1, "methods": ["gradcam", "diffcam"], "sanity": False},
+        "metrics": {"steps": 4, "metrics": ["deletion", "insertion"]},
     }
     config = tmp_path / "grown.yaml"
     config.write_text(yaml.safe_dump({"audits": {"grown": audit}}))

@@ -15,9 +15,9 @@ import pandas as pd
 import xarray as xr
 
 from audit.explain.explainer import ReportColumn
-from audit.history import RunHistory, outliers_within_class
 from audit.explain.registry import explainer
 from audit.feature_store import has_classifier
+from audit.history import RunHistory, outliers_within_class
 from audit.metrics.metric import Output
 from audit.metrics.registry import outputs
 from audit.report import figures

@@ -3,11 +3,11 @@ import numpy as np
 from stage import dask_setting, stage_settings
 
 from audit.concepts import concept_vectors
+from audit.dask_scheduler import dask_scheduler
+from audit.data.shards import read_listing
 from audit.feature_store import has_classifier, open_features
 from audit.models.checkpoint import load_checkpoint
-from audit.data.shards import read_listing
 from audit.reference import combine_statistics
-from audit.dask_scheduler import dask_scheduler
 from audit.runtime import stage_run
 from audit.settings import ReferenceSettings
 from audit.similarity import confusion_counts, pair_table, similar_classes

@@ -23,13 +23,13 @@ import pandas as pd
 import xarray as xr
 
 from audit.data.shards import keep_present
-from audit.storage import open_zarr
+from audit.storage import concat_images, open_zarr
 
 
 def open_features(paths: Sequence[str | os.PathLike], listing: pd.DataFrame | None = None) -> xr.Dataset:
     """The shard stores concatenated lazily along ``image`` (in the order given), without the images ``listing`` marks absent."""
     shards = [open_zarr(p) for p in paths]
-    combined = xr.concat(shards, dim="image", data_vars="minimal", coords="minimal", compat="override", join="override")
+    combined = concat_images(shards)
     first = shards[0].attrs
     combined = combined.drop_attrs(deep=False).assign_attrs(model=first["model"], layer=first["layer"], head=first["head"])
     return keep_present(combined, listing) if listing is not None else combined

@@ -44,14 +44,18 @@ HISTORY_COLUMNS = [
 ROBUST_Z = 1.4826  # MAD → standard deviation for a normal distribution
 
 
+def robust_z(anomalies: pd.DataFrame) -> pd.Series:
+    """Per row of an ``anomalies.parquet`` table: the score's robust z within its class, (score − median) / (1.4826 · MAD);
+    NaN for an unscored image and in a class whose MAD is 0."""
+    scores = anomalies["score"].astype(float)
+    median = scores.groupby(anomalies["label"]).transform("median")
+    mad = (scores - median).abs().groupby(anomalies["label"]).transform("median") * ROBUST_Z
+    return (scores - median) / mad.where(mad > 0)
+
+
 def outliers_within_class(anomalies: pd.DataFrame, threshold: float = 3.5) -> pd.Series:
     """Bool per row of an ``anomalies.parquet`` table: score's robust z within its class above ``threshold``."""
-    scores = anomalies["score"].astype(float)
-    grouped = scores.groupby(anomalies["label"])
-    median = grouped.transform("median")
-    mad = (scores - median).abs().groupby(anomalies["label"]).transform("median") * ROBUST_Z
-    z = (scores - median) / mad.where(mad > 0)
-    return (z > threshold).fillna(False).astype(bool)
+    return (robust_z(anomalies) > threshold).fillna(False).astype(bool)
 
 
 def _class_means(reference: xr.Dataset) -> tuple[list[str], np.ndarray, np.ndarray]:

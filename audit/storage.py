@@ -153,6 +153,12 @@ def write_parquet(frame: pd.DataFrame, target: str | os.PathLike) -> None:
         frame.to_parquet(tmp, index=False)
 
 
+def concat_images(parts: list[xr.Dataset]) -> xr.Dataset:
+    """Datasets of one layout (image or feature parts) concatenated along ``image``, lazily; coordinates
+    along other dimensions and attrs taken from the first."""
+    return xr.concat(parts, dim="image", data_vars="minimal", coords="minimal", compat="override", join="override")
+
+
 class ChunkedZarrWriter:
     """Build a Zarr v3 store along ``image`` from parts of any length, in whole chunks.
 
@@ -182,7 +188,7 @@ class ChunkedZarrWriter:
         return self.written
 
     def _flush(self, whole_chunks_only: bool) -> None:
-        pending = xr.concat(self.buffer, dim="image", data_vars="minimal", coords="minimal", compat="override", join="override")
+        pending = concat_images(self.buffer)
         count = (self.buffered // self.chunk) * self.chunk if whole_chunks_only else self.buffered
         head = pending.isel(image=slice(0, count))
         write_zarr_part(head.assign_attrs(self.attrs), self.path, append=self.written > 0, image_chunk=self.chunk)

@@ -19,7 +19,7 @@ from audit.data.ingest import REJECT_COLUMNS, ingest_rows
 from audit.data.listing import digits_dataset
 from audit.data.shards import keep_present
 from audit.settings import DatasetSettings
-from audit.storage import open_zarr
+from audit.storage import concat_images, open_zarr
 
 
 def ingest_shard(settings: DatasetSettings, image_size: int, listing: pd.DataFrame, shard: int, target: str | os.PathLike) -> pd.DataFrame:
@@ -60,7 +60,7 @@ def open_images(paths: Sequence[str | os.PathLike], listing: pd.DataFrame) -> xr
     ``ValueError`` when no image is left (every one was rejected at ingest).
     """
     shards = [open_zarr(p) for p in paths]
-    combined = xr.concat(shards, dim="image", data_vars="minimal", coords="minimal", compat="override", join="override")
+    combined = concat_images(shards)
     images = keep_present(combined.assign_attrs(class_names=list(shards[0].attrs["class_names"])), listing)
     if images.sizes["image"] == 0:
         raise ValueError("no image could be ingested: every image was rejected (the reasons are in images/shard-*.rejects.parquet)")

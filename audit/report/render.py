@@ -17,7 +17,7 @@ import xarray as xr
 from audit.explain.explainer import ReportColumn
 from audit.explain.registry import explainer
 from audit.feature_store import has_classifier
-from audit.history import RunHistory, outliers_within_class
+from audit.history import RunHistory, outliers_within_class, robust_z
 from audit.metrics.metric import Output
 from audit.metrics.registry import outputs
 from audit.report import figures
@@ -235,14 +235,10 @@ def class_standout(anomalies: pd.DataFrame) -> pd.DataFrame:
     Columns ``images`` (scored), ``image_id``, ``score`` (the top score) and ``standout``: the top score's
     robust z within the class, (top − median) / (1.4826 · MAD); NaN for classes too small for a spread.
     """
-    scored = anomalies.dropna(subset=["score"])
-    rows = {}
-    for label, group in scored.groupby("label"):
-        top = group.loc[group["score"].idxmax()]
-        median = group["score"].median()
-        spread = 1.4826 * (group["score"] - median).abs().median()
-        rows[int(label)] = {"images": len(group), "image_id": top["image_id"], "score": top["score"], "standout": (top["score"] - median) / spread if spread > 0 else np.nan}
-    table = pd.DataFrame.from_dict(rows, orient="index", columns=["images", "image_id", "score", "standout"])
+    scored = anomalies.dropna(subset=["score"]).assign(standout=robust_z)
+    top = scored.loc[scored.groupby("label")["score"].idxmax()].set_index("label")
+    table = top[["image_id", "score", "standout"]].assign(images=scored.groupby("label").size())[["images", "image_id", "score", "standout"]]
+    table.index = table.index.astype(int)
     return table.sort_values("standout", ascending=False, na_position="last", kind="stable")
 
 
@@ -255,7 +251,7 @@ def summary(inputs: ReportInputs, class_names: list[str], standout: pd.DataFrame
 
     The most anomalous images are the top images of the classes where they stand out most (``class_standout``), linked to their class's section when it is drawn (``full``).
     """
-    confused = inputs.pairs[inputs.pairs["confusions"] > 0].sort_values("confusions", ascending=False).head(3) if "confusions" in inputs.pairs else inputs.pairs.iloc[:0]
+    confused = inputs.pairs[inputs.pairs["confusions"] > 0].sort_values("confusions", ascending=False).head(3)
     quality = inputs.anomaly_quality[inputs.anomaly_quality["ranked_by"] == "score"].set_index("scope") if not inputs.anomaly_quality.empty else None
     result = {
         "top_anomalies": [

@@ -19,10 +19,12 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 import xarray as xr
 
 from audit.data.shards import keep_present
+from audit.similarity import nearness_scores
 from audit.storage import concat_images, open_zarr
 
 
@@ -38,3 +40,12 @@ def open_features(paths: Sequence[str | os.PathLike], listing: pd.DataFrame | No
 def has_classifier(features: xr.Dataset) -> bool:
     """Whether the audited model has a classifier head (logits, probabilities, predictions): the checkpoint's ``meta.head``."""
     return bool(features.attrs["head"])
+
+
+def class_scores(features: xr.Dataset, reference: xr.Dataset) -> np.ndarray:
+    """How like each class every image is (N, C), higher = more alike: the probabilities, or for a backbone
+    without a classifier the nearness −‖z − μ_c‖ of its embedding to each class mean of the reference store."""
+    if has_classifier(features):
+        return features["probability"].values
+    class_means = reference["mean"].sel(group=[f"class:{c}" for c in features["class"].values]).values
+    return nearness_scores(features["embedding"].values, class_means)

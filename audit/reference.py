@@ -386,20 +386,31 @@ class LeaveOneOut:
     def member_scores(self, label: int, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Each member against its class without it: (score, λ, pooled), each (M,), for members z (M, K).
 
-        score_i = (z_i − μ₋ᵢ)ᵀ S₋ᵢ⁻¹ (z_i − μ₋ᵢ), S₋ᵢ the OAS-shrunk covariance of
-        the class without member i (``group``). Where the class keeps its own
-        covariance, in closed form from one eigendecomposition E = V Λ Vᵀ of
-        the class's ML covariance instead of one factorisation per member: with
-        n members, d = z_i − μ, a = n/(n−1), b = n/(n−1)²,
+        score_i = (z_i − μ₋ᵢ)ᵀ S₋ᵢ⁻¹ (z_i − μ₋ᵢ) = (z_i − μ₋ᵢ)ᵀ w_i with the directions of :meth:`member_directions`.
+        """
+        z = np.atleast_2d(np.asarray(z, dtype=np.float64))
+        weights, means, shrinkage, pooled = self.member_directions(label, z)
+        return ((z - means) * weights).sum(axis=1), shrinkage, pooled
+
+    def member_directions(self, label: int, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Each member's DiffCAM direction against its class without it: (w (M, K), μ₋ᵢ (M, K), λ (M,), pooled (M,)).
+
+        w_i = S₋ᵢ⁻¹ (z_i − μ₋ᵢ), S₋ᵢ the OAS-shrunk covariance of the class
+        without member i (``group``), for members z (M, K). Where the class
+        keeps its own covariance, in closed form from one eigendecomposition
+        E = V Λ Vᵀ of the class's ML covariance instead of one factorisation per
+        member: with n members, d = z_i − μ, a = n/(n−1), b = n/(n−1)²,
         E₋ᵢ = a E − b d dᵀ; its trace and squared Frobenius norm give OAS's λ₋ᵢ
         and μ₋ᵢ, so S₋ᵢ = V D Vᵀ − c d dᵀ with D = (1−λ) a Λ + λ μ I and
-        c = (1−λ) b, and by Sherman–Morrison, with u = Vᵀ d and q = Σ u²/D,
-        score_i = (n/(n−1))² · q / (1 − c q). O(K³) per class, O(K²) per member.
-        Members of classes too small for that take ``group`` (pooled or none: NaN).
+        c = (1−λ) b. As z_i − μ₋ᵢ = a d, Sherman–Morrison gives, with u = Vᵀ d
+        and q = Σ u²/D, w_i = a · V (u / D) / (1 − c q). O(K³) per class, O(K²)
+        per member. Members of classes too small for that take ``group``
+        (pooled covariance, or NaN when nothing is left).
         """
         z = np.atleast_2d(np.asarray(z, dtype=np.float64))
         count = float(self.count[label])
-        scores, shrinkage, pooled = np.full(len(z), np.nan), np.full(len(z), np.nan), np.zeros(len(z), bool)
+        weights, means = np.full(z.shape, np.nan), np.full(z.shape, np.nan)
+        shrinkage, pooled = np.full(len(z), np.nan), np.zeros(len(z), bool)
         closed = np.zeros(len(z), bool)
         if count - 1 >= max(self.min_images, 2):
             k = z.shape[1]
@@ -417,16 +428,19 @@ class LeaveOneOut:
             with np.errstate(divide="ignore", invalid="ignore"):
                 lam = np.where(denominator == 0, 1.0, np.minimum((alpha + mu**2) / denominator, 1.0))
                 diagonal = (1 - lam)[:, None] * a * eigenvalues + (lam * mu)[:, None]
-                q = (u**2 / diagonal).sum(axis=1)
+                scaled = u / diagonal
+                q = (u * scaled).sum(axis=1)
                 remainder = 1 - (1 - lam) * b * q
             closed = (diagonal > 0).all(axis=1) & (remainder > 0)  # S₋ᵢ positive definite, as it is in exact arithmetic
-            scores[closed] = a**2 * q[closed] / remainder[closed]
+            weights[closed] = a * (scaled[closed] @ vectors.T) / remainder[closed, None]
+            means[closed] = (self.total[label] - z[closed]) / (count - 1)
             shrinkage[closed] = lam[closed]
         for i in np.flatnonzero(~closed):
             group = self.group(label, z[i])
             if group is not None:
-                scores[i], shrinkage[i], pooled[i] = group.mahalanobis_squared(z[i])[0], group.shrinkage, group.pooled
-        return scores, shrinkage, pooled
+                weights[i], means[i] = group.solve(z[i] - group.mean), group.mean
+                shrinkage[i], pooled[i] = group.shrinkage, group.pooled
+        return weights, means, shrinkage, pooled
 
 
 def group_from_store(store: xr.Dataset, name: str) -> ShrunkGaussian:

@@ -185,6 +185,8 @@ class ExplainSettings(StageSettings):
     sanity_seed: int = 0
     sanity_scope: str = "head"
     batch_size: int = speed_only(64)
+    dataset_methods: tuple[str, ...] = ("gradcam", "finercam", "diffcam")
+    dataset_splits: tuple[str, ...] | None = None
 
 
 PLAN_KEYS = frozenset({"top_anomalies", "top_pairs", "images_per_pair", "finer_contrasts", "finer_similarity", "methods"})
@@ -192,6 +194,9 @@ PLAN_KEYS = frozenset({"top_anomalies", "top_pairs", "images_per_pair", "finer_c
 
 JOB_KEYS = frozenset({"methods", "class_sensitivity", "random_class", "sanity", "sanity_seed", "sanity_scope"})
 """The ``explain`` keys every explain job reads, whatever its methods."""
+
+DATASET_KEYS = frozenset({"dataset_methods", "dataset_splits", "finer_contrasts", "finer_similarity"})
+"""The ``explain`` keys every dataset-maps job reads, beside the parameters its methods declare."""
 
 
 @dataclass(frozen=True)
@@ -215,6 +220,22 @@ class MetricSettings(StageSettings):
 
 
 @dataclass(frozen=True)
+class StrategySettings(StageSettings):
+    """``strategies``: spectral clustering of each class's dataset maps (``audit.strategies``)."""
+
+    method: str = "gradcam"
+    reference: str | None = None
+    max_clusters: int = 6
+    neighbours: int = 10
+    min_silhouette: float = 0.5
+    min_images: int = 20
+    exemplars: int = 4
+    shortcut_share: float = 0.5
+    shortcut_distinctness: float = 1.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class DaskSettings(StageSettings):
     """``dask``: where the Dask stages (reference statistics, metric summaries) compute (``audit.dask_scheduler``)."""
 
@@ -235,6 +256,7 @@ STAGES: dict[str, type[StageSettings]] = {
     "reference": ReferenceSettings,
     "explain": ExplainSettings,
     "metrics": MetricSettings,
+    "strategies": StrategySettings,
     "dask": DaskSettings,
     "report": ReportSettings,
 }

@@ -10,6 +10,7 @@ from audit.data.manifest import require_dataset_path, resolve_config_paths
 from audit.explain.registry import explainer
 from audit.models.timm_names import require_timm_model
 from audit.settings import (
+    DATASET_KEYS,
     JOB_KEYS,
     PLAN_KEYS,
     DatasetSettings,
@@ -180,6 +181,23 @@ def explain_params(wildcards):
     methods = explain_methods(wildcards)
     keys = set(JOB_KEYS).union(*(explainer(m).parameters for m in methods))
     return {**ExplainSettings.output_values(audit_config(wildcards)["explain"], keys), "methods": methods}
+
+
+def dataset_methods(wildcards):
+    """The configured dataset-map methods that apply (a backbone without a classifier keeps those that need no class logits)."""
+    methods = audit_config(wildcards)["explain"]["dataset_methods"]
+    return [m for m in methods if has_head(wildcards) or not explainer(m).needs_head]
+
+
+def dataset_map_params(wildcards):
+    """The settings that change a shard's dataset maps: the methods, the splits and the parameters the methods declare."""
+    methods = dataset_methods(wildcards)
+    keys = set(DATASET_KEYS).union(*(explainer(m).parameters for m in methods))
+    return {**ExplainSettings.output_values(audit_config(wildcards)["explain"], keys), "dataset_methods": methods}
+
+
+def dataset_map_shards(wildcards):
+    return _shard_paths(wildcards, "results/{audit}/dataset_maps/shard-{shard}.zarr")
 
 
 def metric_params(wildcards):

@@ -39,3 +39,29 @@ rule explain:
         "benchmarks/rules/{audit}/explain.tsv"
     script:
         "../workflow/scripts/explain.py"
+
+
+# Every image of one shard mapped at layer resolution (audit.explain.dataset_maps): from the stored activations
+# when the head is pool + linear, else one trunk pass per batch. A killed shard is redone alone.
+rule dataset_maps:
+    input:
+        features="results/{audit}/features/shard-{shard}.zarr",
+        images="results/{audit}/images/shard-{shard}.zarr",
+        listing=ancient("results/{audit}/listing.parquet"),
+        checkpoint=model_checkpoint,
+        reference="results/{audit}/reference.zarr",
+    output:
+        directory("results/{audit}/dataset_maps/shard-{shard}.zarr"),
+    params:
+        settings=dataset_map_params,
+        present=shard_present_param,
+    resources:
+        gpu=1,
+    conda:
+        "../workflow/envs/audit.yaml"
+    log:
+        "logs/{audit}/dataset_maps/shard-{shard}.log",
+    benchmark:
+        "benchmarks/rules/{audit}/dataset_maps/shard-{shard}.tsv"
+    script:
+        "../workflow/scripts/dataset_maps.py"

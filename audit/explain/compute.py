@@ -7,6 +7,7 @@ every method of the batch that needs them.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 import xarray as xr
 from tqdm import tqdm
 
-from audit.explain.engine import ExplainerEngine, LayerPass
+from audit.explain.engine import ExplainerEngine, LayerPass, closed_form_gradient
 from audit.explain.explainer import EMBEDDING_GRADIENTS, LAYER, LAYER_GRADIENTS, MASKED_SCORES
 from audit.explain.objectives import contrast_coefficients
 from audit.explain.registry import explainer
@@ -46,15 +47,16 @@ class Batch:
     """One batch of images and what the model computed on it, computed on first use.
 
     Attributes:
-        x: model input (B, 3, H, W). needs: the union of its explainers' needs.
+        engine, meta, x: the model and its input (B, 3, H, W); None for a batch of stored activations (its pass given as ``_pass``).
+        needs: the union of its explainers' needs.
         masked_positions: the images whose masked-input scores some row needs.
         gradient_rows: the rows of every method that needs class-objective gradients (``LAYER_GRADIENTS``).
         concepts: concept reference → vector over the final embedding (D,).
     """
 
-    engine: ExplainerEngine
-    meta: ModelMeta
-    x: torch.Tensor
+    engine: ExplainerEngine | None
+    meta: ModelMeta | None
+    x: torch.Tensor | None
     needs: set[str]
     masked_positions: torch.Tensor
     settings: ExplainSettings
@@ -127,11 +129,56 @@ def model_maps(
         plan: rows with method, image_index, target, contrasts, reference.
         concepts: the reference store's concept name → vector (D,) over the final embedding.
     """
+
+    def batch_of(chunk: np.ndarray, needs: set[str], masked: torch.Tensor, gradient_rows: Rows) -> Batch:
+        x = to_model_input(images[chunk], meta.mean, meta.std, engine.device)
+        return Batch(engine, meta, x, needs, masked, settings, concepts or {}, gradient_rows)
+
+    return _batched_maps(plan, len(meta.class_names), settings, engine.device, batch_of)
+
+
+STORED_NEEDS = frozenset({LAYER, LAYER_GRADIENTS})
+"""What :func:`closed_form_maps` can serve from stored activations: the layer and closed-form class gradients."""
+
+
+def closed_form_maps(
+    activations: np.ndarray, logits: np.ndarray, weight: np.ndarray, plan: pd.DataFrame, settings: ExplainSettings
+) -> list[np.ndarray]:
+    """Maps of plan rows of layer-gradient methods (Grad-CAM family, Finer-CAM) without running the model.
+
+    Valid when the head after the layer is global average pooling + linear with
+    ``weight`` (C, K) (see :func:`audit.explain.dataset_maps.pool_linear_head`):
+    the gradient of each row's objective is then the classifier row over h·w, so
+    the stored activations (N, K, h, w) are all a map needs. ``logits`` (N, C)
+    are the stored ones; ``plan.image_index`` indexes both. Maps (h, w) in plan order.
+    """
+    for name in plan["method"].unique():
+        extra = explainer(name).needs - STORED_NEEDS
+        if extra or not explainer(name).uses_model:
+            raise ValueError(f"{name} needs more than stored activations and closed-form gradients")
+    weight_tensor = torch.as_tensor(np.asarray(weight, dtype=np.float32))
+    cells = activations.shape[-2] * activations.shape[-1]
+
+    def batch_of(chunk: np.ndarray, needs: set[str], masked: torch.Tensor, gradient_rows: Rows) -> Batch:
+        stored = LayerPass(
+            torch.from_numpy(np.ascontiguousarray(activations[chunk], dtype=np.float32)),
+            torch.from_numpy(np.asarray(logits[chunk], dtype=np.float32)), None, closed_form_gradient(weight_tensor, cells),
+        )
+        return Batch(None, None, None, needs, masked, settings, {}, gradient_rows, _pass=stored)
+
+    return _batched_maps(plan, len(weight), settings, torch.device("cpu"), batch_of)
+
+
+def _batched_maps(
+    plan: pd.DataFrame, num_classes: int, settings: ExplainSettings, device: torch.device,
+    batch_of: Callable[[np.ndarray, set[str], torch.Tensor, Rows], Batch],
+) -> list[np.ndarray]:
+    """Visit the plan's images in batches; ``batch_of(images, needs, masked positions, gradient rows)`` gives each batch's model pass."""
     plan = plan.reset_index(drop=True)
     explainers = {name: explainer(name) for name in plan["method"].unique()}
     coefficients = contrast_coefficients(
-        len(meta.class_names), plan["target"].tolist(), [list(c) for c in plan["contrasts"]], settings.finer_gamma
-    ).to(engine.device)
+        num_classes, plan["target"].tolist(), [list(c) for c in plan["contrasts"]], settings.finer_gamma
+    ).to(device)
     image_index = plan["image_index"].to_numpy()
     names = plan["method"].to_numpy()
     references = plan["reference"].astype(str).to_numpy()
@@ -146,16 +193,13 @@ def model_maps(
             needs.add(LAYER)
 
         def rows_of(index: np.ndarray) -> Rows:
-            return Rows(index, torch.as_tensor(np.searchsorted(chunk, image_index[index]), device=engine.device), coefficients[index], references[index])
+            return Rows(index, torch.as_tensor(np.searchsorted(chunk, image_index[index]), device=device), coefficients[index], references[index])
 
         def needing(need: str) -> np.ndarray:
             return in_batch[np.isin(names[in_batch], [e.name for e in batch_explainers if need in e.needs])]
 
-        batch = Batch(
-            engine, meta, to_model_input(images[chunk], meta.mean, meta.std, engine.device), needs,
-            torch.as_tensor(np.unique(np.searchsorted(chunk, image_index[needing(MASKED_SCORES)])), device=engine.device),
-            settings, concepts or {}, rows_of(needing(LAYER_GRADIENTS)),
-        )
+        masked = torch.as_tensor(np.unique(np.searchsorted(chunk, image_index[needing(MASKED_SCORES)])), device=device)
+        batch = batch_of(chunk, needs, masked, rows_of(needing(LAYER_GRADIENTS)))
         for method in batch_explainers:
             rows = rows_of(in_batch[names[in_batch] == method.name])
             maps = method.maps(batch, rows)

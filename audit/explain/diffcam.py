@@ -15,17 +15,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
-from audit.deferred import deferred
 from tqdm import tqdm
 
 from audit.explain.explainer import Explainer, ReportColumn, Subject
+from audit.explain.weighting import direction_maps
 from audit.reference import LeaveOneOut, ShrunkGaussian, group_from_store
 
 if TYPE_CHECKING:
-    import torch
     import xarray as xr
-else:
-    torch = deferred("torch")  # imported on first use: the Snakefile reads this module's declarations
 
     from audit.settings import ExplainSettings
 
@@ -39,19 +36,11 @@ def diffcam_weights(embedding: np.ndarray, group: ShrunkGaussian) -> np.ndarray:
 def diffcam_maps(activations: np.ndarray, group: ShrunkGaussian, centre: bool = True) -> np.ndarray:
     """DiffCAM maps (M, h, w) of activations (M, K, h, w) against one reference group.
 
-    The embedding is the spatial mean of the activations, as in the feature
-    store. The weights are solved in float64; the weighted channel sum runs in
-    the activations' own dtype (one batched matrix product in torch, no float64
-    copy of float32 activations) and the centring term w·μ is subtracted in float64.
+    The embedding is the spatial mean of the activations, as in the feature store.
     """
-    a = torch.from_numpy(np.ascontiguousarray(activations))
-    count, channels, height, width = a.shape
-    flat = a.reshape(count, channels, height * width)
-    weights = diffcam_weights(flat.mean(dim=2).double().numpy(), group)
-    maps = torch.bmm(torch.from_numpy(weights).to(a.dtype)[:, None, :], flat)[:, 0].double().numpy()
-    if centre:
-        maps -= (weights @ group.mean)[:, None]
-    return maps.reshape(count, height, width)
+    a = np.asarray(activations)
+    weights = diffcam_weights(a.reshape(*a.shape[:2], -1).mean(axis=2, dtype=np.float64), group)
+    return direction_maps(a, weights, weights @ group.mean if centre else None)
 
 
 @dataclass(frozen=True)
@@ -92,29 +81,29 @@ class DiffCam(Explainer):
     def attrs(self, settings: ExplainSettings) -> dict[str, Any]:
         return {**super().attrs(settings), "covariance": "oas"}
 
-    def stored_maps(self, features: xr.Dataset, reference: xr.Dataset, rows: pd.DataFrame, settings: ExplainSettings) -> np.ndarray:
-        """Maps (M, h, w) of ``rows`` against their reference groups.
+    def stored_directions(self, embedding: np.ndarray, reference: xr.Dataset, rows: pd.DataFrame, settings: ExplainSettings) -> tuple[np.ndarray, np.ndarray]:
+        """w* = S⁻¹(z − μ) (M, K) of each row against its reference group, and the centring offset w*·μ (M,) (0 uncentred).
 
         ``others:<c>`` and ``class:<c>`` name groups of the reference store;
-        ``own-class-loo:<c>`` is class c without the image itself.
+        ``own-class-loo:<c>`` is class c without the image itself, in closed form
+        per class (``LeaveOneOut.member_directions``: one eigendecomposition per
+        class, not one factorisation per image).
         """
         class_names = list(reference["class"].values)
         leave_one_out = LeaveOneOut(reference)
-        out = np.empty((len(rows),) + features["activation"].shape[2:], dtype=np.float32)
+        embedding = np.asarray(embedding, dtype=np.float64)
+        weights, means = np.empty_like(embedding), np.empty_like(embedding)
         positions_of = pd.Series(np.arange(len(rows)), index=rows.index)
         for reference_name, group_rows in tqdm(rows.groupby("reference", sort=False), desc="diffcam", unit="group"):
             kind, c = reference_name.split(":")
-            selected = features.isel(image=group_rows["image_index"].to_numpy())
-            activations = selected["activation"].values
             positions = positions_of[group_rows.index].to_numpy()
             if kind == "own-class-loo":
-                for j, (a, z) in enumerate(zip(activations, selected["embedding"].values)):
-                    group = leave_one_out.group(int(c), z)
-                    out[positions[j]] = diffcam_maps(a[None], group, settings.diffcam_centre)[0] if group is not None else np.nan
+                weights[positions], means[positions], _, _ = leave_one_out.member_directions(int(c), embedding[positions])
             else:
                 group = group_from_store(reference, f"{kind}:{class_names[int(c)]}")
-                out[positions] = diffcam_maps(activations, group, settings.diffcam_centre)
-        return out
+                weights[positions], means[positions] = diffcam_weights(embedding[positions], group), group.mean
+        offsets = (weights * means).sum(axis=1) if settings.diffcam_centre else np.zeros(len(rows))
+        return weights, offsets
 
 
 DIFFCAM = DiffCam(

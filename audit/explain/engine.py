@@ -158,15 +158,7 @@ class ExplainerEngine:
         return grads[slot, unique_positions][inverse]
 
     def _closed_form_gradient(self, activations: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor, str], torch.Tensor]:
-        weight = self.model.get_classifier().weight
-        height, width = activations.shape[-2:]
-
-        def gradient(positions: torch.Tensor, coefficients: torch.Tensor, output: str = "logits") -> torch.Tensor:
-            if output != "logits":
-                raise ValueError("the closed-form gradient covers the logits only")
-            return (coefficients @ weight / (height * width))[:, :, None, None]
-
-        return gradient
+        return closed_form_gradient(self.model.get_classifier().weight, activations.shape[-2] * activations.shape[-1])
 
     def _head_is_pool_linear(self, activations: torch.Tensor, logits: torch.Tensor, gradient: Callable) -> bool:
         """Whether y = mean_ij(A) Wᵀ + b on this batch, and its gradient is W / hw for random objectives."""
@@ -227,3 +219,15 @@ class ExplainerEngine:
             x = self._input(x).detach().requires_grad_(True)
             logits = self.model(x)
             return self._head_vjp(logits, x, positions, coefficients.to(logits))
+
+
+def closed_form_gradient(weight: torch.Tensor, cells: int) -> Callable[[torch.Tensor, torch.Tensor, str], torch.Tensor]:
+    """The head-side gradient when the head is global average pooling + linear with ``weight`` (C, K) over ``cells`` = h·w:
+    ∂(vᵀy)/∂A_k,ij = (vᵀW)_k / hw for every cell, returned as (R, K, 1, 1) for objective rows v (R, C)."""
+
+    def gradient(positions: torch.Tensor, coefficients: torch.Tensor, output: str = "logits") -> torch.Tensor:
+        if output != "logits":
+            raise ValueError("the closed-form gradient covers the logits only")
+        return (coefficients @ weight.to(coefficients) / cells)[:, :, None, None]
+
+    return gradient

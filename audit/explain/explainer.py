@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from audit.explain.weighting import direction_maps
+
 if TYPE_CHECKING:
     import torch
     import xarray as xr
@@ -152,7 +154,18 @@ class Explainer:
         raise NotImplementedError(f"{self.name} does not run on the model")
 
     def stored_maps(self, features: xr.Dataset, reference: xr.Dataset, rows: Any, settings: ExplainSettings) -> np.ndarray:
-        """Raw maps (M, h, w) of plan rows from stored features (methods that need no model)."""
+        """Raw maps (M, h, w) of plan rows from stored features (methods that need no model).
+
+        By default Σ_k w_k A_k − offset with each row's channel weights and
+        offset from :meth:`stored_directions` and the row's stored activations.
+        """
+        index = rows["image_index"].to_numpy()
+        weights, offsets = self.stored_directions(features["embedding"].isel(image=index).values, reference, rows, settings)
+        return direction_maps(features["activation"].isel(image=index).values, weights, offsets).astype(np.float32)
+
+    def stored_directions(self, embedding: np.ndarray, reference: xr.Dataset, rows: Any, settings: ExplainSettings) -> tuple[np.ndarray, np.ndarray]:
+        """For a method whose map is a channel weighting of the stored activations: each row's weights w (M, K) and offset (M,),
+        from the rows' embeddings (M, K) alone, so a dataset job computes them once and streams the activations."""
         raise NotImplementedError(f"{self.name} runs on the model")
 
     def applies_to(self, architecture: str, has_head: bool) -> str | None:

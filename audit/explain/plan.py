@@ -66,13 +66,7 @@ def explain_plan(
     rows: list[dict] = []
 
     def subject(i: int, purpose: str, target: int, pair_class: int | None, similarity: np.ndarray) -> None:
-        compare = pair_class if pair_class is not None else _others(class_scores[i], target)[0]
-        chosen = Subject(
-            i, str(image_ids[i]), purpose, target, pair_class, compare, tuple(_others(similarity, target)[: settings.finer_contrasts]),
-            similar_by, (f"class:{target}", *concepts),
-        )
-        for method in explainers:
-            rows.extend(method.rows(chosen))
+        rows.extend(_subject_rows(explainers, i, image_ids, purpose, target, pair_class, class_scores[i], similarity, settings, similar_by, concepts))
 
     top = anomalies[(anomalies["rank"] <= settings.top_anomalies) & anomalies["score"].notna()]
     for image_id in top["image_id"]:
@@ -89,6 +83,45 @@ def explain_plan(
 
 
 PLAN_COLUMNS = ["method", "variant", "image_index", "image_id", "purpose", "target", "contrasts", "reference", "compare"]
+
+
+def dataset_plan(
+    image_ids: np.ndarray,
+    labels: np.ndarray,
+    class_scores: np.ndarray,
+    settings: ExplainSettings,
+    methods: Sequence[str],
+    weight_similarity: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """Rows for every image (purpose ``dataset``): each method's rows for the image's own class, as an anomaly subject gets them.
+
+    Grad-CAM maps the label; Finer-CAM contrasts it with the T most similar
+    classes (by the image's prediction rank, or by classifier-weight cosine when
+    ``weight_similarity`` (C, C) is given); DiffCAM maps it against all other
+    classes and against its own class without it. Images with no class
+    (label < 0) get no rows. Arguments as in :func:`explain_plan`.
+    """
+    similar_by = "predictions" if weight_similarity is None else "by weight"
+    explainers = [explainer(name) for name in methods]
+    rows: list[dict] = []
+    for i in np.flatnonzero(np.asarray(labels) >= 0):
+        target = int(labels[i])
+        similarity = class_scores[i] if weight_similarity is None else weight_similarity[target]
+        rows.extend(_subject_rows(explainers, int(i), image_ids, "dataset", target, None, class_scores[i], similarity, settings, similar_by))
+    return pd.DataFrame(rows, columns=PLAN_COLUMNS)
+
+
+def _subject_rows(
+    explainers: Sequence, i: int, image_ids: np.ndarray, purpose: str, target: int, pair_class: int | None,
+    scores: np.ndarray, similarity: np.ndarray, settings: ExplainSettings, similar_by: str, concepts: Sequence[str] = (),
+) -> list[dict]:
+    """The rows every method gives image ``i`` as a subject (``scores`` (C,): its class scores; ``similarity`` (C,): how alike each class is)."""
+    compare = pair_class if pair_class is not None else _others(scores, target)[0]
+    chosen = Subject(
+        i, str(image_ids[i]), purpose, target, pair_class, compare, tuple(_others(similarity, target)[: settings.finer_contrasts]),
+        similar_by, (f"class:{target}", *concepts),
+    )
+    return [row for method in explainers for row in method.rows(chosen)]
 
 
 def _others(scores: np.ndarray, target: int) -> list[int]:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from audit.deferred import deferred
 
 if TYPE_CHECKING:
@@ -47,3 +49,19 @@ def slots(positions: torch.Tensor) -> torch.Tensor:
     slot = torch.empty_like(positions)
     slot[order] = torch.arange(len(positions), device=positions.device) - starts
     return slot
+
+
+def direction_maps(activations: np.ndarray, weights: np.ndarray, offsets: np.ndarray | None = None) -> np.ndarray:
+    """Σ_k w_k A_k − offset (M, h, w) float64 for activations (M, K, h, w), channel weights w (M, K) and ``offsets`` (M,).
+
+    The weighted channel sum runs in the activations' own dtype (one batched
+    matrix product in torch, no float64 copy of float32 activations); the
+    offset is subtracted in float64.
+    """
+    a = torch.from_numpy(np.ascontiguousarray(activations))
+    count, channels, height, width = a.shape
+    flat = a.reshape(count, channels, height * width)
+    maps = torch.bmm(torch.from_numpy(np.ascontiguousarray(weights)).to(a.dtype)[:, None, :], flat)[:, 0].double().numpy()
+    if offsets is not None:
+        maps -= np.asarray(offsets, dtype=np.float64)[:, None]
+    return maps.reshape(count, height, width)

@@ -1,0 +1,140 @@
+"""Dataset maps: every image of the audit mapped at layer resolution, one store per feature shard.
+
+The report explains a few subjects per class at image resolution; dataset maps
+cover every image (of the chosen splits), so that the strategies a class
+relies on (:mod:`audit.strategies`) and map-based outliers can be found. Each
+image gets the rows of ``explain.dataset_methods`` for its own class
+(:func:`audit.explain.plan.dataset_plan`): by default Grad-CAM, Finer-CAM
+against its T most similar classes, DiffCAM against all other classes and
+against its own class without it.
+
+No forward runs where none is needed. When the head after the explained layer
+is global average pooling + linear (checked on the shard's stored logits,
+:func:`pool_linear_head`), the gradient methods' channel weights are rows of the
+classifier (:func:`audit.explain.compute.closed_form_maps`); DiffCAM's weights
+come from the embeddings and the reference store alone, the leave-one-out ones
+from one eigendecomposition per class. Otherwise one trunk pass per batch
+serves every model method, through the engine. Activations are read one store
+chunk at a time.
+
+Store ``dataset_maps/shard-NNNNN.zarr`` (dims named):
+    map  float16 (image, variant, layer_y, layer_x)   raw maps: ReLU'd CAMs, signed DiffCAM
+coordinates ``image_id``, ``label``, ``split`` along ``image``; ``variant`` (the
+method and its reference in words, as in the plan), ``method`` and
+``reference_kind`` (``others``, ``own-class-loo`` or "") along ``variant``;
+``class`` names. Attrs: model, layer, methods, ``gradients`` (how the gradient
+methods' weights were obtained), the methods' parameters, format_version.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from tqdm import tqdm
+
+from audit.data.shards import keep_present
+from audit.explain.compute import closed_form_maps, uses_model
+from audit.explain.registry import explainer
+from audit.explain.weighting import direction_maps
+from audit.settings import ExplainSettings
+from audit.storage import concat_images, open_zarr
+
+CLOSED_FORM = "closed form from stored activations (pool + linear head)"
+MODEL_PASS = "model pass (autograd through the head side)"
+
+
+def pool_linear_head(embedding: np.ndarray, logits: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, tolerance: float = 1e-3) -> bool:
+    """Whether the stored logits (N, C) are the classifier (weight (C, K), bias (C,)) applied to the stored embedding (N, K).
+
+    The embedding is the spatial mean of the layer's activations, so then the
+    head is pooling + linear on these images and each class's gradient is its
+    classifier row over h·w. Tolerance relative to the largest logit (features
+    may be extracted in half precision).
+    """
+    embedding, logits = np.asarray(embedding, dtype=np.float64), np.asarray(logits, dtype=np.float64)
+    if embedding.shape[1] != np.shape(weight)[1] or logits.shape[1] != np.shape(weight)[0] or not len(logits):
+        return False
+    linear = embedding @ np.asarray(weight, dtype=np.float64).T + (0.0 if bias is None else np.asarray(bias, dtype=np.float64))
+    scale = max(1.0, float(np.abs(logits).max()))
+    return bool(np.abs(linear - logits).max() <= tolerance * scale)
+
+
+def shard_maps(
+    plan: pd.DataFrame,
+    features: xr.Dataset,
+    reference: xr.Dataset,
+    settings: ExplainSettings,
+    chunk: int,
+    classifier_weight: np.ndarray | None = None,
+    model_maps: Callable[[pd.DataFrame], list[np.ndarray]] | None = None,
+) -> np.ndarray:
+    """Maps (len(plan), h, w) float32 of a shard's plan rows (``plan.image_index`` indexes ``features``).
+
+    Model methods' rows use the closed form when ``classifier_weight`` (C, K) is
+    given, else ``model_maps(rows)`` (the engine over the rows' images). Stored
+    methods' channel weights are computed once for the shard from the
+    embeddings; activations are then read ``chunk`` images at a time.
+    """
+    plan = plan.reset_index(drop=True)
+    out = np.full((len(plan), *features["activation"].shape[2:]), np.nan, dtype=np.float32)
+    on_model = uses_model(plan)
+    closed = on_model if classifier_weight is not None else np.zeros(len(plan), bool)
+    if on_model.any() and classifier_weight is None:
+        if model_maps is None:
+            raise ValueError("model methods without the closed form need the model")
+        for row, m in zip(np.flatnonzero(on_model), model_maps(plan[on_model])):
+            out[row] = m
+    directions = []
+    for name in plan.loc[~on_model, "method"].unique():
+        rows = plan[~on_model & (plan["method"] == name)]
+        embedding = features["embedding"].isel(image=rows["image_index"].to_numpy()).values
+        directions.append((rows.index.to_numpy(), *explainer(name).stored_directions(embedding, reference, rows, settings)))
+    image_index = plan["image_index"].to_numpy()
+    for start in tqdm(range(0, features.sizes["image"], chunk), desc="dataset maps", unit="chunk"):
+        stop = min(start + chunk, features.sizes["image"])
+        here = (image_index >= start) & (image_index < stop)
+        if not (here & (closed | ~on_model)).any():
+            continue
+        part = features.isel(image=slice(start, stop))
+        activations = part["activation"].values
+        if (here & closed).any():
+            rows = plan[here & closed].assign(image_index=lambda r: r["image_index"] - start)
+            out[here & closed] = np.stack(closed_form_maps(activations, part["logits"].values, classifier_weight, rows, settings))
+        for rows, weights, offsets in directions:
+            picked = (image_index[rows] >= start) & (image_index[rows] < stop)
+            if picked.any():
+                out[rows[picked]] = direction_maps(activations[image_index[rows[picked]] - start], weights[picked], offsets[picked])
+    return out
+
+
+def dataset_map_store(plan: pd.DataFrame, maps: np.ndarray, features: xr.Dataset, attrs: dict) -> xr.Dataset:
+    """The shard's store (module docstring) from its plan rows and their maps (len(plan), h, w); images without rows are left out."""
+    variants = list(dict.fromkeys(plan["variant"]))
+    first = plan.drop_duplicates("variant").set_index("variant").loc[variants]
+    images = np.unique(plan["image_index"].to_numpy())
+    grid = np.full((len(images), len(variants), *maps.shape[1:]), np.nan, dtype=np.float16)
+    grid[np.searchsorted(images, plan["image_index"].to_numpy()), [variants.index(v) for v in plan["variant"]]] = maps
+    picked = features.isel(image=images)
+    kinds = [str(r).split(":")[0] if ":" in str(r) else "" for r in first["reference"]]
+    return xr.Dataset(
+        {"map": (("image", "variant", "layer_y", "layer_x"), grid)},
+        coords={
+            "image_id": ("image", picked["image_id"].values.astype(str)),
+            "label": ("image", picked["label"].values),
+            "split": ("image", picked["split"].values.astype(str)),
+            "variant": variants,
+            "method": ("variant", first["method"].astype(str).to_numpy()),
+            "reference_kind": ("variant", np.array(kinds, dtype=str)),
+            "class": features["class"].values.astype(str),
+        },
+        attrs=attrs,
+    )
+
+
+def open_dataset_maps(paths: Sequence[str | os.PathLike], listing: pd.DataFrame | None = None) -> xr.Dataset:
+    """The shard stores concatenated lazily along ``image``, without the images ``listing`` marks absent."""
+    combined = concat_images([open_zarr(p) for p in paths])
+    return keep_present(combined, listing) if listing is not None else combined

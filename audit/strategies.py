@@ -1,0 +1,210 @@
+"""Strategies per class: spectral clustering of the dataset maps, as in spectral relevance analysis (SpRAy).
+
+A class the model recognises by two different kinds of evidence (the object,
+or a watermark in some images) has maps of two kinds. Per class, the maps of
+one dataset-map variant (default Grad-CAM of the own class) are flattened on
+the layer grid and scaled to unit length, so that *where* the evidence lies
+counts, not how strong it is. Then:
+
+* **affinity**: the symmetrised k-nearest-neighbour graph of the maps
+  (Euclidean on the unit vectors, k = ``neighbours``);
+* **number of clusters** by the eigengap: the eigenvalues λ₁ ≤ λ₂ ≤ … of the
+  graph's normalised Laplacian; the number is the i ≤ ``max_clusters`` with the
+  largest gap λᵢ₊₁ − λᵢ;
+* **clusters**: k-means (seeded) on the rows of the first eigenvectors,
+  normalised to unit length (Ng, Jordan & Weiss); then clusters that are not
+  separated from the others (mean silhouette below ``min_silhouette``) are
+  merged into their nearest, so a continuum is not reported as strategies;
+* per cluster: its size and share of the class, its mean map (of the raw
+  maps), the ``exemplars`` members nearest its mean unit map, its
+  **distinctness** — the distance between its mean unit map and that of the
+  rest of the class, in units of the class's median distance of a unit map to
+  the class's mean unit map — and, where object masks exist, the share of its
+  positive saliency that falls outside the object;
+* **candidate shortcut**: a cluster that is not its class's largest, holds at
+  most ``shortcut_share`` of the class and whose distinctness is at least
+  ``shortcut_distinctness``: a minority of images on which the model looks
+  somewhere else than on the rest.
+
+The **map outlier score** of an image is the mean distance of its unit map to
+its k nearest unit maps of the class, as a robust z within the class
+((d − median)/(1.4826·MAD)): how unusual *where the evidence lies* is, beside
+the embedding's anomaly score.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse
+import scipy.sparse.csgraph
+import scipy.sparse.linalg
+from sklearn.cluster import KMeans
+from sklearn.metrics import silhouette_samples
+from sklearn.neighbors import NearestNeighbors
+
+from audit.settings import StrategySettings
+
+ROBUST_Z = 1.4826
+
+
+def unit_maps(maps: np.ndarray) -> np.ndarray:
+    """Maps (n, h, w) flattened (n, h·w) float64 and scaled to unit Euclidean length; all-zero or non-finite maps stay zero."""
+    flat = np.nan_to_num(np.asarray(maps, dtype=np.float64).reshape(len(maps), -1))
+    norm = np.linalg.norm(flat, axis=1, keepdims=True)
+    return np.divide(flat, norm, out=np.zeros_like(flat), where=norm > 0)
+
+
+def neighbour_distances(vectors: np.ndarray, neighbours: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distances (n, k) and indices (n, k) of each row's k nearest other rows (k = min(neighbours, n − 1))."""
+    k = min(neighbours, len(vectors) - 1)
+    distances, indices = NearestNeighbors(n_neighbors=k + 1).fit(vectors).kneighbors(vectors)
+    return distances[:, 1:], indices[:, 1:]  # each row's first neighbour is itself (ties with duplicates: any of them)
+
+
+def spectral_clusters(
+    vectors: np.ndarray, max_clusters: int, neighbours: int, seed: int, min_silhouette: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster labels (n,) of the rows of ``vectors`` (n, d) and the Laplacian's smallest eigenvalues (≤ max_clusters + 1,), ascending.
+
+    See the module docstring. n ≤ 2 or max_clusters 1 gives one cluster.
+    """
+    n = len(vectors)
+    if n <= 2 or max_clusters <= 1:
+        return np.zeros(n, dtype=np.int64), np.zeros(min(n, 1))
+    _, indices = neighbour_distances(vectors, neighbours)
+    rows = np.repeat(np.arange(n), indices.shape[1])
+    graph = scipy.sparse.csr_matrix((np.ones(len(rows)), (rows, indices.ravel())), shape=(n, n))
+    affinity = ((graph + graph.T) > 0).astype(np.float64)
+    laplacian = scipy.sparse.csgraph.laplacian(affinity, normed=True)
+    count = min(max_clusters + 1, n - 1)
+    # the smallest eigenvalues of L = I − D^-½ A D^-½ are one minus the largest of the normalised affinity
+    normalised = scipy.sparse.identity(n) - laplacian
+    if n <= 500:
+        values, vectors_ = np.linalg.eigh(normalised.toarray())
+        values, vectors_ = values[::-1][:count], vectors_[:, ::-1][:, :count]
+    else:
+        start = np.random.default_rng(seed).standard_normal(n)
+        values, vectors_ = scipy.sparse.linalg.eigsh(normalised, k=count, which="LA", v0=start)
+        order = np.argsort(-values)
+        values, vectors_ = values[order], vectors_[:, order]
+    eigenvalues = np.clip(1.0 - values, 0.0, 2.0)
+    clusters = int(np.argmax(np.diff(eigenvalues)[:max_clusters])) + 1
+    if clusters == 1:
+        return np.zeros(n, dtype=np.int64), eigenvalues
+    embedding = vectors_[:, :clusters]
+    embedding /= np.linalg.norm(embedding, axis=1, keepdims=True).clip(1e-12)
+    labels = KMeans(n_clusters=clusters, n_init=10, random_state=seed).fit_predict(embedding)
+    return _by_size(merge_unseparated(vectors, labels, min_silhouette)), eigenvalues
+
+
+def merge_unseparated(vectors: np.ndarray, labels: np.ndarray, min_silhouette: float) -> np.ndarray:
+    """Merge clusters that are not separated: while the cluster with the lowest mean silhouette is below ``min_silhouette``,
+    join it to the cluster whose mean is nearest to its own.
+
+    The eigengap of a k-nearest-neighbour graph also splits a continuum (maps
+    whose evidence drifts smoothly, e.g. over the object's position) into
+    pieces; those pieces have low silhouettes and are joined again, while a
+    strategy apart from the rest (a shortcut) keeps a high one. Kaufman &
+    Rousseeuw read a mean silhouette above 0.5 as reasonable structure.
+    """
+    labels = np.unique(labels, return_inverse=True)[1]
+    while labels.max() > 0:
+        silhouette = silhouette_samples(vectors, labels)
+        means = np.array([silhouette[labels == j].mean() for j in range(labels.max() + 1)])
+        worst = int(np.argmin(means))
+        if means[worst] >= min_silhouette:
+            break
+        centres = np.stack([vectors[labels == j].mean(axis=0) for j in range(labels.max() + 1)])
+        distance = np.linalg.norm(centres - centres[worst], axis=1)
+        distance[worst] = np.inf
+        labels = np.unique(np.where(labels == worst, int(np.argmin(distance)), labels), return_inverse=True)[1]
+    return labels
+
+
+def _by_size(labels: np.ndarray) -> np.ndarray:
+    """Cluster labels renumbered 0, 1, … from the largest cluster down (ties by first member)."""
+    values, first, counts = np.unique(labels, return_index=True, return_counts=True)
+    order = values[np.lexsort((first, -counts))]
+    return np.argsort(order)[np.searchsorted(values, labels)]
+
+
+def map_outlier_scores(vectors: np.ndarray, neighbours: int) -> np.ndarray:
+    """Robust z within the group of each row's mean distance to its k nearest rows (n,); NaN for fewer than 3 rows or a zero MAD."""
+    if len(vectors) < 3:
+        return np.full(len(vectors), np.nan)
+    distance = neighbour_distances(vectors, neighbours)[0].mean(axis=1)
+    median = np.median(distance)
+    mad = np.median(np.abs(distance - median)) * ROBUST_Z
+    return (distance - median) / mad if mad > 0 else np.full(len(vectors), np.nan)
+
+
+@dataclass
+class ClassStrategies:
+    """One class's strategies.
+
+    Attributes:
+        table: one row per cluster (see :func:`class_strategies`).
+        cluster: each member's cluster (n,). map_score: each member's map outlier score (n,).
+        mean_map: the class's mean raw map (h, w). cluster_maps: each cluster's mean raw map (clusters, h, w).
+    """
+
+    table: pd.DataFrame
+    cluster: np.ndarray
+    map_score: np.ndarray
+    mean_map: np.ndarray
+    cluster_maps: np.ndarray
+
+
+def class_strategies(maps: np.ndarray, image_ids: np.ndarray, settings: StrategySettings, outside: np.ndarray | None = None) -> ClassStrategies:
+    """Cluster one class's maps (n, h, w) (module docstring).
+
+    ``outside`` (n, h, w), when object masks exist: the share of each layer cell
+    that lies outside the object (1 − the mask's area average over the cell).
+    Table columns: cluster, size, share, distinctness, outside_share (NaN without masks),
+    candidate_shortcut, exemplars (image ids), clusters (in the class), eigengap (the chosen gap).
+    """
+    vectors = unit_maps(maps)
+    n = len(vectors)
+    if n >= settings.min_images:
+        cluster, eigenvalues = spectral_clusters(vectors, settings.max_clusters, settings.neighbours, settings.seed, settings.min_silhouette)
+    else:
+        cluster, eigenvalues = np.zeros(n, dtype=np.int64), np.zeros(1)
+    clusters = int(cluster.max()) + 1 if n else 0
+    gaps = np.diff(eigenvalues)
+    eigengap = float(gaps[clusters - 1]) if 0 < clusters <= len(gaps) else float("nan")
+    class_mean = vectors.mean(axis=0) if n else np.zeros(vectors.shape[1])
+    spread = float(np.median(np.linalg.norm(vectors - class_mean, axis=1))) if n else float("nan")
+    raw = np.nan_to_num(np.asarray(maps, dtype=np.float64))
+    rows, cluster_maps = [], []
+    for j in range(clusters):
+        members = np.flatnonzero(cluster == j)
+        centre = vectors[members].mean(axis=0)
+        rest = np.flatnonzero(cluster != j)
+        distinct = np.linalg.norm(centre - vectors[rest].mean(axis=0)) / spread if len(rest) and spread > 0 else float("nan")
+        nearest = members[np.argsort(np.linalg.norm(vectors[members] - centre, axis=1), kind="stable")[: settings.exemplars]]
+        cluster_maps.append(raw[members].mean(axis=0))
+        rows.append({
+            "cluster": j, "size": len(members), "share": len(members) / n, "distinctness": float(distinct),
+            "outside_share": _outside_share(raw[members], outside[members]) if outside is not None else float("nan"),
+            "exemplars": [str(i) for i in image_ids[nearest]],
+        })
+    table = pd.DataFrame(rows, columns=["cluster", "size", "share", "distinctness", "outside_share", "exemplars"])
+    table["candidate_shortcut"] = (
+        (table["cluster"] > 0) & (table["share"] <= settings.shortcut_share) & (table["distinctness"] >= settings.shortcut_distinctness)
+    )
+    table["clusters"], table["eigengap"] = clusters, eigengap
+    map_score = map_outlier_scores(vectors, settings.neighbours)
+    grid = np.shape(maps)[1:]
+    return ClassStrategies(
+        table, cluster, map_score, raw.mean(axis=0) if n else np.full(grid, np.nan),
+        np.stack(cluster_maps) if cluster_maps else np.zeros((0, *grid)),
+    )
+
+
+def _outside_share(maps: np.ndarray, outside: np.ndarray) -> float:
+    """Share of the members' positive saliency (summed over members) that lies outside the object."""
+    positive = np.clip(maps, 0, None)
+    total = positive.sum()
+    return float((positive * outside).sum() / total) if total > 0 else float("nan")

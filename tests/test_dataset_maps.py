@@ -1,0 +1,110 @@
+"""Dataset maps: every image mapped from stored activations, equal to the engine's maps for the same images."""
+import dask.array as da
+import numpy as np
+import pytest
+import torch
+
+from audit.explain.compute import plan_maps
+from audit.explain.dataset_maps import dataset_map_store, pool_linear_head, shard_maps
+from audit.explain.diffcam import diffcam_maps
+from audit.explain.engine import ExplainerEngine
+from audit.explain.plan import dataset_plan
+from audit.features import feature_part, forward_features
+from audit.reference import LeaveOneOut, write_reference_store
+from audit.settings import ExplainSettings
+from audit.storage import open_zarr
+
+METHODS = ["gradcam", "finercam", "diffcam"]
+
+
+@pytest.fixture(scope="module")
+def shard(trained, digits_small, tmp_path_factory):
+    """80 digits' features at layer4 (pool + linear head) and layer3 (head-side autograd), with their reference stores."""
+    model, meta = trained
+    images = digits_small.images[:80]
+    coords = {"image_id": np.array([f"d{i}" for i in range(80)]), "label": digits_small.labels[:80], "split": np.array(["audit"] * 80)}
+    out = {}
+    for layer in ("layer4", "layer3"):
+        layer_meta = type(meta)(**{**meta.__dict__, "layer": layer})
+        activations, pre_logits, logits = forward_features(model, layer_meta, torch.from_numpy(images))
+        features = feature_part(_Coords(coords), meta.class_names, activations, pre_logits, logits)
+        path = tmp_path_factory.mktemp(layer) / "reference.zarr"
+        write_reference_store(da.from_array(features["embedding"].values, chunks=40), coords["label"], list(meta.class_names), path, min_images=3)
+        out[layer] = (layer_meta, features, open_zarr(path).load())
+    return out
+
+
+class _Coords(dict):
+    """feature_part reads coords[name].values."""
+
+    def __getitem__(self, name):
+        return type("Values", (), {"values": dict.__getitem__(self, name)})()
+
+
+def _plan(features, settings):
+    return dataset_plan(features["image_id"].values, features["label"].values, features["probability"].values, settings, METHODS)
+
+
+def test_closed_form_maps_from_stored_activations_equal_the_engines_autograd_maps(trained, digits_small, shard):
+    model, _ = trained
+    meta, features, reference = shard["layer4"]
+    settings = ExplainSettings(batch_size=16)
+    classifier = model.get_classifier()
+    weight, bias = classifier.weight.detach().numpy(), classifier.bias.detach().numpy()
+    assert pool_linear_head(features["embedding"].values, features["logits"].values, weight, bias)
+    assert not pool_linear_head(features["embedding"].values, features["logits"].values + 0.5, weight, bias)
+    plan = _plan(features, settings)
+    assert set(plan["variant"]) == {"gradcam", "finercam top-3 predictions", "diffcam vs all others", "diffcam vs own class"}
+    assert len(plan) == 4 * 80
+    ours = shard_maps(plan, features, reference, settings, chunk=24, classifier_weight=weight)  # chunks do not align with batches
+    engine = ExplainerEngine(model, "layer4", digits_small.images.shape[-2:])
+    engine.closed_form = False  # the oracle takes the gradient through the head by autograd
+    expected = np.stack(plan_maps(plan, engine, meta, digits_small.images[:80], features, reference, settings, {}))
+    assert not engine.closed_form
+    gradient_rows = plan["method"] != "diffcam"
+    np.testing.assert_allclose(ours[gradient_rows], expected[gradient_rows], rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+    np.testing.assert_allclose(ours[~gradient_rows], expected[~gradient_rows], rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+
+
+def test_maps_of_a_layer_without_the_closed_form_come_from_one_engine_pass_per_batch(trained, digits_small, shard):
+    model, _ = trained
+    meta, features, reference = shard["layer3"]
+    classifier = model.get_classifier()
+    assert not pool_linear_head(features["embedding"].values, features["logits"].values, classifier.weight.detach().numpy(), None)
+    settings = ExplainSettings(batch_size=16)
+    plan = _plan(features, settings)
+    engine = ExplainerEngine(model, "layer3", digits_small.images.shape[-2:])
+    images = digits_small.images[:80]
+    ours = shard_maps(
+        plan, features, reference, settings, chunk=32,
+        model_maps=lambda rows: plan_maps(rows, engine, meta, images, features, reference, settings, {}),
+    )
+    assert engine.closed_form is False
+    expected = np.stack(plan_maps(plan, ExplainerEngine(model, "layer3", images.shape[-2:]), meta, images, features, reference, settings, {}))
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+    store = dataset_map_store(plan, ours, features, {"layer": "layer3"})
+    assert store["map"].dims == ("image", "variant", "layer_y", "layer_x") and store["map"].shape == (80, 4, *features["activation"].shape[2:])
+    row = plan[(plan["variant"] == "finercam top-3 predictions") & (plan["image_index"] == 7)].index[0]
+    np.testing.assert_allclose(store["map"].sel(variant="finercam top-3 predictions").values[7], ours[row], rtol=1e-3, atol=1e-3 * np.abs(ours[row]).max())
+    assert list(store["reference_kind"].values) == ["", "", "others", "own-class-loo"]
+
+
+def test_leave_one_out_diffcam_for_every_image_equals_one_factorisation_per_image(shard):
+    _, features, reference = shard["layer4"]
+    settings = ExplainSettings()
+    plan = _plan(features, settings)
+    own = plan[plan["variant"] == "diffcam vs own class"]
+    ours = shard_maps(own, features, reference, settings, chunk=50)
+    leave_one_out = LeaveOneOut(reference)
+    activations, embedding, labels = features["activation"].values, features["embedding"].values, features["label"].values
+    checked = 0
+    for row, i in enumerate(own["image_index"]):
+        group = leave_one_out.group(int(labels[i]), embedding[i])
+        expected = diffcam_maps(activations[i : i + 1], group, centre=True)[0]
+        np.testing.assert_allclose(ours[row], expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+        checked += not group.pooled
+    assert checked > 60  # most classes keep their own covariance (the closed form), not the pooled fallback
+    # the centred map's spatial mean is the image's leave-one-out anomaly score
+    scores = np.concatenate([leave_one_out.member_scores(c, embedding[labels == c])[0] for c in np.unique(labels)])
+    order = np.concatenate([np.flatnonzero(labels == c) for c in np.unique(labels)])
+    np.testing.assert_allclose(ours[np.argsort(own["image_index"].to_numpy())].mean(axis=(1, 2))[order], scores, rtol=1e-4)

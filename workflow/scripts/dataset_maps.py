@@ -1,0 +1,54 @@
+"""Snakemake adapter: every image of one shard mapped at layer resolution by the dataset methods."""
+import numpy as np
+from stage import stage_settings
+
+from audit.data.shards import read_listing
+from audit.data.sources import PixelRows, open_images
+from audit.explain.compute import model_maps, uses_model
+from audit.explain.dataset_maps import CLOSED_FORM, MODEL_PASS, dataset_map_store, pool_linear_head, shard_maps
+from audit.explain.engine import ExplainerEngine
+from audit.explain.plan import dataset_plan
+from audit.explain.registry import explainer
+from audit.feature_store import class_scores, has_classifier, open_features
+from audit.models.checkpoint import load_checkpoint
+from audit.runtime import stage_run
+from audit.settings import ExplainSettings
+from audit.similarity import weight_cosine
+from audit.storage import open_zarr, write_zarr
+
+with stage_run(snakemake.log[0], snakemake.threads) as device:
+    settings = stage_settings(snakemake, ExplainSettings, "explain")
+    listing = read_listing(snakemake.input.listing)
+    features = open_features([snakemake.input.features], listing)
+    reference = open_zarr(snakemake.input.reference)
+    model, meta = load_checkpoint(snakemake.input.checkpoint, device)
+    head = has_classifier(features)
+    weight = bias = None
+    if head:
+        classifier = model.get_classifier()
+        weight = classifier.weight.detach().float().cpu().numpy()
+        bias = None if classifier.bias is None else classifier.bias.detach().float().cpu().numpy()
+    plan = dataset_plan(
+        features["image_id"].values, features["label"].values, class_scores(features, reference), settings, settings.dataset_methods,
+        weight_cosine(weight) if head and settings.finer_similarity == "weights" else None,
+    )
+    if settings.dataset_splits is not None:
+        plan = plan[np.isin(features["split"].values.astype(str)[plan["image_index"]], settings.dataset_splits)]
+    closed = head and pool_linear_head(features["embedding"].values, features["logits"].values, weight, bias)
+    attrs = {
+        "model": features.attrs["model"], "layer": features.attrs["layer"], "methods": list(settings.dataset_methods),
+        "gradients": CLOSED_FORM if closed else MODEL_PASS,
+        **{name: value for m in settings.dataset_methods for name, value in explainer(m).attrs(settings).items() if name in explainer(m).parameters},
+    }
+    model_rows = None
+    if uses_model(plan).any() and not closed:
+        images = PixelRows(open_images([snakemake.input.images], listing)["pixels"])
+        engine = ExplainerEngine(model, meta.layer, images.shape[-2:])
+        concepts = dict(zip(reference["concept"].values.astype(str), reference["concept_vector"].values))
+
+        def model_rows(rows):
+            return model_maps(engine, meta, images, rows, settings, concepts)
+
+    chunk = snakemake.config["audits"][snakemake.wildcards.audit]["dataset"]["chunk"]
+    maps = shard_maps(plan, features, reference, settings, chunk, weight if closed else None, model_rows)
+    write_zarr(dataset_map_store(plan, maps, features, attrs), snakemake.output[0])

@@ -40,9 +40,11 @@ import pandas as pd
 import scipy.sparse
 import scipy.sparse.csgraph
 import scipy.sparse.linalg
+import xarray as xr
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_samples
 from sklearn.neighbors import NearestNeighbors
+from tqdm import tqdm
 
 from audit.settings import StrategySettings
 
@@ -208,3 +210,80 @@ def _outside_share(maps: np.ndarray, outside: np.ndarray) -> float:
     positive = np.clip(maps, 0, None)
     total = positive.sum()
     return float((positive * outside).sum() / total) if total > 0 else float("nan")
+
+
+STRATEGY_COLUMNS = [
+    "class", "class_name", "variant", "cluster", "size", "share", "distinctness", "outside_share", "candidate_shortcut", "exemplars",
+    "clusters", "eigengap",
+]
+OUTLIER_COLUMNS = ["image_id", "label", "map_cluster", "map_score", "map_rank"]
+
+
+def strategy_variant(maps: xr.Dataset, settings: StrategySettings) -> str:
+    """The dataset-map variant clustered: the first of ``settings.method`` (with ``settings.reference`` when given); ``ValueError`` if none."""
+    method = maps["method"].values.astype(str)
+    kind = maps["reference_kind"].values.astype(str)
+    chosen = (method == settings.method) & ((kind == settings.reference) if settings.reference is not None else True)
+    if not chosen.any():
+        available = ", ".join(f"{m} ({k or 'no reference'})" for m, k in zip(method, kind))
+        raise ValueError(f"strategies.method {settings.method!r} (reference {settings.reference!r}) is not among the dataset maps: {available}")
+    return str(maps["variant"].values[np.flatnonzero(chosen)[0]])
+
+
+def cell_coverage(masks: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """Share (n, h, w) of each layer cell's pixels inside the object, for masks (n, H, W): cell i spans rows
+    ⌊iH/h⌋ … ⌈(i+1)H/h⌉ − 1 (adaptive average pooling's bins), and likewise for columns."""
+    masks = np.asarray(masks, dtype=np.float64)
+    (height, width), (h, w) = masks.shape[1:], grid
+    rows = [(i * height // h, -(-(i + 1) * height // h)) for i in range(h)]
+    cols = [(j * width // w, -(-(j + 1) * width // w)) for j in range(w)]
+    return np.stack([[masks[:, r0:r1, c0:c1].mean(axis=(1, 2)) for c0, c1 in cols] for r0, r1 in rows]).transpose(2, 0, 1)
+
+
+def audit_strategies(
+    maps: xr.Dataset, settings: StrategySettings, coverage: np.ndarray | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame, xr.Dataset]:
+    """Strategies of every class from the dataset maps (:func:`audit.explain.dataset_maps.open_dataset_maps`).
+
+    Reads one variant's maps (N, h, w) (float16 on disk: 2·h·w bytes per image),
+    then works class by class. ``coverage`` (N, h, w): :func:`cell_coverage` of
+    the object masks, in the maps' image order, when masks exist.
+
+    Returns ``strategies.parquet`` (``STRATEGY_COLUMNS``, one row per cluster),
+    ``map_outliers.parquet`` (``OUTLIER_COLUMNS``: each image's cluster, map outlier
+    score and its rank within the class, 1 = most unusual) and the maps store:
+    ``class_mean_map`` (class, layer_y, layer_x) and ``cluster_map``
+    (strategy, layer_y, layer_x) with ``strategy_class`` and ``strategy_cluster`` along ``strategy``.
+    """
+    variant = strategy_variant(maps, settings)
+    values = maps["map"].sel(variant=variant).values.astype(np.float32)
+    labels = maps["label"].values.astype(np.int64)
+    image_ids = maps["image_id"].values.astype(str)
+    class_names = [str(c) for c in maps["class"].values]
+    grid = values.shape[1:]
+    class_means = np.full((len(class_names), *grid), np.nan, dtype=np.float32)
+    tables, cluster_maps = [], []
+    map_cluster, map_score = np.full(len(labels), -1), np.full(len(labels), np.nan)
+    for c in tqdm(np.unique(labels[labels >= 0]), desc="strategies", unit="class"):
+        members = np.flatnonzero(labels == c)
+        result = class_strategies(values[members], image_ids[members], settings, 1 - coverage[members] if coverage is not None else None)
+        tables.append(result.table.assign(**{"class": int(c), "class_name": class_names[c], "variant": variant}))
+        cluster_maps.append(result.cluster_maps)
+        class_means[c] = result.mean_map
+        map_cluster[members], map_score[members] = result.cluster, result.map_score
+    strategies = pd.concat(tables, ignore_index=True)[STRATEGY_COLUMNS] if tables else pd.DataFrame(columns=STRATEGY_COLUMNS)
+    outliers = pd.DataFrame({"image_id": image_ids, "label": labels, "map_cluster": map_cluster, "map_score": map_score})
+    outliers["map_rank"] = outliers.groupby("label")["map_score"].rank(ascending=False, method="first").astype("Int64")
+    store = xr.Dataset(
+        {
+            "class_mean_map": (("class", "layer_y", "layer_x"), class_means),
+            "cluster_map": (("strategy", "layer_y", "layer_x"), np.concatenate(cluster_maps).astype(np.float32) if cluster_maps else np.zeros((0, *grid), np.float32)),
+        },
+        coords={
+            "class": class_names,
+            "strategy_class": ("strategy", strategies["class"].to_numpy(np.int64)),
+            "strategy_cluster": ("strategy", strategies["cluster"].to_numpy(np.int64)),
+        },
+        attrs={"variant": variant, **{k: v for k, v in vars(settings).items() if v is not None}},
+    )
+    return strategies, outliers, store

@@ -19,6 +19,7 @@ from audit.settings import (
     MetricSettings,
     ModelSettings,
     ReferenceSettings,
+    StrategySettings,
 )
 
 # Relative data and checkpoint paths are relative to the config file (the last --configfile, else config/).
@@ -198,6 +199,25 @@ def dataset_map_params(wildcards):
 
 def dataset_map_shards(wildcards):
     return _shard_paths(wildcards, "results/{audit}/dataset_maps/shard-{shard}.zarr")
+
+
+def mask_shards(wildcards):
+    """The image shards when the dataset has object masks (for the strategies' outside-the-object shares), else none."""
+    return image_shards(wildcards) if listing(wildcards).with_masks else []
+
+
+def strategy_params(wildcards):
+    return StrategySettings.output_values(audit_config(wildcards)["strategies"])
+
+
+def runs_dataset_maps(wildcards):
+    """Whether the audit maps every image (a non-empty explain.dataset_methods that applies to the model)."""
+    return bool(dataset_methods(wildcards))
+
+
+def map_outliers(wildcards):
+    """The map outlier scores that the anomaly table takes in, when the audit maps every image."""
+    return [f"results/{wildcards.audit}/map_outliers.parquet"] if runs_dataset_maps(wildcards) else []
 
 
 def metric_params(wildcards):

@@ -65,3 +65,26 @@ rule dataset_maps:
         "benchmarks/rules/{audit}/dataset_maps/shard-{shard}.tsv"
     script:
         "../workflow/scripts/dataset_maps.py"
+
+
+# What each class relies on (audit.strategies): its dataset maps clustered, and every image's map outlier score.
+rule strategies:
+    input:
+        maps=dataset_map_shards,
+        listing=ancient("results/{audit}/listing.parquet"),
+        images=mask_shards,
+    output:
+        strategies=report("results/{audit}/strategies.parquet", caption="../workflow/report/strategies.rst", category="Audits", subcategory="{audit}", labels={"audit": "{audit}", "artefact": "strategies"}),
+        outliers="results/{audit}/map_outliers.parquet",
+        maps=directory("results/{audit}/strategy_maps.zarr"),
+    params:
+        settings=strategy_params,
+        present=present_param,
+    conda:
+        "../workflow/envs/audit.yaml"
+    log:
+        "logs/{audit}/strategies.log",
+    benchmark:
+        "benchmarks/rules/{audit}/strategies.tsv"
+    script:
+        "../workflow/scripts/strategies.py"

@@ -26,6 +26,7 @@ rule anomaly_scores:
         features=feature_shards,
         reference="results/{audit}/reference.zarr",
         listing=ancient("results/{audit}/listing.parquet"),
+        map_outliers=map_outliers,
     output:
         anomalies=report("results/{audit}/anomalies.parquet", caption="../workflow/report/anomalies.rst", category="Audits", subcategory="{audit}", labels={"audit": "{audit}", "artefact": "anomaly scores"}),
         quality="results/{audit}/anomaly_quality.parquet",

@@ -90,6 +90,7 @@ class ShardDigests:
             changes when one of them is added, removed or changed.
         all_present: the same over every present image.
         class_names: the listing's class names.
+        with_masks: whether the images have object masks.
     """
 
     shards: list[int]
@@ -97,6 +98,7 @@ class ShardDigests:
     present: dict[int, str]
     all_present: str
     class_names: list[str]
+    with_masks: bool = False
 
 
 def shard_digests(listing: pd.DataFrame) -> ShardDigests:
@@ -112,6 +114,7 @@ def shard_digests(listing: pd.DataFrame) -> ShardDigests:
         present=present,
         all_present=fingerprint([*layout, *here["image_id"], *here["fingerprint"]]),
         class_names=list(listing.attrs["class_names"]),
+        with_masks=bool(listing.attrs["with_masks"]),
     )
 
 

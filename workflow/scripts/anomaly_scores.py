@@ -26,6 +26,9 @@ with stage_run(snakemake.log[0], snakemake.threads, model=False):
         background=group_from_store(reference, "all"),
         probability=features["probability"].values if has_classifier(features) else None,
     )
+    if snakemake.input.map_outliers:  # how unusual each image's map is within its class (audit.strategies)
+        outliers = pd.read_parquet(snakemake.input.map_outliers).drop(columns="label")
+        table = table.merge(outliers, on="image_id", how="left")
     if listing.attrs["with_flags"]:
         flags = pd.Series(listing["anomaly"].isin(ANOMALY_TRUE).to_numpy(), index=listing["image_id"].to_numpy(str))
         table["flagged"] = table["image_id"].astype(str).map(flags).astype(bool)

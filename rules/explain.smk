@@ -2,7 +2,7 @@ rule explain_plan:
     input:
         features=feature_shards,
         listing=ancient("results/{audit}/listing.parquet"),
-        anomalies="results/{audit}/anomalies.parquet",
+        anomalies="results/{audit}/embedding_anomalies.parquet",
         pairs="results/{audit}/pairs.parquet",
         reference="results/{audit}/reference.zarr",
     output:

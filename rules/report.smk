@@ -13,6 +13,9 @@ rule report:
         rejects="results/{audit}/rejects.parquet",
         reference="results/{audit}/reference.zarr",
         saliency="results/{audit}/saliency",
+        strategies=lambda wildcards: [f"results/{wildcards.audit}/strategies.parquet"] if runs_dataset_maps(wildcards) else [],
+        strategy_maps=lambda wildcards: [f"results/{wildcards.audit}/strategy_maps.zarr"] if runs_dataset_maps(wildcards) else [],
+        dataset_maps=lambda wildcards: dataset_map_shards(wildcards) if runs_dataset_maps(wildcards) else [],
     output:
         report("reports/{audit}.html", caption="../workflow/report/audit_report.rst", category="Audits", subcategory="{audit}", labels={"audit": "{audit}", "artefact": "HTML report"}),
     params:

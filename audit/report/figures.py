@@ -143,3 +143,36 @@ def perturbation_curves(summary: pd.DataFrame, panels: list[tuple[str, dict[str,
         sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=7, title=None)
     figure.tight_layout()
     return to_data_uri(figure)
+
+
+@plain_text
+def strategy_grid(average: np.ndarray, class_mean: np.ndarray, rows: list[dict], signed: bool) -> str:
+    """One class's strategies: its mean map over its average image, then a row per cluster — its mean map over the
+    average of its exemplars, then each exemplar under its own map.
+
+    Args:
+        average: uint8 (3, H, W). class_mean: (H, W).
+        rows: per cluster, ``title``, ``mean_map`` (H, W), ``average`` uint8 (3, H, W) and ``exemplars``: [(image (3, H, W), map (H, W), image id)].
+        signed: diverging scale centred at zero (else 0..max), each map on its own largest magnitude.
+    """
+    columns = 1 + max((len(r["exemplars"]) for r in rows), default=0)
+    figure, axes = plt.subplots(1 + len(rows), columns, figsize=(1.7 * columns, 1.75 * (1 + len(rows))), squeeze=False)
+
+    def draw(axis, picture, saliency, title):
+        axis.imshow(picture.transpose(1, 2, 0), alpha=0.55)
+        limit = float(np.abs(saliency).max()) or 1.0
+        axis.imshow(saliency / limit, cmap="RdBu_r" if signed else "inferno", vmin=-1 if signed else 0, vmax=1, alpha=0.65)
+        axis.set_title(title, fontsize=7)
+
+    draw(axes[0, 0], average, class_mean, "class mean map")
+    for r, row in enumerate(rows, start=1):
+        draw(axes[r, 0], row["average"], row["mean_map"], row["title"])
+        for c, (picture, saliency, image_id) in enumerate(row["exemplars"], start=1):
+            draw(axes[r, c], picture, saliency, image_id)
+    for axis in axes.ravel():
+        axis.set_xticks([])
+        axis.set_yticks([])
+        if not axis.images:
+            axis.set_axis_off()
+    figure.tight_layout()
+    return to_data_uri(figure)

@@ -22,6 +22,7 @@ from audit.metrics.metric import Output
 from audit.metrics.registry import outputs
 from audit.report import figures
 from audit.report.gallery import Gallery
+from audit.report.strategies import map_versus_embedding, strategy_section
 from audit.similarity import pair_matrix
 
 
@@ -38,6 +39,8 @@ class ReportInputs:
         history: the runs recorded before this one (scheduled audits), or None.
         provenance: the run's provenance (``audit.report.provenance``), or None.
         full_classes: classes drawn in full (``report.full_classes``); the rest are in a table.
+        strategies, strategy_maps, dataset_maps: the strategies stage's table and maps store, and the dataset maps
+            (lazy), when the audit maps every image; else None.
     """
 
     audit: str
@@ -58,6 +61,9 @@ class ReportInputs:
     history: RunHistory | None = None
     provenance: dict | None = None
     full_classes: int = 50
+    strategies: pd.DataFrame | None = None
+    strategy_maps: xr.Dataset | None = None
+    dataset_maps: xr.Dataset | None = None
 
 
 class _MapIndex:
@@ -169,6 +175,9 @@ def render_report(inputs: ReportInputs) -> str:
     else:
         similarity_figure = figures.heatmap(pair_matrix(inputs.pairs, num_classes, "mean_distance"), class_names, "distance between class means", ".1f")
     has_metrics = not inputs.metrics.empty
+    strategies = None
+    if inputs.strategies is not None:
+        strategies = strategy_section(inputs.strategies, inputs.strategy_maps, inputs.dataset_maps, images, image_index, inputs.full_classes)
     context = {
         "audit": inputs.audit,
         "top_anomalies": inputs.top_anomalies,
@@ -217,7 +226,9 @@ def render_report(inputs: ReportInputs) -> str:
         "quality_by_class": [r for r in quality_by_class(inputs.metrics_summary, class_names) if r["class"] in {class_names[c] for c in full}] if has_metrics else [],
         "curves_figure": figures.perturbation_curves(inputs.metrics_summary, curve_panels()) if has_metrics else None,
         "since_last_run": since_last_run(inputs.anomalies, inputs.history),
-        "summary": summary(inputs, class_names, standout, full),
+        "strategies": strategies,
+        "map_versus_embedding": map_versus_embedding(inputs.anomalies),
+        "summary": summary(inputs, class_names, standout, full, strategies),
         "provenance": inputs.provenance,
         "metric_conventions": (
             inputs.metrics[["metric", "baseline", "steps", "score", "order"]].drop_duplicates("metric").to_dict("records") if has_metrics else []
@@ -245,8 +256,8 @@ def class_standout(anomalies: pd.DataFrame) -> pd.DataFrame:
 SANITY_LIMIT = 0.8  # rank correlation with the randomised model's map above which a method fails the randomisation check
 
 
-def summary(inputs: ReportInputs, class_names: list[str], standout: pd.DataFrame, full: set[int], shown: int = 5) -> dict:
-    """The findings in a few lines: the most anomalous images overall, the most confused pairs, the ranking's AUROC,
+def summary(inputs: ReportInputs, class_names: list[str], standout: pd.DataFrame, full: set[int], strategies: dict | None = None, shown: int = 5) -> dict:
+    """The findings in a few lines: the most anomalous images overall, the most confused pairs, candidate shortcuts, the ranking's AUROC,
     and which method is most faithful by deletion AUC (with a warning when its interval overlaps the next one's or a method fails its sanity check).
 
     The most anomalous images are the top images of the classes where they stand out most (``class_standout``), linked to their class's section when it is drawn (``full``).
@@ -261,6 +272,8 @@ def summary(inputs: ReportInputs, class_names: list[str], standout: pd.DataFrame
         "confused_pairs": [
             {"a": r.name_a, "b": r.name_b, "confusions": int(r.confusions), "anchor": "pairs"} for r in confused.itertuples()
         ],
+        "shortcuts": strategies["shortcuts"][:shown] if strategies else [],
+        "shortcut_count": len(strategies["shortcuts"]) if strategies else 0,
         "auroc": _number(quality.loc["all", "auroc"]) if quality is not None and "all" in quality.index else None,
         "best_method": None,
         "warnings": [],

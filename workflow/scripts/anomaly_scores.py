@@ -1,4 +1,4 @@
-"""Snakemake adapter: leave-one-out Mahalanobis anomaly scores within each class, and how well they find flagged anomalies."""
+"""Snakemake adapter: leave-one-out Mahalanobis anomaly scores within each class, with the flags of known anomalies."""
 import numpy as np
 import pandas as pd
 
@@ -6,7 +6,6 @@ from audit.anomaly import anomaly_table
 from audit.data.manifest import ANOMALY_TRUE
 from audit.data.shards import read_listing
 from audit.feature_store import has_classifier, open_features
-from audit.metrics.anomaly_quality import ranking_quality
 from audit.reference import LeaveOneOut, group_from_store
 from audit.runtime import stage_run
 from audit.storage import open_zarr, write_parquet
@@ -26,11 +25,7 @@ with stage_run(snakemake.log[0], snakemake.threads, model=False):
         background=group_from_store(reference, "all"),
         probability=features["probability"].values if has_classifier(features) else None,
     )
-    if snakemake.input.map_outliers:  # how unusual each image's map is within its class (audit.strategies)
-        outliers = pd.read_parquet(snakemake.input.map_outliers).drop(columns="label")
-        table = table.merge(outliers, on="image_id", how="left")
     if listing.attrs["with_flags"]:
         flags = pd.Series(listing["anomaly"].isin(ANOMALY_TRUE).to_numpy(), index=listing["image_id"].to_numpy(str))
         table["flagged"] = table["image_id"].astype(str).map(flags).astype(bool)
-    write_parquet(table, snakemake.output.anomalies)
-    write_parquet(ranking_quality(table, snakemake.params.top), snakemake.output.quality)
+    write_parquet(table, snakemake.output[0])

@@ -6,6 +6,7 @@ import pandas as pd
 
 from audit.data.shards import read_listing, shard_digests
 from audit.data.sources import open_images
+from audit.explain.dataset_maps import open_dataset_maps
 from audit.feature_store import open_features
 from audit.history import read_run_history
 from audit.models.checkpoint import read_meta
@@ -13,6 +14,19 @@ from audit.report.provenance import provenance
 from audit.report.render import ReportInputs, render_report
 from audit.runtime import stage_run
 from audit.storage import atomic_path, open_zarr
+
+
+
+def strategy_inputs(given, listing) -> dict:
+    """The strategies table, its maps and the dataset maps (lazy) when the audit maps every image."""
+    if not given.strategies:
+        return {}
+    return {
+        "strategies": pd.read_parquet(given.strategies[0]),
+        "strategy_maps": open_zarr(given.strategy_maps[0]).load(),
+        "dataset_maps": open_dataset_maps(given.dataset_maps, listing),
+    }
+
 
 with stage_run(snakemake.log[0], snakemake.threads, model=False):
     listing = read_listing(snakemake.input.listing)
@@ -34,6 +48,7 @@ with stage_run(snakemake.log[0], snakemake.threads, model=False):
         top_pairs=snakemake.params.top_pairs,
         full_classes=snakemake.params.full_classes,
         history=read_run_history(Path(snakemake.input.anomalies).parent),
+        **strategy_inputs(snakemake.input, listing),
         provenance=provenance(
             snakemake.config["audits"][snakemake.wildcards.audit],  # read here, not a param: a speed-only edit must not rerun the report
             snakemake.params.logs, snakemake.params.benchmarks, shard_digests(listing).all_present, snakemake.scriptdir,

@@ -1,0 +1,155 @@
+"""The report's "What each class relies on" section, from the strategies stage (:mod:`audit.strategies`).
+
+Classes are ranked by their most distinct cluster (candidate shortcuts first);
+the first ``full`` are drawn: the class's mean map over the average of its
+exemplar images, then one row per cluster with its mean map and its exemplars,
+each under its own dataset map. The rest are listed in a table, so the section
+stays readable for 1,000 classes. Layer-resolution maps are upsampled to the
+image bilinearly (cell centres spread evenly over the image) for drawing only.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scipy.ndimage
+import xarray as xr
+
+from audit.history import robust_z
+from audit.report import figures
+
+
+def ranked_classes(strategies: pd.DataFrame) -> pd.DataFrame:
+    """One row per class (index: class index), most distinct cluster first, classes with a candidate shortcut before the rest.
+
+    Columns: class_name, images, clusters, distinctness (its most distinct cluster's), share (that cluster's), shortcut (bool).
+    """
+    if strategies.empty:
+        return pd.DataFrame(columns=["class_name", "images", "clusters", "distinctness", "share", "shortcut"])
+    most = strategies.sort_values("distinctness", ascending=False, na_position="last").groupby("class", sort=False).head(1).set_index("class")
+    table = pd.DataFrame({
+        "class_name": most["class_name"],
+        "images": strategies.groupby("class")["size"].sum(),
+        "clusters": most["clusters"],
+        "distinctness": most["distinctness"],
+        "share": most["share"],
+        "shortcut": strategies.groupby("class")["candidate_shortcut"].any(),
+    })
+    return table.sort_values(["shortcut", "distinctness"], ascending=[False, False], na_position="last", kind="stable")
+
+
+def strategy_section(
+    strategies: pd.DataFrame,
+    strategy_maps: xr.Dataset,
+    dataset_maps: xr.Dataset,
+    images: xr.DataArray,
+    image_index: dict[str, int],
+    full: int,
+) -> dict | None:
+    """The section's context: ``classes`` drawn in full, ``other_classes`` in a table, ``shortcuts`` for the summary; None without strategies.
+
+    ``dataset_maps``: the dataset-map stores combined (lazy; only the exemplars' maps are read). ``images``: the image store's pixels (lazy).
+    """
+    if strategies.empty:
+        return None
+    variant = str(strategy_maps.attrs["variant"])
+    ranked = ranked_classes(strategies)
+    map_row = {str(i): n for n, i in enumerate(dataset_maps["image_id"].values)}
+    exemplar_maps = dataset_maps["map"].sel(variant=variant)
+    cluster_row = {(int(c), int(k)): n for n, (c, k) in enumerate(zip(strategy_maps["strategy_class"].values, strategy_maps["strategy_cluster"].values))}
+    drawn = []
+    for c, summary in ranked.head(full).iterrows():
+        clusters = strategies[strategies["class"] == c].sort_values("cluster")
+        rows = []
+        for cluster in clusters.itertuples():
+            pictures = [images[image_index[i]].values for i in cluster.exemplars]
+            maps = [exemplar_maps[map_row[i]].values.astype(np.float32) for i in cluster.exemplars]
+            rows.append({
+                "title": _cluster_title(cluster),
+                "mean_map": _upsampled(strategy_maps["cluster_map"][cluster_row[(c, cluster.cluster)]].values, pictures[0].shape[1:]),
+                "average": np.mean(pictures, axis=0).astype(np.uint8),
+                "exemplars": [(p, _upsampled(m, p.shape[1:]), i) for p, m, i in zip(pictures, maps, cluster.exemplars)],
+            })
+        all_pictures = [e[0] for row in rows for e in row["exemplars"]]
+        class_mean = _upsampled(strategy_maps["class_mean_map"].sel({"class": summary["class_name"]}).values, all_pictures[0].shape[1:])
+        drawn.append({
+            "name": summary["class_name"],
+            "anchor": f"strategies-{c}",
+            "figure": figures.strategy_grid(np.mean(all_pictures, axis=0).astype(np.uint8), class_mean, rows, signed=_signed(strategy_maps)),
+            "clusters": [_cluster_row(r) for r in clusters.itertuples()],
+            "shortcut": bool(summary["shortcut"]),
+        })
+    shortcuts = strategies[strategies["candidate_shortcut"]].sort_values("distinctness", ascending=False)
+    drawn_classes = set(ranked.head(full).index)
+    return {
+        "variant": variant,
+        "classes": drawn,
+        "other_classes": [
+            {"name": r.class_name, "images": int(r.images), "clusters": int(r.clusters), "distinctness": _number(r.distinctness), "share": _percent(r.share), "shortcut": bool(r.shortcut)}
+            for r in ranked.iloc[full:].itertuples()
+        ],
+        "shortcuts": [
+            {"class_name": r["class_name"], "cluster": int(r["cluster"]), "share": _percent(r["share"]), "distinctness": _number(r["distinctness"]),
+             "anchor": f"strategies-{r['class']}" if r["class"] in drawn_classes else "strategies-other"}
+            for r in shortcuts.to_dict("records")
+        ],
+        "has_outside": bool(strategies["outside_share"].notna().any()),
+    }
+
+
+def _signed(strategy_maps: xr.Dataset) -> bool:
+    """Whether the clustered variant's maps are signed (DiffCAM): its mean maps are drawn on a diverging scale."""
+    return str(strategy_maps.attrs.get("method", "")) == "diffcam"
+
+
+def _upsampled(saliency: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A layer map (h, w) resized to the image (H, W) bilinearly, for drawing."""
+    values = np.nan_to_num(np.asarray(saliency, dtype=np.float64))
+    return scipy.ndimage.zoom(values, (size[0] / values.shape[0], size[1] / values.shape[1]), order=1, mode="nearest", grid_mode=True)
+
+
+def _cluster_title(cluster) -> str:
+    flag = "\ncandidate shortcut" if cluster.candidate_shortcut else ""
+    return f"cluster {cluster.cluster}: {cluster.size} ({_percent(cluster.share)}){flag}"
+
+
+def _cluster_row(cluster) -> dict:
+    return {
+        "cluster": int(cluster.cluster), "size": int(cluster.size), "share": _percent(cluster.share), "distinctness": _number(cluster.distinctness),
+        "outside_share": _percent(cluster.outside_share), "shortcut": bool(cluster.candidate_shortcut), "exemplars": ", ".join(cluster.exemplars),
+    }
+
+
+def _number(value: float) -> str:
+    return "—" if pd.isna(value) else f"{value:.2f}"
+
+
+def _percent(value: float) -> str:
+    return "—" if pd.isna(value) else f"{100 * value:.0f} %"
+
+
+MAP_ODD = 3.5  # robust z above which a score is odd within its class (as history.outliers_within_class)
+ORDINARY = 1.0  # ... and below which it is ordinary
+
+
+def map_versus_embedding(anomalies: pd.DataFrame, listed: int = 20) -> dict | None:
+    """Images odd in where their evidence lies but ordinary in the embedding, and the reverse (robust z within the class of each score).
+
+    ``anomalies`` needs ``map_score`` (itself a robust z) beside ``score``; None without it.
+    """
+    if "map_score" not in anomalies or anomalies["map_score"].isna().all():
+        return None
+    table = anomalies.assign(embedding_z=robust_z(anomalies)).dropna(subset=["embedding_z", "map_score"])
+
+    def listing(chosen: pd.DataFrame, key: pd.Series) -> list[dict]:
+        return [
+            {"image_id": r.image_id, "class_name": r.class_name, "map_z": _number(r.map_score), "embedding_z": _number(r.embedding_z), "cluster": int(r.map_cluster)}
+            for r in chosen.assign(key=key).sort_values("key", ascending=False).head(listed).itertuples()
+        ]
+
+    odd_map = table[(table["map_score"] > MAP_ODD) & (table["embedding_z"] < ORDINARY)]
+    odd_embedding = table[(table["embedding_z"] > MAP_ODD) & (table["map_score"] < ORDINARY)]
+    return {
+        "odd_map": listing(odd_map, odd_map["map_score"] - odd_map["embedding_z"]),
+        "odd_embedding": listing(odd_embedding, odd_embedding["embedding_z"] - odd_embedding["map_score"]),
+        "threshold": MAP_ODD, "ordinary": ORDINARY,
+    }

@@ -85,7 +85,9 @@ def test_maps_of_a_layer_without_the_closed_form_come_from_one_engine_pass_per_b
     store = dataset_map_store(plan, ours, features, {"layer": "layer3"})
     assert store["map"].dims == ("image", "variant", "layer_y", "layer_x") and store["map"].shape == (80, 4, *features["activation"].shape[2:])
     row = plan[(plan["variant"] == "finercam top-3 predictions") & (plan["image_index"] == 7)].index[0]
-    np.testing.assert_allclose(store["map"].sel(variant="finercam top-3 predictions").values[7], ours[row], rtol=1e-3, atol=1e-3 * np.abs(ours[row]).max())
+    stored = (store["map"] * store["scale"]).sel(variant="finercam top-3 predictions").values[7]
+    np.testing.assert_allclose(stored, ours[row], rtol=1e-3, atol=1e-3 * np.abs(ours[row]).max())
+    assert np.nanmax(np.abs(store["map"].values)) <= 1
     assert list(store["reference_kind"].values) == ["", "", "others", "own-class-loo"]
 
 

@@ -1,5 +1,6 @@
 """Strategies per class: spectral clustering of maps against planted strategies, and the map outlier score."""
 import numpy as np
+import xarray as xr
 from sklearn.metrics import adjusted_rand_score
 
 from audit.settings import StrategySettings
@@ -71,3 +72,58 @@ def test_the_map_outlier_score_ranks_a_planted_odd_map_first(rng):
     result = class_strategies(maps, np.arange(60).astype(str), StrategySettings())
     assert np.argmax(result.map_score) == 17
     assert result.map_score[17] > 3.5
+
+
+def test_a_shortcut_the_model_learns_is_found_in_its_dataset_maps(tmp_path):
+    """A third of class 3's images (training and audit) are other digits with a white square in the top-left corner,
+    so the model can only call them 3 by the square: their Grad-CAM dataset maps form their own cluster, flagged."""
+    import dataclasses
+
+    import dask.array as da
+    import torch
+
+    from audit.data.digits import load_digits_dataset
+    from audit.explain.dataset_maps import dataset_map_store, open_dataset_maps, pool_linear_head, shard_maps
+    from audit.explain.plan import dataset_plan
+    from audit.features import feature_part, forward_features
+    from audit.models.train import fit_model
+    from audit.reference import write_reference_store
+    from audit.settings import ExplainSettings, ModelSettings, TrainSettings
+    from audit.storage import open_zarr, write_zarr
+    from audit.strategies import audit_strategies
+
+    data = load_digits_dataset(image_size=64, audit_fraction=0.3, seed=0, limit=600)
+    rng = np.random.default_rng(0)
+    shortcut_class = 3
+    members = np.flatnonzero(data.labels == shortcut_class)
+    patched = rng.choice(members, size=len(members) // 3, replace=False)
+    images = data.images.copy()
+    images[patched] = images[rng.choice(np.flatnonzero(data.labels != shortcut_class), size=len(patched), replace=False)]
+    images[patched, :, 1:11, 1:11] = 255
+    data = dataclasses.replace(data, images=images)
+    torch.manual_seed(0)
+    model, meta = fit_model(data, ModelSettings(name="resnet10t", kwargs={"output_stride": 8}, layer="layer4", train=TrainSettings(epochs=8, seed=0)))
+    assert meta.metrics["audit_accuracy"] > 0.9
+
+    activations, pre_logits, logits = forward_features(model.eval(), meta, torch.from_numpy(images))
+    coords = xr.Dataset(coords={"image_id": ("image", data.image_ids), "label": ("image", data.labels), "split": ("image", data.split.astype(str))})
+    features = feature_part(coords, meta.class_names, activations, pre_logits, logits)
+    write_reference_store(da.from_array(features["embedding"].values, chunks=200), data.labels, list(meta.class_names), tmp_path / "reference.zarr")
+    reference = open_zarr(tmp_path / "reference.zarr")
+    settings = ExplainSettings()
+    weight = model.get_classifier().weight.detach().numpy()
+    assert pool_linear_head(features["embedding"].values, features["logits"].values, weight, model.get_classifier().bias.detach().numpy())
+    plan = dataset_plan(data.image_ids, data.labels, features["probability"].values, settings, ["gradcam", "diffcam"])
+    write_zarr(dataset_map_store(plan, shard_maps(plan, features, reference, settings, 256, weight), features, {}), tmp_path / "shard-00000.zarr")
+    maps = open_dataset_maps([tmp_path / "shard-00000.zarr"])
+
+    strategies, outliers, store = audit_strategies(maps, StrategySettings())
+    chosen = outliers[outliers["label"] == shortcut_class]
+    truth = np.isin(chosen["image_id"], data.image_ids[patched])
+    assert adjusted_rand_score(truth, chosen["map_cluster"]) >= 0.8
+    flagged = strategies[strategies["candidate_shortcut"]]
+    assert list(flagged["class"]) == [shortcut_class]  # the patched cluster, and no other class's
+    patched_cluster = int(flagged["cluster"].iloc[0])
+    assert set(flagged["exemplars"].iloc[0]) <= set(data.image_ids[patched])
+    assert (chosen["map_cluster"].to_numpy()[truth] == patched_cluster).mean() >= 0.9
+    assert store["cluster_map"].shape[0] == len(strategies)

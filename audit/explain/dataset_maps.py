@@ -18,7 +18,11 @@ serves every model method, through the engine. Activations are read one store
 chunk at a time.
 
 Store ``dataset_maps/shard-NNNNN.zarr`` (dims named):
-    map  float16 (image, variant, layer_y, layer_x)   raw maps: ReLU'd CAMs, signed DiffCAM
+    map    float16 (image, variant, layer_y, layer_x)   each raw map divided by its largest magnitude (in [−1, 1])
+    scale  float32 (image, variant)                     that magnitude: raw map = map · scale (ReLU'd CAMs, signed DiffCAM)
+:func:`open_dataset_maps` returns the raw maps (float32, lazily). float16 holds a
+map's shape to three digits; the scale keeps DiffCAM's range (its values reach
+the squared Mahalanobis distance, past float16's 65,504).
 coordinates ``image_id``, ``label``, ``split`` along ``image``; ``variant`` (the
 method and its reference in words, as in the plan), ``method`` and
 ``reference_kind`` (``others``, ``own-class-loo`` or "") along ``variant``;
@@ -111,16 +115,24 @@ def shard_maps(
 
 
 def dataset_map_store(plan: pd.DataFrame, maps: np.ndarray, features: xr.Dataset, attrs: dict) -> xr.Dataset:
-    """The shard's store (module docstring) from its plan rows and their maps (len(plan), h, w); images without rows are left out."""
+    """The shard's store (module docstring) from its plan rows and their maps (len(plan), h, w); images without rows are left out.
+
+    The variants no image got stay NaN; an all-zero or all-NaN map gets scale 1.
+    """
     variants = list(dict.fromkeys(plan["variant"]))
     first = plan.drop_duplicates("variant").set_index("variant").loc[variants]
     images = np.unique(plan["image_index"].to_numpy())
     grid = np.full((len(images), len(variants), *maps.shape[1:]), np.nan, dtype=np.float16)
-    grid[np.searchsorted(images, plan["image_index"].to_numpy()), [variants.index(v) for v in plan["variant"]]] = maps
+    scale = np.ones((len(images), len(variants)), dtype=np.float32)
+    where = (np.searchsorted(images, plan["image_index"].to_numpy()), [variants.index(v) for v in plan["variant"]])
+    with np.errstate(invalid="ignore"):
+        largest = np.nanmax(np.abs(maps.reshape(len(maps), -1)), axis=1, initial=0.0) if len(maps) else np.zeros(0)
+    scale[where] = np.where(largest > 0, largest, 1.0)
+    grid[where] = maps / scale[where][:, None, None]
     picked = features.isel(image=images)
     kinds = [str(r).split(":")[0] if ":" in str(r) else "" for r in first["reference"]]
     return xr.Dataset(
-        {"map": (("image", "variant", "layer_y", "layer_x"), grid)},
+        {"map": (("image", "variant", "layer_y", "layer_x"), grid), "scale": (("image", "variant"), scale)},
         coords={
             "image_id": ("image", picked["image_id"].values.astype(str)),
             "label": ("image", picked["label"].values),
@@ -136,5 +148,7 @@ def dataset_map_store(plan: pd.DataFrame, maps: np.ndarray, features: xr.Dataset
 
 def open_dataset_maps(paths: Sequence[str | os.PathLike], listing: pd.DataFrame | None = None) -> xr.Dataset:
     """The shard stores concatenated lazily along ``image``, without the images ``listing`` marks absent."""
-    combined = concat_images([open_zarr(p) for p in paths])
+    stores = [open_zarr(p) for p in paths]
+    combined = concat_images([s for s in stores if s.sizes.get("image", 0)] or stores[:1])
+    combined = combined.assign(map=combined["map"].astype(np.float32) * combined["scale"]).drop_vars("scale")
     return keep_present(combined, listing) if listing is not None else combined

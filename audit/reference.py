@@ -41,8 +41,10 @@ LAPACK's estimate), ``covariance`` (group:
 ``own``, ``pooled`` or ``none``), ``cholesky`` (group, unit, unit_b,
 lower factor of the shrunk covariance, one chunk per group) and the class
 sufficient statistics ``class_count`` (class), ``class_sum`` (class, channel),
-``class_outer`` (class, unit, unit_b, one chunk per class) and
-``class_nonfinite`` (class). Group names are ``class:<name>``,
+``class_outer`` (class, unit, unit_b, one chunk per class),
+``class_nonfinite`` (class), and each class's covariance eigendecomposition
+``class_eigenvalues`` (class, unit), ``class_eigenvectors`` (class, unit, unit_b;
+columns), which the leave-one-out closed form reads instead of recomputing it in every job. Group names are ``class:<name>``,
 ``others:<name>``, ``all`` and ``pooled-within-class``; attrs hold
 ``min_images``. The workflow adds the concept vectors of :mod:`audit.concepts`
 (``concept_vector``, ``concept_count``).
@@ -295,6 +297,7 @@ def _write_groups(spill: ClassSpill, class_names: list[str], path: Path, min_ima
         {
             "cholesky": (("group", "unit", "unit_b"), da.zeros((len(names), k, k), chunks=(1, k, k))),
             "class_outer": (("class", "unit", "unit_b"), da.zeros((num_classes, k, k), chunks=(1, k, k))),
+            "class_eigenvectors": (("class", "unit", "unit_b"), da.zeros((num_classes, k, k), chunks=(1, k, k))),
         },
         coords={"group": names, "class": class_names},
     )
@@ -311,8 +314,11 @@ def _write_groups(spill: ClassSpill, class_names: list[str], path: Path, min_ima
     total_count, total_sum = spill.count.sum(), spill.total.sum(0)
 
     summaries: list[dict] = [{}] * len(names)
+    eigenvalues = np.full((num_classes, k), np.nan)
     for c in tqdm(range(num_classes), desc="reference groups", unit="class"):
         outer = _read_region(path, "class_outer", c)
+        eigenvalues[c], vectors = class_eigen(spill.count[c], spill.total[c], outer)
+        _write_region(path, "class_eigenvectors", c, vectors)
         own = group_gaussian(spill.count[c], spill.total[c], outer, pooled, min_images)
         others = group_gaussian(total_count - spill.count[c], total_sum - spill.total[c], total_outer - outer, pooled, min_images)
         summaries[c] = _write_group(path, c, own, k)
@@ -328,6 +334,7 @@ def _write_groups(spill: ClassSpill, class_names: list[str], path: Path, min_ima
             "class_sum": (("class", "unit"), spill.total),
             "class_count": ("class", spill.count),
             "class_nonfinite": ("class", spill.nonfinite),
+            "class_eigenvalues": (("class", "unit"), eigenvalues),
         },
         coords={"group": names, "class": class_names},
         attrs={"estimator": "oas", "dtype": "float64", "min_images": int(min_images)},
@@ -376,6 +383,14 @@ class LeaveOneOut:
         self.pooled = group_from_store(store, "pooled-within-class")
         self.min_images = int(store.attrs["min_images"])
         self._outer = lru_cache(maxsize=2)(lambda c: self.store["class_outer"].isel({"class": c}).values)
+        self._eigen = lru_cache(maxsize=2)(self._class_eigen)
+
+    def _class_eigen(self, c: int) -> tuple[np.ndarray, np.ndarray]:
+        """The class's covariance eigendecomposition: stored by ``reference_stats`` (once per class for every shard's job),
+        else computed from its sufficient statistics."""
+        if "class_eigenvectors" in self.store:
+            return self.store["class_eigenvalues"].values[c], self.store["class_eigenvectors"].isel({"class": c}).values
+        return class_eigen(self.count[c], self.total[c], self._outer(c))
 
     def group(self, label: int, z: np.ndarray) -> ShrunkGaussian | None:
         """Class ``label`` without the member embedding ``z`` (K,); None when nothing is left."""
@@ -415,8 +430,7 @@ class LeaveOneOut:
         if count - 1 >= max(self.min_images, 2):
             k = z.shape[1]
             mean = self.total[label] / count
-            empirical = self._outer(int(label)) / count - np.outer(mean, mean)
-            eigenvalues, vectors = np.linalg.eigh((empirical + empirical.T) / 2)
+            eigenvalues, vectors = self._eigen(int(label))
             a, b = count / (count - 1), count / (count - 1) ** 2
             d = z - mean
             u = d @ vectors
@@ -441,6 +455,16 @@ class LeaveOneOut:
                 weights[i], means[i] = group.solve(z[i] - group.mean), group.mean
                 shrinkage[i], pooled[i] = group.shrinkage, group.pooled
         return weights, means, shrinkage, pooled
+
+
+def class_eigen(count: float, total: np.ndarray, outer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (K,) ascending and eigenvectors (K, K) (columns) of a class's ML covariance Σzzᵀ/n − μμᵀ; NaN for fewer than 2 images."""
+    k = len(total)
+    if count < 2:
+        return np.full(k, np.nan), np.full((k, k), np.nan)
+    mean = total / count
+    empirical = outer / count - np.outer(mean, mean)
+    return np.linalg.eigh((empirical + empirical.T) / 2)
 
 
 def group_from_store(store: xr.Dataset, name: str) -> ShrunkGaussian:

@@ -31,6 +31,11 @@ for _name, _audit in config["audits"].items():  # a misspelt model name or a mis
         require_timm_model(_audit["model"]["name"])
     except ValueError as error:
         raise ValueError(f"audit {_name}, model.name: {error}") from None
+    if _audit["explain"]["dataset_methods"] and _audit["strategies"]["method"] not in _audit["explain"]["dataset_methods"]:
+        raise ValueError(
+            f"audit {_name}, strategies.method: {_audit['strategies']['method']!r} is not among explain.dataset_methods "
+            f"({', '.join(_audit['explain']['dataset_methods'])}): the strategies cluster one of the dataset maps"
+        )
     try:
         require_dataset_path(_audit["dataset"]["source"], _audit["dataset"].get("path"))
     except FileNotFoundError as error:

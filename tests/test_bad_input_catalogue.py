@@ -75,6 +75,11 @@ CONFIG_CASES = [
     pytest.param(_set("model.head", False), "'checkpoint' is a required property", id="backbone-without-checkpoint"),
     pytest.param(_set("model.name", "resnet10tt"), "audit tiny, model.name: unknown timm model 'resnet10tt'; close matches: resnet10t", id="misspelt-model"),
     pytest.param(_set("model.train.epochs", 0), "0 is less than the minimum of 1", id="zero-epochs"),
+    pytest.param(
+        _set("strategies.method", "gradcampp"), "strategies.method: 'gradcampp' is not among explain.dataset_methods (gradcam, finercam, diffcam)",
+        id="strategies-on-an-unmapped-method",
+    ),
+    pytest.param(_set("explain.dataset_methods", ["inputgrad"]), "'inputgrad' does not match", id="pixel-method-as-dataset-method"),
 ]
 
 
@@ -361,8 +366,8 @@ def test_a_checkpoint_that_does_not_fit_is_a_named_error_and_runs_no_code(tmp_pa
     [
         pytest.param({"layer": "layer9"}, ["gradcam"], "model resnet10t has no layer 'layer9' (model.layer)", id="missing-layer"),
         pytest.param({"layer": "global_pool"}, ["gradcam"], "a (B, K, h, w) map or ViT tokens", id="non-spatial-layer"),
-        pytest.param({}, ["gradcam", "cdam"], "explain.methods do not fit model resnet10t (cnn", id="cdam-on-a-cnn"),
-        pytest.param({}, ["attention"], "explain.methods do not fit model resnet10t (cnn", id="attention-on-a-cnn"),
+        pytest.param({}, ["gradcam", "cdam"], "explain.methods or explain.dataset_methods do not fit model resnet10t (cnn", id="cdam-on-a-cnn"),
+        pytest.param({}, ["attention"], "explain.methods or explain.dataset_methods do not fit model resnet10t (cnn", id="attention-on-a-cnn"),
         pytest.param({}, ["package-NoSuchCAM"], "grad-cam has no CAM class 'NoSuchCAM'", id="unknown-package-class"),
         pytest.param({"kwargs": {"no_such_argument": 1}}, ["gradcam"], "no_such_argument", id="unknown-model-argument"),
     ],

@@ -185,6 +185,7 @@ def test_report_draws_the_standout_classes_in_full_and_lists_the_rest(tiny_audit
     import re
 
     from audit.report.render import class_standout, render_report
+    from audit.report.strategies import ranked_classes
     from tests.workflow import report_inputs
 
     results = tiny_audit / "results" / "tiny"
@@ -192,10 +193,16 @@ def test_report_draws_the_standout_classes_in_full_and_lists_the_rest(tiny_audit
     drawn = re.findall(r'<h3 id="class-(\d+)"', html)
     standout = class_standout(pd.read_parquet(results / "anomalies.parquet"))
     assert sorted(map(int, drawn)) == sorted(standout.index[:3]) and html.count('<h3 id="class-') == 3
-    other = html[html.index('id="other-classes"') : html.index('id="pairs"')]
+    start = html.index('id="other-classes"')
+    other = html[start : html.index("</table>", start)]
     assert other.count("<tr><td>") == 7 and all(f"<td>{image}</td>" in other for image in standout["image_id"].iloc[3:])
     ids = set(re.findall(r'id="([^"]+)"', html))
     assert {link for link in re.findall(r'href="#([^"]+)"', html)} <= ids
+    # the strategies section draws as many classes, ranked by their most distinct cluster, and lists the rest
+    ranked = ranked_classes(pd.read_parquet(results / "strategies.parquet"))
+    assert [int(c) for c in re.findall(r'<h3 id="strategies-(\d+)"', html)] == list(ranked.index[:3])
+    start = html.index('id="strategies-other"')
+    assert html[start : html.index("</table>", start)].count("<tr><td>") == 7
 
 
 def _edited_config(tmp_path: Path, section: str, key: str, value) -> Path:
@@ -233,7 +240,7 @@ def test_a_method_that_does_not_fit_the_model_fails_before_any_data_is_read(tmp_
     result = snakemake("reports/tiny.html", "--cores", "1", "--directory", str(tmp_path), "--configfile", str(config))
     assert result.returncode != 0
     log = (tmp_path / "logs" / "tiny" / "check_model.log").read_text()
-    assert "explain.methods do not fit model resnet10t (cnn, layer layer4): cdam applies to vit models, not cnn" in log
+    assert "explain.methods or explain.dataset_methods do not fit model resnet10t (cnn, layer layer4): cdam applies to vit models, not cnn" in log
     assert "attention applies to vit models" in log
     assert not (tmp_path / "results" / "tiny" / "listing.parquet").exists()  # nothing ran after the check
 
@@ -343,3 +350,27 @@ def test_users_imagefolder_and_checkpoint_end_to_end(tmp_path, digits_small):
     assert pd.read_parquet(results / "anomalies.parquet")["score"].notna().sum() == 56
     html = (tmp_path / "reports" / "backbone.html").read_text()
     assert "a backbone without a classifier head" in html and "No faithfulness metrics" in html
+
+
+def test_a_killed_dataset_maps_shard_is_redone_alone(tiny_audit, tmp_path):
+    """Dataset maps are one job per shard: a shard killed mid-write is mapped again by itself, identically."""
+    workdir = tmp_path / "copy"
+    shutil.copytree(tiny_audit, workdir, ignore=shutil.ignore_patterns(".snakemake"))
+    results = workdir / "results" / "tiny"
+    shards = results / "dataset_maps"
+    assert sorted(p.name for p in shards.iterdir()) == [f"shard-{i:05d}.zarr" for i in range(4)]
+    original = open_zarr(shards / "shard-00001.zarr").load()
+    shutil.rmtree(shards / "shard-00001.zarr")
+    (shards / ".shard-00001.zarr.tmp-99999").mkdir()  # what a killed writer leaves
+    for later in ("strategies.parquet", "map_outliers.parquet"):
+        (results / later).unlink()
+    result = snakemake("results/tiny/strategies.parquet", "--cores", "2", "--directory", str(workdir), "--configfile", str(TINY))
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert result.stdout.count("rule dataset_maps:") == 1 and "shard=00001" in result.stdout
+    assert not list(shards.glob(".*tmp*"))
+    rebuilt = open_zarr(shards / "shard-00001.zarr").load()
+    assert (rebuilt["image_id"].values == original["image_id"].values).all()
+    np.testing.assert_allclose(rebuilt["map"].values.astype(np.float32), original["map"].values.astype(np.float32), atol=2e-3)
+    np.testing.assert_allclose(rebuilt["scale"].values, original["scale"].values, rtol=1e-4)
+    strategies = pd.read_parquet(results / "strategies.parquet")
+    assert len(strategies) >= 10 and set(strategies["class"]) == set(range(10))

@@ -30,6 +30,7 @@ def report_inputs(results: Path, **changes):
     import pandas as pd
 
     from audit.data.shards import read_listing
+    from audit.explain.dataset_maps import open_dataset_maps
     from audit.feature_store import open_features
     from audit.report.render import ReportInputs
     from audit.storage import open_zarr
@@ -46,6 +47,9 @@ def report_inputs(results: Path, **changes):
         model={"name": "resnet10t", "layer": "layer4", "metrics": {}, "head": True},
         top_anomalies=1,
         top_pairs=1,
+        strategies=pd.read_parquet(results / "strategies.parquet"),
+        strategy_maps=open_zarr(results / "strategy_maps.zarr").load(),
+        dataset_maps=open_dataset_maps(sorted((results / "dataset_maps").glob("shard-*.zarr")), listing),
         **tables,
     )
     return dataclasses.replace(inputs, **changes)

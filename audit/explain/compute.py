@@ -7,6 +7,7 @@ every method of the batch that needs them.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -166,7 +167,8 @@ def closed_form_maps(
         )
         return Batch(None, None, None, needs, masked, settings, {}, gradient_rows, _pass=stored)
 
-    return _batched_maps(plan, len(weight), settings, torch.device("cpu"), batch_of)
+    whole = dataclasses.replace(settings, batch_size=max(1, len(activations)))  # no model: one batch per call
+    return _batched_maps(plan, len(weight), whole, torch.device("cpu"), batch_of)
 
 
 def _batched_maps(

@@ -49,5 +49,5 @@ def check_model(model: ModelSettings, methods: list[str], image_size: int | None
         elif architecture not in method.architectures:
             problems.append(why)
     if problems:
-        raise ValueError(f"explain.methods do not fit model {model.name} ({architecture}, layer {layer}): " + "; ".join(problems))
+        raise ValueError(f"explain.methods or explain.dataset_methods do not fit model {model.name} ({architecture}, layer {layer}): " + "; ".join(problems))
     return {"image_size": image_size, "architecture": architecture, "layer": layer, "layer_shape": list(shape), "methods": applicable}

@@ -25,7 +25,7 @@ def ranked_classes(strategies: pd.DataFrame) -> pd.DataFrame:
     """
     if strategies.empty:
         return pd.DataFrame(columns=["class_name", "images", "clusters", "distinctness", "share", "shortcut"])
-    most = strategies.sort_values("distinctness", ascending=False, na_position="last").groupby("class", sort=False).head(1).set_index("class")
+    most = strategies.sort_values("distinctness", ascending=False, na_position="last", kind="stable").groupby("class", sort=False).head(1).set_index("class")
     table = pd.DataFrame({
         "class_name": most["class_name"],
         "images": strategies.groupby("class")["size"].sum(),

@@ -223,7 +223,7 @@ class MetricSettings(StageSettings):
 class StrategySettings(StageSettings):
     """``strategies``: spectral clustering of each class's dataset maps (``audit.strategies``)."""
 
-    method: str = "gradcam"
+    method: str | None = None
     reference: str | None = None
     max_clusters: int = 6
     neighbours: int = 10

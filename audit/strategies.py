@@ -220,10 +220,12 @@ OUTLIER_COLUMNS = ["image_id", "label", "map_cluster", "map_score", "map_rank"]
 
 
 def strategy_variant(maps: xr.Dataset, settings: StrategySettings) -> str:
-    """The dataset-map variant clustered: the first of ``settings.method`` (with ``settings.reference`` when given); ``ValueError`` if none."""
+    """The dataset-map variant clustered: the first of ``settings.method`` (any method when None; with
+    ``settings.reference`` when given); ``ValueError`` if none."""
     method = maps["method"].values.astype(str)
     kind = maps["reference_kind"].values.astype(str)
-    chosen = (method == settings.method) & ((kind == settings.reference) if settings.reference is not None else True)
+    chosen = ((method == settings.method) if settings.method is not None else True) & ((kind == settings.reference) if settings.reference is not None else True)
+    chosen = np.broadcast_to(chosen, method.shape)
     if not chosen.any():
         available = ", ".join(f"{m} ({k or 'no reference'})" for m, k in zip(method, kind))
         raise ValueError(f"strategies.method {settings.method!r} (reference {settings.reference!r}) is not among the dataset maps: {available}")
@@ -284,6 +286,9 @@ def audit_strategies(
             "strategy_class": ("strategy", strategies["class"].to_numpy(np.int64)),
             "strategy_cluster": ("strategy", strategies["cluster"].to_numpy(np.int64)),
         },
-        attrs={"variant": variant, **{k: v for k, v in vars(settings).items() if v is not None}},
+        attrs={
+            **{k: v for k, v in vars(settings).items() if v is not None},
+            "variant": variant, "method": str(maps["method"].sel(variant=variant).values),
+        },
     )
     return strategies, outliers, store

@@ -31,10 +31,11 @@ for _name, _audit in config["audits"].items():  # a misspelt model name or a mis
         require_timm_model(_audit["model"]["name"])
     except ValueError as error:
         raise ValueError(f"audit {_name}, model.name: {error}") from None
-    if _audit["explain"]["dataset_methods"] and _audit["strategies"]["method"] not in _audit["explain"]["dataset_methods"]:
+    _mapped = [m for m in _audit["explain"]["dataset_methods"] if _audit["model"]["head"] or not explainer(m).needs_head]
+    if _mapped and _audit["strategies"]["method"] not in (None, *_mapped):
         raise ValueError(
             f"audit {_name}, strategies.method: {_audit['strategies']['method']!r} is not among explain.dataset_methods "
-            f"({', '.join(_audit['explain']['dataset_methods'])}): the strategies cluster one of the dataset maps"
+            f"that apply to the model ({', '.join(_mapped)}): the strategies cluster one of the dataset maps"
         )
     try:
         require_dataset_path(_audit["dataset"]["source"], _audit["dataset"].get("path"))
@@ -212,7 +213,9 @@ def mask_shards(wildcards):
 
 
 def strategy_params(wildcards):
-    return StrategySettings.output_values(audit_config(wildcards)["strategies"])
+    """The strategies settings, with the clustered method resolved (null: the first dataset method that applies)."""
+    settings = StrategySettings.output_values(audit_config(wildcards)["strategies"])
+    return {**settings, "method": settings["method"] or dataset_methods(wildcards)[0]}
 
 
 def runs_dataset_maps(wildcards):

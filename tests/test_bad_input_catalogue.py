@@ -76,7 +76,7 @@ CONFIG_CASES = [
     pytest.param(_set("model.name", "resnet10tt"), "audit tiny, model.name: unknown timm model 'resnet10tt'; close matches: resnet10t", id="misspelt-model"),
     pytest.param(_set("model.train.epochs", 0), "0 is less than the minimum of 1", id="zero-epochs"),
     pytest.param(
-        _set("strategies.method", "gradcampp"), "strategies.method: 'gradcampp' is not among explain.dataset_methods (gradcam, finercam, diffcam)",
+        _set("strategies.method", "gradcampp"), "strategies.method: 'gradcampp' is not among explain.dataset_methods that apply to the model (gradcam, finercam, diffcam)",
         id="strategies-on-an-unmapped-method",
     ),
     pytest.param(_set("explain.dataset_methods", ["inputgrad"]), "'inputgrad' does not match", id="pixel-method-as-dataset-method"),

@@ -14,6 +14,7 @@ import pandas as pd
 import scipy.ndimage
 import xarray as xr
 
+from audit.explain.registry import explainer
 from audit.history import robust_z
 from audit.report import figures
 
@@ -97,8 +98,8 @@ def strategy_section(
 
 
 def _signed(strategy_maps: xr.Dataset) -> bool:
-    """Whether the clustered variant's maps are signed (DiffCAM): its mean maps are drawn on a diverging scale."""
-    return str(strategy_maps.attrs.get("method", "")) == "diffcam"
+    """Whether the clustered method's maps are signed (DiffCAM): its mean maps are drawn on a diverging scale."""
+    return explainer(str(strategy_maps.attrs["method"])).signed
 
 
 def _upsampled(saliency: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -161,9 +161,10 @@ def closed_form_maps(
     cells = activations.shape[-2] * activations.shape[-1]
 
     def batch_of(chunk: np.ndarray, needs: set[str], masked: torch.Tensor, gradient_rows: Rows) -> Batch:
+        whole = len(chunk) == len(activations)  # chunk is the sorted unique image indices: then all of them, in order
         stored = LayerPass(
-            torch.from_numpy(np.ascontiguousarray(activations[chunk], dtype=np.float32)),
-            torch.from_numpy(np.asarray(logits[chunk], dtype=np.float32)), None, closed_form_gradient(weight_tensor, cells),
+            torch.from_numpy(np.ascontiguousarray(activations if whole else activations[chunk], dtype=np.float32)),
+            torch.from_numpy(np.asarray(logits if whole else logits[chunk], dtype=np.float32)), None, closed_form_gradient(weight_tensor, cells),
         )
         return Batch(None, None, None, needs, masked, settings, {}, gradient_rows, _pass=stored)
 

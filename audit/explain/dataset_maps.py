@@ -110,7 +110,7 @@ def shard_maps(
         for rows, weights, offsets in directions:
             picked = (image_index[rows] >= start) & (image_index[rows] < stop)
             if picked.any():
-                out[rows[picked]] = direction_maps(activations[image_index[rows[picked]] - start], weights[picked], offsets[picked])
+                out[rows[picked]] = direction_maps(activations, weights[picked], offsets[picked], image_index[rows[picked]] - start)
     return out
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 
@@ -15,7 +16,10 @@ def contrast_coefficients(num_classes: int, targets: Sequence[int], contrasts: S
     """
     coefficients = torch.zeros(len(targets), num_classes)
     coefficients[torch.arange(len(targets)), torch.as_tensor(list(targets), dtype=torch.long)] = 1.0
-    for r, classes in enumerate(contrasts):
-        for d in classes:
-            coefficients[r, int(d)] -= gamma / len(classes)
+    counts = np.array([len(c) for c in contrasts], dtype=np.int64)
+    if counts.sum():
+        rows = torch.as_tensor(np.repeat(np.arange(len(contrasts)), counts))
+        classes = torch.as_tensor(np.concatenate([np.asarray(c, dtype=np.int64) for c in contrasts if len(c)]))
+        share = torch.as_tensor(np.repeat(gamma / np.maximum(counts, 1), counts), dtype=coefficients.dtype)
+        coefficients.index_put_((rows, classes), -share, accumulate=True)
     return coefficients

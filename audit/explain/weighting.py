@@ -51,17 +51,18 @@ def slots(positions: torch.Tensor) -> torch.Tensor:
     return slot
 
 
-def direction_maps(activations: np.ndarray, weights: np.ndarray, offsets: np.ndarray | None = None) -> np.ndarray:
-    """Σ_k w_k A_k − offset (M, h, w) float64 for activations (M, K, h, w), channel weights w (M, K) and ``offsets`` (M,).
+def direction_maps(activations: np.ndarray, weights: np.ndarray, offsets: np.ndarray | None = None, positions: np.ndarray | None = None) -> np.ndarray:
+    """Σ_k w_k A_k − offset (M, h, w) float64 for channel weights w (M, K) and ``offsets`` (M,).
 
-    The weighted channel sum runs in the activations' own dtype (one batched
-    matrix product in torch, no float64 copy of float32 activations); the
-    offset is subtracted in float64.
+    ``activations`` (M, K, h, w), one per row; or (B, K, h, w) with ``positions`` (M,), the image of each row,
+    so the rows' activations are not gathered (:func:`channel_sum`). The weighted channel sum runs in the
+    activations' own dtype (one batched matrix product in torch, no float64 copy of float32 activations);
+    the offset is subtracted in float64.
     """
     a = torch.from_numpy(np.ascontiguousarray(activations))
-    count, channels, height, width = a.shape
-    flat = a.reshape(count, channels, height * width)
-    maps = torch.bmm(torch.from_numpy(np.ascontiguousarray(weights)).to(a.dtype)[:, None, :], flat)[:, 0].double().numpy()
+    rows = torch.arange(len(a)) if positions is None else torch.as_tensor(np.asarray(positions, dtype=np.int64))
+    w = torch.from_numpy(np.ascontiguousarray(weights)).to(a.dtype)[:, :, None, None]
+    maps = channel_sum(w, a, rows).double().numpy()
     if offsets is not None:
-        maps -= np.asarray(offsets, dtype=np.float64)[:, None]
-    return maps.reshape(count, height, width)
+        maps -= np.asarray(offsets, dtype=np.float64)[:, None, None]
+    return maps

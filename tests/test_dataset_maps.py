@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from audit.explain.compute import plan_maps
-from audit.explain.dataset_maps import dataset_map_store, pool_linear_head, shard_maps
+from audit.explain.dataset_maps import pool_linear_head, shard_maps
+from audit.explain.dataset_store import dataset_map_store
 from audit.explain.diffcam import diffcam_maps
 from audit.explain.engine import ExplainerEngine
 from audit.explain.plan import dataset_plan

@@ -83,7 +83,8 @@ def test_a_shortcut_the_model_learns_is_found_in_its_dataset_maps(tmp_path):
     import torch
 
     from audit.data.digits import load_digits_dataset
-    from audit.explain.dataset_maps import dataset_map_store, open_dataset_maps, pool_linear_head, shard_maps
+    from audit.explain.dataset_maps import pool_linear_head, shard_maps
+    from audit.explain.dataset_store import dataset_map_store, open_dataset_maps
     from audit.explain.plan import dataset_plan
     from audit.features import feature_part, forward_features
     from audit.models.train import fit_model

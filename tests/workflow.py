@@ -30,7 +30,7 @@ def report_inputs(results: Path, **changes):
     import pandas as pd
 
     from audit.data.shards import read_listing
-    from audit.explain.dataset_maps import open_dataset_maps
+    from audit.explain.dataset_store import open_dataset_maps
     from audit.feature_store import open_features
     from audit.report.render import ReportInputs
     from audit.storage import open_zarr

@@ -5,7 +5,8 @@ from stage import stage_settings
 from audit.data.shards import read_listing
 from audit.data.sources import PixelRows, open_images
 from audit.explain.compute import model_maps, uses_model
-from audit.explain.dataset_maps import CLOSED_FORM, MODEL_PASS, dataset_map_store, pool_linear_head, shard_maps
+from audit.explain.dataset_maps import CLOSED_FORM, MODEL_PASS, pool_linear_head, shard_maps
+from audit.explain.dataset_store import dataset_map_store
 from audit.explain.engine import ExplainerEngine
 from audit.explain.plan import dataset_plan
 from audit.explain.registry import explainer

@@ -6,7 +6,7 @@ import pandas as pd
 
 from audit.data.shards import read_listing, shard_digests
 from audit.data.sources import open_images
-from audit.explain.dataset_maps import open_dataset_maps
+from audit.explain.dataset_store import open_dataset_maps
 from audit.feature_store import open_features
 from audit.history import read_run_history
 from audit.models.checkpoint import read_meta

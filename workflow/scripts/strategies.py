@@ -3,7 +3,7 @@ import numpy as np
 from stage import stage_settings
 
 from audit.data.shards import keep_present, read_listing
-from audit.explain.dataset_maps import open_dataset_maps
+from audit.explain.dataset_store import open_dataset_maps
 from audit.runtime import stage_run
 from audit.settings import StrategySettings
 from audit.storage import open_zarr, write_parquet, write_zarr

@@ -389,7 +389,7 @@ class LeaveOneOut:
         """The class's covariance eigendecomposition: stored by ``reference_stats`` (once per class for every shard's job),
         else computed from its sufficient statistics."""
         if "class_eigenvectors" in self.store:
-            return self.store["class_eigenvalues"].values[c], self.store["class_eigenvectors"].isel({"class": c}).values
+            return self.store["class_eigenvalues"].isel({"class": c}).values, self.store["class_eigenvectors"].isel({"class": c}).values
         return class_eigen(self.count[c], self.total[c], self._outer(c))
 
     def group(self, label: int, z: np.ndarray) -> ShrunkGaussian | None:

@@ -46,9 +46,8 @@ from sklearn.metrics import silhouette_samples
 from sklearn.neighbors import NearestNeighbors
 from tqdm import tqdm
 
+from audit.history import ROBUST_Z
 from audit.settings import StrategySettings
-
-ROBUST_Z = 1.4826
 
 
 def unit_maps(maps: np.ndarray) -> np.ndarray:

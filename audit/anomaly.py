@@ -24,13 +24,19 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import xarray as xr
 from tqdm import tqdm
 
+from audit.feature_store import read_rows
 from audit.reference import LeaveOneOut, ShrunkGaussian
 
 
+BLOCK_BYTES = 64 * 2**20
+"""Float64 embedding rows held at once while scoring (64 MiB): the classes are scored in blocks that fit."""
+
+
 def anomaly_table(
-    embedding: np.ndarray,
+    embedding: np.ndarray | xr.DataArray,
     labels: np.ndarray,
     predictions: np.ndarray,
     image_ids: np.ndarray,
@@ -38,15 +44,22 @@ def anomaly_table(
     leave_one_out: LeaveOneOut,
     class_names: list[str],
     background: ShrunkGaussian | None = None,
-    probability: np.ndarray | None = None,
+    probability: np.ndarray | xr.DataArray | None = None,
+    block_bytes: int = BLOCK_BYTES,
 ) -> pd.DataFrame:
     """Score every image against its own class without it.
 
+    Memory is bounded by ``block_bytes``, not by the number of images: the
+    classes are taken in blocks whose members' float64 embeddings fit it
+    (a larger class is a block alone), and a lazy (Dask-backed) ``embedding``
+    is read one block of classes at a time, chunk by chunk; the probabilities
+    likewise in blocks of rows.
+
     Args:
-        embedding: (N, K) embeddings; labels, predictions: (N,) class indices.
+        embedding: (N, K) embeddings, in memory or a lazy DataArray (image, unit); labels, predictions: (N,) class indices.
         leave_one_out: the class groups of the same N images.
         background: the ``all`` group, for ``relative_score`` (NaN without it).
-        probability: (N, C) class probabilities, for ``label_issue`` (NaN without them).
+        probability: (N, C) class probabilities, in memory or lazy, for ``label_issue`` (NaN without them).
     Returns:
         a table with image_id, label, class_name, prediction, split, score
         (squared Mahalanobis distance, unitless), shrinkage (λ of the LOO
@@ -54,13 +67,19 @@ def anomaly_table(
         ``<NA>`` for an unscored image), relative_score and label_issue,
         sorted by class then rank.
     """
-    scores = np.full(len(labels), np.nan)
-    shrinkage = np.full(len(labels), np.nan)
+    labels = np.asarray(labels)
+    scores, shrinkage, relative_to = (np.full(len(labels), np.nan) for _ in range(3))
     pooled = np.zeros(len(labels), bool)
-    finite = np.isfinite(embedding).all(axis=1)
-    for label in tqdm(np.unique(labels[finite]), desc="anomaly", unit="class", mininterval=2):  # one class's statistics at a time
-        members = np.flatnonzero(finite & (labels == label))
-        scores[members], shrinkage[members], pooled[members] = leave_one_out.member_scores(int(label), embedding[members])
+    finite = np.asarray(np.isfinite(embedding).all(axis=1))
+    row_bytes = 8 * embedding.shape[1]
+    for block in tqdm(class_blocks(labels[finite], row_bytes, block_bytes), desc="anomaly", unit="block", mininterval=2):
+        rows = np.flatnonzero(finite & np.isin(labels, block))
+        z = np.asarray(read_rows(embedding, rows), dtype=np.float64)
+        for label in block:  # one class's statistics at a time
+            members = labels[rows] == label
+            scores[rows[members]], shrinkage[rows[members]], pooled[rows[members]] = leave_one_out.member_scores(int(label), z[members])
+        if background is not None:
+            relative_to[rows] = background.mahalanobis_squared(z)
     table = pd.DataFrame(
         {
             "image_id": image_ids,
@@ -74,28 +93,41 @@ def anomaly_table(
         }
     )
     table["rank"] = table.groupby("label")["score"].rank(ascending=False, method="first").astype("Int64")
-    table["relative_score"] = scores - _background_scores(embedding, finite, background)
-    table["label_issue"] = label_issue_scores(probability, labels, split)
+    table["relative_score"] = scores - relative_to
+    table["label_issue"] = label_issue_scores(probability, labels, split, max(1, block_bytes // (8 * max(1, _columns(probability)))))
     return table.sort_values(["label", "rank"], ignore_index=True, na_position="last")
 
 
-def _background_scores(embedding: np.ndarray, finite: np.ndarray, background: ShrunkGaussian | None, block: int = 4096) -> np.ndarray:
-    """Squared Mahalanobis distance (N,) of each finite embedding to ``background``, ``block`` rows at a time; NaN elsewhere."""
-    out = np.full(len(embedding), np.nan)
-    if background is None:
-        return out
-    rows = np.flatnonzero(finite)
-    for start in range(0, len(rows), block):
-        chosen = rows[start : start + block]
-        out[chosen] = background.mahalanobis_squared(embedding[chosen])
-    return out
+def class_blocks(labels: np.ndarray, row_bytes: int, block_bytes: int) -> list[np.ndarray]:
+    """The classes of ``labels`` (ascending) in consecutive blocks whose members (``row_bytes`` each) fit ``block_bytes``;
+    a class larger than that is a block alone."""
+    classes, counts = np.unique(labels, return_counts=True)
+    blocks, current, used = [], [], 0
+    for c, count in zip(classes, counts):
+        if current and used + count * row_bytes > block_bytes:
+            blocks.append(np.array(current))
+            current, used = [], 0
+        current.append(c)
+        used += count * row_bytes
+    return blocks + ([np.array(current)] if current else [])
 
 
-def label_issue_scores(probability: np.ndarray | None, labels: np.ndarray, split: np.ndarray) -> np.ndarray:
-    """1 − p(given label) (N,) for images not in the ``train`` split; NaN for training images and without probabilities."""
+def _columns(values: np.ndarray | xr.DataArray | None) -> int:
+    return 0 if values is None else int(values.shape[1])
+
+
+def label_issue_scores(probability: np.ndarray | xr.DataArray | None, labels: np.ndarray, split: np.ndarray, block: int = 65536) -> np.ndarray:
+    """1 − p(given label) (N,) for images not in the ``train`` split; NaN for training images and without probabilities.
+
+    ``probability`` (N, C), in memory or lazy, is read ``block`` rows at a time.
+    """
     out = np.full(len(labels), np.nan)
     if probability is None:
         return out
-    held_out = np.asarray(split) != "train"
-    out[held_out] = 1.0 - np.asarray(probability, dtype=np.float64)[np.flatnonzero(held_out), np.asarray(labels)[held_out]]
+    labels, held_out = np.asarray(labels), np.asarray(split) != "train"
+    for start in range(0, len(labels), block):
+        rows = np.flatnonzero(held_out[start : start + block]) + start
+        if len(rows):
+            part = np.asarray(read_rows(probability, slice(start, start + block)), dtype=np.float64)
+            out[rows] = 1.0 - part[rows - start, labels[rows]]
     return out

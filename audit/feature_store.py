@@ -42,10 +42,24 @@ def has_classifier(features: xr.Dataset) -> bool:
     return bool(features.attrs["head"])
 
 
-def class_scores(features: xr.Dataset, reference: xr.Dataset) -> np.ndarray:
-    """How like each class every image is (N, C), higher = more alike: the probabilities, or for a backbone
-    without a classifier the nearness −‖z − μ_c‖ of its embedding to each class mean of the reference store."""
+def class_scores(features: xr.Dataset, reference: xr.Dataset) -> xr.DataArray:
+    """How like each class every image is (image, class), higher = more alike: the probabilities, or for a backbone
+    without a classifier the nearness −‖z − μ_c‖ of its embedding to each class mean of the reference store.
+
+    Lazy when ``features`` is: read it with :func:`read_rows` (or ``.values`` for a shard).
+    """
     if has_classifier(features):
-        return features["probability"].values
+        return features["probability"]
     class_means = reference["mean"].sel(group=[f"class:{c}" for c in features["class"].values]).values
-    return nearness_scores(features["embedding"].values, class_means)
+    return xr.apply_ufunc(
+        nearness_scores, features["embedding"], input_core_dims=[["unit"]], output_core_dims=[["class"]],
+        kwargs={"class_means": class_means}, dask="parallelized", output_dtypes=[np.float64],
+        dask_gufunc_kwargs={"output_sizes": {"class": len(class_means)}},
+    )
+
+
+def read_rows(values: np.ndarray | xr.DataArray, rows: np.ndarray | slice) -> np.ndarray:
+    """values[rows] along the first dimension; a lazy DataArray is read only in the chunks that hold the rows."""
+    if isinstance(values, xr.DataArray):
+        return values.isel({values.dims[0]: rows}).values
+    return np.asarray(values)[rows]

@@ -47,6 +47,32 @@ def test_relative_and_label_issue_scores_in_closed_form(rng, tmp_path):
     np.testing.assert_allclose(table["label_issue"].to_numpy(float), expected)
 
 
+def test_scores_read_lazily_in_blocks_of_classes_equal_those_from_memory(rng, tmp_path):
+    """A Dask-backed embedding and probabilities, read a few classes (and rows) at a time, give the same table."""
+    import xarray as xr
+
+    from audit.anomaly import class_blocks
+
+    labels = rng.integers(0, 5, 400)
+    z = (rng.normal(size=(400, 6)) + labels[:, None]).astype(np.float32)
+    z[3, 2] = np.nan
+    write_reference_store(da.from_array(z, chunks=(100, 6)), labels, list("abcde"), tmp_path / "reference.zarr", min_images=3)
+    reference = open_zarr(tmp_path / "reference.zarr").load()
+    probability = rng.dirichlet(np.ones(5), 400).astype(np.float32)
+    split = np.where(rng.random(400) < 0.5, "train", "audit")
+    ids, names = np.arange(400).astype(str), list("abcde")
+    in_memory = anomaly_table(z, labels, labels, ids, split, LeaveOneOut(reference), names, group_from_store(reference, "all"), probability)
+    row_bytes = 8 * 6
+    assert [b.tolist() for b in class_blocks(labels, row_bytes, 170 * row_bytes)] == [[0, 1], [2, 3], [4]]  # ~80 images a class
+    lazy = anomaly_table(
+        xr.DataArray(da.from_array(z, chunks=(37, 6)), dims=("image", "unit")), labels, labels, ids, split, LeaveOneOut(reference), names,
+        group_from_store(reference, "all"), xr.DataArray(da.from_array(probability, chunks=(37, 5)), dims=("image", "class")),
+        block_bytes=170 * row_bytes,
+    )
+    pd.testing.assert_frame_equal(lazy, in_memory)
+    assert in_memory["score"].isna().sum() == 1
+
+
 def test_pairs_alike_in_the_embedding_but_never_confused_rank_among_the_first(rng):
     """Classes c and d differ by a small mark: no confusion, but their means are the closest in the pooled metric.
     Ranked by confusions first they would come after every confused pair; taken in turn they are rank 2 (issue 15.6)."""

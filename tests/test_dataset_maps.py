@@ -1,6 +1,7 @@
 """Dataset maps: every image mapped from stored activations, equal to the engine's maps for the same images."""
 import dask.array as da
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -111,3 +112,33 @@ def test_leave_one_out_diffcam_for_every_image_equals_one_factorisation_per_imag
     scores = np.concatenate([leave_one_out.member_scores(c, embedding[labels == c])[0] for c in np.unique(labels)])
     order = np.concatenate([np.flatnonzero(labels == c) for c in np.unique(labels)])
     np.testing.assert_allclose(ours[np.argsort(own["image_index"].to_numpy())].mean(axis=(1, 2))[order], scores, rtol=1e-4)
+
+
+@pytest.mark.parametrize("by_weight", [False, True])
+def test_the_vectorised_dataset_plan_gives_each_image_the_rows_it_gets_as_a_subject(by_weight):
+    from audit.explain.plan import PLAN_COLUMNS, _subject_rows
+    from audit.explain.registry import explainer
+
+    rng = np.random.default_rng(3)
+    n, classes = 300, 7
+    labels = rng.integers(-1, classes, n)  # some images without a class
+    scores = rng.random((n, classes))
+    scores[5, 2] = np.nan  # a non-finite class score ranks as argsort ranks it, as for one subject
+    scores[:, 4] = scores[:, 1]  # ties keep the lower class first
+    similarity = rng.random((classes, classes)) if by_weight else None
+    image_ids = np.array([f"i{i}" for i in range(n)])
+    settings = ExplainSettings(finer_contrasts=2)
+    methods = ["gradcam", "finercam", "diffcam"]
+    plan = dataset_plan(image_ids, labels, scores, settings, methods, similarity)
+    explainers = [explainer(m) for m in methods]
+    similar_by = "by weight" if by_weight else "predictions"
+    expected = pd.DataFrame(
+        [row for i in np.flatnonzero(labels >= 0) for row in _subject_rows(
+            explainers, int(i), image_ids, "dataset", int(labels[i]), None, scores[i],
+            similarity[labels[i]] if by_weight else scores[i], settings, similar_by)],
+        columns=PLAN_COLUMNS,
+    )
+    assert len(plan) == 4 * (labels >= 0).sum()
+    pd.testing.assert_frame_equal(
+        plan.assign(contrasts=plan["contrasts"].map(tuple)), expected.assign(contrasts=expected["contrasts"].map(tuple)), check_dtype=False
+    )

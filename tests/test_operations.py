@@ -51,7 +51,7 @@ SUBMISSIONS = ["rule_check_model", "rule_list_images", "group_images_ingest_shar
 @pytest.mark.slurm
 def test_the_tiny_audit_runs_through_a_real_slurm_and_matches_a_local_run(tiny_audit, tmp_path):
     """Single-node SLURM from Debian's packages (installed when missing): every job goes through sbatch,
-    the profile's groups as one submission each (the four image shards in one, the four feature shards with their statistics
+    the profile's groups as one submission each (the two image shards in one, the two feature shards with their statistics
     in one), and the results equal the local run's."""
     from tests.local_slurm import local_slurm
 
@@ -66,7 +66,7 @@ def test_the_tiny_audit_runs_through_a_real_slurm_and_matches_a_local_run(tiny_a
         states = {job: subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout for job in submitted}
     assert sorted(submitted.values()) == sorted(SUBMISSIONS), submitted
     assert all("JobState=COMPLETED" in state for state in states.values()), states  # slurmctld's own record of each job
-    assert "localrule" not in result.stdout and result.stdout.count("    rule extract_features:") == 4
+    assert "localrule" not in result.stdout and result.stdout.count("    rule extract_features:") == 2
     first, second = tiny_audit / "results" / "tiny", tmp_path / "work" / "results" / "tiny"
     for table in ("anomalies.parquet", "pairs.parquet", "explain_plan.parquet", "metrics.parquet", "metrics_summary.parquet"):
         pd.testing.assert_frame_equal(pd.read_parquet(first / table), pd.read_parquet(second / table), check_exact=True)
@@ -199,7 +199,7 @@ def _grown_audit(tmp_path: Path, trained, digits_small, rows: np.ndarray) -> Pat
         "dataset": {"source": "manifest", "path": "data/manifest.csv", "image_size": 32, "chunk": 16, "classes": [str(c) for c in range(10)]},
         "model": {"name": "resnet10t", "kwargs": {"output_stride": 8}, "layer": "layer4", "checkpoint": "model.pth"},
         "features": {"shard_size": 20},
-        "explain": {"top_anomalies": 1, "top_pairs": 1, "images_per_pair": 1, "methods": ["gradcam", "diffcam"], "sanity": False},
+        "explain": {"top_anomalies": 1, "top_pairs": 1, "images_per_pair": 1, "methods": ["gradcam", "diffcam"], "sanity": False, "dataset_methods": []},
         "metrics": {"steps": 4, "metrics": ["deletion", "insertion"]},
     }
     config = tmp_path / "grown.yaml"

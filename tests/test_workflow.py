@@ -250,18 +250,18 @@ def test_rerun_redoes_only_the_unfinished_shard(tiny_audit, tmp_path):
     workdir = tmp_path / "copy"
     shutil.copytree(tiny_audit, workdir, ignore=shutil.ignore_patterns(".snakemake"))
     shards = workdir / "results" / "tiny" / "features"
-    assert sorted(p.name for p in shards.iterdir()) == [f"shard-{i:05d}.zarr" for i in range(4)]
-    original = open_zarr(shards / "shard-00002.zarr").load()
+    assert sorted(p.name for p in shards.iterdir()) == [f"shard-{i:05d}.zarr" for i in range(2)]
+    original = open_zarr(shards / "shard-00001.zarr").load()
     # A run killed during extraction has written some shards and nothing after them.
-    shutil.rmtree(shards / "shard-00002.zarr")
+    shutil.rmtree(shards / "shard-00001.zarr")
     shutil.rmtree(workdir / "results" / "tiny" / "reference.zarr")
     (workdir / "results" / "tiny" / "pairs.parquet").unlink()
-    (shards / ".shard-00002.zarr.tmp-99999").mkdir()  # what a killed writer leaves
+    (shards / ".shard-00001.zarr.tmp-99999").mkdir()  # what a killed writer leaves
     result = snakemake("results/tiny/reference.zarr", "--cores", "2", "--directory", str(workdir), "--configfile", str(TINY))
     assert result.returncode == 0, result.stdout[-3000:]
-    assert result.stdout.count("rule extract_features:") == 1 and "shard=00002" in result.stdout
+    assert result.stdout.count("rule extract_features:") == 1 and "shard=00001" in result.stdout
     assert not list(shards.glob(".*tmp*"))
-    rebuilt = open_zarr(shards / "shard-00002.zarr").load()
+    rebuilt = open_zarr(shards / "shard-00001.zarr").load()
     np.testing.assert_allclose(rebuilt["activation"].values, original["activation"].values, rtol=1e-5, atol=1e-6)
     assert (rebuilt["image_id"].values == original["image_id"].values).all()
 
@@ -305,7 +305,8 @@ def test_users_imagefolder_and_checkpoint_end_to_end(tmp_path, digits_small):
             "user": {
                 "dataset": {"source": "imagefolder", "path": str(root), "image_size": 32, "chunk": 16},
                 "model": {"name": "resnet10t", "kwargs": {"output_stride": 8}, "checkpoint": str(weights)},
-                "explain": {"top_anomalies": 1, "top_pairs": 1, "images_per_pair": 1, "methods": ["gradcam", "finercam", "diffcam", "eigencam", "package-EigenCAM"]},
+                "explain": {"top_anomalies": 1, "top_pairs": 1, "images_per_pair": 1, "methods": ["gradcam", "finercam", "diffcam", "eigencam", "package-EigenCAM"],
+                            "dataset_methods": []},  # no dataset maps: the backbone audit has them
                 "metrics": {"steps": 4},
             },
             "backbone": {
@@ -323,6 +324,7 @@ def test_users_imagefolder_and_checkpoint_end_to_end(tmp_path, digits_small):
     results = tmp_path / "results" / "user"
     rejects = pd.read_parquet(results / "rejects.parquet")
     assert list(rejects["image_id"]) == ["zero/broken.png"]
+    assert not (results / "dataset_maps").exists() and not (results / "strategies.parquet").exists()  # explain.dataset_methods: []
     features = open_features(sorted((results / "features").glob("shard-*.zarr")))
     assert list(features["class"].values) == ["one", "s<e>ven", "zero"] and features.sizes["image"] == 56
     reference = open_zarr(results / "reference.zarr")
@@ -348,6 +350,7 @@ def test_users_imagefolder_and_checkpoint_end_to_end(tmp_path, digits_small):
     pairs = pd.read_parquet(results / "pairs.parquet")
     assert pairs["weight_cosine"].isna().all() and pairs["mean_distance"].is_monotonic_increasing
     assert pd.read_parquet(results / "anomalies.parquet")["score"].notna().sum() == 56
+    assert set(pd.read_parquet(results / "strategies.parquet")["class"]) == {0, 1, 2}  # DiffCAM's dataset maps, clustered
     html = (tmp_path / "reports" / "backbone.html").read_text()
     assert "a backbone without a classifier head" in html and "No faithfulness metrics" in html
 
@@ -358,7 +361,7 @@ def test_a_killed_dataset_maps_shard_is_redone_alone(tiny_audit, tmp_path):
     shutil.copytree(tiny_audit, workdir, ignore=shutil.ignore_patterns(".snakemake"))
     results = workdir / "results" / "tiny"
     shards = results / "dataset_maps"
-    assert sorted(p.name for p in shards.iterdir()) == [f"shard-{i:05d}.zarr" for i in range(4)]
+    assert sorted(p.name for p in shards.iterdir()) == [f"shard-{i:05d}.zarr" for i in range(2)]
     original = open_zarr(shards / "shard-00001.zarr").load()
     shutil.rmtree(shards / "shard-00001.zarr")
     (shards / ".shard-00001.zarr.tmp-99999").mkdir()  # what a killed writer leaves

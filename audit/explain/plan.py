@@ -30,8 +30,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+import xarray as xr
 
 from audit.explain.explainer import Subject
+from audit.feature_store import read_rows
 from audit.explain.registry import explainer
 from audit.settings import ExplainSettings
 
@@ -41,7 +43,7 @@ def explain_plan(
     pairs: pd.DataFrame,
     image_ids: np.ndarray,
     labels: np.ndarray,
-    class_scores: np.ndarray,
+    class_scores: np.ndarray | xr.DataArray,
     settings: ExplainSettings,
     methods: Sequence[str],
     weight_similarity: np.ndarray | None = None,
@@ -53,7 +55,8 @@ def explain_plan(
         anomalies: the anomaly table (image_id, label, score, rank); images without a score are skipped.
         pairs: the class-pair table, sorted with the most alike first.
         image_ids, labels: (N,) in feature-store order.
-        class_scores: (N, C), higher = more like the class (probabilities, or nearness).
+        class_scores: (N, C), higher = more like the class (probabilities, or nearness); in memory or a lazy
+            DataArray, of which only the subjects' rows and the pair classes' members are read.
         settings: ``top_anomalies``, ``top_pairs``, ``images_per_pair`` and ``finer_contrasts`` (T) are read.
         methods: the methods to plan (those of ``settings.methods`` that apply to the model).
         weight_similarity: (C, C) classifier-weight cosine; when given, Finer-CAM's
@@ -62,23 +65,26 @@ def explain_plan(
     """
     similar_by = "predictions" if weight_similarity is None else "by weight"
     explainers = [explainer(name) for name in methods]
-    index_of = {image_id: i for i, image_id in enumerate(image_ids)}
     rows: list[dict] = []
 
-    def subject(i: int, purpose: str, target: int, pair_class: int | None, similarity: np.ndarray) -> None:
-        rows.extend(_subject_rows(explainers, i, image_ids, purpose, target, pair_class, class_scores[i], similarity, settings, similar_by, concepts))
+    def subject(i: int, purpose: str, target: int, pair_class: int | None, scores: np.ndarray, similarity: np.ndarray) -> None:
+        rows.extend(_subject_rows(explainers, i, image_ids, purpose, target, pair_class, scores, similarity, settings, similar_by, concepts))
 
     top = anomalies[(anomalies["rank"] <= settings.top_anomalies) & anomalies["score"].notna()]
-    for image_id in top["image_id"]:
-        i = index_of[image_id]
+    subjects = pd.Index(image_ids).get_indexer(top["image_id"])
+    read = np.unique(subjects)
+    subject_scores = dict(zip(read.tolist(), read_rows(class_scores, read)))  # one read for every anomaly subject
+    for i in subjects.tolist():
         target = int(labels[i])
-        subject(i, "anomaly", target, None, class_scores[i] if weight_similarity is None else weight_similarity[target])
-    for _, pair in pairs.head(settings.top_pairs).iterrows():
+        subject(i, "anomaly", target, None, subject_scores[i], subject_scores[i] if weight_similarity is None else weight_similarity[target])
+    pair_rows = pairs.head(settings.top_pairs)
+    finite = np.asarray(np.isfinite(class_scores).all(axis=1)) if len(pair_rows) else None
+    for _, pair in pair_rows.iterrows():
         for a, b in ((int(pair["class_a"]), int(pair["class_b"])), (int(pair["class_b"]), int(pair["class_a"]))):
-            members = np.flatnonzero((labels == a) & np.isfinite(class_scores).all(axis=1))
-            chosen = members[np.argsort(-class_scores[members, b], kind="stable")[: settings.images_per_pair]]
-            for i in chosen:
-                subject(int(i), "pair", a, b, class_scores[i])
+            members = np.flatnonzero((labels == a) & finite)
+            member_scores = read_rows(class_scores, members)  # class a's rows only
+            for m in np.argsort(-member_scores[:, b], kind="stable")[: settings.images_per_pair]:
+                subject(int(members[m]), "pair", a, b, member_scores[m], member_scores[m])
     return pd.DataFrame(rows, columns=PLAN_COLUMNS)
 
 
@@ -100,15 +106,40 @@ def dataset_plan(
     ``weight_similarity`` (C, C) is given); DiffCAM maps it against all other
     classes and against its own class without it. Images with no class
     (label < 0) get no rows. Arguments as in :func:`explain_plan`.
+
+    Vectorised: the classes each image's rows refer to (target, compare class,
+    contrasts) are ranked for all images at once, each method's ``rows`` runs
+    once per distinct combination, and the rows are repeated over the images
+    that share it (a method's rows depend on the subject's classes, never on
+    the image beyond its index and id). Rows are in image order, each image's
+    in method order, as :func:`explain_plan` orders a subject's.
     """
+    labels = np.asarray(labels)
+    labelled = np.flatnonzero(labels >= 0)
+    if not len(labelled):
+        return pd.DataFrame(columns=PLAN_COLUMNS)
+    targets = labels[labelled].astype(np.int64)
+    scores = np.asarray(class_scores)[labelled]
+    similarity = scores if weight_similarity is None else np.asarray(weight_similarity)[targets]
+    compare = _others_ranked(scores, targets)[:, 0]
+    contrasts = _others_ranked(similarity, targets)[:, : settings.finer_contrasts]
+    combinations, combination_of = np.unique(np.column_stack([targets, compare, contrasts]), axis=0, return_inverse=True)
     similar_by = "predictions" if weight_similarity is None else "by weight"
     explainers = [explainer(name) for name in methods]
-    rows: list[dict] = []
-    for i in np.flatnonzero(np.asarray(labels) >= 0):
-        target = int(labels[i])
-        similarity = class_scores[i] if weight_similarity is None else weight_similarity[target]
-        rows.extend(_subject_rows(explainers, int(i), image_ids, "dataset", target, None, class_scores[i], similarity, settings, similar_by))
-    return pd.DataFrame(rows, columns=PLAN_COLUMNS)
+    templates = []
+    for number, (target, compare_class, *similar) in enumerate(combinations.tolist()):
+        subject = Subject(-1, "", "dataset", target, None, compare_class, tuple(similar), similar_by, (f"class:{target}",))
+        rows = pd.DataFrame([row for method in explainers for row in method.rows(subject)], columns=PLAN_COLUMNS)
+        templates.append(rows.drop(columns=["image_index", "image_id"]).assign(combination=number, order=np.arange(len(rows))))
+    images = pd.DataFrame({"image_index": labelled, "image_id": np.asarray(image_ids)[labelled], "combination": combination_of.ravel()})
+    plan = images.merge(pd.concat(templates, ignore_index=True), on="combination")
+    return plan.sort_values(["image_index", "order"], kind="stable")[PLAN_COLUMNS].reset_index(drop=True)
+
+
+def _others_ranked(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """For rows of class scores (N, C) and each row's target (N,): the other classes (N, C − 1), most similar first (as :func:`_others`)."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return order[order != targets[:, None]].reshape(len(order), -1)
 
 
 def _subject_rows(

@@ -7,13 +7,22 @@ when it runs alone (the benchmarks' bound, tested against the images the model s
 from __future__ import annotations
 
 import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
-from audit.metrics.boxes import box_masks, pearson, random_boxes
+from audit.deferred import deferred
 from audit.metrics.metric import CONFIGURED, HIGHER, LOWER, Metric, MetricBatch, Output, Table
-from audit.metrics.perturbation import relative_confidence_drop, removal_masks
-from audit.metrics.road import NORMALISED_NOISE, noisy_linear_imputation
 from audit.settings import MetricSettings
+
+if TYPE_CHECKING:
+    import torch
+
+    from audit.metrics import boxes, perturbation
+    from audit.metrics import road as imputation
+else:  # imported on first use: the registry's declarations are read without torch
+    torch = deferred("torch")
+    boxes = deferred("audit.metrics.boxes")
+    perturbation = deferred("audit.metrics.perturbation")
+    imputation = deferred("audit.metrics.road")  # not ``road``: that is the metric below
 
 MOST_FIRST = "most-relevant-first"
 LEAST_FIRST = "least-relevant-first"
@@ -40,7 +49,7 @@ def deletion(batch: MetricBatch, table: Table) -> None:
         table.add(DELETION_CURVE, probabilities[batch.rows, j, batch.target], fraction=f)
     table.add(DELETION_AUC, batch.deletion_auc)
     for j, f in enumerate(batch.settings.drop_fractions):
-        table.add(CONFIDENCE_DROP, relative_confidence_drop(probabilities[:, 0], probabilities[:, steps + 1 + j], batch.target, batch.compare), fraction=f)
+        table.add(CONFIDENCE_DROP, perturbation.relative_confidence_drop(probabilities[:, 0], probabilities[:, steps + 1 + j], batch.target, batch.compare), fraction=f)
 
 
 INSERTION_CURVE = Output(
@@ -65,7 +74,7 @@ FIDELITY = Output("fidelity", HIGHER, "blur", "steps", order="lif - mif", headli
 def fidelity(batch: MetricBatch, table: Table) -> None:
     curve = torch.tensor(batch.curve_fractions, dtype=torch.float32, device=batch.x.device)
     mif = batch.auc(batch.target_probabilities(batch.most_relevant_masks[:, : batch.settings.steps + 1], batch.blurred))
-    lif = batch.auc(batch.target_probabilities(removal_masks(-batch.maps, curve), batch.blurred))
+    lif = batch.auc(batch.target_probabilities(perturbation.removal_masks(-batch.maps, curve), batch.blurred))
     table.add(MIF_AUC, mif)
     table.add(LIF_AUC, lif)
     table.add(FIDELITY, lif - mif)
@@ -84,11 +93,11 @@ def road(batch: MetricBatch, table: Table) -> None:
     """ROAD most- and least-relevant-first at each fraction: noisy linear imputation, then one forward per image."""
     x, fractions = batch.x, batch.settings.road_fractions
     levels = torch.tensor(fractions, dtype=torch.float32, device=x.device)
-    removed = torch.cat([removal_masks(batch.maps, levels), removal_masks(-batch.maps, levels)], dim=1)
+    removed = torch.cat([perturbation.removal_masks(batch.maps, levels), perturbation.removal_masks(-batch.maps, levels)], dim=1)
     count = removed.shape[1]
     repeated = x[:, None].expand(-1, count, -1, -1, -1).reshape(-1, *x.shape[1:])
-    noise = NORMALISED_NOISE * torch.tensor(batch.meta.std, dtype=torch.float32, device=x.device)
-    imputed = noisy_linear_imputation(repeated, removed.reshape(-1, *x.shape[2:]), noise, batch.randomness.noise)
+    noise = imputation.NORMALISED_NOISE * torch.tensor(batch.meta.std, dtype=torch.float32, device=x.device)
+    imputed = imputation.noisy_linear_imputation(repeated, removed.reshape(-1, *x.shape[2:]), noise, batch.randomness.noise)
     probabilities = torch.softmax(batch.logits(imputed.reshape(len(x), count, *x.shape[1:])), dim=-1)
     target_probabilities = probabilities[batch.rows, :, batch.target].cpu().numpy()
     r = len(fractions)
@@ -116,7 +125,7 @@ def class_sensitivity(batch: MetricBatch, table: Table) -> None:
         if present.any():
             chosen = torch.as_tensor(np.flatnonzero(present), device=batch.x.device)
             curve = torch.tensor(batch.curve_fractions, dtype=torch.float32, device=batch.x.device)
-            masks = removal_masks(torch.as_tensor(compare_maps[present], device=batch.x.device), curve)
+            masks = perturbation.removal_masks(torch.as_tensor(compare_maps[present], device=batch.x.device), curve)
             logits = batch.perturbed_logits(masks, batch.replacement[chosen], batch.x[chosen])
             probabilities = torch.softmax(logits, dim=-1)[torch.arange(len(chosen), device=batch.x.device), :, batch.target[chosen]]
             value[present] = batch.auc(probabilities) - batch.deletion_auc[present]
@@ -131,13 +140,13 @@ def box_sensitivity(batch: MetricBatch, table: Table) -> None:
     """Pearson r, per box side, between the saliency summed in random boxes and the target logit's drop when each is blurred."""
     settings, x = batch.settings, batch.x
     size = tuple(x.shape[-2:])
-    boxes = random_boxes(len(x), list(settings.box_sizes), settings.boxes_per_size, size, batch.randomness.boxes).to(x.device)
-    masks = box_masks(boxes, size)
+    placed = boxes.random_boxes(len(x), list(settings.box_sizes), settings.boxes_per_size, size, batch.randomness.boxes).to(x.device)
+    masks = boxes.box_masks(placed, size)
     original = batch.logits(x)[batch.rows, batch.target]
     drop = original[:, None] - batch.perturbed_logits(masks, batch.blurred)[batch.rows, :, batch.target]
     inside = (batch.maps[:, None] * masks).sum(dim=(2, 3))
     sides = len(settings.box_sizes)
-    per_side = pearson(inside.reshape(len(x), sides, -1), drop.reshape(len(x), sides, -1)).cpu().numpy()
+    per_side = boxes.pearson(inside.reshape(len(x), sides, -1), drop.reshape(len(x), sides, -1)).cpu().numpy()
     for j, side in enumerate(settings.box_sizes):
         table.add(BOX_SENSITIVITY, per_side[:, j], parameter=f"box side {side:g}")
     finite = np.isfinite(per_side)

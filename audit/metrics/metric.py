@@ -15,16 +15,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import nn
 
-from audit.metrics.perturbation import baseline_images, curve_auc, model_logits, perturbed_logits, removal_masks
-from audit.models.checkpoint import ModelMeta
+from audit.deferred import deferred
 from audit.settings import MetricSettings
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from audit.metrics import perturbation
+    from audit.models.checkpoint import ModelMeta
+else:  # imported on first use: the report and the Snakefile read the registry's declarations without torch
+    torch = deferred("torch")
+    perturbation = deferred("audit.metrics.perturbation")
 
 HIGHER = "higher"
 LOWER = "lower"
@@ -184,17 +191,17 @@ class MetricBatch:
     @cached_property
     def replacement(self) -> torch.Tensor:
         """What removed pixels become under the configured baseline (B, 3, H, W)."""
-        return baseline_images(self.x, self.settings.baseline)
+        return perturbation.baseline_images(self.x, self.settings.baseline)
 
     @cached_property
     def blurred(self) -> torch.Tensor:
-        return self.replacement if self.settings.baseline == "blur" else baseline_images(self.x, "blur")
+        return self.replacement if self.settings.baseline == "blur" else perturbation.baseline_images(self.x, "blur")
 
     @cached_property
     def most_relevant_masks(self) -> torch.Tensor:
         """Removal masks (B, steps + 1 + |drops|, H, W): the curve's fractions, then the confidence-drop fractions."""
         fractions = np.concatenate([self.curve_fractions, self.settings.drop_fractions])
-        return removal_masks(self.maps, torch.tensor(fractions, dtype=torch.float32, device=self.x.device))
+        return perturbation.removal_masks(self.maps, torch.tensor(fractions, dtype=torch.float32, device=self.x.device))
 
     @cached_property
     def deletion_probabilities(self) -> torch.Tensor:
@@ -207,11 +214,11 @@ class MetricBatch:
 
     def perturbed_logits(self, masks: torch.Tensor, fill: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, P, C) of ``x`` (the batch's images by default) with ``masks`` (B, P, H, W) replaced by ``fill``."""
-        return perturbed_logits(self.model, self.meta, self.x if x is None else x, masks, fill, self.settings.batch_size)
+        return perturbation.perturbed_logits(self.model, self.meta, self.x if x is None else x, masks, fill, self.settings.batch_size)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (B, P, C) of images (B, P, 3, H, W) or (B, C) of (B, 3, H, W)."""
-        return model_logits(self.model, self.meta, images, self.settings.batch_size)
+        return perturbation.model_logits(self.model, self.meta, images, self.settings.batch_size)
 
     def target_probabilities(self, masks: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
         """The target's probability (B, P) with ``masks`` replaced by ``fill``."""
@@ -219,7 +226,7 @@ class MetricBatch:
 
     def auc(self, probabilities: torch.Tensor) -> np.ndarray:
         """Trapezoid AUC (B,) of curves (B, steps + 1) over the fraction removed."""
-        return curve_auc(probabilities.cpu().numpy(), self.curve_fractions)
+        return perturbation.curve_auc(probabilities.cpu().numpy(), self.curve_fractions)
 
     @cached_property
     def maps_numpy(self) -> np.ndarray:

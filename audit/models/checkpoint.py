@@ -11,11 +11,13 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import timm
 import torch
 from torch import nn
 
+from audit.deferred import deferred
 from audit.storage import atomic_path
+
+timm = deferred("timm")  # imported when a model is built: reading a checkpoint's metadata does not need it
 
 
 @dataclass

@@ -15,7 +15,7 @@ with stage_run(snakemake.log[0], snakemake.threads, model=False):
     features = open_features(snakemake.input.features, listing)
     reference = open_zarr(snakemake.input.reference).load()
     table = anomaly_table(
-        features["embedding"].values,
+        features["embedding"],  # lazy: read a block of classes at a time
         features["label"].values,
         features["prediction"].values if has_classifier(features) else np.full(features.sizes["image"], -1),
         features["image_id"].values,
@@ -23,7 +23,7 @@ with stage_run(snakemake.log[0], snakemake.threads, model=False):
         LeaveOneOut(reference),
         [str(c) for c in features["class"].values],
         background=group_from_store(reference, "all"),
-        probability=features["probability"].values if has_classifier(features) else None,
+        probability=features["probability"] if has_classifier(features) else None,
     )
     if listing.attrs["with_flags"]:
         flags = pd.Series(listing["anomaly"].isin(ANOMALY_TRUE).to_numpy(), index=listing["image_id"].to_numpy(str))

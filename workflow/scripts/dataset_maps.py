@@ -30,7 +30,7 @@ with stage_run(snakemake.log[0], snakemake.threads) as device:
         weight = classifier.weight.detach().float().cpu().numpy()
         bias = None if classifier.bias is None else classifier.bias.detach().float().cpu().numpy()
     plan = dataset_plan(
-        features["image_id"].values, features["label"].values, class_scores(features, reference), settings, settings.dataset_methods,
+        features["image_id"].values, features["label"].values, class_scores(features, reference).values, settings, settings.dataset_methods,
         weight_cosine(weight) if head and settings.finer_similarity == "weights" else None,
     )
     if settings.dataset_splits is not None:

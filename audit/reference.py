@@ -86,9 +86,9 @@ class ShrunkGaussian:
     pooled: bool = False
     condition: float = float("nan")
 
-    def solve(self, rhs: np.ndarray) -> np.ndarray:
-        """S⁻¹ · rhs for rhs (K,) or (K, M), by Cholesky solve in float64."""
-        return scipy.linalg.cho_solve((self.cholesky, True), np.asarray(rhs, dtype=np.float64))
+    def solve(self, rhs: np.ndarray, dtype: type = np.float64) -> np.ndarray:
+        """S⁻¹ · rhs for rhs (K,) or (K, M), by Cholesky solve in ``dtype`` (float64; float32 for maps, twice as fast)."""
+        return scipy.linalg.cho_solve((self.cholesky.astype(dtype, copy=False), True), np.asarray(rhs, dtype=dtype))
 
     def mahalanobis_squared(self, z: np.ndarray) -> np.ndarray:
         """(z − μ)ᵀ S⁻¹ (z − μ) for z (K,) or (M, K)."""
@@ -407,7 +407,7 @@ class LeaveOneOut:
         weights, means, shrinkage, pooled = self.member_directions(label, z)
         return ((z - means) * weights).sum(axis=1), shrinkage, pooled
 
-    def member_directions(self, label: int, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def member_directions(self, label: int, z: np.ndarray, dtype: type = np.float64) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Each member's DiffCAM direction against its class without it: (w (M, K), μ₋ᵢ (M, K), λ (M,), pooled (M,)).
 
         w_i = S₋ᵢ⁻¹ (z_i − μ₋ᵢ), S₋ᵢ the OAS-shrunk covariance of the class
@@ -420,7 +420,9 @@ class LeaveOneOut:
         c = (1−λ) b. As z_i − μ₋ᵢ = a d, Sherman–Morrison gives, with u = Vᵀ d
         and q = Σ u²/D, w_i = a · V (u / D) / (1 − c q). O(K³) per class, O(K²)
         per member. Members of classes too small for that take ``group``
-        (pooled covariance, or NaN when nothing is left).
+        (pooled covariance, or NaN when nothing is left). The last (M, K) × (K, K)
+        product runs in ``dtype`` (float32 for maps; the scores keep float64);
+        everything else in float64, as 1 − c·q may cancel.
         """
         z = np.atleast_2d(np.asarray(z, dtype=np.float64))
         count = float(self.count[label])
@@ -433,7 +435,7 @@ class LeaveOneOut:
             eigenvalues, vectors = self._eigen(int(label))
             a, b = count / (count - 1), count / (count - 1) ** 2
             d = z - mean
-            u = d @ vectors
+            u = d @ vectors  # float64: q and 1 − c·q below may cancel
             squared_norm = (d**2).sum(axis=1)
             trace = a * eigenvalues.sum() - b * squared_norm
             frobenius = a**2 * (eigenvalues**2).sum() - 2 * a * b * (u**2 * eigenvalues).sum(axis=1) + b**2 * squared_norm**2
@@ -446,13 +448,13 @@ class LeaveOneOut:
                 q = (u * scaled).sum(axis=1)
                 remainder = 1 - (1 - lam) * b * q
             closed = (diagonal > 0).all(axis=1) & (remainder > 0)  # S₋ᵢ positive definite, as it is in exact arithmetic
-            weights[closed] = a * (scaled[closed] @ vectors.T) / remainder[closed, None]
+            weights[closed] = (a * scaled[closed] / remainder[closed, None]).astype(dtype, copy=False) @ vectors.T.astype(dtype, copy=False)
             means[closed] = (self.total[label] - z[closed]) / (count - 1)
             shrinkage[closed] = lam[closed]
         for i in np.flatnonzero(~closed):
             group = self.group(label, z[i])
             if group is not None:
-                weights[i], means[i] = group.solve(z[i] - group.mean), group.mean
+                weights[i], means[i] = group.solve(z[i] - group.mean, dtype), group.mean
                 shrinkage[i], pooled[i] = group.shrinkage, group.pooled
         return weights, means, shrinkage, pooled
 

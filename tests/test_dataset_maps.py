@@ -68,6 +68,22 @@ def test_closed_form_maps_from_stored_activations_equal_the_engines_autograd_map
     np.testing.assert_allclose(ours[~gradient_rows], expected[~gradient_rows], rtol=1e-5, atol=1e-6 * np.abs(expected).max())
 
 
+def test_other_gradient_cams_in_the_closed_form_equal_the_engines_maps(trained, digits_small, shard):
+    """LayerCAM and HiResCAM are channel sums under the closed form (one batched product with DiffCAM's rows);
+    Grad-CAM++ and XGradCAM are not, and go through the engine's maps on stored activations."""
+    model, _ = trained
+    meta, features, reference = shard["layer4"]
+    settings = ExplainSettings(batch_size=16)
+    methods = ["layercam", "hirescam", "gradcampp", "xgradcam", "diffcam"]
+    plan = dataset_plan(features["image_id"].values, features["label"].values, features["probability"].values, settings, methods)
+    weight = model.get_classifier().weight.detach().numpy()
+    ours = shard_maps(plan, features, reference, settings, chunk=24, classifier_weight=weight)
+    engine = ExplainerEngine(model, "layer4", digits_small.images.shape[-2:])
+    engine.closed_form = False
+    expected = np.stack(plan_maps(plan, engine, meta, digits_small.images[:80], features, reference, settings, {}))
+    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+
+
 def test_maps_of_a_layer_without_the_closed_form_come_from_one_engine_pass_per_batch(trained, digits_small, shard):
     model, _ = trained
     meta, features, reference = shard["layer3"]
@@ -101,17 +117,19 @@ def test_leave_one_out_diffcam_for_every_image_equals_one_factorisation_per_imag
     ours = shard_maps(own, features, reference, settings, chunk=50)
     leave_one_out = LeaveOneOut(reference)
     activations, embedding, labels = features["activation"].values, features["embedding"].values, features["label"].values
-    checked = 0
+    checked, worst = 0, 0.0
     for row, i in enumerate(own["image_index"]):
         group = leave_one_out.group(int(labels[i]), embedding[i])
         expected = diffcam_maps(activations[i : i + 1], group, centre=True)[0]
-        np.testing.assert_allclose(ours[row], expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+        worst = max(worst, float(np.abs(ours[row] - expected).max() / np.abs(expected).max()))
         checked += not group.pooled
+    assert worst < 1e-5, worst  # a float32 product (diffcam.MAP_DTYPE) against float64; the store keeps float16 (5e-4)
     assert checked > 60  # most classes keep their own covariance (the closed form), not the pooled fallback
     # the centred map's spatial mean is the image's leave-one-out anomaly score
     scores = np.concatenate([leave_one_out.member_scores(c, embedding[labels == c])[0] for c in np.unique(labels)])
     order = np.concatenate([np.flatnonzero(labels == c) for c in np.unique(labels)])
     np.testing.assert_allclose(ours[np.argsort(own["image_index"].to_numpy())].mean(axis=(1, 2))[order], scores, rtol=1e-4)
+    print(f"largest difference from the float64 factorisation: {worst:.1e} of the map's largest magnitude")
 
 
 @pytest.mark.parametrize("by_weight", [False, True])

@@ -25,10 +25,13 @@ from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
+import torch
 import xarray as xr
 from tqdm import tqdm
 
 from audit.explain.compute import closed_form_maps, uses_model
+from audit.explain.engine import closed_form_gradient
+from audit.explain.objectives import contrast_coefficients
 from audit.explain.registry import explainer
 from audit.explain.weighting import direction_maps
 from audit.settings import ExplainSettings
@@ -53,6 +56,38 @@ def pool_linear_head(embedding: np.ndarray, logits: np.ndarray, weight: np.ndarr
     return bool(np.abs(linear - logits).max() <= tolerance * scale)
 
 
+def closed_form_weights(plan: pd.DataFrame, classifier_weight: np.ndarray, cells: int, settings: ExplainSettings) -> np.ndarray:
+    """Channel weights (R, K) float32 of plan rows of gradient CAMs that are ReLU(Σ_k w_k A_k) under the closed form
+    (``GradientCam.constant_weights``): from each row's objective (target − γ · mean of contrasts) times the
+    classifier (C, K) over ``cells`` = h·w, the gradient that :func:`audit.explain.engine.closed_form_gradient` gives."""
+    coefficients = contrast_coefficients(len(classifier_weight), plan["target"].tolist(), [list(c) for c in plan["contrasts"]], settings.finer_gamma)
+    gradient = closed_form_gradient(torch.as_tensor(np.asarray(classifier_weight, dtype=np.float32)), cells)(None, coefficients)[:, :, 0, 0]
+    weights = torch.empty_like(gradient)
+    names = plan["method"].to_numpy()
+    for name in np.unique(names):
+        mine = torch.as_tensor(np.flatnonzero(names == name))
+        weights[mine] = explainer(name).constant_weights(gradient[mine])
+    return weights.numpy()
+
+
+class _Directions:
+    """Rows whose maps are Σ_k w_k A_k − offset (then ReLU'd where ``rectify``), gathered from several methods."""
+
+    def __init__(self, channels: int):
+        self.channels = channels
+        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def add(self, rows: np.ndarray, weights: np.ndarray, offsets: np.ndarray | None, rectify: bool) -> None:
+        offsets = np.zeros(len(rows)) if offsets is None else offsets
+        self.parts.append((rows, np.asarray(weights, dtype=np.float32), offsets, np.full(len(rows), rectify)))  # the sum runs in float32
+
+    def combined(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Rows (M,), weights (M, K) float32, offsets (M,) float64, rectify (M,) bool."""
+        if not self.parts:
+            return np.zeros(0, np.int64), np.zeros((0, self.channels), np.float32), np.zeros(0), np.zeros(0, bool)
+        return tuple(np.concatenate(column) for column in zip(*self.parts))
+
+
 def shard_maps(
     plan: pd.DataFrame,
     features: xr.Dataset,
@@ -67,7 +102,11 @@ def shard_maps(
     Model methods' rows use the closed form when ``classifier_weight`` (C, K) is
     given, else ``model_maps(rows)`` (the engine over the rows' images). Stored
     methods' channel weights are computed once for the shard from the
-    embeddings; activations are then read ``chunk`` images at a time.
+    embeddings. Grad-CAM-like rows under the closed form are channel sums too
+    (:func:`closed_form_weights`); activations are then read ``chunk`` images
+    at a time, and all of a chunk's channel-sum rows are one batched product,
+    one read of the chunk. Other closed-form rows (Grad-CAM++) go through
+    :func:`audit.explain.compute.closed_form_maps`.
     """
     plan = plan.reset_index(drop=True)
     out = np.full((len(plan), *features["activation"].shape[2:]), np.nan, dtype=np.float32)
@@ -78,24 +117,31 @@ def shard_maps(
             raise ValueError("model methods without the closed form need the model")
         for row, m in zip(np.flatnonzero(on_model), model_maps(plan[on_model])):
             out[row] = m
-    directions = []
+    linear = closed & plan["method"].map(lambda name: getattr(explainer(name), "constant_weights", None) is not None).to_numpy(bool)
+    generic = closed & ~linear
+    directions = _Directions(features.sizes["unit"])
+    if linear.any():
+        cells = int(np.prod(features["activation"].shape[2:]))
+        directions.add(np.flatnonzero(linear), closed_form_weights(plan[linear], classifier_weight, cells, settings), None, rectify=True)
     for name in plan.loc[~on_model, "method"].unique():
         rows = plan[~on_model & (plan["method"] == name)]
         embedding = features["embedding"].isel(image=rows["image_index"].to_numpy()).values
-        directions.append((rows.index.to_numpy(), *explainer(name).stored_directions(embedding, reference, rows, settings)))
+        directions.add(rows.index.to_numpy(), *explainer(name).stored_directions(embedding, reference, rows, settings), rectify=False)
+    rows, weights, offsets, rectify = directions.combined()
     image_index = plan["image_index"].to_numpy()
     for start in tqdm(range(0, features.sizes["image"], chunk), desc="dataset maps", unit="chunk"):
         stop = min(start + chunk, features.sizes["image"])
         here = (image_index >= start) & (image_index < stop)
-        if not (here & (closed | ~on_model)).any():
+        picked = (image_index[rows] >= start) & (image_index[rows] < stop)
+        if not (picked.any() or (here & generic).any()):
             continue
         part = features.isel(image=slice(start, stop))
         activations = part["activation"].values
-        if (here & closed).any():
-            rows = plan[here & closed].assign(image_index=lambda r: r["image_index"] - start)
-            out[here & closed] = np.stack(closed_form_maps(activations, part["logits"].values, classifier_weight, rows, settings))
-        for rows, weights, offsets in directions:
-            picked = (image_index[rows] >= start) & (image_index[rows] < stop)
-            if picked.any():
-                out[rows[picked]] = direction_maps(activations, weights[picked], offsets[picked], image_index[rows[picked]] - start)
+        if (here & generic).any():
+            chosen = plan[here & generic].assign(image_index=lambda r: r["image_index"] - start)
+            out[here & generic] = np.stack(closed_form_maps(activations, part["logits"].values, classifier_weight, chosen, settings))
+        if picked.any():  # every direction row of the chunk in one batched channel sum: one read of its activations
+            maps = direction_maps(activations, weights[picked], offsets[picked], image_index[rows[picked]] - start)
+            maps[rectify[picked]] = np.maximum(maps[rectify[picked]], 0.0)
+            out[rows[picked]] = maps
     return out

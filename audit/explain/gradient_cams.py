@@ -34,7 +34,8 @@ else:
 
 
 def gradcam_map(activations: torch.Tensor, positions: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
-    return channel_sum(gradients.mean(dim=(2, 3), keepdim=True), activations, positions)
+    weights = gradients if constant_over_grid(gradients) else gradients.mean(dim=(2, 3), keepdim=True)
+    return channel_sum(weights, activations, positions)
 
 
 def gradcampp_map(activations: torch.Tensor, positions: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
@@ -74,6 +75,9 @@ class GradientCam(Explainer):
 
     cam: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     needs: frozenset[str] = frozenset({LAYER_GRADIENTS})
+    constant_weights: Callable[[torch.Tensor], torch.Tensor] | None = None
+    """For a gradient constant over the grid, given as (R, K): the channel weights w (R, K) such that the map
+    is ReLU(Σ_k w_k A_k) (Grad-CAM: the gradient); None for a CAM that is not such a channel sum (Grad-CAM++)."""
 
     def maps(self, batch: Batch, rows: Rows) -> torch.Tensor:
         return self.cam(batch.layer_pass.activations, rows.positions, batch.class_gradients(rows)).clamp_min(0)
@@ -101,15 +105,21 @@ class ContrastCam(GradientCam):
         return swapped
 
 
+def _identity(gradient: torch.Tensor) -> torch.Tensor:
+    return gradient
+
+
 def _plain_columns(title: str) -> tuple[ReportColumn, ...]:
     return (ReportColumn("anomaly", "", title), ReportColumn("pair", "", title + " {a}"))
 
 
 GRADIENT_CAMS = (
-    GradientCam("gradcam", "Grad-CAM", cam=gradcam_map, report=_plain_columns("Grad-CAM")),
+    GradientCam("gradcam", "Grad-CAM", cam=gradcam_map, constant_weights=_identity, report=_plain_columns("Grad-CAM")),
     GradientCam("gradcampp", "Grad-CAM++", cam=gradcampp_map),
     GradientCam("xgradcam", "XGradCAM", cam=xgradcam_map),
-    GradientCam("layercam", "LayerCAM", cam=layercam_map),
-    GradientCam("hirescam", "HiResCAM", cam=hirescam_map),
-    ContrastCam("finercam", "Finer-CAM", cam=gradcam_map, report=(ReportColumn("pair", "", "Finer-CAM {a} − γ·{b}"),)),
+    GradientCam("layercam", "LayerCAM", cam=layercam_map, constant_weights=lambda gradient: gradient.clamp_min(0)),
+    GradientCam("hirescam", "HiResCAM", cam=hirescam_map, constant_weights=_identity),
+    ContrastCam(
+        "finercam", "Finer-CAM", cam=gradcam_map, constant_weights=_identity, report=(ReportColumn("pair", "", "Finer-CAM {a} − γ·{b}"),)
+    ),
 )

@@ -216,6 +216,7 @@ class MetricSettings(StageSettings):
     iou_thresholds: tuple[float, ...] = (0.25, 0.5, 0.75)
     seed: int = 0
     bootstrap: int = 1000
+    sample_per_class: int = 16
     batch_size: int = speed_only(32)
 
 

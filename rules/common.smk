@@ -8,6 +8,7 @@ from pathlib import Path
 from audit.data.shards import read_listing, shard_digests
 from audit.data.manifest import require_dataset_path, resolve_config_paths
 from audit.explain.registry import explainer
+from audit.metrics.sample import shard_sample_digests
 from audit.models.timm_names import require_timm_model
 from audit.settings import (
     DATASET_KEYS,
@@ -221,6 +222,38 @@ def strategy_params(wildcards):
 def runs_dataset_maps(wildcards):
     """Whether the audit maps every image (a non-empty explain.dataset_methods that applies to the model)."""
     return bool(dataset_methods(wildcards))
+
+
+def dataset_splits(wildcards):
+    """explain.dataset_splits: the splits the dataset maps cover (None: all)."""
+    return audit_config(wildcards)["explain"].get("dataset_splits")
+
+
+def samples_metrics(wildcards):
+    """Whether the audit scores a sample of its dataset maps (dataset maps, a classifier, metrics.sample_per_class > 0)."""
+    return runs_dataset_maps(wildcards) and has_head(wildcards) and audit_config(wildcards)["metrics"]["sample_per_class"] > 0
+
+
+def sample_metric_shards(wildcards):
+    return _shard_paths(wildcards, "results/{audit}/sample_metrics/shard-{shard}.parquet") if samples_metrics(wildcards) else []
+
+
+def shard_sample_param(wildcards):
+    """The digest of the shard's sampled image ids: its sample metrics rerun when its share of the sample changes."""
+    metrics = audit_config(wildcards)["metrics"]
+    path = checkpoints.list_images.get(audit=wildcards.audit).output.listing
+    digests = _sample_digests(path, os.stat(path).st_mtime_ns, metrics["sample_per_class"], metrics["seed"], _as_tuple(dataset_splits(wildcards)))
+    return digests[int(wildcards.shard)]
+
+
+def _as_tuple(values):
+    return None if values is None else tuple(values)
+
+
+@lru_cache(maxsize=16)
+def _sample_digests(path, modified, per_class, seed, splits):
+    """Every shard's sample digest, computed once per listing version and sample setting."""
+    return shard_sample_digests(read_listing(path), per_class, seed, splits)
 
 
 def map_outliers(wildcards):

@@ -108,10 +108,17 @@ def test_end_to_end_artefacts_are_well_formed(tiny_audit):
     gradcam_pointing = localization.loc[(localization["method"] == "gradcam") & (localization["metric"] == "energy_pointing_game"), "value"]
     assert gradcam_pointing.notna().sum() == (gradcam_maps.max(axis=(1, 2)) > 0).sum() > 0  # undefined for a map with no positive value
     assert set(localization.loc[localization["metric"] == "iou", "parameter"]) >= {"otsu"}
+    samples = pd.concat([pd.read_parquet(p) for p in sorted((results / "sample_metrics").glob("shard-*.parquet"))])
+    assert (samples["purpose"] == "sample").all() and (samples["map"] == -1).all()
+    sampled = samples.drop_duplicates("image_id")  # metrics.sample_per_class: 1, from the dataset maps
+    assert len(sampled) == 10 and sorted(sampled["target"]) == list(range(10))
+    assert set(samples["variant"]) == {"gradcam", "finercam top-3 predictions", "diffcam vs all others", "diffcam vs own class"}
+    assert samples.loc[samples["metric"] == "deletion_auc", "value"].between(0, 1).all()
     summary = pd.read_parquet(results / "metrics_summary.parquet")
     assert set(summary["level"]) == {"overall", "class"}
     overall = summary[(summary["level"] == "overall") & (summary["metric"] == "deletion_auc")].set_index("variant")
-    per_map = metrics[metrics["metric"] == "deletion_auc"].groupby("variant")["value"]
+    pooled = pd.concat([metrics, samples], ignore_index=True)  # the summary covers the report subjects and the sample
+    per_map = pooled[pooled["metric"] == "deletion_auc"].groupby("variant")["value"]
     np.testing.assert_allclose(overall["mean"].sort_index(), per_map.mean().sort_index())
     assert (overall["n"].sort_index() == per_map.count().sort_index()).all()
 

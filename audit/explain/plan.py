@@ -121,8 +121,8 @@ def dataset_plan(
     targets = labels[labelled].astype(np.int64)
     scores = np.asarray(class_scores)[labelled]
     similarity = scores if weight_similarity is None else np.asarray(weight_similarity)[targets]
-    compare = _others_ranked(scores, targets)[:, 0]
-    contrasts = _others_ranked(similarity, targets)[:, : settings.finer_contrasts]
+    compare = others_ranked(scores, targets)[:, 0]
+    contrasts = others_ranked(similarity, targets)[:, : settings.finer_contrasts]
     combinations, combination_of = np.unique(np.column_stack([targets, compare, contrasts]), axis=0, return_inverse=True)
     similar_by = "predictions" if weight_similarity is None else "by weight"
     explainers = [explainer(name) for name in methods]
@@ -136,7 +136,7 @@ def dataset_plan(
     return plan.sort_values(["image_index", "order"], kind="stable")[PLAN_COLUMNS].reset_index(drop=True)
 
 
-def _others_ranked(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+def others_ranked(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """For rows of class scores (N, C) and each row's target (N,): the other classes (N, C − 1), most similar first (as :func:`_others`)."""
     order = np.argsort(-scores, axis=1, kind="stable")
     return order[order != targets[:, None]].reshape(len(order), -1)

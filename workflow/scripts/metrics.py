@@ -1,4 +1,5 @@
-"""Snakemake adapter: every metric of every method's maps (one job: the imports cost more than small audits' metrics), and their Dask summary."""
+"""Snakemake adapter: every metric of every method's maps (one job: the imports cost more than small audits' metrics), and
+their Dask summary over these maps and the sampled dataset maps' metrics (audit.metrics.sample)."""
 from pathlib import Path
 
 import numpy as np
@@ -31,5 +32,6 @@ with stage_run(snakemake.log[0], snakemake.threads) as device, dask_scheduler(da
             tables.append(evaluate_saliency(model, meta, images, saliency, method, settings, device, regions))
     metrics = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=METRIC_COLUMNS)
     write_parquet(metrics, snakemake.output.metrics)
-    summary = summarise_metrics(metrics, settings.bootstrap, settings.seed) if len(metrics) else pd.DataFrame(columns=SUMMARY_COLUMNS)
+    scored = pd.concat([metrics, *(pd.read_parquet(path) for path in snakemake.input.samples)], ignore_index=True)
+    summary = summarise_metrics(scored, settings.bootstrap, settings.seed) if len(scored) else pd.DataFrame(columns=SUMMARY_COLUMNS)
     write_parquet(summary, snakemake.output.summary)

@@ -30,6 +30,8 @@ import pandas as pd
 import xarray as xr
 from PIL import Image
 
+from audit.feature_store import read_rows
+
 IMAGE_COLUMNS = ["image_id", "path", "label", "split", "prediction", "probability", "anomaly_score", "anomaly_rank", "flagged", "overlays", "overlay_maps"]
 OPACITY = 0.55
 
@@ -78,13 +80,12 @@ def image_table(listing: pd.DataFrame, features: xr.Dataset, anomalies: pd.DataF
     rows = listing.set_index("image_id").loc[ids]
     table = pd.DataFrame({"image_id": ids, "path": rows["path"].to_numpy(str), "label": class_names[labels], "split": features["split"].values.astype(str)})
     if "probability" in features:
-        probability = features["probability"].values
         table["prediction"] = class_names[features["prediction"].values]
-        table["probability"] = probability[np.arange(len(ids)), labels]
-        best = np.argsort(-probability, axis=1, kind="stable")[:, :top]
+        own, best, best_probability = _top_classes(features["probability"], labels, top)
+        table["probability"] = own
         for k in range(best.shape[1]):
             table[f"top{k + 1}_class"] = class_names[best[:, k]]
-            table[f"top{k + 1}_probability"] = probability[np.arange(len(ids)), best[:, k]]
+            table[f"top{k + 1}_probability"] = best_probability[:, k]
     else:
         table["prediction"], table["probability"] = "", np.nan
     scored = anomalies.set_index(anomalies["image_id"].astype(str))
@@ -97,3 +98,19 @@ def image_table(listing: pd.DataFrame, features: xr.Dataset, anomalies: pd.DataF
     table["overlay_maps"] = table["image_id"].map(grouped["what"].agg(";".join)).fillna("")
     tops = [c for c in table.columns if c.startswith("top")]
     return table[[*IMAGE_COLUMNS, *tops]]
+
+
+def _top_classes(probability: xr.DataArray, labels: np.ndarray, top: int, block: int = 65536) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """p(label) (N,), the ``top`` most probable classes (N, top) and their probabilities (N, top), from (image, class)
+    probabilities read ``block`` images at a time (a lazy store is never loaded whole)."""
+    n = len(labels)
+    own, best = np.empty(n, np.float32), np.empty((n, min(top, probability.shape[1])), np.int64)
+    best_probability = np.empty(best.shape, np.float32)
+    for start in range(0, n, block):
+        part = read_rows(probability, slice(start, start + block))
+        rows = np.arange(len(part))
+        own[start : start + len(part)] = part[rows, labels[start : start + len(part)]]
+        order = np.argsort(-part, axis=1, kind="stable")[:, : best.shape[1]]
+        best[start : start + len(part)] = order
+        best_probability[start : start + len(part)] = np.take_along_axis(part, order, axis=1)
+    return own, best, best_probability

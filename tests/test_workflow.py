@@ -235,8 +235,9 @@ def test_speed_only_settings_rerun_nothing(tiny_audit, tmp_path):
 def test_a_method_parameter_reruns_the_maps_not_the_plan(tiny_audit, tmp_path):
     result = snakemake("reports/tiny.html", "-n", "--directory", str(tiny_audit), "--configfile", str(_edited_config(tmp_path, "explain", "finer_gamma", 0.3)))
     assert result.returncode == 0, result.stdout[-2000:]
-    # Finer-CAM's γ also changes its dataset maps, so the strategies and the anomaly table's map columns follow; the plan does not
-    assert _planned_rules(result) == {"dataset_maps", "strategies", "anomalies", "explain", "metrics", "report"}
+    # Finer-CAM's γ also changes its dataset maps, so the strategies, the anomaly table's map columns and the sampled
+    # maps' metrics follow; the plan does not
+    assert _planned_rules(result) == {"dataset_maps", "sample_metrics", "strategies", "anomalies", "explain", "metrics", "report"}
     config = _edited_config(tmp_path, "explain", "top_pairs", 2)
     result = snakemake("reports/tiny.html", "results/tiny/images.parquet", "-n", "--directory", str(tiny_audit), "--configfile", str(config))
     assert _planned_rules(result) == {"explain_plan", "explain", "metrics", "report", "export_images"}

@@ -1,0 +1,120 @@
+"""The whole workflow on synthetic data at several sizes (issue 15.10): wall time and peak memory of every rule.
+
+Run from the repository root inside the venv (each size in its own scratch folder, one after the other):
+
+    .venv/bin/python benchmarks/workflow_scale.py --images 10000 100000 --classes 10 --size 32
+
+For each size it writes ``--images`` synthetic PNGs (``audit.data.synthetic``: a class-specific bright
+square on noise) and a manifest, trains resnet10t for one epoch on 2,000 other synthetic images (the
+audit's checkpoint), and runs ``snakemake --cores 2`` on one audit of every stage with the default
+dataset maps and metrics sample. Snakemake's ``benchmark:`` files give each job's wall time (``s``) and
+peak resident memory (``max_rss``, MB); a sharded rule is reported by its slowest and its largest job.
+The last table gives each rule's peak memory at the largest size over that at the smallest.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def write_dataset(folder: Path, images: int, classes: int, size: int, seed: int) -> Path:
+    """``images`` synthetic PNGs under ``folder/images`` and a manifest (path, label); returns the manifest."""
+    from PIL import Image
+
+    from audit.data.synthetic import synthetic_chunk
+
+    rows = []
+    (folder / "images").mkdir(parents=True)
+    for first in range(0, images, 1000):
+        chunk = synthetic_chunk(first, min(1000, images - first), classes, size, seed)
+        for pixels, image_id, label in zip(chunk["pixels"].values, chunk["image_id"].values, chunk["label"].values):
+            path = f"images/{image_id}.png"
+            Image.fromarray(pixels.transpose(1, 2, 0)).save(folder / path)
+            rows.append({"path": path, "label": f"class-{label}"})
+    manifest = folder / "manifest.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    return manifest
+
+
+def train_checkpoint(path: Path, classes: int, size: int) -> None:
+    """resnet10t trained one epoch on 2,000 synthetic images that are not in the audit (another seed)."""
+    import torch
+
+    from audit.data.dataset import ImageDataset
+    from audit.data.synthetic import synthetic_chunk
+    from audit.models.train import fit_model
+    from audit.settings import ModelSettings, TrainSettings
+
+    chunk = synthetic_chunk(0, 2000, classes, size, seed=99)
+    dataset = ImageDataset(
+        images=chunk["pixels"].values, labels=chunk["label"].values, split=np.where(np.arange(2000) % 5 == 0, "audit", "train"),
+        image_ids=chunk["image_id"].values, class_names=[f"class-{c}" for c in range(classes)],
+    )
+    model, _ = fit_model(dataset, ModelSettings(name="resnet10t", kwargs={"output_stride": 8}, layer="layer4", train=TrainSettings(epochs=1)))
+    torch.save(model.state_dict(), path)
+
+
+def run_size(images: int, classes: int, size: int, shard_size: int, scratch: Path) -> pd.DataFrame:
+    """Run the workflow on ``images`` synthetic images; per-job rows (rule, job, s, max_rss)."""
+    folder = scratch / f"n{images}"
+    manifest = write_dataset(folder / "data", images, classes, size, seed=0)
+    train_checkpoint(folder / "model.pth", classes, size)
+    audit = {
+        "dataset": {"source": "manifest", "path": str(manifest), "image_size": size, "classes": [f"class-{c}" for c in range(classes)]},
+        "model": {"name": "resnet10t", "kwargs": {"output_stride": 8}, "layer": "layer4", "checkpoint": str(folder / "model.pth")},
+        "features": {"shard_size": shard_size},
+        "explain": {"top_anomalies": 2, "top_pairs": 2, "images_per_pair": 2, "methods": ["gradcam", "finercam", "diffcam"]},
+        "metrics": {"steps": 10, "sample_per_class": 4},
+    }
+    config = folder / "scale.yaml"
+    config.write_text(yaml.safe_dump({"audits": {"scale": audit}}))
+    started = time.perf_counter()
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("snakemake")), "reports/scale.html", "--cores", "2", "--directory", str(folder / "work"), "--configfile", str(config)],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(result.stdout[-4000:] + result.stderr[-4000:])
+    print(f"{images:,} images: the workflow took {time.perf_counter() - started:,.0f} s", flush=True)
+    rows = []
+    for tsv in sorted((folder / "work" / "benchmarks" / "rules" / "scale").rglob("*.tsv")):
+        measured = pd.read_csv(tsv, sep="\t").iloc[-1]
+        rule = tsv.parent.name if tsv.parent.name != "scale" else tsv.stem
+        rows.append({"images": images, "rule": rule, "job": tsv.stem, "s": float(measured["s"]), "max_rss": float(measured["max_rss"])})
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--shard-size", type=int, default=10_000)
+    parser.add_argument("--scratch", type=Path, default=None, help="where the data and runs go (default: a temporary folder)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as temporary:
+        scratch = args.scratch or Path(temporary)
+        jobs = pd.concat([run_size(n, args.classes, args.size, args.shard_size, scratch) for n in args.images], ignore_index=True)
+    per_rule = jobs.groupby(["rule", "images"]).agg(jobs=("job", "size"), slowest_s=("s", "max"), total_s=("s", "sum"), peak_rss_mb=("max_rss", "max"))
+    print(per_rule.round(1).to_string())
+    smallest, largest = min(args.images), max(args.images)
+    table = per_rule["peak_rss_mb"].unstack("images")
+    ratio = (table[largest] / table[smallest]).rename(f"peak memory {largest:,} / {smallest:,}")
+    print(ratio.round(2).sort_values(ascending=False).to_string())
+    print(json.dumps({"worst_ratio": float(ratio.max()), "rule": str(ratio.idxmax())}))
+
+
+if __name__ == "__main__":
+    main()

@@ -42,6 +42,8 @@ HISTORY_COLUMNS = [
     "max_mean_drift", "mean_drift", "anomalies", "new_anomalies",
 ]
 ROBUST_Z = 1.4826  # MAD → standard deviation for a normal distribution
+OUTLIER_Z = 3.5
+"""The robust z above which a score counts as odd within its class (Iglewicz and Hoaglin's cut-off)."""
 
 
 def robust_z(anomalies: pd.DataFrame) -> pd.Series:
@@ -53,7 +55,7 @@ def robust_z(anomalies: pd.DataFrame) -> pd.Series:
     return (scores - median) / mad.where(mad > 0)
 
 
-def outliers_within_class(anomalies: pd.DataFrame, threshold: float = 3.5) -> pd.Series:
+def outliers_within_class(anomalies: pd.DataFrame, threshold: float = OUTLIER_Z) -> pd.Series:
     """Bool per row of an ``anomalies.parquet`` table: score's robust z within its class above ``threshold``."""
     return (robust_z(anomalies) > threshold).fillna(False).astype(bool)
 
@@ -89,7 +91,7 @@ def _drift(names: list[str], means: np.ndarray, spread: np.ndarray, previous: xr
     return drift
 
 
-def record_run(results: str | os.PathLike, started: datetime, finished: datetime | None = None, threshold: float = 3.5) -> pd.DataFrame:
+def record_run(results: str | os.PathLike, started: datetime, finished: datetime | None = None, threshold: float = OUTLIER_Z) -> pd.DataFrame:
     """Append this run's row to ``<results>/history.parquet`` (an audit's results folder); return the whole history."""
     results = Path(results)
     anomalies = pd.read_parquet(results / "anomalies.parquet")
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("config", help="the workflow config file (its audits are recorded)")
     parser.add_argument("--directory", default=".", help="the run's working directory (holds results/)")
     parser.add_argument("--started", required=True, help="the run's start, ISO 8601 (UTC)")
-    parser.add_argument("--threshold", type=float, default=3.5, help="robust z of an anomaly score that counts as an anomaly")
+    parser.add_argument("--threshold", type=float, default=OUTLIER_Z, help="robust z of an anomaly score that counts as an anomaly")
     args = parser.parse_args(argv)
     started = datetime.fromisoformat(args.started)
     audits = yaml.safe_load(Path(args.config).read_text())["audits"]

@@ -128,3 +128,22 @@ def test_a_shortcut_the_model_learns_is_found_in_its_dataset_maps(tmp_path):
     assert set(flagged["exemplars"].iloc[0]) <= set(data.image_ids[patched])
     assert (chosen["map_cluster"].to_numpy()[truth] == patched_cluster).mean() >= 0.9
     assert store["cluster_map"].shape[0] == len(strategies)
+
+
+def test_a_class_of_one_strategy_is_drawn_in_one_row():
+    import base64
+    import io
+
+    from PIL import Image
+
+    from audit.report.figures import strategy_grid
+
+    picture, saliency = np.full((3, 8, 8), 128, np.uint8), np.arange(64, dtype=float).reshape(8, 8)
+    row = {"title": "cluster 0 (100 %)", "mean_map": saliency, "average": picture, "exemplars": [(picture, saliency, "a"), (picture, saliency, "b")]}
+
+    def height(rows):
+        uri = strategy_grid(picture, saliency, rows, signed=False)
+        return Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).height
+
+    one, two = height([row]), height([row, {**row, "title": "cluster 1"}])
+    assert one < two / 2  # one row (class mean and exemplars) against three (class mean, then a row per cluster)

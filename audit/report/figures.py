@@ -19,6 +19,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from audit.history import OUTLIER_Z  # noqa: E402
+
 
 def plain_text(draw: Callable[..., str]) -> Callable[..., str]:
     """Draw a figure with math text off (``text.parse_math``), for the figure only."""
@@ -115,7 +117,7 @@ def map_grid(
 @plain_text
 def run_trends(runs: pd.DataFrame) -> str:
     """Images, anomalies and the largest class-mean drift per run (``history.parquet`` columns; a last row may be this run)."""
-    panels = [("images", "images"), ("anomalies", "anomalies (robust z > 3.5)"), ("max_mean_drift", "largest class-mean drift (RMS sd)")]
+    panels = [("images", "images"), ("anomalies", f"anomalies (robust z > {OUTLIER_Z:g})"), ("max_mean_drift", "largest class-mean drift (RMS sd)")]
     figure, axes = plt.subplots(1, len(panels), figsize=(10, 2.8), squeeze=False)
     for axis, (column, title) in zip(axes[0], panels):
         sns.lineplot(data=runs, x="run_started", y=column, marker="o", ax=axis)
@@ -148,7 +150,8 @@ def perturbation_curves(summary: pd.DataFrame, panels: list[tuple[str, dict[str,
 @plain_text
 def strategy_grid(average: np.ndarray, class_mean: np.ndarray, rows: list[dict], signed: bool) -> str:
     """One class's strategies: its mean map over its average image, then a row per cluster — its mean map over the
-    average of its exemplars, then each exemplar under its own map.
+    average of its exemplars, then each exemplar under its own map. A class of one cluster is one row: the class
+    mean map (which is the cluster's) and the exemplars.
 
     Args:
         average: uint8 (3, H, W). class_mean: (H, W).
@@ -156,7 +159,9 @@ def strategy_grid(average: np.ndarray, class_mean: np.ndarray, rows: list[dict],
         signed: diverging scale centred at zero (else 0..max), each map on its own largest magnitude.
     """
     columns = 1 + max((len(r["exemplars"]) for r in rows), default=0)
-    figure, axes = plt.subplots(1 + len(rows), columns, figsize=(1.7 * columns, 1.75 * (1 + len(rows))), squeeze=False)
+    single = len(rows) == 1  # one strategy: its mean map is the class's, drawn once, with the exemplars beside it
+    height = 1 if single else 1 + len(rows)
+    figure, axes = plt.subplots(height, columns, figsize=(1.7 * columns, 1.75 * height), squeeze=False)
 
     def draw(axis, picture, saliency, title):
         axis.imshow(picture.transpose(1, 2, 0), alpha=0.55)
@@ -164,9 +169,10 @@ def strategy_grid(average: np.ndarray, class_mean: np.ndarray, rows: list[dict],
         axis.imshow(saliency / limit, cmap="RdBu_r" if signed else "inferno", vmin=-1 if signed else 0, vmax=1, alpha=0.65)
         axis.set_title(title, fontsize=7)
 
-    draw(axes[0, 0], average, class_mean, "class mean map")
-    for r, row in enumerate(rows, start=1):
-        draw(axes[r, 0], row["average"], row["mean_map"], row["title"])
+    draw(axes[0, 0], average, class_mean, f"class mean map: {rows[0]['title']}" if single else "class mean map")
+    for r, row in enumerate(rows, start=0 if single else 1):
+        if not single:
+            draw(axes[r, 0], row["average"], row["mean_map"], row["title"])
         for c, (picture, saliency, image_id) in enumerate(row["exemplars"], start=1):
             draw(axes[r, c], picture, saliency, image_id)
     for axis in axes.ravel():

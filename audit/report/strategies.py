@@ -15,7 +15,7 @@ import scipy.ndimage
 import xarray as xr
 
 from audit.explain.registry import explainer
-from audit.history import robust_z
+from audit.history import OUTLIER_Z, robust_z
 from audit.report import figures
 
 
@@ -128,7 +128,6 @@ def _percent(value: float) -> str:
     return "—" if pd.isna(value) else f"{100 * value:.0f} %"
 
 
-MAP_ODD = 3.5  # robust z above which a score is odd within its class (as history.outliers_within_class)
 ORDINARY = 1.0  # ... and below which it is ordinary
 
 
@@ -147,10 +146,10 @@ def map_versus_embedding(anomalies: pd.DataFrame, listed: int = 20) -> dict | No
             for r in chosen.assign(key=key).sort_values("key", ascending=False).head(listed).itertuples()
         ]
 
-    odd_map = table[(table["map_score"] > MAP_ODD) & (table["embedding_z"] < ORDINARY)]
-    odd_embedding = table[(table["embedding_z"] > MAP_ODD) & (table["map_score"] < ORDINARY)]
+    odd_map = table[(table["map_score"] > OUTLIER_Z) & (table["embedding_z"] < ORDINARY)]
+    odd_embedding = table[(table["embedding_z"] > OUTLIER_Z) & (table["map_score"] < ORDINARY)]
     return {
         "odd_map": listing(odd_map, odd_map["map_score"] - odd_map["embedding_z"]),
         "odd_embedding": listing(odd_embedding, odd_embedding["embedding_z"] - odd_embedding["map_score"]),
-        "threshold": MAP_ODD, "ordinary": ORDINARY,
+        "threshold": OUTLIER_Z, "ordinary": ORDINARY,
     }

@@ -13,6 +13,8 @@ rule explain_plan:
         "../workflow/envs/audit.yaml"
     log:
         "logs/{audit}/explain_plan.log",
+    benchmark:
+        "benchmarks/rules/{audit}/explain_plan.tsv"
     script:
         "../workflow/scripts/explain_plan.py"
 

@@ -34,5 +34,7 @@ rule shard_statistics:
         "../workflow/envs/audit.yaml"
     log:
         "logs/{audit}/shard_statistics/shard-{shard}.log",
+    benchmark:
+        "benchmarks/rules/{audit}/shard_statistics/shard-{shard}.tsv"
     script:
         "../workflow/scripts/shard_statistics.py"

@@ -53,5 +53,7 @@ rule collect_rejects:
         "../workflow/envs/audit.yaml"
     log:
         "logs/{audit}/collect_rejects.log",
+    benchmark:
+        "benchmarks/rules/{audit}/collect_rejects.tsv"
     script:
         "../workflow/scripts/collect_rejects.py"

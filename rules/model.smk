@@ -9,6 +9,8 @@ rule check_model:
         "../workflow/envs/audit.yaml"
     log:
         "logs/{audit}/check_model.log",
+    benchmark:
+        "benchmarks/rules/{audit}/check_model.tsv"
     script:
         "../workflow/scripts/check_model.py"
 
@@ -49,5 +51,7 @@ rule import_model:
         "../workflow/envs/audit.yaml"
     log:
         "logs/{audit}/import_model.log",
+    benchmark:
+        "benchmarks/rules/{audit}/import_model.tsv"
     script:
         "../workflow/scripts/import_model.py"

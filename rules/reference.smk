@@ -54,5 +54,7 @@ rule anomalies:
         "../workflow/envs/audit.yaml"
     log:
         "logs/{audit}/anomalies.log",
+    benchmark:
+        "benchmarks/rules/{audit}/anomalies.tsv"
     script:
         "../workflow/scripts/anomalies.py"

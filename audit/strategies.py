@@ -40,14 +40,20 @@ import pandas as pd
 import scipy.sparse
 import scipy.sparse.csgraph
 import scipy.sparse.linalg
+import sklearn
 import xarray as xr
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_samples
 from sklearn.neighbors import NearestNeighbors
+
 from tqdm import tqdm
 
 from audit.history import ROBUST_Z
 from audit.settings import StrategySettings
+
+WORKING_MEMORY_MB = 64
+"""scikit-learn's chunk size for pairwise distances (the silhouettes): its default, 1 GiB, holds the whole
+(n, n) matrix of a 10,000-image class at once."""
 
 
 def unit_maps(maps: np.ndarray) -> np.ndarray:
@@ -112,7 +118,8 @@ def merge_unseparated(vectors: np.ndarray, labels: np.ndarray, min_silhouette: f
     """
     labels = np.unique(labels, return_inverse=True)[1]
     while labels.max() > 0:
-        silhouette = silhouette_samples(vectors, labels)
+        with sklearn.config_context(working_memory=WORKING_MEMORY_MB):
+            silhouette = silhouette_samples(vectors, labels)
         means = np.array([silhouette[labels == j].mean() for j in range(labels.max() + 1)])
         worst = int(np.argmin(means))
         if means[worst] >= min_silhouette:

@@ -44,7 +44,7 @@ def _site_profile(folder: Path, cpus: int, memory_mb: int) -> Path:
 
 
 SUBMISSIONS = ["rule_check_model", "rule_list_images", "group_images_ingest_shard", "rule_train_model", "group_features_extract_features_shard_statistics",
-               "group_reference_anomaly_scores_reference_stats", "group_maps_dataset_maps_sample_metrics",
+               "group_reference_anomaly_scores_reference_stats", "group_maps_dataset_maps",
                "group_audit_anomalies_collect_rejects_explain_explain_plan_metrics_..."]  # Snakemake names a group by its first five rules
 
 

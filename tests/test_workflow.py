@@ -108,17 +108,10 @@ def test_end_to_end_artefacts_are_well_formed(tiny_audit):
     gradcam_pointing = localization.loc[(localization["method"] == "gradcam") & (localization["metric"] == "energy_pointing_game"), "value"]
     assert gradcam_pointing.notna().sum() == (gradcam_maps.max(axis=(1, 2)) > 0).sum() > 0  # undefined for a map with no positive value
     assert set(localization.loc[localization["metric"] == "iou", "parameter"]) >= {"otsu"}
-    samples = pd.concat([pd.read_parquet(p) for p in sorted((results / "sample_metrics").glob("shard-*.parquet"))])
-    assert (samples["purpose"] == "sample").all() and (samples["map"] == -1).all()
-    sampled = samples.drop_duplicates("image_id")  # metrics.sample_per_class: 1, from the dataset maps
-    assert len(sampled) == 10 and sorted(sampled["target"]) == list(range(10))
-    assert set(samples["variant"]) == {"gradcam", "finercam top-3 predictions", "diffcam vs all others", "diffcam vs own class"}
-    assert samples.loc[samples["metric"] == "deletion_auc", "value"].between(0, 1).all()
     summary = pd.read_parquet(results / "metrics_summary.parquet")
     assert set(summary["level"]) == {"overall", "class"}
     overall = summary[(summary["level"] == "overall") & (summary["metric"] == "deletion_auc")].set_index("variant")
-    pooled = pd.concat([metrics, samples], ignore_index=True)  # the summary covers the report subjects and the sample
-    per_map = pooled[pooled["metric"] == "deletion_auc"].groupby("variant")["value"]
+    per_map = metrics[metrics["metric"] == "deletion_auc"].groupby("variant")["value"]
     np.testing.assert_allclose(overall["mean"].sort_index(), per_map.mean().sort_index())
     assert (overall["n"].sort_index() == per_map.count().sort_index()).all()
 
@@ -235,9 +228,8 @@ def test_speed_only_settings_rerun_nothing(tiny_audit, tmp_path):
 def test_a_method_parameter_reruns_the_maps_not_the_plan(tiny_audit, tmp_path):
     result = snakemake("reports/tiny.html", "-n", "--directory", str(tiny_audit), "--configfile", str(_edited_config(tmp_path, "explain", "finer_gamma", 0.3)))
     assert result.returncode == 0, result.stdout[-2000:]
-    # Finer-CAM's γ also changes its dataset maps, so the strategies, the anomaly table's map columns and the sampled
-    # maps' metrics follow; the plan does not
-    assert _planned_rules(result) == {"dataset_maps", "sample_metrics", "strategies", "anomalies", "explain", "metrics", "report"}
+    # Finer-CAM's γ also changes its dataset maps, so the strategies and the anomaly table's map columns follow; the plan does not
+    assert _planned_rules(result) == {"dataset_maps", "strategies", "anomalies", "explain", "metrics", "report"}
     config = _edited_config(tmp_path, "explain", "top_pairs", 2)
     result = snakemake("reports/tiny.html", "results/tiny/images.parquet", "-n", "--directory", str(tiny_audit), "--configfile", str(config))
     assert _planned_rules(result) == {"explain_plan", "explain", "metrics", "report", "export_images"}
@@ -385,3 +377,30 @@ def test_a_killed_dataset_maps_shard_is_redone_alone(tiny_audit, tmp_path):
     np.testing.assert_allclose(rebuilt["scale"].values, original["scale"].values, rtol=1e-4)
     strategies = pd.read_parquet(results / "strategies.parquet")
     assert len(strategies) >= 10 and set(strategies["class"]) == set(range(10))
+
+
+def test_a_sample_of_the_dataset_maps_is_scored_and_pooled_into_the_summary(tiny_audit, tmp_path):
+    """metrics.sample_per_class: 1 on the tiny audit: one sample job per shard scores one image per class (its four
+    dataset maps), and the summary's means and counts cover the report subjects' maps and the sample."""
+    workdir = tmp_path / "copy"
+    shutil.copytree(tiny_audit, workdir, ignore=shutil.ignore_patterns(".snakemake"))
+    for table in ("metrics.parquet", "metrics_summary.parquet"):  # the copy has no record of the params: redo the metrics
+        (workdir / "results" / "tiny" / table).unlink()
+    config = _edited_config(tmp_path, "metrics", "sample_per_class", 1)
+    result = snakemake("results/tiny/metrics_summary.parquet", "--cores", "2", "--directory", str(workdir), "--configfile", str(config))
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert result.stdout.count("rule sample_metrics:") == 2 and "rule explain:" not in result.stdout  # the report's maps stay
+    results = workdir / "results" / "tiny"
+    samples = pd.concat([pd.read_parquet(p) for p in sorted((results / "sample_metrics").glob("shard-*.parquet"))])
+    assert (samples["purpose"] == "sample").all() and (samples["map"] == -1).all()
+    sampled = samples.drop_duplicates("image_id")
+    assert len(sampled) == 10 and sorted(sampled["target"]) == list(range(10))
+    assert set(samples["variant"]) == {"gradcam", "finercam top-3 predictions", "diffcam vs all others", "diffcam vs own class"}
+    assert samples.loc[samples["metric"] == "deletion_auc", "value"].between(0, 1).all()
+    summary = pd.read_parquet(results / "metrics_summary.parquet")
+    overall = summary[(summary["level"] == "overall") & (summary["metric"] == "deletion_auc")].set_index("variant")
+    pooled = pd.concat([pd.read_parquet(results / "metrics.parquet"), samples], ignore_index=True)
+    per_map = pooled[pooled["metric"] == "deletion_auc"].groupby("variant")["value"]
+    np.testing.assert_allclose(overall["mean"].sort_index(), per_map.mean().sort_index())
+    assert (overall["n"].sort_index() == per_map.count().sort_index()).all()
+    assert overall.loc["gradcam", "n"] == 14 + 10  # the report's Grad-CAM maps and the sample's

@@ -33,8 +33,8 @@ import pandas as pd
 import xarray as xr
 
 from audit.explain.explainer import Subject
-from audit.feature_store import read_rows
 from audit.explain.registry import explainer
+from audit.feature_store import read_rows
 from audit.settings import ExplainSettings
 
 
@@ -72,6 +72,8 @@ def explain_plan(
 
     top = anomalies[(anomalies["rank"] <= settings.top_anomalies) & anomalies["score"].notna()]
     subjects = pd.Index(image_ids).get_indexer(top["image_id"])
+    if (subjects < 0).any():
+        raise ValueError(f"the anomaly table names images the features lack, e.g. {top['image_id'].iloc[int(np.argmin(subjects))]}")
     read = np.unique(subjects)
     subject_scores = dict(zip(read.tolist(), read_rows(class_scores, read)))  # one read for every anomaly subject
     for i in subjects.tolist():

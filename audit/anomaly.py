@@ -51,9 +51,9 @@ def anomaly_table(
 
     Memory is bounded by ``block_bytes``, not by the number of images: the
     classes are taken in blocks whose members' float64 embeddings fit it
-    (a larger class is a block alone), and a lazy (Dask-backed) ``embedding``
-    is read one block of classes at a time, chunk by chunk; the probabilities
-    likewise in blocks of rows.
+    (a larger class alone, in slices of its members), and a lazy (Dask-backed)
+    ``embedding`` is read one block at a time, chunk by chunk; the
+    probabilities likewise in blocks of rows.
 
     Args:
         embedding: (N, K) embeddings, in memory or a lazy DataArray (image, unit); labels, predictions: (N,) class indices.
@@ -72,14 +72,17 @@ def anomaly_table(
     pooled = np.zeros(len(labels), bool)
     finite = np.asarray(np.isfinite(embedding).all(axis=1))
     row_bytes = 8 * embedding.shape[1]
+    step = max(1, block_bytes // row_bytes)
     for block in tqdm(class_blocks(labels[finite], row_bytes, block_bytes), desc="anomaly", unit="block", mininterval=2):
-        rows = np.flatnonzero(finite & np.isin(labels, block))
-        z = np.asarray(read_rows(embedding, rows), dtype=np.float64)
-        for label in block:  # one class's statistics at a time
-            members = labels[rows] == label
-            scores[rows[members]], shrinkage[rows[members]], pooled[rows[members]] = leave_one_out.member_scores(int(label), z[members])
-        if background is not None:
-            relative_to[rows] = background.mahalanobis_squared(z)
+        in_block = np.flatnonzero(finite & np.isin(labels, block))
+        for start in range(0, len(in_block), step):  # one slice, unless the block is one class larger than the budget
+            rows = in_block[start : start + step]
+            z = np.asarray(read_rows(embedding, rows), dtype=np.float64)
+            for label in np.unique(labels[rows]):  # one class's statistics at a time (a member's score needs only its class's)
+                members = labels[rows] == label
+                scores[rows[members]], shrinkage[rows[members]], pooled[rows[members]] = leave_one_out.member_scores(int(label), z[members])
+            if background is not None:
+                relative_to[rows] = background.mahalanobis_squared(z)
     table = pd.DataFrame(
         {
             "image_id": image_ids,

@@ -71,6 +71,11 @@ def test_scores_read_lazily_in_blocks_of_classes_equal_those_from_memory(rng, tm
     )
     pd.testing.assert_frame_equal(lazy, in_memory)
     assert in_memory["score"].isna().sum() == 1
+    sliced = anomaly_table(  # a budget smaller than any class: each class in slices of its members
+        xr.DataArray(da.from_array(z, chunks=(37, 6)), dims=("image", "unit")), labels, labels, ids, split, LeaveOneOut(reference), names,
+        group_from_store(reference, "all"), probability, block_bytes=30 * row_bytes,
+    )
+    pd.testing.assert_frame_equal(sliced, in_memory)
 
 
 def test_pairs_alike_in_the_embedding_but_never_confused_rank_among_the_first(rng):

@@ -96,6 +96,11 @@ def run_size(images: int, classes: int, size: int, shard_size: int, scratch: Pat
     return pd.DataFrame(rows)
 
 
+def per_rule_table(jobs: pd.DataFrame) -> pd.DataFrame:
+    """Per rule and size: jobs, the slowest job's and all jobs' wall time (s), the largest job's peak memory (MB)."""
+    return jobs.groupby(["rule", "images"]).agg(jobs=("job", "size"), slowest_s=("s", "max"), total_s=("s", "sum"), peak_rss_mb=("max_rss", "max"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, nargs="+", default=[10_000, 100_000])
@@ -106,9 +111,12 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as temporary:
         scratch = args.scratch or Path(temporary)
-        jobs = pd.concat([run_size(n, args.classes, args.size, args.shard_size, scratch) for n in args.images], ignore_index=True)
-    per_rule = jobs.groupby(["rule", "images"]).agg(jobs=("job", "size"), slowest_s=("s", "max"), total_s=("s", "sum"), peak_rss_mb=("max_rss", "max"))
-    print(per_rule.round(1).to_string())
+        sizes = []
+        for n in args.images:  # each size's table as soon as it is measured
+            sizes.append(run_size(n, args.classes, args.size, args.shard_size, scratch))
+            print(per_rule_table(sizes[-1]).round(1).to_string(), flush=True)
+        jobs = pd.concat(sizes, ignore_index=True)
+    per_rule = per_rule_table(jobs)
     smallest, largest = min(args.images), max(args.images)
     table = per_rule["peak_rss_mb"].unstack("images")
     ratio = (table[largest] / table[smallest]).rename(f"peak memory {largest:,} / {smallest:,}")

@@ -86,8 +86,13 @@ def folder_dates(wildcards):
 
 def listing(wildcards):
     """The digests of the audit's listing (audit.data.shards), once the list_images checkpoint has run."""
+    return _digests(*_listing_version(wildcards))
+
+
+def _listing_version(wildcards):
+    """The audit's listing file and its modification time (the key of the caches below), once list_images has run."""
     path = checkpoints.list_images.get(audit=wildcards.audit).output.listing
-    return _digests(path, os.stat(path).st_mtime_ns)
+    return path, os.stat(path).st_mtime_ns
 
 
 @lru_cache(maxsize=16)
@@ -241,8 +246,7 @@ def sample_metric_shards(wildcards):
 def shard_sample_param(wildcards):
     """The digest of the shard's sampled image ids: its sample metrics rerun when its share of the sample changes."""
     metrics = audit_config(wildcards)["metrics"]
-    path = checkpoints.list_images.get(audit=wildcards.audit).output.listing
-    digests = _sample_digests(path, os.stat(path).st_mtime_ns, metrics["sample_per_class"], metrics["seed"], _as_tuple(dataset_splits(wildcards)))
+    digests = _sample_digests(*_listing_version(wildcards), metrics["sample_per_class"], metrics["seed"], _as_tuple(dataset_splits(wildcards)))
     return digests[int(wildcards.shard)]
 
 

@@ -8,13 +8,13 @@ request that is not to ``file:`` or ``data:``.
 """
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.apt import apt_install
 
 CHROMIUM = "chromium"
 
@@ -25,19 +25,10 @@ class BrowserUnavailable(RuntimeError):
 
 def chromium_path() -> str:
     """The system chromium, installed with apt-get when missing; BrowserUnavailable saying why not."""
-    found = shutil.which(CHROMIUM)
-    if found:
-        return found
-    if os.geteuid() != 0:
-        raise BrowserUnavailable("chromium is not installed and installing it needs root (apt-get install chromium)")
-    for command in (["apt-get", "install", "-y", "-q", CHROMIUM], ["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", CHROMIUM]):
-        result = subprocess.run(command, capture_output=True, text=True, timeout=900, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-        if command[1] == "install" and result.returncode == 0:
-            break
-    found = shutil.which(CHROMIUM)
-    if not found:
-        raise BrowserUnavailable(f"apt-get install {CHROMIUM} failed: {result.stdout[-1500:]}{result.stderr[-1500:]}")
-    return found
+    failure = apt_install((CHROMIUM,), present=lambda: shutil.which(CHROMIUM) is not None)
+    if failure:
+        raise BrowserUnavailable(failure)
+    return shutil.which(CHROMIUM)
 
 
 @dataclass

@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.apt import apt_install
+
 PACKAGES = ("slurm-wlm", "munge")
 DEFAULT_CONF = Path("/etc/slurm/slurm.conf")
 CLUSTER_NAME = "audit-test"
@@ -35,15 +37,9 @@ class SlurmUnavailable(RuntimeError):
 
 def install_slurm() -> None:
     """apt-get install slurm-wlm and munge unless their daemons are present; SlurmUnavailable saying why not."""
-    if all(Path(d).exists() for d in DAEMONS):
-        return
-    if os.geteuid() != 0:
-        raise SlurmUnavailable(f"{', '.join(PACKAGES)} are not installed and installing them needs root")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *PACKAGES]):
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-        if result.returncode != 0:
-            raise SlurmUnavailable(f"{' '.join(command)} failed: {result.stderr[-1500:]}")
+    failure = apt_install(PACKAGES, present=lambda: all(Path(d).exists() for d in DAEMONS))
+    if failure:
+        raise SlurmUnavailable(failure)
 
 
 def _config(folder: Path, cpus: int, memory_mb: int) -> str:

@@ -17,7 +17,7 @@ audit: $(STAMP)
 	$(VENV)/bin/snakemake --cores $${CORES:-2}
 
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=15 -n $${TEST_WORKERS:-2} --dist loadscope
+	$(PY) -m pytest -q --durations=15
 
 lint: $(STAMP)
 	$(VENV)/bin/snakemake --lint

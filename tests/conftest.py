@@ -1,8 +1,6 @@
 """Shared fixtures: a small timm CNN trained briefly on a few digits, and the tiny audit run once by the workflow."""
 from __future__ import annotations
 
-import fcntl
-import os
 from pathlib import Path
 
 import numpy as np
@@ -36,17 +34,8 @@ def rng():
 
 @pytest.fixture(scope="session")
 def tiny_audit(tmp_path_factory) -> Path:
-    """The whole workflow run on the tiny config in a scratch directory (read-only for the tests that use it).
-
-    Under `pytest -n` the workers share one run: the first to need it runs it under a file lock, the others wait and reuse it.
-    """
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    workdir, done = shared / "tiny-audit", shared / "tiny-audit.done"
-    with open(shared / "tiny-audit.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not done.exists():
-            result = snakemake("reports/tiny.html", "results/tiny/images.parquet", "--cores", "2", "--directory", str(workdir), "--configfile", str(TINY))
-            assert result.returncode == 0, result.stdout[-5000:]
-            done.touch()
+    """The whole workflow run on the tiny config in a scratch directory (read-only for the tests that use it)."""
+    workdir = tmp_path_factory.mktemp("tiny")
+    result = snakemake("reports/tiny.html", "results/tiny/images.parquet", "--cores", "2", "--directory", str(workdir), "--configfile", str(TINY))
+    assert result.returncode == 0, result.stdout[-5000:]
     return workdir

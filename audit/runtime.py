@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,16 @@ else:
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 
 
+PEAK_MEMORY = "peak memory"
+"""The words before the stage's peak resident memory (MB) in the last line a stage logs."""
+
+
+def peak_memory_mb() -> float:
+    """This process's peak resident set size so far (MB): exact, where Snakemake's ``benchmark:`` samples
+    (each second for 30 s, then every 30 s, so a short peak may fall between two samples)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
 @contextlib.contextmanager
 def stage_run(log_path: str | os.PathLike, threads: int, model: bool = True) -> Iterator[str]:
     """Within the block, log records (INFO and up) and stderr (tqdm progress) go to ``log_path``; torch uses ``threads``.
@@ -24,8 +35,9 @@ def stage_run(log_path: str | os.PathLike, threads: int, model: bool = True) -> 
     Yields the torch device: ``cuda`` when present, else ``cpu``, and logs it (with
     the GPU's name) for the report's provenance. A stage that runs no ``model``
     does not load torch (seconds per job) and gets ``cpu``. An exception is
-    logged with its traceback before it propagates. On exit the handler is removed,
-    stderr restored and the log closed.
+    logged with its traceback before it propagates. On exit the process's peak
+    memory is logged (:func:`peak_memory_mb`), the handler removed, stderr restored
+    and the log closed.
     """
     root = logging.getLogger()
     with open(log_path, "w", buffering=1, encoding="utf-8") as stream:
@@ -45,6 +57,7 @@ def stage_run(log_path: str | os.PathLike, threads: int, model: bool = True) -> 
             logging.getLogger(__name__).exception("stage failed")
             raise
         finally:
+            logging.getLogger(__name__).info("%s %.0f MB", PEAK_MEMORY, peak_memory_mb())
             root.removeHandler(handler)
             root.setLevel(level)
 

@@ -4,7 +4,9 @@ import sys
 
 import pytest
 
-from audit.runtime import stage_run
+import numpy as np
+
+from audit.runtime import PEAK_MEMORY, stage_run
 
 
 def test_stage_run_logs_to_its_file_and_restores_the_process(tmp_path):
@@ -25,3 +27,13 @@ def test_stage_run_logs_the_exception_before_it_propagates(tmp_path):
         with stage_run(log, threads=1):
             raise ValueError("bad input")
     assert "stage failed" in log.read_text() and "ValueError: bad input" in log.read_text()
+
+
+def test_stage_run_logs_its_peak_memory_last_and_it_covers_what_the_stage_held(tmp_path):
+    log = tmp_path / "stage.log"
+    with stage_run(log, threads=1, model=False):
+        held = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+        del held
+    last = log.read_text().splitlines()[-1]
+    assert PEAK_MEMORY in last
+    assert float(last.split(PEAK_MEMORY)[1].split()[0]) >= 64

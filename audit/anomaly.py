@@ -34,6 +34,10 @@ from audit.reference import LeaveOneOut, ShrunkGaussian
 BLOCK_BYTES = 64 * 2**20
 """Float64 embedding rows held at once while scoring (64 MiB): the classes are scored in blocks that fit."""
 
+MEMBER_TEMPORARIES = 16
+"""Leave-one-out scoring makes about this many (members, K) float64 temporaries, so a block's members are
+scored in parts of 1/16 of it: the temporaries then take about as much as the block, whatever the class sizes."""
+
 
 def anomaly_table(
     embedding: np.ndarray | xr.DataArray,
@@ -52,8 +56,9 @@ def anomaly_table(
     Memory is bounded by ``block_bytes``, not by the number of images: the
     classes are taken in blocks whose members' float64 embeddings fit it
     (a larger class alone, in slices of its members), and a lazy (Dask-backed)
-    ``embedding`` is read one block at a time, chunk by chunk; the
-    probabilities likewise in blocks of rows.
+    ``embedding`` is read one block at a time, chunk by chunk, and scored in
+    parts of ``MEMBER_TEMPORARIES``-th of a block; the probabilities likewise in
+    blocks of rows.
 
     Args:
         embedding: (N, K) embeddings, in memory or a lazy DataArray (image, unit); labels, predictions: (N,) class indices.
@@ -73,16 +78,17 @@ def anomaly_table(
     finite = np.asarray(np.isfinite(embedding).all(axis=1))
     row_bytes = 8 * embedding.shape[1]
     step = max(1, block_bytes // row_bytes)
+    member_step = max(1, step // MEMBER_TEMPORARIES)
     for block in tqdm(class_blocks(labels[finite], row_bytes, block_bytes), desc="anomaly", unit="block", mininterval=2):
         in_block = np.flatnonzero(finite & np.isin(labels, block))
         for start in range(0, len(in_block), step):  # one slice, unless the block is one class larger than the budget
             rows = in_block[start : start + step]
             z = np.asarray(read_rows(embedding, rows), dtype=np.float64)
             for label in np.unique(labels[rows]):  # one class's statistics at a time (a member's score needs only its class's)
-                members = labels[rows] == label
-                scores[rows[members]], shrinkage[rows[members]], pooled[rows[members]] = leave_one_out.member_scores(int(label), z[members])
-            if background is not None:
-                relative_to[rows] = background.mahalanobis_squared(z)
+                for members in _parts(np.flatnonzero(labels[rows] == label), member_step):
+                    scores[rows[members]], shrinkage[rows[members]], pooled[rows[members]] = leave_one_out.member_scores(int(label), z[members])
+                    if background is not None:
+                        relative_to[rows[members]] = background.mahalanobis_squared(z[members])
     table = pd.DataFrame(
         {
             "image_id": image_ids,
@@ -99,6 +105,10 @@ def anomaly_table(
     table["relative_score"] = scores - relative_to
     table["label_issue"] = label_issue_scores(probability, labels, split, max(1, block_bytes // (8 * max(1, _columns(probability)))))
     return table.sort_values(["label", "rank"], ignore_index=True, na_position="last")
+
+
+def _parts(rows: np.ndarray, size: int) -> list[np.ndarray]:
+    return [rows[start : start + size] for start in range(0, len(rows), size)]
 
 
 def class_blocks(labels: np.ndarray, row_bytes: int, block_bytes: int) -> list[np.ndarray]:

@@ -8,8 +8,15 @@ For each size it writes ``--images`` synthetic PNGs (``audit.data.synthetic``: a
 square on noise) and a manifest, trains resnet10t for one epoch on 2,000 other synthetic images (the
 audit's checkpoint), and runs ``snakemake --cores 2`` on one audit of every stage with the default
 dataset maps and metrics sample. Snakemake's ``benchmark:`` files give each job's wall time (``s``) and
-peak resident memory (``max_rss``, MB); a sharded rule is reported by its slowest and its largest job.
-The last table gives each rule's peak memory at the largest size over that at the smallest.
+peak resident memory (``max_rss``, MB, sampled each second for 30 s, then every 30 s); each job's log
+ends with its exact peak (``ru_maxrss``, :func:`audit.runtime.peak_memory_mb`). A sharded rule is
+reported by its slowest and its largest job. The last table gives each rule's exact peak memory at
+the largest size over that at the smallest.
+
+To measure again after a change, on the data and runs of an earlier ``--scratch`` folder, rerun only
+some rules (each with ``--forcerun R --until R``, the rest left as they are):
+
+    .venv/bin/python benchmarks/workflow_scale.py --images 10000 100000 --scratch /tmp/scale --rerun anomaly_scores strategies
 """
 from __future__ import annotations
 
@@ -66,9 +73,12 @@ def train_checkpoint(path: Path, classes: int, size: int) -> None:
     torch.save(model.state_dict(), path)
 
 
-def run_size(images: int, classes: int, size: int, shard_size: int, scratch: Path) -> pd.DataFrame:
-    """Run the workflow on ``images`` synthetic images; per-job rows (rule, job, s, max_rss)."""
+def run_size(images: int, classes: int, size: int, shard_size: int, scratch: Path, rerun: list[str]) -> pd.DataFrame:
+    """Run the workflow on ``images`` synthetic images (or only the ``rerun`` rules of an earlier run there);
+    per-job rows (rule, job, s, max_rss, peak_mb)."""
     folder = scratch / f"n{images}"
+    if rerun:
+        return rerun_rules(folder, rerun)
     manifest = write_dataset(folder / "data", images, classes, size, seed=0)
     train_checkpoint(folder / "model.pth", classes, size)
     audit = {
@@ -81,24 +91,49 @@ def run_size(images: int, classes: int, size: int, shard_size: int, scratch: Pat
     config = folder / "scale.yaml"
     config.write_text(yaml.safe_dump({"audits": {"scale": audit}}))
     started = time.perf_counter()
+    snakemake(folder, "reports/scale.html")
+    print(f"{images:,} images: the workflow took {time.perf_counter() - started:,.0f} s", flush=True)
+    return measured_jobs(folder, images)
+
+
+def rerun_rules(folder: Path, rules: list[str]) -> pd.DataFrame:
+    """Force-run each of ``rules`` alone (``--until``; nothing else reruns) in an earlier run's ``folder``; its jobs' rows."""
+    for rule in rules:
+        snakemake(folder, "reports/scale.html", "--forcerun", rule, "--until", rule, "--rerun-triggers", "mtime")
+    jobs = measured_jobs(folder, int(folder.name[1:]))
+    return jobs[jobs["rule"].isin(rules)]
+
+
+def snakemake(folder: Path, *args: str) -> None:
     result = subprocess.run(
-        [str(Path(sys.executable).with_name("snakemake")), "reports/scale.html", "--cores", "2", "--directory", str(folder / "work"), "--configfile", str(config)],
+        [str(Path(sys.executable).with_name("snakemake")), *args, "--cores", "2", "--directory", str(folder / "work"), "--configfile", str(folder / "scale.yaml")],
         cwd=ROOT, capture_output=True, text=True,
     )
     if result.returncode != 0:
         raise RuntimeError(result.stdout[-4000:] + result.stderr[-4000:])
-    print(f"{images:,} images: the workflow took {time.perf_counter() - started:,.0f} s", flush=True)
+
+
+def measured_jobs(folder: Path, images: int) -> pd.DataFrame:
+    """Per job: rule, job, wall time ``s`` and sampled ``max_rss`` (MB) from its benchmark file, exact ``peak_mb`` from its log."""
+    from audit.runtime import PEAK_MEMORY
+
     rows = []
-    for tsv in sorted((folder / "work" / "benchmarks" / "rules" / "scale").rglob("*.tsv")):
+    benchmarks, logs = folder / "work" / "benchmarks" / "rules" / "scale", folder / "work" / "logs" / "scale"
+    for tsv in sorted(benchmarks.rglob("*.tsv")):
         measured = pd.read_csv(tsv, sep="\t").iloc[-1]
         rule = tsv.parent.name if tsv.parent.name != "scale" else tsv.stem
-        rows.append({"images": images, "rule": rule, "job": tsv.stem, "s": float(measured["s"]), "max_rss": float(measured["max_rss"])})
+        log = (logs / tsv.relative_to(benchmarks)).with_suffix(".log")
+        peaks = [line.split(PEAK_MEMORY)[1].split()[0] for line in log.read_text().splitlines() if PEAK_MEMORY in line] if log.exists() else []
+        rows.append({"images": images, "rule": rule, "job": tsv.stem, "s": float(measured["s"]), "max_rss": float(measured["max_rss"]),
+                     "peak_mb": float(peaks[-1]) if peaks else np.nan})
     return pd.DataFrame(rows)
 
 
 def per_rule_table(jobs: pd.DataFrame) -> pd.DataFrame:
-    """Per rule and size: jobs, the slowest job's and all jobs' wall time (s), the largest job's peak memory (MB)."""
-    return jobs.groupby(["rule", "images"]).agg(jobs=("job", "size"), slowest_s=("s", "max"), total_s=("s", "sum"), peak_rss_mb=("max_rss", "max"))
+    """Per rule and size: jobs, the slowest job's and all jobs' wall time (s), the largest job's peak memory (MB: sampled, exact)."""
+    return jobs.groupby(["rule", "images"]).agg(
+        jobs=("job", "size"), slowest_s=("s", "max"), total_s=("s", "sum"), peak_rss_mb=("max_rss", "max"), peak_mb=("peak_mb", "max")
+    )
 
 
 def main() -> None:
@@ -108,17 +143,20 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--shard-size", type=int, default=10_000)
     parser.add_argument("--scratch", type=Path, default=None, help="where the data and runs go (default: a temporary folder)")
+    parser.add_argument("--rerun", nargs="+", default=[], help="only rerun these rules in the runs already under --scratch")
     args = parser.parse_args()
+    if args.rerun and args.scratch is None:
+        parser.error("--rerun needs the --scratch folder of an earlier run")
     with tempfile.TemporaryDirectory() as temporary:
         scratch = args.scratch or Path(temporary)
         sizes = []
         for n in args.images:  # each size's table as soon as it is measured
-            sizes.append(run_size(n, args.classes, args.size, args.shard_size, scratch))
+            sizes.append(run_size(n, args.classes, args.size, args.shard_size, scratch, args.rerun))
             print(per_rule_table(sizes[-1]).round(1).to_string(), flush=True)
         jobs = pd.concat(sizes, ignore_index=True)
     per_rule = per_rule_table(jobs)
     smallest, largest = min(args.images), max(args.images)
-    table = per_rule["peak_rss_mb"].unstack("images")
+    table = per_rule["peak_mb"].unstack("images")
     ratio = (table[largest] / table[smallest]).rename(f"peak memory {largest:,} / {smallest:,}")
     print(ratio.round(2).sort_values(ascending=False).to_string())
     print(json.dumps({"worst_ratio": float(ratio.max()), "rule": str(ratio.idxmax())}))

@@ -4,14 +4,14 @@ import pandas as pd
 
 from audit.anomaly import anomaly_table
 from audit.data.manifest import ANOMALY_TRUE
-from audit.data.shards import read_listing
+from audit.data.shards import PRESENCE_COLUMNS, read_listing
 from audit.feature_store import has_classifier, open_features
 from audit.reference import LeaveOneOut, group_from_store
 from audit.runtime import stage_run
 from audit.storage import open_zarr, write_parquet
 
 with stage_run(snakemake.log[0], snakemake.threads, model=False):
-    listing = read_listing(snakemake.input.listing)
+    listing = read_listing(snakemake.input.listing, [*PRESENCE_COLUMNS, "anomaly"])
     features = open_features(snakemake.input.features, listing)
     reference = open_zarr(snakemake.input.reference).load()
     table = anomaly_table(

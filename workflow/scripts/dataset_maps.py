@@ -2,7 +2,7 @@
 import numpy as np
 from stage import stage_settings
 
-from audit.data.shards import read_listing
+from audit.data.shards import PRESENCE_COLUMNS, read_listing
 from audit.data.sources import PixelRows, open_images
 from audit.explain.compute import model_maps, uses_model
 from audit.explain.dataset_maps import CLOSED_FORM, MODEL_PASS, pool_linear_head, shard_maps
@@ -19,7 +19,7 @@ from audit.storage import open_zarr, write_zarr
 
 with stage_run(snakemake.log[0], snakemake.threads) as device:
     settings = stage_settings(snakemake, ExplainSettings, "explain")
-    listing = read_listing(snakemake.input.listing)
+    listing = read_listing(snakemake.input.listing, PRESENCE_COLUMNS)
     features = open_features([snakemake.input.features], listing)
     reference = open_zarr(snakemake.input.reference)
     model, meta = load_checkpoint(snakemake.input.checkpoint, device)

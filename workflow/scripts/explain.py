@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 from stage import stage_settings
 
-from audit.data.shards import read_listing
+from audit.data.shards import PRESENCE_COLUMNS, read_listing
 from audit.data.sources import PixelRows, open_images
 from audit.explain.checks import class_contrast_plan, explains_the_head, random_classes, randomised_model, swapped_plan
 from audit.explain.compute import plan_maps, uses_model
@@ -20,7 +20,7 @@ from audit.storage import atomic_path, open_zarr, write_zarr
 with stage_run(snakemake.log[0], snakemake.threads) as device:
     settings = stage_settings(snakemake, ExplainSettings, "explain")
     plan = pd.read_parquet(snakemake.input.plan)
-    listing = read_listing(snakemake.input.listing)
+    listing = read_listing(snakemake.input.listing, PRESENCE_COLUMNS)
     images = PixelRows(open_images(snakemake.input.images, listing)["pixels"])  # only the plan's images are read
     features = open_features(snakemake.input.features, listing)
     layer_size = features["activation"].shape[-2:]

@@ -3,7 +3,7 @@ import pandas as pd
 from stage import stage_settings
 
 from audit.explain.plan import explain_plan
-from audit.data.shards import read_listing
+from audit.data.shards import PRESENCE_COLUMNS, read_listing
 from audit.feature_store import class_scores, has_classifier, open_features
 from audit.runtime import stage_run
 from audit.settings import ExplainSettings
@@ -12,7 +12,7 @@ from audit.storage import open_zarr, write_parquet
 
 with stage_run(snakemake.log[0], snakemake.threads, model=False):
     settings = stage_settings(snakemake, ExplainSettings, "explain")
-    features = open_features(snakemake.input.features, read_listing(snakemake.input.listing))
+    features = open_features(snakemake.input.features, read_listing(snakemake.input.listing, PRESENCE_COLUMNS))
     reference = open_zarr(snakemake.input.reference)
     pairs = pd.read_parquet(snakemake.input.pairs)
     weight_similarity = None

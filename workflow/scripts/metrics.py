@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from stage import dask_setting, stage_settings
 
-from audit.data.shards import read_listing
+from audit.data.shards import PRESENCE_COLUMNS, read_listing
 from audit.data.sources import open_images
 from audit.metrics.evaluate import METRIC_COLUMNS, evaluate_saliency
 from audit.metrics.localization import object_regions
@@ -24,7 +24,7 @@ with stage_run(snakemake.log[0], snakemake.threads) as device, dask_scheduler(da
         model, meta = load_checkpoint(snakemake.input.checkpoint, device)
         stores = {method: open_zarr(Path(snakemake.input.saliency) / f"{method}.zarr").load() for method in snakemake.params.methods}
         used = np.unique(np.concatenate([store["image_index"].values for store in stores.values()]))  # the maps' images, sorted
-        subjects = open_images(snakemake.input.images, read_listing(snakemake.input.listing)).isel(image=used)
+        subjects = open_images(snakemake.input.images, read_listing(snakemake.input.listing, PRESENCE_COLUMNS)).isel(image=used)
         images = subjects["pixels"].values  # only the images with maps, not the store
         regions = object_regions(subjects)  # their masks and boxes, where the store has them
         for method, saliency in stores.items():

@@ -4,7 +4,7 @@ from stage import dask_setting, stage_settings
 
 from audit.concepts import concept_vectors
 from audit.dask_scheduler import dask_scheduler
-from audit.data.shards import read_listing
+from audit.data.shards import PRESENCE_COLUMNS, read_listing
 from audit.feature_store import has_classifier, open_features
 from audit.models.checkpoint import load_checkpoint
 from audit.reference import combine_statistics
@@ -15,7 +15,7 @@ from audit.storage import open_zarr, write_parquet
 
 with stage_run(snakemake.log[0], snakemake.threads), dask_scheduler(dask_setting(snakemake), snakemake.threads):
     settings = stage_settings(snakemake, ReferenceSettings, "reference")
-    features = open_features(snakemake.input.features, read_listing(snakemake.input.listing))
+    features = open_features(snakemake.input.features, read_listing(snakemake.input.listing, PRESENCE_COLUMNS))
     class_names = [str(c) for c in features["class"].values]
     labels = features["label"].values
     concepts = concept_vectors(features["pre_logits"], labels, features["image_id"].values, class_names, settings.concepts)

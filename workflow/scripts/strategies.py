@@ -2,7 +2,7 @@
 import numpy as np
 from stage import stage_settings
 
-from audit.data.shards import keep_present, read_listing
+from audit.data.shards import PRESENCE_COLUMNS, keep_present, read_listing
 from audit.explain.dataset_store import open_dataset_maps
 from audit.runtime import stage_run
 from audit.settings import StrategySettings
@@ -11,7 +11,7 @@ from audit.strategies import audit_strategies, cell_coverage
 
 with stage_run(snakemake.log[0], snakemake.threads, model=False):
     settings = stage_settings(snakemake, StrategySettings, "strategies")
-    listing = read_listing(snakemake.input.listing)
+    listing = read_listing(snakemake.input.listing, PRESENCE_COLUMNS)
     maps = open_dataset_maps(snakemake.input.maps, listing)
     coverage = None
     if snakemake.input.images:  # object masks, reduced to the layer grid shard by shard, in the maps' image order

@@ -2,7 +2,7 @@
 from stage import stage_settings
 
 from audit.data.dataset import image_dataset
-from audit.data.shards import read_listing
+from audit.data.shards import PRESENCE_COLUMNS, read_listing
 from audit.data.sources import open_images
 from audit.models.checkpoint import save_checkpoint
 from audit.models.train import fit_model
@@ -10,6 +10,6 @@ from audit.runtime import stage_run
 from audit.settings import ModelSettings
 
 with stage_run(snakemake.log[0], snakemake.threads):
-    images = open_images(snakemake.input.images, read_listing(snakemake.input.listing))
+    images = open_images(snakemake.input.images, read_listing(snakemake.input.listing, PRESENCE_COLUMNS))
     model, meta = fit_model(image_dataset(images), stage_settings(snakemake, ModelSettings, "model"))
     save_checkpoint(model, meta, snakemake.output[0])

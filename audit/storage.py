@@ -124,8 +124,12 @@ def write_zarr_part(
         converted.to_zarr(path, mode=mode, zarr_format=3, consolidated=False, encoding=encoding, compute=compute)
 
 
-def open_zarr(path: str | os.PathLike) -> xr.Dataset:
-    """Open a store written by :func:`write_zarr` lazily (Dask-backed); :class:`StoreVersionError` for another format version.
+def open_zarr(path: str | os.PathLike, dask: bool = True) -> xr.Dataset:
+    """Open a store written by :func:`write_zarr` lazily; :class:`StoreVersionError` for another format version.
+
+    Dask-backed by default; with ``dask=False`` each variable is read from Zarr when indexed (``.values``),
+    without a Dask graph per read: for stores read a few whole chunks at a time, e.g. the reference
+    store's groups, where Dask's overhead per read (about 10 ms) is most of the time.
 
     Strings come back as object arrays of ``str`` (numpy's variable-width
     ``StringDType`` cannot be cast to fixed-width ``str``).
@@ -133,7 +137,7 @@ def open_zarr(path: str | os.PathLike) -> xr.Dataset:
     with warnings.catch_warnings():
         # Snakemake leaves a .snakemake_timestamp file inside directory() outputs.
         warnings.filterwarnings("ignore", message=".*snakemake_timestamp.*")
-        dataset = xr.open_zarr(path, zarr_format=3, consolidated=False)
+        dataset = xr.open_zarr(path, zarr_format=3, consolidated=False, **({} if dask else {"chunks": None}))
     version = dataset.attrs.get("format_version")
     if version != FORMAT_VERSION:
         raise StoreVersionError(

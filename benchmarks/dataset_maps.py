@@ -70,7 +70,7 @@ def closed_form(args: argparse.Namespace) -> None:
     settings = ExplainSettings()
     with TemporaryDirectory() as folder:
         write_reference_store(da.from_array(features["embedding"].values, chunks=4096), features["label"].values, list(features["class"].values), Path(folder) / "reference.zarr")
-        reference = open_zarr(Path(folder) / "reference.zarr")
+        reference = open_zarr(Path(folder) / "reference.zarr", dask=False)
         write_zarr(features.chunk({"image": 256}), Path(folder) / "shard.zarr")
         stored = open_zarr(Path(folder) / "shard.zarr")
         for label, source in (("activations in memory", features), ("feature shard on disk", stored)):
@@ -111,7 +111,7 @@ def model_pass(args: argparse.Namespace) -> None:
     settings = ExplainSettings(batch_size=64)
     with TemporaryDirectory() as folder:
         write_reference_store(da.from_array(features["embedding"].values, chunks=4096), labels, meta.class_names, Path(folder) / "reference.zarr")
-        reference = open_zarr(Path(folder) / "reference.zarr")
+        reference = open_zarr(Path(folder) / "reference.zarr", dask=False)
         plan = dataset_plan(image_ids, labels, features["probability"].values, settings, METHODS)
         engine = ExplainerEngine(model, "layer3", (64, 64))
         start = time.perf_counter()

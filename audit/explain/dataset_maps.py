@@ -59,15 +59,22 @@ def pool_linear_head(embedding: np.ndarray, logits: np.ndarray, weight: np.ndarr
 def closed_form_weights(plan: pd.DataFrame, classifier_weight: np.ndarray, cells: int, settings: ExplainSettings) -> np.ndarray:
     """Channel weights (R, K) float32 of plan rows of gradient CAMs that are ReLU(Σ_k w_k A_k) under the closed form
     (``GradientCam.constant_weights``): from each row's objective (target − γ · mean of contrasts) times the
-    classifier (C, K) over ``cells`` = h·w, the gradient that :func:`audit.explain.engine.closed_form_gradient` gives."""
-    coefficients = contrast_coefficients(len(classifier_weight), plan["target"].tolist(), [list(c) for c in plan["contrasts"]], settings.finer_gamma)
+    classifier (C, K) over ``cells`` = h·w, the gradient that :func:`audit.explain.engine.closed_form_gradient` gives.
+
+    A row's weights depend only on its method, target and contrasts, so they are computed once per distinct
+    triple (a few per class) and repeated over the rows that share it.
+    """
+    keys = np.column_stack([pd.factorize(plan["method"])[0], plan["target"].to_numpy(np.int64), pd.factorize(plan["contrasts"].map(tuple))[0]])
+    _, first, shared = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    distinct = plan.iloc[first]
+    coefficients = contrast_coefficients(len(classifier_weight), distinct["target"].tolist(), distinct["contrasts"].tolist(), settings.finer_gamma)
     gradient = closed_form_gradient(torch.as_tensor(np.asarray(classifier_weight, dtype=np.float32)), cells)(None, coefficients)[:, :, 0, 0]
     weights = torch.empty_like(gradient)
-    names = plan["method"].to_numpy()
+    names = distinct["method"].to_numpy()
     for name in np.unique(names):
         mine = torch.as_tensor(np.flatnonzero(names == name))
         weights[mine] = explainer(name).constant_weights(gradient[mine])
-    return weights.numpy()
+    return weights.numpy()[shared.ravel()]
 
 
 class _Directions:

@@ -13,7 +13,7 @@ from audit.storage import open_zarr, write_parquet
 with stage_run(snakemake.log[0], snakemake.threads, model=False):
     listing = read_listing(snakemake.input.listing, [*PRESENCE_COLUMNS, "anomaly"])
     features = open_features(snakemake.input.features, listing)
-    reference = open_zarr(snakemake.input.reference).load()
+    reference = open_zarr(snakemake.input.reference, dask=False)
     table = anomaly_table(
         features["embedding"],  # lazy: read a block of classes at a time
         features["label"].values,

@@ -21,7 +21,7 @@ with stage_run(snakemake.log[0], snakemake.threads) as device:
     settings = stage_settings(snakemake, ExplainSettings, "explain")
     listing = read_listing(snakemake.input.listing, PRESENCE_COLUMNS)
     features = open_features([snakemake.input.features], listing)
-    reference = open_zarr(snakemake.input.reference)
+    reference = open_zarr(snakemake.input.reference, dask=False)
     model, meta = load_checkpoint(snakemake.input.checkpoint, device)
     head = has_classifier(features)
     weight = bias = None

@@ -24,7 +24,7 @@ with stage_run(snakemake.log[0], snakemake.threads) as device:
     images = PixelRows(open_images(snakemake.input.images, listing)["pixels"])  # only the plan's images are read
     features = open_features(snakemake.input.features, listing)
     layer_size = features["activation"].shape[-2:]
-    reference = open_zarr(snakemake.input.reference).load()
+    reference = open_zarr(snakemake.input.reference, dask=False)
     context = {"layer": features.attrs["layer"], "model": features.attrs["model"]}
     concepts = dict(zip(reference["concept"].values.astype(str), reference["concept_vector"].values))
     model, meta = load_checkpoint(snakemake.input.checkpoint, device)

@@ -27,7 +27,7 @@ with stage_run(snakemake.log[0], snakemake.threads) as device:
     if maps.sizes["image"]:
         model, meta = load_checkpoint(snakemake.input.checkpoint, device)
         features = open_features([snakemake.input.features], listing)
-        reference = open_zarr(snakemake.input.reference)
+        reference = open_zarr(snakemake.input.reference, dask=False)
         at = pd.Index(features["image_id"].values.astype(str)).get_indexer(maps["image_id"].values.astype(str))
         images = open_images([snakemake.input.images], listing)
         subjects = images.isel(image=pd.Index(images["image_id"].values.astype(str)).get_indexer(maps["image_id"].values.astype(str)))

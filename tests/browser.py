@@ -60,3 +60,26 @@ def open_report(path: Path, javascript: bool = True, width: int = 1280) -> Itera
             yield page, log
         finally:
             browser.close()
+
+
+@dataclass
+class PageCheck:
+    """What a reader of a report meets, whatever its audit, counted from the page as the browser shows it."""
+
+    images: int
+    broken_images: list[str]
+    dangling_links: list[str]
+    headings: list[str]
+    log: PageLog
+
+
+def check_report(path: Path) -> PageCheck:
+    """Open the report at ``path`` and count its images (and those that do not decode), the in-page links whose anchor
+    is missing, the ids of its h2 sections, and the page's errors and outside requests."""
+    with open_report(path) as (page, log):
+        images = page.evaluate("document.images.length")
+        broken = page.evaluate("Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt || i.src.slice(0, 40))")
+        links = page.evaluate("Array.from(document.querySelectorAll('a[href^=\"#\"]')).map(a => a.getAttribute('href').slice(1))")
+        dangling = [anchor for anchor in links if not page.evaluate("id => document.getElementById(id) !== null", anchor)]
+        headings = page.evaluate("Array.from(document.querySelectorAll('h2[id]')).map(h => h.id)")
+    return PageCheck(images, broken, dangling, headings, log)

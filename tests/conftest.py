@@ -39,3 +39,12 @@ def tiny_audit(tmp_path_factory) -> Path:
     result = snakemake("reports/tiny.html", "results/tiny/images.parquet", "--cores", "2", "--directory", str(workdir), "--configfile", str(TINY))
     assert result.returncode == 0, result.stdout[-5000:]
     return workdir
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_audit(tmp_path_factory) -> Path:
+    """The workflow run on the tiny ViT config (CDAM, attention) in a scratch directory (read-only for the tests that use it)."""
+    workdir = tmp_path_factory.mktemp("tiny_vit")
+    result = snakemake("reports/tiny_vit.html", "--cores", "2", "--directory", str(workdir), "--configfile", str(TINY))
+    assert result.returncode == 0, result.stdout[-5000:]
+    return workdir

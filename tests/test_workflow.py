@@ -137,11 +137,9 @@ def test_end_to_end_artefacts_are_well_formed(tiny_audit):
     assert "energy pointing game" in html
 
 
-def test_vit_audit_end_to_end(tmp_path):
+def test_vit_audit_end_to_end(tiny_vit_audit):
     """A tiny timm ViT with CLS and a register token: CDAM (class, concept, Smooth, Integrated), attention, Grad-CAM, DiffCAM."""
-    result = snakemake("reports/tiny_vit.html", "--cores", "2", "--directory", str(tmp_path), "--configfile", str(TINY))
-    assert result.returncode == 0, result.stdout[-5000:]
-    results = tmp_path / "results" / "tiny_vit"
+    results = tiny_vit_audit / "results" / "tiny_vit"
     features = open_features(sorted((results / "features").glob("shard-*.zarr")))
     assert features["activation"].shape[1:] == (32, 4, 4) and features.attrs["layer"] == "blocks.1.norm1"
     for method in ("gradcam", "cdam", "cdam_smooth", "cdam_integrated", "cdam_concept", "attention", "diffcam"):
@@ -153,7 +151,7 @@ def test_vit_audit_end_to_end(tmp_path):
     assert open_zarr(results / "saliency" / "gradcam.zarr").attrs["gradients"] == "autograd through the head side"
     attention = open_zarr(results / "saliency" / "attention.zarr")["layer_map"].values.astype(np.float32)
     assert (attention >= 0).all() and (attention.sum(axis=(1, 2)) <= 1.001).all()
-    html = (tmp_path / "reports" / "tiny_vit.html").read_text()
+    html = (tiny_vit_audit / "reports" / "tiny_vit.html").read_text()
     assert "cdam_integrated" in html and "attention" in html  # the method-quality table lists every method
     sanity = pd.read_parquet(results / "metrics.parquet").query("metric == 'sanity_similarity'")
     assert set(sanity["order"]) == {"classifier head and block blocks.1 re-initialised (seed 0)"}

@@ -128,8 +128,8 @@ def open_zarr(path: str | os.PathLike, dask: bool = True) -> xr.Dataset:
     """Open a store written by :func:`write_zarr` lazily; :class:`StoreVersionError` for another format version.
 
     Dask-backed by default; with ``dask=False`` each variable is read from Zarr when indexed (``.values``),
-    without a Dask graph per read: for stores read a few whole chunks at a time, e.g. the reference
-    store's groups, where Dask's overhead per read (about 10 ms) is most of the time.
+    without a Dask graph per read: for stores that a stage reads one group or class at a time (the
+    reference store), so that it reads what it uses instead of loading the store whole.
 
     Strings come back as object arrays of ``str`` (numpy's variable-width
     ``StringDType`` cannot be cast to fixed-width ``str``).

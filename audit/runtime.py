@@ -23,9 +23,20 @@ PEAK_MEMORY = "peak memory"
 
 
 def peak_memory_mb() -> float:
-    """This process's peak resident set size so far (MB): exact, where Snakemake's ``benchmark:`` samples
-    (each second for 30 s, then every 30 s, so a short peak may fall between two samples)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    """This process's peak resident set size since it started its program (MB): Linux's ``VmHWM``.
+
+    Exact, where Snakemake's ``benchmark:`` samples (each second for 30 s, then every 30 s, so a short
+    peak may fall between two samples). Not ``ru_maxrss``: Linux carries that over from the parent
+    through fork and exec, so a small job would report the Snakemake process's size. Elsewhere, ``ru_maxrss``.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux, bytes on macOS: indicative only
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ square on noise) and a manifest, trains resnet10t for one epoch on 2,000 other s
 audit's checkpoint), and runs ``snakemake --cores 2`` on one audit of every stage with the default
 dataset maps and metrics sample. Snakemake's ``benchmark:`` files give each job's wall time (``s``) and
 peak resident memory (``max_rss``, MB, sampled each second for 30 s, then every 30 s); each job's log
-ends with its exact peak (``ru_maxrss``, :func:`audit.runtime.peak_memory_mb`). A sharded rule is
+ends with its exact peak (Linux's ``VmHWM``, :func:`audit.runtime.peak_memory_mb`). A sharded rule is
 reported by its slowest and its largest job. The last table gives each rule's exact peak memory at
 the largest size over that at the smallest.
 

@@ -1,10 +1,9 @@
 """A stage run owns its log: records and progress go there, and everything is restored and closed afterwards."""
 import logging
+import subprocess
 import sys
 
 import pytest
-
-import numpy as np
 
 from audit.runtime import PEAK_MEMORY, stage_run
 
@@ -29,11 +28,23 @@ def test_stage_run_logs_the_exception_before_it_propagates(tmp_path):
     assert "stage failed" in log.read_text() and "ValueError: bad input" in log.read_text()
 
 
-def test_stage_run_logs_its_peak_memory_last_and_it_covers_what_the_stage_held(tmp_path):
-    log = tmp_path / "stage.log"
-    with stage_run(log, threads=1, model=False):
-        held = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
-        del held
+STAGE_HOLDING = """
+import sys
+import numpy as np
+from audit.runtime import stage_run
+with stage_run(sys.argv[1], threads=1, model=False):
+    held = np.ones(int(sys.argv[2]) * 2**20 // 8)  # touched, so resident
+"""
+
+
+def _logged_peak(tmp_path, mib: int) -> float:
+    log = tmp_path / f"held-{mib}.log"
+    subprocess.run([sys.executable, "-c", STAGE_HOLDING, str(log), str(mib)], check=True)
     last = log.read_text().splitlines()[-1]
     assert PEAK_MEMORY in last
-    assert float(last.split(PEAK_MEMORY)[1].split()[0]) >= 64
+    return float(last.split(PEAK_MEMORY)[1].split()[0])
+
+
+def test_stage_run_logs_its_peak_memory_last_and_it_covers_what_the_stage_held(tmp_path):
+    """Two fresh processes, one stage each: the one that held 256 MiB logs a peak at least that much above the other's."""
+    assert _logged_peak(tmp_path, 256) - _logged_peak(tmp_path, 0) >= 256 * 0.95

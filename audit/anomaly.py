@@ -32,9 +32,10 @@ from audit.reference import LeaveOneOut, ShrunkGaussian
 
 
 BLOCK_BYTES = 16 * 2**20
-"""Float64 embedding rows held at once while scoring (16 MiB): the classes are scored in blocks that fit. At 64 MiB a
-100,000-image audit's job peaked 1.44x as high as a 10,000-image one's (whose embeddings, 41 MB, were one block);
-at 16 MiB both fill the same blocks (1.26x), for about 10 % more time reading the embeddings once per block."""
+"""Float64 embedding rows held at once while scoring (16 MiB): the classes are scored in blocks that fit. At 64 MiB
+a 10,000-image audit's embeddings (41 MB at 512 channels) were one block and a 100,000-image audit's blocks were
+larger; at 16 MiB both fill the same blocks (the job's peak at 100,000 images is 1.27x that at 10,000), for
+about 10 % more time reading the embeddings once per block (benchmarks/README.md)."""
 
 MEMBER_TEMPORARIES = 16
 """Leave-one-out scoring makes about this many (members, K) float64 temporaries, so a block's members are

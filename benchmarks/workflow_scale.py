@@ -14,7 +14,8 @@ reported by its slowest and its largest job. The last table gives each rule's ex
 the largest size over that at the smallest.
 
 To measure again after a change, on the data and runs of an earlier ``--scratch`` folder, rerun only
-some rules (each with ``--forcerun R --until R``, the rest left as they are):
+some rules (each with ``--forcerun R --until R``, the rest left as they are; name ``list_images`` last,
+as it rewrites the listing that every later rule reads, and a later ``--until`` would rerun them):
 
     .venv/bin/python benchmarks/workflow_scale.py --images 10000 100000 --scratch /tmp/scale --rerun anomaly_scores strategies
 """

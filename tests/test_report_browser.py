@@ -5,16 +5,12 @@ import dataclasses
 import pandas as pd
 import pytest
 
-from tests.browser import check_report, open_report
+from tests.browser import broken_images, check_report, in_page_links, open_report
 from tests.workflow import ROOT
 
 SCREENSHOTS = ROOT / "reports" / "screenshots"
 
 pytestmark = pytest.mark.browser
-
-
-def _broken_images(page) -> int:
-    return page.evaluate("Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).length")
 
 
 def test_the_tiny_report_opens_cleanly_and_every_part_works(tiny_audit):
@@ -24,9 +20,8 @@ def test_the_tiny_report_opens_cleanly_and_every_part_works(tiny_audit):
 
     report = tiny_audit / "reports" / "tiny.html"
     with open_report(report) as (page, log):
-        assert page.evaluate("document.images.length") > 5 and _broken_images(page) == 0
-        links = page.evaluate("Array.from(document.querySelectorAll('a[href^=\"#\"]')).map(a => a.getAttribute('href').slice(1))")
-        missing = [anchor for anchor in links if not page.evaluate("id => document.getElementById(id) !== null", anchor)]
+        assert page.evaluate("document.images.length") > 5 and not broken_images(page)
+        links, missing = in_page_links(page)
         assert links and not missing, missing
         for section in ("summary", "dataset", "anomalies", "pairs", "quality", "provenance"):
             assert page.locator(f"#{section}").count() == 1, section
@@ -70,7 +65,7 @@ def test_the_tiny_report_opens_cleanly_and_every_part_works(tiny_audit):
     assert not log.errors and not log.console_errors and not log.outside_requests and not log.dialogs, log
 
     with open_report(report, javascript=False) as (page, log):
-        assert _broken_images(page) == 0 and page.locator("input.filter").count() == 0  # no dead controls without the script
+        assert not broken_images(page) and page.locator("input.filter").count() == 0  # no dead controls without the script
         assert page.locator("table.sortable tr").count() > 10 and page.locator("#quality").is_visible()
     assert not log.errors and not log.outside_requests
 

@@ -84,8 +84,7 @@ def anomaly_table(
     member_step = max(1, step // MEMBER_TEMPORARIES)
     for block in tqdm(class_blocks(labels[finite], row_bytes, block_bytes), desc="anomaly", unit="block", mininterval=2):
         in_block = np.flatnonzero(finite & np.isin(labels, block))
-        for start in range(0, len(in_block), step):  # one slice, unless the block is one class larger than the budget
-            rows = in_block[start : start + step]
+        for rows in _parts(in_block, step):  # one slice, unless the block is one class larger than the budget
             z = np.asarray(read_rows(embedding, rows), dtype=np.float64)
             for label in np.unique(labels[rows]):  # one class's statistics at a time (a member's score needs only its class's)
                 for members in _parts(np.flatnonzero(labels[rows] == label), member_step):

@@ -1,4 +1,5 @@
-"""Shared fixtures: a small timm CNN trained briefly on a few digits, and the tiny audit run once by the workflow."""
+"""Shared fixtures: a small timm CNN trained briefly on a few digits, the tiny audit run once by the workflow, and
+the tiny audit through a real SLURM, started with the session when a selected test needs it."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +11,13 @@ import torch
 from audit.data.digits import load_digits_dataset
 from audit.models.train import fit_model
 from audit.settings import ModelSettings, TrainSettings
+from tests.slurm_run import BackgroundSlurmAudit
 from tests.workflow import TINY, snakemake
+
+
+def pytest_collection_modifyitems(config, items):
+    """The SLURM tests go last: their run starts with the session (``slurm_audit``) and has the longest to finish."""
+    items.sort(key=lambda item: item.get_closest_marker("slurm") is not None)  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +55,16 @@ def tiny_vit_audit(tmp_path_factory) -> Path:
     result = snakemake("reports/tiny_vit.html", "--cores", "2", "--directory", str(workdir), "--configfile", str(TINY))
     assert result.returncode == 0, result.stdout[-5000:]
     return workdir
+
+
+@pytest.fixture(scope="session", autouse=True)
+def slurm_audit(request, tmp_path_factory):
+    """The tiny audit through a local SLURM (tests.slurm_run), started at the session's first test when a selected
+    test is marked ``slurm``, else None. Stopped, with SLURM, when the session ends."""
+    if not any(item.get_closest_marker("slurm") for item in request.session.items):
+        yield None
+        return
+    run = BackgroundSlurmAudit(tmp_path_factory.mktemp("slurm"))
+    run.start()
+    yield run
+    run.stop()

@@ -27,47 +27,25 @@ def test_building_the_dag_imports_neither_torch_nor_timm(tmp_path):
     assert not {"torch", "timm", "pytorch_grad_cam"} & imported
 
 
-def _site_profile(folder: Path, cpus: int, memory_mb: int) -> Path:
-    """profiles/slurm as a site would adapt it to this one-node cluster: sizes capped, status checked by squeue, quick polls."""
-    profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
-    profile["cores"] = cpus
-    profile["set-threads"] = {rule: min(threads, cpus) for rule, threads in profile["set-threads"].items()}
-    for resources in (profile["default-resources"], *profile["set-resources"].values()):
-        if "cpus_per_task" in resources:
-            resources["cpus_per_task"] = min(resources["cpus_per_task"], cpus)
-        if "mem_mb" in resources:
-            resources["mem_mb"] = min(resources["mem_mb"], memory_mb)
-    profile.update({"slurm-status-command": "squeue", "slurm-init-seconds-before-status-checks": 1, "slurm-no-account": True, "latency-wait": 5})
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.yaml").write_text(yaml.safe_dump(profile))
-    return folder
-
-
 SUBMISSIONS = ["rule_check_model", "rule_list_images", "group_images_ingest_shard", "rule_train_model", "group_features_extract_features_shard_statistics",
                "group_reference_anomaly_scores_reference_stats", "group_maps_dataset_maps",
                "group_audit_anomalies_collect_rejects_explain_explain_plan_metrics_..."]  # Snakemake names a group by its first five rules
 
 
 @pytest.mark.slurm
-def test_the_tiny_audit_runs_through_a_real_slurm_and_matches_a_local_run(tiny_audit, tmp_path):
+def test_the_tiny_audit_runs_through_a_real_slurm_and_matches_a_local_run(slurm_audit, tiny_audit):
     """Single-node SLURM from Debian's packages (installed when missing): every job goes through sbatch,
     the profile's groups as one submission each (the two image shards in one, the two feature shards with their statistics
-    in one), and the results equal the local run's."""
-    from tests.local_slurm import local_slurm
-
-    with local_slurm() as conf:
-        profile = _site_profile(tmp_path / "profile", os.cpu_count() or 1, 3000)
-        result = subprocess.run(
-            [SNAKEMAKE, "reports/tiny.html", "--workflow-profile", str(profile), "--directory", str(tmp_path / "work"), "--configfile", str(TINY)],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600, env={**os.environ, "SLURM_CONF": str(conf)},
-        )
-        assert result.returncode == 0, result.stdout[-4000:]
-        submitted = dict(re.findall(r"has been submitted with SLURM jobid (\d+) \(log: \S+/slurm_logs/(\S+?)(?:/tiny)?/\d+\.log\)", result.stdout))
-        states = {job: subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout for job in submitted}
-    assert sorted(submitted.values()) == sorted(SUBMISSIONS), submitted
-    assert all("JobState=COMPLETED" in state for state in states.values()), states  # slurmctld's own record of each job
-    assert "localrule" not in result.stdout and result.stdout.count("    rule extract_features:") == 2
-    first, second = tiny_audit / "results" / "tiny", tmp_path / "work" / "results" / "tiny"
+    in one), and the results equal the local run's. The run starts with the session (tests/slurm_run.py); this test,
+    the session's last, reads its result."""
+    run = slurm_audit.result()
+    if run.error is not None:
+        raise run.error
+    assert run.returncode == 0, run.output[-4000:]
+    assert sorted(run.submitted.values()) == sorted(SUBMISSIONS), run.submitted
+    assert all("JobState=COMPLETED" in state for state in run.states.values()), run.states  # slurmctld's own record of each job
+    assert "localrule" not in run.output and run.output.count("    rule extract_features:") == 2
+    first, second = tiny_audit / "results" / "tiny", slurm_audit.workdir / "work" / "results" / "tiny"
     for table in ("anomalies.parquet", "pairs.parquet", "explain_plan.parquet", "metrics.parquet", "metrics_summary.parquet"):
         pd.testing.assert_frame_equal(pd.read_parquet(first / table), pd.read_parquet(second / table), check_exact=True)
 

@@ -1,0 +1,99 @@
+"""The tiny audit through a real single-node SLURM, run in the background from the start of the session.
+
+Most of that run's time is the SLURM executor waiting between status checks (its interval grows by 10 s
+after each check that finds no finished job), so the session starts it first and the SLURM test,
+moved to the end of the session, collects its result: the waits overlap other tests.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from tests.workflow import ROOT, SNAKEMAKE, TINY
+
+TIMEOUT_S = 1200  # the run shares two cores with the rest of the session
+
+
+def site_profile(folder: Path, cpus: int, memory_mb: int) -> Path:
+    """profiles/slurm as a site would adapt it to this one-node cluster: sizes capped, status checked by squeue, quick polls."""
+    profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
+    profile["cores"] = cpus
+    profile["set-threads"] = {rule: min(threads, cpus) for rule, threads in profile["set-threads"].items()}
+    for resources in (profile["default-resources"], *profile["set-resources"].values()):
+        if "cpus_per_task" in resources:
+            resources["cpus_per_task"] = min(resources["cpus_per_task"], cpus)
+        if "mem_mb" in resources:
+            resources["mem_mb"] = min(resources["mem_mb"], memory_mb)
+    profile.update({"slurm-status-command": "squeue", "slurm-init-seconds-before-status-checks": 1, "slurm-no-account": True, "latency-wait": 5})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(profile))
+    return folder
+
+
+@dataclass
+class SlurmAudit:
+    """What the run left: Snakemake's output and exit status, and slurmctld's record of every submitted job."""
+
+    output: str = ""
+    returncode: int | None = None
+    submitted: dict[str, str] = field(default_factory=dict)  # SLURM job id -> the submission's name (rule or group)
+    states: dict[str, str] = field(default_factory=dict)  # SLURM job id -> `scontrol show job` output
+    error: BaseException | None = None  # SLURM could not be installed or started, or the run did not end in time
+
+
+class BackgroundSlurmAudit(threading.Thread):
+    """Starts a local SLURM (tests.local_slurm) and runs ``reports/tiny.html`` through it with the site profile, in ``workdir``."""
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(name="slurm-audit", daemon=True)
+        self.workdir = workdir
+        self.audit = SlurmAudit()
+        self._process: subprocess.Popen | None = None
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        from tests.local_slurm import local_slurm
+
+        try:
+            with local_slurm() as conf:
+                if self._stopped.is_set():
+                    return
+                profile = site_profile(self.workdir / "profile", os.cpu_count() or 1, 3000)
+                self._process = subprocess.Popen(
+                    [SNAKEMAKE, "reports/tiny.html", "--workflow-profile", str(profile), "--directory", str(self.workdir / "work"), "--configfile", str(TINY)],
+                    cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                    env={**os.environ, "SLURM_CONF": str(conf)},
+                )
+                self.audit.output = self._process.communicate(timeout=TIMEOUT_S)[0]
+                self.audit.returncode = self._process.returncode
+                pattern = r"has been submitted with SLURM jobid (\d+) \(log: \S+/slurm_logs/(\S+?)(?:/tiny)?/\d+\.log\)"
+                self.audit.submitted = dict(re.findall(pattern, self.audit.output))
+                self.audit.states = {
+                    job: subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout for job in self.audit.submitted
+                }
+        except BaseException as error:  # reported by the test that reads the result
+            self._kill()
+            self.audit.error = error
+
+    def result(self) -> SlurmAudit:
+        """Wait for the run to end (it has its own timeout) and return what it left."""
+        self.join()
+        return self.audit
+
+    def stop(self) -> None:
+        """End the run now if it is still going (Snakemake's whole process group), then wait for SLURM to stop."""
+        self._stopped.set()
+        self._kill()
+        self.join(timeout=120)
+
+    def _kill(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            os.killpg(self._process.pid, signal.SIGKILL)
+            self._process.wait()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,11 +11,11 @@ import numpy as np
 import pandas as pd
 
 from audit.data.ingest import screen_rows
-from audit.data.manifest import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, imagefolder_manifest, read_manifest, split_by_fraction
-from audit.data.shards import LEDGER_NAME, assign_shards, fingerprint
+from audit.data.manifest import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, imagefolder_manifest, per_row, read_manifest, split_by_fraction
+from audit.data.shards import LEDGER_COLUMNS, LEDGER_NAME, assign_shards, fingerprint
 from audit.deferred import deferred
 from audit.settings import DatasetSettings
-from audit.storage import write_parquet
+from audit.storage import atomic_path, write_parquet
 
 if TYPE_CHECKING:
     from audit.data import digits
@@ -41,7 +42,7 @@ def dataset_rows(settings: DatasetSettings, image_size: int, trains_model: bool)
         log.info("no train split given: %d of %d images held out by audit_fraction %.2f", (manifest["split"] == "audit").sum(), len(manifest), settings.audit_fraction)
     candidates, rejects, class_names = screen_rows(manifest, list(settings.classes) if settings.classes is not None else None)
     candidates = candidates[list(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)]
-    return candidates.assign(fingerprint=[_row_fingerprint(row) for row in candidates.itertuples(index=False)]), rejects, class_names
+    return candidates.assign(fingerprint=per_row(_row_fingerprint, *(candidates[column] for column in candidates.columns))), rejects, class_names
 
 
 def digits_dataset(settings: DatasetSettings, image_size: int):
@@ -71,9 +72,11 @@ def _digits_rows(settings: DatasetSettings, image_size: int) -> pd.DataFrame:
     return rows
 
 
-def _row_fingerprint(row) -> str:
-    """A hash of the row's fields and of its image's and mask's size and modification time (``missing`` when absent)."""
-    return fingerprint([*row, _file_stamp(row.path), _file_stamp(row.mask) if row.mask else ""])
+def _row_fingerprint(*row: str) -> str:
+    """A hash of the row's fields (``REQUIRED_COLUMNS + OPTIONAL_COLUMNS``) and of its image's and mask's size and
+    modification time (``missing`` when absent)."""
+    fields = dict(zip(REQUIRED_COLUMNS + OPTIONAL_COLUMNS, row))
+    return fingerprint([*row, _file_stamp(fields["path"]), _file_stamp(fields["mask"]) if fields["mask"] else ""])
 
 
 def _file_stamp(path: str) -> str:
@@ -93,19 +96,22 @@ def write_listing(settings: DatasetSettings, image_size: int, trains_model: bool
     if rows.empty:
         raise ValueError("no image could be ingested: every row was rejected")
     ledger_path = Path(target).with_name(LEDGER_NAME)
-    ledger = pd.read_parquet(ledger_path) if ledger_path.exists() else None
+    ledger = pd.read_parquet(ledger_path, columns=LEDGER_COLUMNS) if ledger_path.exists() else None
     listing = assign_shards(rows, ledger, shard_size)
-    present = listing[listing["present"]]
+    new = int((pd.Index(ledger["image_id"]).get_indexer(listing["image_id"]) < 0).sum()) if ledger is not None else len(listing)
+    del rows, ledger  # the listing holds all that is written: the inputs go before it is encoded
+    present = listing["present"]
+    given = lambda column: bool(((listing[column] != "") & present).any())  # noqa: E731
     listing.attrs = {
         "class_names": list(class_names),
         "shard_size": int(shard_size),
         "source": settings.source,
-        "with_masks": bool((present["mask"] != "").any()) or bool(settings.source == "digits" and settings.ink_masks),
-        "with_boxes": bool((present["box"] != "").any()),
-        "with_flags": bool((present["anomaly"] != "").any()) or bool(settings.source == "digits" and settings.mislabel_fraction > 0),
+        "with_masks": given("mask") or bool(settings.source == "digits" and settings.ink_masks),
+        "with_boxes": given("box"),
+        "with_flags": given("anomaly") or bool(settings.source == "digits" and settings.mislabel_fraction > 0),
     }
-    new = int((~listing["image_id"].isin(ledger["image_id"])).sum()) if ledger is not None else len(listing)
-    log.info("listed %d images in %d shards: %d new, %d absent", len(present), listing["shard"].nunique(), new, int((~listing["present"]).sum()))
+    log.info("listed %d images in %d shards: %d new, %d absent", int(present.sum()), listing["shard"].nunique(), new, int((~present).sum()))
     write_parquet(listing, target)
-    write_parquet(listing, ledger_path)
+    with atomic_path(ledger_path) as tmp:
+        shutil.copyfile(target, tmp)  # the same table: a copy costs no second Parquet encoding
     return rejects

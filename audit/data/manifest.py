@@ -10,6 +10,7 @@ anomaly: 1/true/yes, or 0/false/no/empty; it scores the anomaly ranking).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,7 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     """
     path = Path(path)
     separator = "\t" if path.suffix.lower() in {".tsv", ".tab"} else ","
-    table = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False)
+    table = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False, engine="pyarrow")  # straight to Arrow strings; a row of the wrong width is an error
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     unknown = [c for c in table.columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
     if missing or unknown:
@@ -97,9 +98,9 @@ def imagefolder_manifest(root: str | os.PathLike) -> pd.DataFrame:
 def normalise_manifest(table: pd.DataFrame, root: Path) -> pd.DataFrame:
     """Absolute paths, default ids and splits, all optional columns present (empty = none)."""
     table = table.copy()
-    table["path"] = [str(p if Path(p).is_absolute() else root / p) for p in table["path"]]
+    table["path"] = per_row(lambda p: str(p if Path(p).is_absolute() else root / p), table["path"])
     ids = table["image_id"].fillna("").astype(str).str.strip() if "image_id" in table else pd.Series("", index=table.index)
-    table["image_id"] = [given or _relative_id(p, root) for given, p in zip(ids, table["path"])]  # blank ids default per row
+    table["image_id"] = per_row(lambda given, p: given or _relative_id(p, root), ids, table["path"])  # blank ids default per row
     if "split" not in table:
         table["split"] = "audit"
     table["split"] = table["split"].replace("", "audit")
@@ -107,10 +108,27 @@ def normalise_manifest(table: pd.DataFrame, root: Path) -> pd.DataFrame:
         if column not in table:
             table[column] = ""
     if "mask" in table:
-        table["mask"] = [str(m if m == "" or Path(m).is_absolute() else root / m) for m in table["mask"]]
+        table["mask"] = per_row(lambda m: str(m if m == "" or Path(m).is_absolute() else root / m), table["mask"])
     table["label"] = table["label"].str.strip()
     table["anomaly"] = table["anomaly"].str.strip().str.lower()
     return table[list(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)].reset_index(drop=True)
+
+
+ROWS_PER_BATCH = 8192
+"""Rows of Python strings :func:`per_row` holds at once."""
+
+
+def per_row(function: Callable[..., str], *columns: pd.Series) -> pd.Series:
+    """``function`` applied to each row of ``columns`` (aligned, same length), as a string column.
+
+    In batches of ``ROWS_PER_BATCH`` rows, so that only one batch is ever held as
+    Python strings (about 100 bytes each) rather than the whole column.
+    """
+    batches = [
+        pd.Series([function(*values) for values in zip(*(column.iloc[start:start + ROWS_PER_BATCH] for column in columns))], dtype=str)
+        for start in range(0, len(columns[0]), ROWS_PER_BATCH)
+    ]
+    return pd.concat(batches, ignore_index=True).set_axis(columns[0].index) if batches else pd.Series([], index=columns[0].index, dtype=str)
 
 
 def split_by_fraction(table: pd.DataFrame, audit_fraction: float, seed: int) -> pd.DataFrame:

@@ -40,36 +40,40 @@ import pandas as pd
 
 ROW_COLUMNS = ["image_id", "path", "label", "split", "mask", "box", "anomaly"]
 LISTING_COLUMNS = [*ROW_COLUMNS, "fingerprint", "generation", "shard", "present"]
+LEDGER_COLUMNS = ["image_id", "fingerprint", "generation", "shard", "present"]
+"""What :func:`assign_shards` reads of the ledger: the rest of a row comes from the dataset as listed now."""
+LISTING_TYPES = {**{column: str for column in [*ROW_COLUMNS, "fingerprint"]}, "generation": np.int64, "shard": np.int64, "present": bool}
 LEDGER_NAME = "shard_ledger.parquet"
 
 
 def assign_shards(rows: pd.DataFrame, ledger: pd.DataFrame | None, shard_size: int) -> pd.DataFrame:
     """The listing: the ledger updated with the current ``rows`` (see the module docstring); ``LISTING_COLUMNS``.
 
-    ``ledger`` is the previous listing (None, or one of another ``shard_size``:
-    shards are numbered afresh).
+    ``rows``: ``ROW_COLUMNS`` + ``fingerprint``, one row per image id. ``ledger``:
+    the previous listing, of which only ``LEDGER_COLUMNS`` are used (None, or one
+    of another ``shard_size``: shards are numbered afresh). Ids keep their ledger
+    order, new ids follow in ``rows`` order; the listing is sorted by shard (stable).
     """
     if ledger is None or ledger.attrs.get("shard_size") != shard_size:
-        ledger = pd.DataFrame({column: pd.Series(dtype=object) for column in LISTING_COLUMNS})
-    ledger = ledger.astype({"generation": np.int64, "shard": np.int64, "present": bool})
-    kept = ledger.set_index("image_id")
-    known = rows["image_id"].isin(kept.index)
-    current = rows[known].set_index("image_id")
-    returning = current.index[~kept.loc[current.index, "present"].to_numpy(bool)]
-    kept.loc[returning, "generation"] += 1
-    kept["present"] = False
-    kept.loc[~kept.index.isin(current.index), ROW_COLUMNS[1:]] = ""
-    kept.loc[current.index, [*ROW_COLUMNS[1:], "fingerprint"]] = current[[*ROW_COLUMNS[1:], "fingerprint"]]
-    kept.loc[current.index, "present"] = True
-    new = rows[~known].copy()
-    sizes = kept.groupby("shard").size()
+        ledger = pd.DataFrame({column: pd.Series(dtype=LISTING_TYPES[column]) for column in LEDGER_COLUMNS})
+    ledger = ledger[LEDGER_COLUMNS].astype({column: LISTING_TYPES[column] for column in LEDGER_COLUMNS})
+    listed = ledger["image_id"]
+    current = pd.Index(rows["image_id"]).get_indexer(listed) >= 0
+    kept = rows.set_index("image_id").reindex(listed)  # an id no longer listed: a blank row
+    kept[ROW_COLUMNS[1:]] = kept[ROW_COLUMNS[1:]].fillna("")
+    kept = kept.reset_index().assign(
+        generation=ledger["generation"].to_numpy() + (current & ~ledger["present"].to_numpy(bool)),  # a returning id counts a return
+        shard=ledger["shard"].to_numpy(),
+        present=current,
+    )
+    kept["fingerprint"] = kept["fingerprint"].where(current, ledger["fingerprint"].set_axis(kept.index))  # an absent id keeps its last
+    new = rows[pd.Index(listed).get_indexer(rows["image_id"]) < 0]
+    sizes = ledger.groupby("shard").size()
     last = int(sizes.index.max()) if len(sizes) else -1
     room = shard_size - int(sizes.get(last, shard_size))
     positions = np.arange(len(new))
-    new["shard"] = np.where(positions < room, last, last + 1 + (positions - room) // shard_size)
-    new["generation"], new["present"] = 0, True
-    listing = pd.concat([kept.reset_index(), new], ignore_index=True)[LISTING_COLUMNS]
-    listing = listing.astype({"generation": np.int64, "shard": np.int64, "present": bool})
+    new = new.assign(shard=np.where(positions < room, last, last + 1 + (positions - room) // shard_size), generation=0, present=True)
+    listing = pd.concat([kept, new], ignore_index=True)[LISTING_COLUMNS].astype(LISTING_TYPES)  # Arrow-backed strings: a third of Python objects' memory
     return listing.sort_values("shard", kind="stable").reset_index(drop=True)
 
 

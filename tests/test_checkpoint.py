@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from audit.models.checkpoint import build_model, load_checkpoint, save_checkpoint
+from audit.models.checkpoint import build_model, load_checkpoint, read_classifier, save_checkpoint
 from audit.features import layer_output_shape
 
 
@@ -13,9 +13,31 @@ def test_round_trip_gives_the_same_outputs(trained, tmp_path):
     model, meta = trained
     save_checkpoint(model, meta, tmp_path / "model.pt")
     loaded, loaded_meta = load_checkpoint(tmp_path / "model.pt")
-    assert loaded_meta == meta
+    assert loaded_meta == replace(meta, classifier="fc")  # the classifier's module name, recorded on saving
     x = torch.randn(3, 3, 32, 32)
     torch.testing.assert_close(loaded(x), model(x))
+
+
+@pytest.mark.parametrize("name, kwargs, layer, classifier", [
+    ("resnet10t", {}, "layer4", "fc"),
+    ("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}, "blocks.0", "head"),
+])
+def test_the_classifier_reads_from_the_checkpoint_without_the_model(trained, tmp_path, name, kwargs, layer, classifier):
+    """By the recorded module name; a checkpoint without the record rebuilds the model; a backbone has none."""
+    meta = replace(trained[1], name=name, kwargs=kwargs, layer=layer)
+    model = build_model(meta)
+    save_checkpoint(model, meta, tmp_path / "model.pt")
+    weight, bias = read_classifier(tmp_path / "model.pt")
+    assert weight.dtype == bias.dtype == "float32" and weight.shape == (10, model.num_features)
+    assert torch.equal(torch.from_numpy(weight), model.get_submodule(classifier).weight) and torch.equal(torch.from_numpy(bias), model.get_submodule(classifier).bias)
+    payload = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert payload["meta"]["classifier"] == classifier
+    torch.save({**payload, "meta": {k: v for k, v in payload["meta"].items() if k != "classifier"}}, tmp_path / "older.pt")
+    older_weight, older_bias = read_classifier(tmp_path / "older.pt")
+    assert (older_weight == weight).all() and (older_bias == bias).all()
+    backbone = replace(meta, head=False)
+    save_checkpoint(build_model(backbone), backbone, tmp_path / "backbone.pt")
+    assert read_classifier(tmp_path / "backbone.pt") is None
 
 
 def test_checkpoint_with_other_class_count_fails_naming_the_mismatch(trained, tmp_path):

@@ -11,6 +11,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -35,6 +36,10 @@ class ModelMeta:
         head: False for a backbone without a classifier (timm ``num_classes=0``):
             the model outputs its final embedding, and only the gradient-free
             parts of the audit apply.
+        classifier: dotted module name of the classifier (timm ``get_classifier()``),
+            recorded by :func:`save_checkpoint` so that :func:`read_classifier` needs
+            neither timm nor the model; None for a backbone, or a checkpoint that
+            predates the field.
     """
 
     name: str
@@ -46,6 +51,7 @@ class ModelMeta:
     layer: str
     metrics: dict[str, float] = field(default_factory=dict)
     head: bool = True
+    classifier: str | None = None
 
 
 def build_model(meta: ModelMeta) -> nn.Module:
@@ -63,8 +69,10 @@ def classifier_module(model: nn.Module) -> nn.Module | None:
 
 
 def save_checkpoint(model: nn.Module, meta: ModelMeta, path: str | os.PathLike) -> None:
-    """Write the model's weights and ``meta`` to ``path`` (atomic)."""
-    payload = {"state_dict": model.state_dict(), "meta": _plain(asdict(meta))}
+    """Write the model's weights and ``meta``, with the classifier's module name, to ``path`` (atomic)."""
+    classifier = classifier_module(model) if meta.head else None
+    name = next((name for name, module in model.named_modules() if module is classifier), None)
+    payload = {"state_dict": model.state_dict(), "meta": _plain({**asdict(meta), "classifier": name})}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
@@ -72,6 +80,27 @@ def save_checkpoint(model: nn.Module, meta: ModelMeta, path: str | os.PathLike) 
 def read_meta(path: str | os.PathLike) -> ModelMeta:
     """The metadata of a checkpoint written by :func:`save_checkpoint`, without building the model."""
     return _meta(torch.load(path, map_location="cpu", weights_only=True)["meta"])
+
+
+def read_classifier(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """The classifier's weight (C, K) and bias (C,) or None, float32, from a checkpoint; None for a backbone.
+
+    Read from the state dict by the module name the checkpoint records, without
+    timm; a checkpoint that predates the record rebuilds the model.
+    """
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    meta = _meta(payload["meta"])
+    if not meta.head:
+        return None
+    if meta.classifier is None:
+        model, _ = load_checkpoint(path)
+        parameters = dict(classifier_module(model).named_parameters())
+    else:
+        prefix = f"{meta.classifier}."
+        parameters = {key[len(prefix):]: value for key, value in payload["state_dict"].items() if key.startswith(prefix)}
+    weight = parameters["weight"].detach().float().numpy()
+    bias = parameters.get("bias")
+    return weight.reshape(len(weight), -1), None if bias is None else bias.detach().float().numpy()
 
 
 def _meta(meta_dict: dict) -> ModelMeta:

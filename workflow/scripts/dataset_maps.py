@@ -11,7 +11,7 @@ from audit.explain.engine import ExplainerEngine
 from audit.explain.plan import dataset_plan
 from audit.explain.registry import explainer
 from audit.feature_store import class_scores, has_classifier, open_features
-from audit.models.checkpoint import load_checkpoint
+from audit.models.checkpoint import load_checkpoint, read_classifier
 from audit.runtime import stage_run
 from audit.settings import ExplainSettings
 from audit.similarity import weight_cosine
@@ -22,13 +22,8 @@ with stage_run(snakemake.log[0], snakemake.threads) as device:
     listing = read_listing(snakemake.input.listing, PRESENCE_COLUMNS)
     features = open_features([snakemake.input.features], listing)
     reference = open_zarr(snakemake.input.reference, dask=False)
-    model, meta = load_checkpoint(snakemake.input.checkpoint, device)
     head = has_classifier(features)
-    weight = bias = None
-    if head:
-        classifier = model.get_classifier()
-        weight = classifier.weight.detach().float().cpu().numpy()
-        bias = None if classifier.bias is None else classifier.bias.detach().float().cpu().numpy()
+    weight, bias = read_classifier(snakemake.input.checkpoint) if head else (None, None)
     plan = dataset_plan(
         features["image_id"].values, features["label"].values, class_scores(features, reference).values, settings, settings.dataset_methods,
         weight_cosine(weight) if head and settings.finer_similarity == "weights" else None,
@@ -42,7 +37,8 @@ with stage_run(snakemake.log[0], snakemake.threads) as device:
         **{name: value for m in settings.dataset_methods for name, value in explainer(m).attrs(settings).items() if name in explainer(m).parameters},
     }
     model_rows = None
-    if uses_model(plan).any() and not closed:
+    if uses_model(plan).any() and not closed:  # the model (and timm) only when a map needs a model pass
+        model, meta = load_checkpoint(snakemake.input.checkpoint, device)
         images = PixelRows(open_images([snakemake.input.images], listing)["pixels"])
         engine = ExplainerEngine(model, meta.layer, images.shape[-2:])
         concepts = dict(zip(reference["concept"].values.astype(str), reference["concept_vector"].values))

@@ -6,7 +6,7 @@ from audit.concepts import concept_vectors
 from audit.dask_scheduler import dask_scheduler
 from audit.data.shards import PRESENCE_COLUMNS, read_listing
 from audit.feature_store import has_classifier, open_features
-from audit.models.checkpoint import load_checkpoint
+from audit.models.checkpoint import read_classifier
 from audit.reference import combine_statistics
 from audit.runtime import stage_run
 from audit.settings import ReferenceSettings
@@ -26,12 +26,12 @@ with stage_run(snakemake.log[0], snakemake.threads), dask_scheduler(dask_setting
     counts = reference["class_count"].values  # images with finite features per class
     pooled = reference["cholesky"].sel(group="pooled-within-class").values
     if has_classifier(features):
-        model, _ = load_checkpoint(snakemake.input.checkpoint)
+        weight, _ = read_classifier(snakemake.input.checkpoint)
         held_out = features["split"].values != "train"
         if not held_out.any():
             held_out[:] = True
         confusion = confusion_counts(labels[held_out], features["prediction"].values[held_out], len(class_names))
-        pairs = pair_table(class_names, model.get_classifier().weight.detach().numpy(), confusion, class_means, counts, pooled)
+        pairs = pair_table(class_names, weight, confusion, class_means, counts, pooled)
     else:  # a backbone without a classifier: no confusions, no weights; pairs by distance between class means
         pairs = pair_table(class_names, None, np.zeros((len(class_names),) * 2, np.int64), class_means, counts, pooled)
     write_parquet(pairs, snakemake.output.pairs)

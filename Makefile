@@ -17,7 +17,7 @@ audit: $(STAMP)
 	$(VENV)/bin/snakemake --cores $${CORES:-2}
 
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q --durations=15 -n 2 --dist load
 
 lint: $(STAMP)
 	$(VENV)/bin/snakemake --lint

@@ -2,6 +2,8 @@
 the tiny audit through a real SLURM, started with the session when a selected test needs it."""
 from __future__ import annotations
 
+import fcntl
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +14,23 @@ from audit.data.digits import load_digits_dataset
 from audit.models.train import fit_model
 from audit.settings import ModelSettings, TrainSettings
 from tests.slurm_run import BackgroundSlurmAudit
-from tests.workflow import TINY, snakemake
+from tests.workflow import CORES, TINY, snakemake
+
+
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+"""This process's pytest-xdist worker name (``make test`` runs two), or None in a single pytest process."""
+
+
+def pytest_configure(config):
+    if WORKER:
+        torch.set_num_threads(1)  # two workers share two cores (see tests.workflow.CORES)
 
 
 def pytest_collection_modifyitems(config, items):
-    """The SLURM tests go last: their run starts with the session (``slurm_audit``) and has the longest to finish."""
-    items.sort(key=lambda item: item.get_closest_marker("slurm") is not None)  # stable: the rest keep their order
+    """In one process the SLURM tests go last: their run starts with the session (``slurm_audit``) and has the
+    longest to finish. Under pytest-xdist they go first, so that one worker waits on SLURM while the other runs the rest."""
+    slurm = lambda item: item.get_closest_marker("slurm") is not None  # noqa: E731
+    items.sort(key=(lambda item: not slurm(item)) if WORKER else slurm)  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session")
@@ -39,32 +52,43 @@ def rng():
     return np.random.default_rng(0)
 
 
+def _shared_run(tmp_path_factory, name: str, *targets: str) -> Path:
+    """The workflow run on the tiny config for ``targets`` in a scratch directory, once per session: under
+    pytest-xdist the first worker to need it runs it under a file lock, and the others wait for it and reuse it."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if WORKER else base  # xdist: every worker's base folder is in the session's
+    workdir, done = shared / name, shared / f"{name}.done"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            result = snakemake(*targets, "--cores", CORES, "--directory", str(workdir), "--configfile", str(TINY))
+            assert result.returncode == 0, result.stdout[-5000:]
+            done.touch()
+    return workdir
+
+
 @pytest.fixture(scope="session")
 def tiny_audit(tmp_path_factory) -> Path:
     """The whole workflow run on the tiny config in a scratch directory (read-only for the tests that use it)."""
-    workdir = tmp_path_factory.mktemp("tiny")
-    result = snakemake("reports/tiny.html", "results/tiny/images.parquet", "--cores", "2", "--directory", str(workdir), "--configfile", str(TINY))
-    assert result.returncode == 0, result.stdout[-5000:]
-    return workdir
+    return _shared_run(tmp_path_factory, "tiny-audit", "reports/tiny.html", "results/tiny/images.parquet")
 
 
 @pytest.fixture(scope="session")
 def tiny_vit_audit(tmp_path_factory) -> Path:
     """The workflow run on the tiny ViT config (CDAM, attention) in a scratch directory (read-only for the tests that use it)."""
-    workdir = tmp_path_factory.mktemp("tiny_vit")
-    result = snakemake("reports/tiny_vit.html", "--cores", "2", "--directory", str(workdir), "--configfile", str(TINY))
-    assert result.returncode == 0, result.stdout[-5000:]
-    return workdir
+    return _shared_run(tmp_path_factory, "tiny-vit-audit", "reports/tiny_vit.html")
 
 
 @pytest.fixture(scope="session", autouse=True)
 def slurm_audit(request, tmp_path_factory):
     """The tiny audit through a local SLURM (tests.slurm_run), started at the session's first test when a selected
-    test is marked ``slurm``, else None. Stopped, with SLURM, when the session ends."""
+    test is marked ``slurm``, else None; under pytest-xdist, by the worker that runs that test, when it asks.
+    Stopped, with SLURM, when the session ends."""
     if not any(item.get_closest_marker("slurm") for item in request.session.items):
         yield None
         return
     run = BackgroundSlurmAudit(tmp_path_factory.mktemp("slurm"))
-    run.start()
+    if not WORKER:
+        run.start()
     yield run
     run.stop()

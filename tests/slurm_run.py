@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.workflow import ROOT, SNAKEMAKE, TINY
+from tests.workflow import CORES, ROOT, SNAKEMAKE, TINY
 
 TIMEOUT_S = 1200  # the run shares two cores with the rest of the session
 
@@ -65,7 +65,7 @@ class BackgroundSlurmAudit(threading.Thread):
             with local_slurm() as conf:
                 if self._stopped.is_set():
                     return
-                profile = site_profile(self.workdir / "profile", os.cpu_count() or 1, 3000)
+                profile = site_profile(self.workdir / "profile", int(CORES), 3000)  # the local run's threads: equal results
                 self._process = subprocess.Popen(
                     [SNAKEMAKE, "reports/tiny.html", "--workflow-profile", str(profile), "--directory", str(self.workdir / "work"), "--configfile", str(TINY)],
                     cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
@@ -83,7 +83,9 @@ class BackgroundSlurmAudit(threading.Thread):
             self.audit.error = error
 
     def result(self) -> SlurmAudit:
-        """Wait for the run to end (it has its own timeout) and return what it left."""
+        """Wait for the run to end (it has its own timeout; it starts now if it has not started) and return what it left."""
+        if self.ident is None:
+            self.start()
         self.join()
         return self.audit
 
@@ -91,7 +93,8 @@ class BackgroundSlurmAudit(threading.Thread):
         """End the run now if it is still going (Snakemake's whole process group), then wait for SLURM to stop."""
         self._stopped.set()
         self._kill()
-        self.join(timeout=120)
+        if self.ident is not None:
+            self.join(timeout=120)
 
     def _kill(self) -> None:
         if self._process is not None and self._process.poll() is None:

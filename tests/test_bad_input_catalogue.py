@@ -28,7 +28,7 @@ from PIL import Image
 from audit.data.dataset import read_image_store
 from audit.data.ingest import ingest_manifest
 from audit.data.manifest import normalise_manifest, read_manifest
-from tests.workflow import ROOT, SNAKEMAKE, TINY, snakemake
+from tests.workflow import CORES, ROOT, SNAKEMAKE, TINY, snakemake
 
 # --- configuration mistakes: a named error at DAG build, no job runs, nothing written -------------------------------
 
@@ -385,7 +385,7 @@ def test_a_model_or_method_that_does_not_fit_fails_the_first_jobs_check(model, m
 
 def _start(workdir: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [SNAKEMAKE, "reports/tiny.html", "--cores", "2", "--directory", str(workdir), "--configfile", str(TINY), *extra],
+        [SNAKEMAKE, "reports/tiny.html", "--cores", CORES, "--directory", str(workdir), "--configfile", str(TINY), *extra],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
 

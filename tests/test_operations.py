@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.workflow import ROOT, SNAKEMAKE, TINY
+from tests.workflow import CORES, ROOT, SNAKEMAKE, TINY
 
 
 def test_building_the_dag_imports_neither_torch_nor_timm(tmp_path):
@@ -196,7 +196,7 @@ def test_a_grown_dataset_reruns_only_its_new_shards(trained, digits_small, tmp_p
     from audit.storage import open_zarr
 
     workdir = tmp_path / "work"
-    environment = {**os.environ, "SNAKEMAKE_ARGS": "--cores 2"}
+    environment = {**os.environ, "SNAKEMAKE_ARGS": f"--cores {CORES}"}
     config = _grown_audit(tmp_path, trained, digits_small, np.arange(60))
     first = subprocess.run(["bash", str(SCHEDULE), str(config), str(workdir)], capture_output=True, text=True, timeout=600, env=environment)
     assert first.returncode == 0, first.stdout + first.stderr

@@ -12,7 +12,7 @@ import yaml
 from audit.feature_store import open_features
 from audit.metrics.registry import outputs
 from audit.storage import open_zarr
-from tests.workflow import ROOT, TINY, audit_images, snakemake
+from tests.workflow import CORES, ROOT, TINY, audit_images, snakemake
 
 
 def test_lint_is_clean():
@@ -255,7 +255,7 @@ def test_rerun_redoes_only_the_unfinished_shard(tiny_audit, tmp_path):
     shutil.rmtree(workdir / "results" / "tiny" / "reference.zarr")
     (workdir / "results" / "tiny" / "pairs.parquet").unlink()
     (shards / ".shard-00001.zarr.tmp-99999").mkdir()  # what a killed writer leaves
-    result = snakemake("results/tiny/reference.zarr", "--cores", "2", "--directory", str(workdir), "--configfile", str(TINY))
+    result = snakemake("results/tiny/reference.zarr", "--cores", CORES, "--directory", str(workdir), "--configfile", str(TINY))
     assert result.returncode == 0, result.stdout[-3000:]
     assert result.stdout.count("rule extract_features:") == 1 and "shard=00001" in result.stdout
     assert not list(shards.glob(".*tmp*"))
@@ -315,7 +315,7 @@ def test_users_imagefolder_and_checkpoint_end_to_end(tmp_path, digits_small):
         }
     }
     (tmp_path / "user.yaml").write_text(yaml.safe_dump(config))
-    result = snakemake("reports/user.html", "reports/backbone.html", "--cores", "2", "--directory", str(tmp_path), "--configfile", str(tmp_path / "user.yaml"))
+    result = snakemake("reports/user.html", "reports/backbone.html", "--cores", CORES, "--directory", str(tmp_path), "--configfile", str(tmp_path / "user.yaml"))
     assert result.returncode == 0, result.stdout[-5000:]
     assert "rule train_model" not in result.stdout and "rule import_model" in result.stdout
 
@@ -365,7 +365,7 @@ def test_a_killed_dataset_maps_shard_is_redone_alone(tiny_audit, tmp_path):
     (shards / ".shard-00001.zarr.tmp-99999").mkdir()  # what a killed writer leaves
     for later in ("strategies.parquet", "map_outliers.parquet"):
         (results / later).unlink()
-    result = snakemake("results/tiny/strategies.parquet", "--cores", "2", "--directory", str(workdir), "--configfile", str(TINY))
+    result = snakemake("results/tiny/strategies.parquet", "--cores", CORES, "--directory", str(workdir), "--configfile", str(TINY))
     assert result.returncode == 0, result.stdout[-3000:]
     assert result.stdout.count("rule dataset_maps:") == 1 and "shard=00001" in result.stdout
     assert not list(shards.glob(".*tmp*"))
@@ -385,7 +385,7 @@ def test_a_sample_of_the_dataset_maps_is_scored_and_pooled_into_the_summary(tiny
     for table in ("metrics.parquet", "metrics_summary.parquet"):  # the copy has no record of the params: redo the metrics
         (workdir / "results" / "tiny" / table).unlink()
     config = _edited_config(tmp_path, "metrics", "sample_per_class", 1)
-    result = snakemake("results/tiny/metrics_summary.parquet", "--cores", "2", "--directory", str(workdir), "--configfile", str(config))
+    result = snakemake("results/tiny/metrics_summary.parquet", "--cores", CORES, "--directory", str(workdir), "--configfile", str(config))
     assert result.returncode == 0, result.stdout[-3000:]
     assert result.stdout.count("rule sample_metrics:") == 2 and "rule explain:" not in result.stdout  # the report's maps stay
     results = workdir / "results" / "tiny"

@@ -1,6 +1,7 @@
 """Running the workflow from tests: the repository's Snakefile on a config, in a scratch directory."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +9,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 TINY = ROOT / "tests" / "data" / "tiny.yaml"
+CORES = "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2"
+"""Cores of a test's workflow run: 1 under ``pytest -n 2``, where two workers share the machine's two cores
+(torch's threads spin while they wait: two jobs of two threads each on two cores run several times slower)."""
 
 
 def snakemake(*args: str) -> subprocess.CompletedProcess:

@@ -63,14 +63,14 @@ def closed_form(args: argparse.Namespace) -> None:
 
     from audit.explain.dataset_maps import shard_maps
     from audit.explain.plan import dataset_plan
-    from audit.reference import write_reference_store
+    from audit.reference import open_reference, write_reference_store
     from audit.storage import open_zarr, write_zarr
 
     features, weight = synthetic_features(args.images, 512, 8, 10)
     settings = ExplainSettings()
     with TemporaryDirectory() as folder:
         write_reference_store(da.from_array(features["embedding"].values, chunks=4096), features["label"].values, list(features["class"].values), Path(folder) / "reference.zarr")
-        reference = open_zarr(Path(folder) / "reference.zarr", dask=False)
+        reference = open_reference(Path(folder) / "reference.zarr")
         write_zarr(features.chunk({"image": 256}), Path(folder) / "shard.zarr")
         stored = open_zarr(Path(folder) / "shard.zarr")
         for label, source in (("activations in memory", features), ("feature shard on disk", stored)):
@@ -97,8 +97,7 @@ def model_pass(args: argparse.Namespace) -> None:
     from audit.features import feature_part, forward_features
     from audit.models.checkpoint import ModelMeta, build_model
     from audit.models.preprocess import to_model_input
-    from audit.reference import write_reference_store
-    from audit.storage import open_zarr
+    from audit.reference import open_reference, write_reference_store
 
     torch.set_num_threads(2)
     data = synthetic_chunk(0, args.images, 10, 64, seed=0)
@@ -111,7 +110,7 @@ def model_pass(args: argparse.Namespace) -> None:
     settings = ExplainSettings(batch_size=64)
     with TemporaryDirectory() as folder:
         write_reference_store(da.from_array(features["embedding"].values, chunks=4096), labels, meta.class_names, Path(folder) / "reference.zarr")
-        reference = open_zarr(Path(folder) / "reference.zarr", dask=False)
+        reference = open_reference(Path(folder) / "reference.zarr")
         plan = dataset_plan(image_ids, labels, features["probability"].values, settings, METHODS)
         engine = ExplainerEngine(model, "layer3", (64, 64))
         start = time.perf_counter()

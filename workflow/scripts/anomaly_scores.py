@@ -6,14 +6,14 @@ from audit.anomaly import anomaly_table
 from audit.data.manifest import ANOMALY_TRUE
 from audit.data.shards import PRESENCE_COLUMNS, read_listing
 from audit.feature_store import has_classifier, open_features
-from audit.reference import LeaveOneOut, group_from_store
+from audit.reference import LeaveOneOut, group_from_store, open_reference
 from audit.runtime import stage_run
-from audit.storage import open_zarr, write_parquet
+from audit.storage import write_parquet
 
 with stage_run(snakemake.log[0], snakemake.threads, model=False):
     listing = read_listing(snakemake.input.listing, [*PRESENCE_COLUMNS, "anomaly"])
     features = open_features(snakemake.input.features, listing)
-    reference = open_zarr(snakemake.input.reference, dask=False)
+    reference = open_reference(snakemake.input.reference)
     table = anomaly_table(
         features["embedding"],  # lazy: read a block of classes at a time
         features["label"].values,

@@ -12,16 +12,17 @@ from audit.explain.plan import dataset_plan
 from audit.explain.registry import explainer
 from audit.feature_store import class_scores, has_classifier, open_features
 from audit.models.checkpoint import load_checkpoint, read_classifier
+from audit.reference import open_reference
 from audit.runtime import stage_run
 from audit.settings import ExplainSettings
 from audit.similarity import weight_cosine
-from audit.storage import open_zarr, write_zarr
+from audit.storage import write_zarr
 
 with stage_run(snakemake.log[0], snakemake.threads) as device:
     settings = stage_settings(snakemake, ExplainSettings, "explain")
     listing = read_listing(snakemake.input.listing, PRESENCE_COLUMNS)
     features = open_features([snakemake.input.features], listing)
-    reference = open_zarr(snakemake.input.reference, dask=False)
+    reference = open_reference(snakemake.input.reference)
     head = has_classifier(features)
     weight, bias = read_classifier(snakemake.input.checkpoint) if head else (None, None)
     plan = dataset_plan(

@@ -13,9 +13,10 @@ from audit.explain.store import saliency_dataset
 from audit.feature_store import has_classifier, open_features
 from audit.models.checkpoint import load_checkpoint
 from audit.models.registration import register_grid
+from audit.reference import open_reference
 from audit.runtime import stage_run
 from audit.settings import ExplainSettings
-from audit.storage import atomic_path, open_zarr, write_zarr
+from audit.storage import atomic_path, write_zarr
 
 with stage_run(snakemake.log[0], snakemake.threads) as device:
     settings = stage_settings(snakemake, ExplainSettings, "explain")
@@ -24,7 +25,7 @@ with stage_run(snakemake.log[0], snakemake.threads) as device:
     images = PixelRows(open_images(snakemake.input.images, listing)["pixels"])  # only the plan's images are read
     features = open_features(snakemake.input.features, listing)
     layer_size = features["activation"].shape[-2:]
-    reference = open_zarr(snakemake.input.reference, dask=False)
+    reference = open_reference(snakemake.input.reference)
     context = {"layer": features.attrs["layer"], "model": features.attrs["model"]}
     concepts = dict(zip(reference["concept"].values.astype(str), reference["concept_vector"].values))
     model, meta = load_checkpoint(snakemake.input.checkpoint, device)

@@ -13,9 +13,10 @@ from audit.metrics.localization import object_regions
 from audit.metrics.sample import listed_sample, sample_rows
 from audit.models.checkpoint import load_checkpoint
 from audit.models.registration import register_grid
+from audit.reference import open_reference
 from audit.runtime import stage_run
 from audit.settings import MetricSettings
-from audit.storage import open_zarr, write_parquet
+from audit.storage import write_parquet
 
 with stage_run(snakemake.log[0], snakemake.threads) as device:
     settings = stage_settings(snakemake, MetricSettings, "metrics")
@@ -27,7 +28,7 @@ with stage_run(snakemake.log[0], snakemake.threads) as device:
     if maps.sizes["image"]:
         model, meta = load_checkpoint(snakemake.input.checkpoint, device)
         features = open_features([snakemake.input.features], listing)
-        reference = open_zarr(snakemake.input.reference, dask=False)
+        reference = open_reference(snakemake.input.reference)
         at = pd.Index(features["image_id"].values.astype(str)).get_indexer(maps["image_id"].values.astype(str))
         images = open_images([snakemake.input.images], listing)
         subjects = images.isel(image=pd.Index(images["image_id"].values.astype(str)).get_indexer(maps["image_id"].values.astype(str)))

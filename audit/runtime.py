@@ -78,7 +78,7 @@ def use_system_allocator() -> None:
     """Make Arrow (Parquet reads and writes, pandas' string columns) allocate with malloc.
 
     Arrow's default pool (mimalloc) keeps the memory it frees for later use: writing a 100,000-row
-    listing twice held 80 MB more at the end of the job, where malloc returned most of it
+    listing twice held about 60 MB more at the end of the job, where malloc returned most of it
     (benchmarks/README.md, ``list_images``). A stage allocates in a few large steps, where the
     pool's speed does not show.
     """

@@ -1,8 +1,10 @@
-"""The tiny audit through a real single-node SLURM, run in the background from the start of the session.
+"""The tiny audit through a real single-node SLURM, run in a background thread.
 
 Most of that run's time is the SLURM executor waiting between status checks (its interval grows by 10 s
-after each check that finds no finished job), so the session starts it first and the SLURM test,
-moved to the end of the session, collects its result: the waits overlap other tests.
+after each check that finds no finished job), so the waits should overlap other tests. In one pytest
+process the session starts the run first and the SLURM test, moved to the end, collects its result; under
+pytest-xdist (``make test``) the SLURM test goes first on one worker, which starts the run when it asks
+for the result, while the other worker runs the rest (tests/conftest.py).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import yaml
 
 from tests.workflow import CORES, ROOT, SNAKEMAKE, TINY
 
-TIMEOUT_S = 1200  # the run shares two cores with the rest of the session
+TIMEOUT_S = 1200  # the run shares the machine with the rest of the session
 
 
 def site_profile(folder: Path, cpus: int, memory_mb: int) -> Path:

@@ -36,8 +36,8 @@ SUBMISSIONS = ["rule_check_model", "rule_list_images", "group_images_ingest_shar
 def test_the_tiny_audit_runs_through_a_real_slurm_and_matches_a_local_run(slurm_audit, tiny_audit):
     """Single-node SLURM from Debian's packages (installed when missing): every job goes through sbatch,
     the profile's groups as one submission each (the two image shards in one, the two feature shards with their statistics
-    in one), and the results equal the local run's. The run starts with the session (tests/slurm_run.py); this test,
-    the session's last, reads its result."""
+    in one), and the results equal the local run's. The run is a background thread (tests/slurm_run.py); this
+    test reads its result."""
     run = slurm_audit.result()
     if run.error is not None:
         raise run.error

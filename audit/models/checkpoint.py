@@ -86,9 +86,11 @@ def read_classifier(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | N
     """The classifier's weight (C, K) and bias (C,) or None, float32, from a checkpoint; None for a backbone.
 
     Read from the state dict by the module name the checkpoint records, without
-    timm; a checkpoint that predates the record rebuilds the model.
+    timm and, the file being memory-mapped, without reading the other weights
+    (the model-pass stages load them again); a checkpoint that predates the
+    record rebuilds the model.
     """
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     meta = _meta(payload["meta"])
     if not meta.head:
         return None
@@ -98,9 +100,9 @@ def read_classifier(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | N
     else:
         prefix = f"{meta.classifier}."
         parameters = {key[len(prefix):]: value for key, value in payload["state_dict"].items() if key.startswith(prefix)}
-    weight = parameters["weight"].detach().float().numpy()
+    weight = parameters["weight"].detach().float().numpy().copy()  # a copy: no view of the mapped file
     bias = parameters.get("bias")
-    return weight.reshape(len(weight), -1), None if bias is None else bias.detach().float().numpy()
+    return weight.reshape(len(weight), -1), None if bias is None else bias.detach().float().numpy().copy()
 
 
 def _meta(meta_dict: dict) -> ModelMeta:

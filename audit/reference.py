@@ -57,7 +57,7 @@ import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, NamedTuple
 
 import dask
 import dask.array as da
@@ -401,64 +401,99 @@ class LeaveOneOut:
     def member_scores(self, label: int, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Each member against its class without it: (score, λ, pooled), each (M,), for members z (M, K).
 
-        score_i = (z_i − μ₋ᵢ)ᵀ S₋ᵢ⁻¹ (z_i − μ₋ᵢ) = (z_i − μ₋ᵢ)ᵀ w_i with the directions of :meth:`member_directions`.
+        score_i = (z_i − μ₋ᵢ)ᵀ S₋ᵢ⁻¹ (z_i − μ₋ᵢ), in closed form (:meth:`member_directions`) without forming the
+        directions; members outside the closed form against ``group``.
         """
         z = np.atleast_2d(np.asarray(z, dtype=np.float64))
-        weights, means, shrinkage, pooled = self.member_directions(label, z)
-        return ((z - means) * weights).sum(axis=1), shrinkage, pooled
-
-    def member_directions(self, label: int, z: np.ndarray, dtype: type = np.float64) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Each member's DiffCAM direction against its class without it: (w (M, K), μ₋ᵢ (M, K), λ (M,), pooled (M,)).
-
-        w_i = S₋ᵢ⁻¹ (z_i − μ₋ᵢ), S₋ᵢ the OAS-shrunk covariance of the class
-        without member i (``group``), for members z (M, K). Where the class
-        keeps its own covariance, in closed form from one eigendecomposition
-        E = V Λ Vᵀ of the class's ML covariance instead of one factorisation per
-        member: with n members, d = z_i − μ, a = n/(n−1), b = n/(n−1)²,
-        E₋ᵢ = a E − b d dᵀ; its trace and squared Frobenius norm give OAS's λ₋ᵢ
-        and μ₋ᵢ, so S₋ᵢ = V D Vᵀ − c d dᵀ with D = (1−λ) a Λ + λ μ I and
-        c = (1−λ) b. As z_i − μ₋ᵢ = a d, Sherman–Morrison gives, with u = Vᵀ d
-        and q = Σ u²/D, w_i = a · V (u / D) / (1 − c q). O(K³) per class, O(K²)
-        per member. Members of classes too small for that take ``group``
-        (pooled covariance, or NaN when nothing is left). The last (M, K) × (K, K)
-        product runs in ``dtype`` (float32 for maps; the scores keep float64);
-        everything else in float64, as 1 − c·q may cancel.
-        """
-        z = np.atleast_2d(np.asarray(z, dtype=np.float64))
-        count = float(self.count[label])
-        weights, means = np.full(z.shape, np.nan, dtype), np.full(z.shape, np.nan)
-        shrinkage, pooled = np.full(len(z), np.nan), np.zeros(len(z), bool)
-        closed = np.zeros(len(z), bool)
-        if count - 1 >= max(self.min_images, 2):
-            k = z.shape[1]
-            mean = self.total[label] / count
-            eigenvalues, vectors = self._eigen(int(label))
-            a, b = count / (count - 1), count / (count - 1) ** 2
-            d = z - mean
-            u = d @ vectors  # float64: q and 1 − c·q below may cancel
-            squared_norm = np.einsum("mk,mk->m", d, d)
-            trace = a * eigenvalues.sum() - b * squared_norm
-            frobenius = a**2 * (eigenvalues**2).sum() - 2 * a * b * ((u * u) @ eigenvalues) + b**2 * squared_norm**2
-            mu, alpha = trace / k, frobenius / k**2
-            denominator = count * (alpha - mu**2 / k)  # OAS with count − 1 images: (count − 1 + 1) · (…)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                lam = np.where(denominator == 0, 1.0, np.minimum((alpha + mu**2) / denominator, 1.0))
-                diagonal = (1 - lam)[:, None] * (a * eigenvalues) + (lam * mu)[:, None]
-                scaled = u / diagonal
-                q = np.einsum("mk,mk->m", u, scaled)
-                remainder = 1 - (1 - lam) * b * q
-            closed = (diagonal > 0).all(axis=1) & (remainder > 0)  # S₋ᵢ positive definite, as it is in exact arithmetic
-            scaled *= (a / np.where(closed, remainder, 1.0))[:, None]
-            rows = slice(None) if closed.all() else closed  # all of them, but for a member that outweighs its class: no gathered copies
-            weights[rows] = scaled[rows].astype(dtype, copy=False) @ vectors.T.astype(dtype, copy=False)
-            means[rows] = (self.total[label] - z[rows]) / (count - 1)
-            shrinkage[rows] = lam[rows]
-        for i in np.flatnonzero(~closed):
+        removal = self._removal(label, z)
+        scores, shrinkage, pooled = np.where(removal.closed, removal.score, np.nan), removal.shrinkage, np.zeros(len(z), bool)
+        for i in np.flatnonzero(~removal.closed):
             group = self.group(label, z[i])
             if group is not None:
-                weights[i], means[i] = group.solve(z[i] - group.mean, dtype), group.mean
-                shrinkage[i], pooled[i] = group.shrinkage, group.pooled
-        return weights, means, shrinkage, pooled
+                scores[i], shrinkage[i], pooled[i] = group.mahalanobis_squared(z[i])[0], group.shrinkage, group.pooled
+        return scores, shrinkage, pooled
+
+    def member_directions(self, label: int, z: np.ndarray, dtype: type = np.float64) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Each member's DiffCAM direction against its class without it and its centring offset:
+        (w (M, K) in ``dtype``, w·μ₋ᵢ (M,) float64, λ (M,), pooled (M,)), for members z (M, K).
+
+        w_i = S₋ᵢ⁻¹ (z_i − μ₋ᵢ), with μ₋ᵢ and S₋ᵢ the mean and OAS-shrunk
+        covariance of the class without member i (``group``), from the closed
+        form of :meth:`_removal`: w_i = V s_i. The offset needs no (M, K) means:
+        μ₋ᵢ = μ − d/(n − 1) and w_i·d = score_i / a, so w_i·μ₋ᵢ = s_i·(Vᵀμ) − score_i / n.
+        The product V s_i runs in ``dtype`` (float32 for maps). Members outside
+        the closed form take ``group`` (pooled covariance, or NaN when nothing is left).
+        """
+        z = np.atleast_2d(np.asarray(z, dtype=np.float64))
+        removal = self._removal(label, z)
+        weights, offsets = np.full(z.shape, np.nan, dtype), np.full(len(z), np.nan)
+        shrinkage, pooled = removal.shrinkage, np.zeros(len(z), bool)
+        if removal.closed.any():
+            rows = slice(None) if removal.closed.all() else removal.closed  # all of them, but for a member that outweighs its class: no gathered copies
+            _, vectors = self._eigen(int(label))
+            mean = self.total[label] / self.count[label]
+            weights[rows] = removal.direction[rows].astype(dtype, copy=False) @ vectors.T.astype(dtype, copy=False)
+            offsets[rows] = removal.direction[rows] @ (vectors.T @ mean) - removal.score[rows] / self.count[label]
+        for i in np.flatnonzero(~removal.closed):
+            group = self.group(label, z[i])
+            if group is not None:
+                weights[i] = group.solve(z[i] - group.mean, dtype)
+                offsets[i], shrinkage[i], pooled[i] = weights[i].astype(np.float64) @ group.mean, group.shrinkage, group.pooled
+        return weights, offsets, shrinkage, pooled
+
+    def _removal(self, label: int, z: np.ndarray) -> Removal:
+        """Members z (M, K) float64 each removed from class ``label``, in closed form from one eigendecomposition
+        E = V Λ Vᵀ of the class's ML covariance instead of one factorisation per member.
+
+        With n members, d = z_i − μ, a = n/(n−1), b = n/(n−1)²: E₋ᵢ = a E − b d dᵀ;
+        its trace and squared Frobenius norm give OAS's λ₋ᵢ and μ₋ᵢ, so
+        S₋ᵢ = V D Vᵀ − c d dᵀ with D = (1−λ) a Λ + λ μ I and c = (1−λ) b. As
+        z_i − μ₋ᵢ = a d, Sherman–Morrison gives, with u = Vᵀ d, q = Σ u²/D and
+        r = 1 − c q: S₋ᵢ⁻¹ (z_i − μ₋ᵢ) = V s_i with s_i = a (u/D) / r, and the
+        score a² q / r. O(K³) per class (stored by ``reference_stats``), O(K²) per member,
+        all in float64, as r may cancel. ``closed`` is False where the class is too
+        small for its own covariance (``min_images``) and where S₋ᵢ is not positive
+        definite in floating point (a member that outweighs its class); their other values are then meaningless.
+        """
+        count = float(self.count[label])
+        k = z.shape[1]
+        if count - 1 < max(self.min_images, 2):
+            return Removal(np.empty(z.shape), np.full(len(z), np.nan), np.full(len(z), np.nan), np.zeros(len(z), bool))
+        eigenvalues, vectors = self._eigen(int(label))
+        a, b = count / (count - 1), count / (count - 1) ** 2
+        d = z - self.total[label] / count
+        u = d @ vectors
+        squared_norm = np.einsum("mk,mk->m", d, d)
+        trace = a * eigenvalues.sum() - b * squared_norm
+        frobenius = a**2 * (eigenvalues**2).sum() - 2 * a * b * ((u * u) @ eigenvalues) + b**2 * squared_norm**2
+        mu, alpha = trace / k, frobenius / k**2
+        denominator = count * (alpha - mu**2 / k)  # OAS with count − 1 images: (count − 1 + 1) · (…)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lam = np.where(denominator == 0, 1.0, np.minimum((alpha + mu**2) / denominator, 1.0))
+            slope, floor = (1 - lam) * a, lam * mu  # D = slope · Λ + floor, per member
+            smallest = np.where(slope >= 0, slope * eigenvalues.min(), slope * eigenvalues.max()) + floor
+            direction = np.multiply.outer(slope, eigenvalues)
+            direction += floor[:, None]
+            np.divide(u, direction, out=direction)  # u / D
+            q = np.einsum("mk,mk->m", u, direction)
+            remainder = 1 - (1 - lam) * b * q
+        closed = (smallest > 0) & (remainder > 0)  # S₋ᵢ positive definite, as it is in exact arithmetic
+        factor = a / np.where(closed, remainder, 1.0)
+        direction *= factor[:, None]
+        return Removal(direction, a * factor * q, lam, closed)
+
+
+class Removal(NamedTuple):
+    """Members each removed from their class, in closed form (``LeaveOneOut._removal``); each row meaningful where ``closed``."""
+
+    direction: np.ndarray
+    """(M, K) float64: S₋ᵢ⁻¹ (z_i − μ₋ᵢ) in the class's eigenbasis."""
+    score: np.ndarray
+    """(M,): the squared Mahalanobis distance (z_i − μ₋ᵢ)ᵀ S₋ᵢ⁻¹ (z_i − μ₋ᵢ)."""
+    shrinkage: np.ndarray
+    """(M,): OAS's λ₋ᵢ."""
+    closed: np.ndarray
+    """(M,) bool: whether the closed form holds for the member."""
 
 
 def class_eigen(count: float, total: np.ndarray, outer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

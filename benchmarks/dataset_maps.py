@@ -1,14 +1,19 @@
 """Dataset maps and strategies at scale (issue 15.10): throughput of the maps, the model-pass bound, clustering time.
 
 Run:
-    .venv/bin/python benchmarks/dataset_maps.py closed-form --images 10000
+    .venv/bin/python benchmarks/dataset_maps.py closed-form --images 10000 --jobs 1
+    .venv/bin/python benchmarks/dataset_maps.py closed-form --images 10000 --jobs 2
     .venv/bin/python benchmarks/dataset_maps.py model-pass --images 1024
     .venv/bin/python benchmarks/dataset_maps.py clustering --images 10000
 
 closed-form: Grad-CAM, Finer-CAM (T = 3) and DiffCAM against all other classes
 and against the own class without the image, for every image, from stored
 activations (512 × 8 × 8, 10 classes) and a reference store: once from
-activations in memory, once from a feature shard on disk (Zarr read included).
+activations in memory, once from a feature shard on disk (Zarr read included),
+reference store opened and plan built within the time. Each job runs with one
+thread by default, as the ``dataset_maps`` rule runs (it has no ``threads:``, so
+Snakemake gives it one and sets ``OPENBLAS_NUM_THREADS=1``); ``--jobs 2`` runs
+two such jobs on their own shards at once, as ``snakemake --cores 2`` does.
 model-pass: a layer without the closed form (resnet10t layer3, 256 × 8 × 8 at
 64 px): the dataset maps through the engine against one forward + one batched
 VJP (two objectives per image) over the same images, side by side.
@@ -18,6 +23,7 @@ corner strategy) through ``class_strategies``.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import sys
 import time
 from pathlib import Path
@@ -59,30 +65,55 @@ def synthetic_features(count: int, channels: int, side: int, classes: int, seed:
 
 
 def closed_form(args: argparse.Namespace) -> None:
+    """Each of ``--jobs`` processes maps its own shard at once (as ``snakemake --cores N`` runs N dataset-maps jobs), each
+    job with ``--threads`` threads (the rule's: one), ``--repeat`` times, in memory and from disk; the images/s of
+    each job and, for several jobs, of the CPU (all their images over the slowest job's time)."""
+    context = multiprocessing.get_context("spawn")
+    barrier, queue = context.Barrier(args.jobs), context.Queue()
+    jobs = [context.Process(target=_closed_form_job, args=(args.images, args.threads, args.repeat, seed, barrier, queue)) for seed in range(args.jobs)]
+    for job in jobs:
+        job.start()
+    results = [result for _, result in sorted(queue.get() for _ in jobs)]
+    for job in jobs:
+        job.join()
+    for label in ("activations in memory", "feature shard on disk"):
+        seconds = np.array([result[label] for result in results])  # (jobs, repeats)
+        for job, row in enumerate(seconds):
+            print(f"{label}, job {job}: {args.images:,} images in " + ", ".join(f"{s:.2f} s" for s in row)
+                  + f": {args.images / np.median(row):,.0f} images/s (median)")
+        if args.jobs > 1:
+            together = args.jobs * args.images / seconds.max(axis=0)
+            print(f"{label}, {args.jobs} jobs at once: " + ", ".join(f"{r:,.0f}" for r in together) + f" images/s (median {np.median(together):,.0f})")
+
+
+def _closed_form_job(images: int, threads: int, repeat: int, seed: int, barrier, queue) -> None:
+    """One dataset-maps job: puts (seed, its timings in s of ``repeat`` runs on its own synthetic shard, in memory and from disk) on ``queue``."""
+    import dask
     import dask.array as da
+    import torch
+    from threadpoolctl import threadpool_limits
 
     from audit.explain.dataset_maps import shard_maps
     from audit.explain.plan import dataset_plan
     from audit.reference import open_reference, write_reference_store
     from audit.storage import open_zarr, write_zarr
 
-    features, weight = synthetic_features(args.images, 512, 8, 10)
+    torch.set_num_threads(threads)
+    features, weight = synthetic_features(images, 512, 8, 10, seed)
     settings = ExplainSettings()
-    with TemporaryDirectory() as folder:
+    timings: dict[str, list[float]] = {}
+    with TemporaryDirectory() as folder, threadpool_limits(threads), dask.config.set(num_workers=threads):
         write_reference_store(da.from_array(features["embedding"].values, chunks=4096), features["label"].values, list(features["class"].values), Path(folder) / "reference.zarr")
-        reference = open_reference(Path(folder) / "reference.zarr")
         write_zarr(features.chunk({"image": 256}), Path(folder) / "shard.zarr")
-        stored = open_zarr(Path(folder) / "shard.zarr")
-        for label, source in (("activations in memory", features), ("feature shard on disk", stored)):
-            start = time.perf_counter()
-            plan = dataset_plan(source["image_id"].values, source["label"].values, source["probability"].values, settings, METHODS)
-            planned = time.perf_counter()
-            maps = shard_maps(plan, source, reference, settings, chunk=1024, classifier_weight=weight)
-            seconds = time.perf_counter() - start
-            print(
-                f"{label}: {args.images:,} images, {len(plan):,} maps ({maps.shape[1]}×{maps.shape[2]}) in {seconds:.2f} s "
-                f"(plan {planned - start:.2f} s): {args.images / seconds:,.0f} images/s"
-            )
+        for label, source in (("activations in memory", features), ("feature shard on disk", open_zarr(Path(folder) / "shard.zarr"))):
+            for _ in range(repeat):
+                barrier.wait()  # the jobs run side by side
+                start = time.perf_counter()
+                reference = open_reference(Path(folder) / "reference.zarr")
+                plan = dataset_plan(source["image_id"].values, source["label"].values, source["probability"].values, settings, METHODS)
+                shard_maps(plan, source, reference, settings, chunk=1024, classifier_weight=weight)
+                timings.setdefault(label, []).append(time.perf_counter() - start)
+    queue.put((seed, timings))
 
 
 def model_pass(args: argparse.Namespace) -> None:
@@ -153,6 +184,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("case", choices=["closed-form", "model-pass", "clustering"])
     parser.add_argument("--images", type=int, default=10_000)
+    parser.add_argument("--threads", type=int, default=1, help="closed-form: threads per job (the dataset_maps rule's: one)")
+    parser.add_argument("--jobs", type=int, default=1, help="closed-form: jobs at once, each on its own shard")
+    parser.add_argument("--repeat", type=int, default=3, help="closed-form: runs per job")
     args = parser.parse_args()
     {"closed-form": closed_form, "model-pass": model_pass, "clustering": clustering}[args.case](args)
 

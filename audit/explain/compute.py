@@ -18,7 +18,7 @@ import xarray as xr
 from tqdm import tqdm
 
 from audit.explain.engine import ExplainerEngine, LayerPass, closed_form_gradient
-from audit.explain.explainer import EMBEDDING_GRADIENTS, LAYER, LAYER_GRADIENTS, MASKED_SCORES
+from audit.explain.explainer import EMBEDDING_GRADIENTS, LAYER, LAYER_GRADIENTS, MASKED_SCORES, Explainer
 from audit.explain.objectives import contrast_coefficients
 from audit.explain.registry import explainer
 from audit.models.checkpoint import ModelMeta
@@ -253,4 +253,10 @@ def plan_maps(
 
 def uses_model(plan: pd.DataFrame) -> np.ndarray:
     """(len(plan),) bool: the rows whose method runs the model."""
-    return np.array([explainer(name).uses_model for name in plan["method"]], dtype=bool)
+    return method_flags(plan, lambda method: method.uses_model)
+
+
+def method_flags(plan: pd.DataFrame, flag: Callable[[Explainer], bool]) -> np.ndarray:
+    """(len(plan),) bool: ``flag`` of each row's method, asked once per distinct method."""
+    codes, names = pd.factorize(plan["method"])
+    return np.array([bool(flag(explainer(name))) for name in names], dtype=bool)[codes] if len(plan) else np.zeros(0, bool)

@@ -29,7 +29,7 @@ import torch
 import xarray as xr
 from tqdm import tqdm
 
-from audit.explain.compute import closed_form_maps, uses_model
+from audit.explain.compute import closed_form_maps, method_flags, uses_model
 from audit.explain.engine import closed_form_gradient
 from audit.explain.objectives import contrast_coefficients
 from audit.explain.registry import explainer
@@ -78,21 +78,28 @@ def closed_form_weights(plan: pd.DataFrame, classifier_weight: np.ndarray, cells
 
 
 class _Directions:
-    """Rows whose maps are Σ_k w_k A_k − offset (then ReLU'd where ``rectify``), gathered from several methods."""
+    """Plan rows whose maps are Σ_k w_k A_k − offset (then ReLU'd where ``rectify``), from several methods, in one
+    table over the plan's rows: in image order, a chunk's rows are one slice of it, taken without a copy."""
 
-    def __init__(self, channels: int):
-        self.channels = channels
-        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    def __init__(self, rows: int, channels: int):
+        self.weights = np.empty((rows, channels), np.float32)  # the sum runs in float32
+        self.offsets = np.zeros(rows)
+        self.rectify = np.zeros(rows, bool)
+        self.present = np.zeros(rows, bool)
 
     def add(self, rows: np.ndarray, weights: np.ndarray, offsets: np.ndarray | None, rectify: bool) -> None:
-        offsets = np.zeros(len(rows)) if offsets is None else offsets
-        self.parts.append((rows, np.asarray(weights, dtype=np.float32), offsets, np.full(len(rows), rectify)))  # the sum runs in float32
+        self.weights[rows] = weights
+        self.offsets[rows] = 0.0 if offsets is None else offsets
+        self.rectify[rows] = rectify
+        self.present[rows] = True
 
-    def combined(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Rows (M,), weights (M, K) float32, offsets (M,) float64, rectify (M,) bool."""
-        if not self.parts:
-            return np.zeros(0, np.int64), np.zeros((0, self.channels), np.float32), np.zeros(0), np.zeros(0, bool)
-        return tuple(np.concatenate(column) for column in zip(*self.parts))
+    def part(self, rows: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Of plan rows ``rows``, those with a direction: positions (M,) in the slice, weights (M, K) float32,
+        offsets (M,) float64, rectify (M,) bool."""
+        present = self.present[rows]
+        if present.all():
+            return np.arange(len(present)), self.weights[rows], self.offsets[rows], self.rectify[rows]
+        return np.flatnonzero(present), self.weights[rows][present], self.offsets[rows][present], self.rectify[rows][present]
 
 
 def shard_maps(
@@ -113,9 +120,11 @@ def shard_maps(
     (:func:`closed_form_weights`); activations are then read ``chunk`` images
     at a time, and all of a chunk's channel-sum rows are one batched product,
     one read of the chunk. Other closed-form rows (Grad-CAM++) go through
-    :func:`audit.explain.compute.closed_form_maps`.
+    :func:`audit.explain.compute.closed_form_maps`. The rows are taken in image
+    order (as :func:`audit.explain.plan.dataset_plan` gives them), the maps returned in the plan's.
     """
-    plan = plan.reset_index(drop=True)
+    order = np.argsort(plan["image_index"].to_numpy(), kind="stable")
+    plan = plan.iloc[order].reset_index(drop=True)
     out = np.full((len(plan), *features["activation"].shape[2:]), np.nan, dtype=np.float32)
     on_model = uses_model(plan)
     closed = on_model if classifier_weight is not None else np.zeros(len(plan), bool)
@@ -124,9 +133,9 @@ def shard_maps(
             raise ValueError("model methods without the closed form need the model")
         for row, m in zip(np.flatnonzero(on_model), model_maps(plan[on_model])):
             out[row] = m
-    linear = closed & plan["method"].map(lambda name: getattr(explainer(name), "constant_weights", None) is not None).to_numpy(bool)
+    linear = closed & method_flags(plan, lambda method: getattr(method, "constant_weights", None) is not None)
     generic = closed & ~linear
-    directions = _Directions(features.sizes["unit"])
+    directions = _Directions(len(plan), features.sizes["unit"])
     if linear.any():
         cells = int(np.prod(features["activation"].shape[2:]))
         directions.add(np.flatnonzero(linear), closed_form_weights(plan[linear], classifier_weight, cells, settings), None, rectify=True)
@@ -134,21 +143,24 @@ def shard_maps(
         rows = plan[~on_model & (plan["method"] == name)]
         embedding = features["embedding"].isel(image=rows["image_index"].to_numpy()).values
         directions.add(rows.index.to_numpy(), *explainer(name).stored_directions(embedding, reference, rows, settings), rectify=False)
-    rows, weights, offsets, rectify = directions.combined()
     image_index = plan["image_index"].to_numpy()
     for start in tqdm(range(0, features.sizes["image"], chunk), desc="dataset maps", unit="chunk"):
         stop = min(start + chunk, features.sizes["image"])
-        here = (image_index >= start) & (image_index < stop)
-        picked = (image_index[rows] >= start) & (image_index[rows] < stop)
-        if not (picked.any() or (here & generic).any()):
+        here = slice(*np.searchsorted(image_index, [start, stop]))
+        positions, weights, offsets, rectify = directions.part(here)
+        chunk_generic = generic[here]
+        if not (len(positions) or chunk_generic.any()):
             continue
         part = features.isel(image=slice(start, stop))
         activations = part["activation"].values
-        if (here & generic).any():
-            chosen = plan[here & generic].assign(image_index=lambda r: r["image_index"] - start)
-            out[here & generic] = np.stack(closed_form_maps(activations, part["logits"].values, classifier_weight, chosen, settings))
-        if picked.any():  # every direction row of the chunk in one batched channel sum: one read of its activations
-            maps = direction_maps(activations, weights[picked], offsets[picked], image_index[rows[picked]] - start)
-            maps[rectify[picked]] = np.maximum(maps[rectify[picked]], 0.0)
-            out[rows[picked]] = maps
-    return out
+        chunk_out = out[here]
+        if chunk_generic.any():
+            chosen = plan[here][chunk_generic].assign(image_index=lambda r: r["image_index"] - start)
+            chunk_out[chunk_generic] = np.stack(closed_form_maps(activations, part["logits"].values, classifier_weight, chosen, settings))
+        if len(positions):  # every direction row of the chunk in one batched channel sum: one read of its activations
+            maps = direction_maps(activations, weights, offsets, image_index[here][positions] - start)
+            maps[rectify] = np.maximum(maps[rectify], 0.0)
+            chunk_out[positions] = maps
+    maps = np.empty_like(out)
+    maps[order] = out
+    return maps

@@ -99,21 +99,20 @@ class DiffCam(Explainer):
         """
         class_names = list(reference["class"].values)
         leave_one_out = LeaveOneOut(reference)
-        embedding = np.asarray(embedding, dtype=np.float64)
+        embedding = np.asarray(embedding)  # float64 a group at a time, below
         weights, offsets = np.empty(embedding.shape, MAP_DTYPE), np.zeros(len(rows))
         positions_of = pd.Series(np.arange(len(rows)), index=rows.index)
         for reference_name, group_rows in tqdm(rows.groupby("reference", sort=False), desc="diffcam", unit="group"):
             kind, c = reference_name.split(":")
             positions = positions_of[group_rows.index].to_numpy()
             if kind == "own-class-loo":
-                weights[positions], means, _, _ = leave_one_out.member_directions(int(c), embedding[positions], MAP_DTYPE)
-                if settings.diffcam_centre:
-                    offsets[positions] = np.einsum("mk,mk->m", weights[positions].astype(np.float64), means)
+                weights[positions], centred, _, _ = leave_one_out.member_directions(int(c), embedding[positions], MAP_DTYPE)
             else:
                 group = group_from_store(reference, f"{kind}:{class_names[int(c)]}")
                 weights[positions] = diffcam_weights(embedding[positions], group, MAP_DTYPE)
-                if settings.diffcam_centre:
-                    offsets[positions] = weights[positions] @ group.mean
+                centred = weights[positions] @ group.mean
+            if settings.diffcam_centre:
+                offsets[positions] = centred
         return weights, offsets
 
 

@@ -131,10 +131,11 @@ def dataset_plan(
     templates = []
     for number, (target, compare_class, *similar) in enumerate(combinations.tolist()):
         subject = Subject(-1, "", "dataset", target, None, compare_class, tuple(similar), similar_by, (f"class:{target}",))
-        rows = pd.DataFrame([row for method in explainers for row in method.rows(subject)], columns=PLAN_COLUMNS)
-        templates.append(rows.drop(columns=["image_index", "image_id"]).assign(combination=number, order=np.arange(len(rows))))
+        rows = [row for method in explainers for row in method.rows(subject)]
+        templates += [{**row, "combination": number, "order": order} for order, row in enumerate(rows)]
+    template = pd.DataFrame(templates, columns=[*PLAN_COLUMNS, "combination", "order"]).drop(columns=["image_index", "image_id"])
     images = pd.DataFrame({"image_index": labelled, "image_id": np.asarray(image_ids)[labelled], "combination": combination_of.ravel()})
-    plan = images.merge(pd.concat(templates, ignore_index=True), on="combination")
+    plan = images.merge(template, on="combination")
     return plan.sort_values(["image_index", "order"], kind="stable")[PLAN_COLUMNS].reset_index(drop=True)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from audit.settings import ExplainSettings, StrategySettings  # noqa: E402
 
 METHODS = ["gradcam", "finercam", "diffcam"]
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+"""What Snakemake sets to a job's threads before it runs the job's script (snakemake.shell)."""
 
 
 def synthetic_features(count: int, channels: int, side: int, classes: int, seed: int = 0):
@@ -68,6 +71,8 @@ def closed_form(args: argparse.Namespace) -> None:
     """Each of ``--jobs`` processes maps its own shard at once (as ``snakemake --cores N`` runs N dataset-maps jobs), each
     job with ``--threads`` threads (the rule's: one), ``--repeat`` times, in memory and from disk; the images/s of
     each job and, for several jobs, of the CPU (all their images over the slowest job's time)."""
+    for name in THREAD_VARIABLES:  # the spawned jobs' libraries start with the rule's threads
+        os.environ[name] = str(args.threads)
     context = multiprocessing.get_context("spawn")
     barrier, queue = context.Barrier(args.jobs), context.Queue()
     jobs = [context.Process(target=_closed_form_job, args=(args.images, args.threads, args.repeat, seed, barrier, queue)) for seed in range(args.jobs)]
@@ -88,21 +93,19 @@ def closed_form(args: argparse.Namespace) -> None:
 
 def _closed_form_job(images: int, threads: int, repeat: int, seed: int, barrier, queue) -> None:
     """One dataset-maps job: puts (seed, its timings in s of ``repeat`` runs on its own synthetic shard, in memory and from disk) on ``queue``."""
-    import dask
     import dask.array as da
     import torch
-    from threadpoolctl import threadpool_limits
 
     from audit.explain.dataset_maps import shard_maps
     from audit.explain.plan import dataset_plan
     from audit.reference import open_reference, write_reference_store
     from audit.storage import open_zarr, write_zarr
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads)  # as runtime.stage_run does
     features, weight = synthetic_features(images, 512, 8, 10, seed)
     settings = ExplainSettings()
     timings: dict[str, list[float]] = {}
-    with TemporaryDirectory() as folder, threadpool_limits(threads), dask.config.set(num_workers=threads):
+    with TemporaryDirectory() as folder:
         write_reference_store(da.from_array(features["embedding"].values, chunks=4096), features["label"].values, list(features["class"].values), Path(folder) / "reference.zarr")
         write_zarr(features.chunk({"image": 256}), Path(folder) / "shard.zarr")
         for label, source in (("activations in memory", features), ("feature shard on disk", open_zarr(Path(folder) / "shard.zarr"))):

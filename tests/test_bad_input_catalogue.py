@@ -277,12 +277,20 @@ def test_an_odd_but_valid_image_ingests_to_its_rgb_pixels(tmp_path, clean_store,
     np.testing.assert_array_equal(store.images[: len(rows)], clean.images)
 
 
-def test_a_short_line_in_the_manifest_is_a_rejected_row(tmp_path):
-    """A line without its label (fewer fields than the header) is one bad row, as before the faster CSV parser."""
+def test_a_line_of_another_width_than_the_header_is_a_rejected_row_never_a_shifted_one(tmp_path):
+    """A line without its label, or with a field too many (an unquoted comma in a path), is one bad row that says
+    which line; the other rows keep their columns. pandas' own parser took a first line with one field too many
+    as an index column and shifted every row's columns (a path read as the label), silently."""
     (tmp_path / "short.csv").write_text("path,label\na.png,x\nb.png\n")
     candidates, rejects, _ = screen_rows(read_manifest(tmp_path / "short.csv"), None)
     assert candidates["path"].tolist() == [str(tmp_path / "a.png")]
-    assert rejects[["path", "reason"]].values.tolist() == [[str(tmp_path / "b.png"), "empty label"]]
+    assert rejects[["path", "reason"]].values.tolist() == [[str(tmp_path / "b.png"), "line 3 has 1 field, the header 2"]]
+    (tmp_path / "long.csv").write_text("path,label\nfirst,copy.png,x\n\nb.png,y\nc.png,z,extra\n")
+    candidates, rejects, classes = screen_rows(read_manifest(tmp_path / "long.csv"), None)
+    assert candidates[["path", "label"]].values.tolist() == [[str(tmp_path / "b.png"), "y"]] and classes == ["y"]
+    assert rejects["reason"].tolist() == ["line 2 has 3 fields, the header 2", "line 5 has 3 fields, the header 2"]
+    (tmp_path / "even.csv").write_text("path,label\nb.png,y\n")
+    assert read_manifest(tmp_path / "even.csv").columns.tolist() == ["path", "label", "image_id", "split", "mask", "box", "anomaly"]
 
 
 def test_manifest_level_mistakes_are_errors_that_write_nothing(tmp_path):

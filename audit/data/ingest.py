@@ -27,7 +27,7 @@ import xarray as xr
 from tqdm import tqdm
 
 from audit.data.decode import DecodedImage, RejectedImage, decode
-from audit.data.manifest import ANOMALY_FALSE, ANOMALY_TRUE
+from audit.data.manifest import ANOMALY_FALSE, ANOMALY_TRUE, LINE_PROBLEM
 from audit.storage import ChunkedZarrWriter, atomic_path
 
 log = logging.getLogger(__name__)
@@ -40,8 +40,8 @@ def screen_rows(manifest: pd.DataFrame, classes: Sequence[str] | None) -> tuple[
     Returns (candidates, rejects, class_names). Without ``classes``, the class
     names are the sorted distinct labels of the candidates.
     """
-    reasons = pd.Series("", index=manifest.index)
-    reasons[manifest["label"] == ""] = "empty label"
+    reasons = manifest[LINE_PROBLEM].copy() if LINE_PROBLEM in manifest else pd.Series("", index=manifest.index)
+    reasons[(reasons == "") & (manifest["label"] == "")] = "empty label"
     if classes is not None:
         reasons[(reasons == "") & ~manifest["label"].isin(list(classes))] = "unknown label"
     reasons[(reasons == "") & ~manifest["anomaly"].isin(ANOMALY_TRUE | ANOMALY_FALSE)] = "anomaly flag is not one of 1/0, true/false, yes/no"

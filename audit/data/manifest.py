@@ -9,6 +9,7 @@ anomaly: 1/true/yes, or 0/false/no/empty; it scores the anomaly ranking).
 """
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,8 @@ REQUIRED_COLUMNS = ("path", "label")
 OPTIONAL_COLUMNS = ("image_id", "split", "mask", "box", "anomaly")
 ANOMALY_TRUE = {"1", "true", "yes", "y"}
 ANOMALY_FALSE = {"0", "false", "no", "n", ""}
+LINE_PROBLEM = "line_problem"
+"""A column :func:`read_manifest` adds only when a line's number of fields is not the header's: the reason the row is rejected."""
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm"}
 
 
@@ -55,10 +58,11 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     """
     path = Path(path)
     separator = "\t" if path.suffix.lower() in {".tsv", ".tab"} else ","
+    problems = None
     try:  # straight to Arrow strings: a third of the memory of pandas' own parser at 100,000 rows
         table = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False, engine="pyarrow")
-    except pd.errors.ParserError:  # a line of another width: pandas' parser fills a short one with blanks, which screen_rows rejects
-        table = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False)
+    except pd.errors.ParserError:  # a line of another width than the header
+        table, problems = _read_ragged(path, separator)
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     unknown = [c for c in table.columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
     if missing or unknown:
@@ -66,7 +70,28 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
             f"manifest {path}: missing columns {missing}, unknown columns {unknown}; "
             f"expected {list(REQUIRED_COLUMNS)} and optionally {list(OPTIONAL_COLUMNS)}"
         )
+    if problems is not None:
+        table[LINE_PROBLEM] = problems
     return normalise_manifest(table, path.parent)
+
+
+def _read_ragged(path: Path, separator: str) -> tuple[pd.DataFrame, list[str]]:
+    """A manifest some of whose lines have another number of fields than its header, line by line (Python's ``csv``):
+    the table (the header's columns; a short line's missing fields blank, a long line's extra ones dropped) and each
+    row's problem ("" or e.g. "line 7 has 3 fields, the header 2"), which makes the row a reject, never a shifted one."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle, delimiter=separator)
+        header = next(reader, [])
+        rows, problems = [], []
+        for fields in reader:
+            if not fields:  # a blank line, as pandas skips it
+                continue
+            if len(fields) != len(header):
+                problems.append(f"line {reader.line_num} has {len(fields)} field{'s' * (len(fields) != 1)}, the header {len(header)}")
+            else:
+                problems.append("")
+            rows.append((fields + [""] * len(header))[: len(header)])
+    return pd.DataFrame(rows, columns=header, dtype=str), problems
 
 
 SPLIT_FOLDERS = ("train", "val", "valid", "validation", "test", "audit")
@@ -114,7 +139,7 @@ def normalise_manifest(table: pd.DataFrame, root: Path) -> pd.DataFrame:
         table["mask"] = per_row(lambda m: str(m if m == "" or Path(m).is_absolute() else root / m), table["mask"])
     table["label"] = table["label"].str.strip()
     table["anomaly"] = table["anomaly"].str.strip().str.lower()
-    return table[list(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)].reset_index(drop=True)
+    return table[list(REQUIRED_COLUMNS + OPTIONAL_COLUMNS) + ([LINE_PROBLEM] if LINE_PROBLEM in table else [])].reset_index(drop=True)
 
 
 ROWS_PER_BATCH = 8192

@@ -480,7 +480,7 @@ class LeaveOneOut:
         closed = (smallest > 0) & (remainder > 0)  # S₋ᵢ positive definite, as it is in exact arithmetic
         factor = a / np.where(closed, remainder, 1.0)
         direction *= factor[:, None]
-        return Removal(direction, a * factor * q, lam, closed)
+        return Removal(direction, a * factor * q, np.where(closed, lam, np.nan), closed)
 
 
 class Removal(NamedTuple):
@@ -491,7 +491,7 @@ class Removal(NamedTuple):
     score: np.ndarray
     """(M,): the squared Mahalanobis distance (z_i − μ₋ᵢ)ᵀ S₋ᵢ⁻¹ (z_i − μ₋ᵢ)."""
     shrinkage: np.ndarray
-    """(M,): OAS's λ₋ᵢ."""
+    """(M,): OAS's λ₋ᵢ (NaN where not ``closed``)."""
     closed: np.ndarray
     """(M,) bool: whether the closed form holds for the member."""
 

@@ -59,6 +59,8 @@ def test_closed_form_maps_from_stored_activations_equal_the_engines_autograd_map
     assert set(plan["variant"]) == {"gradcam", "finercam top-3 predictions", "diffcam vs all others", "diffcam vs own class"}
     assert len(plan) == 4 * 80
     ours = shard_maps(plan, features, reference, settings, chunk=24, classifier_weight=weight)  # chunks do not align with batches
+    shuffled = np.random.default_rng(0).permutation(len(plan))  # rows in any order: maps come back in the plan's
+    np.testing.assert_array_equal(shard_maps(plan.iloc[shuffled], features, reference, settings, chunk=24, classifier_weight=weight), ours[shuffled])
     engine = ExplainerEngine(model, "layer4", digits_small.images.shape[-2:])
     engine.closed_form = False  # the oracle takes the gradient through the head by autograd
     expected = np.stack(plan_maps(plan, engine, meta, digits_small.images[:80], features, reference, settings, {}))

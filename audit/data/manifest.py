@@ -79,7 +79,7 @@ def _read_ragged(path: Path, separator: str) -> tuple[pd.DataFrame, list[str]]:
     """A manifest some of whose lines have another number of fields than its header, line by line (Python's ``csv``):
     the table (the header's columns; a short line's missing fields blank, a long line's extra ones dropped) and each
     row's problem ("" or e.g. "line 7 has 3 fields, the header 2"), which makes the row a reject, never a shifted one."""
-    with open(path, newline="", encoding="utf-8") as handle:
+    with open(path, newline="", encoding="utf-8-sig") as handle:  # as pandas, a byte-order mark is not part of the header
         reader = csv.reader(handle, delimiter=separator)
         header = next(reader, [])
         rows, problems = [], []

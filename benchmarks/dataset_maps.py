@@ -28,6 +28,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from queue import Empty
 from tempfile import TemporaryDirectory
 
 import numpy as np
@@ -75,12 +76,18 @@ def closed_form(args: argparse.Namespace) -> None:
         os.environ[name] = str(args.threads)
     context = multiprocessing.get_context("spawn")
     barrier, queue = context.Barrier(args.jobs), context.Queue()
-    jobs = [context.Process(target=_closed_form_job, args=(args.images, args.threads, args.repeat, seed, barrier, queue)) for seed in range(args.jobs)]
+    jobs = [context.Process(target=_closed_form_job, args=(args.images, args.threads, args.repeat, seed, barrier, queue), daemon=True)
+            for seed in range(args.jobs)]
     for job in jobs:
         job.start()
-    results = [result for _, result in sorted(queue.get() for _ in jobs)]
-    for job in jobs:
-        job.join()
+    finished = []
+    while len(finished) < len(jobs):
+        try:
+            finished.append(queue.get(timeout=5))
+        except Empty:
+            if any(job.exitcode not in (None, 0) for job in jobs):
+                raise SystemExit("a benchmark job failed (its traceback is above)") from None
+    results = [result for _, result in sorted(finished)]
     for label in ("activations in memory", "feature shard on disk"):
         seconds = np.array([result[label] for result in results])  # (jobs, repeats)
         for job, row in enumerate(seconds):

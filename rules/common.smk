@@ -265,5 +265,28 @@ def map_outliers(wildcards):
     return [f"results/{wildcards.audit}/map_outliers.parquet"] if runs_dataset_maps(wildcards) else []
 
 
+SUMMARY_ONLY = {"bootstrap"}
+"""metrics keys that change the summary's intervals, never a map's score."""
+SAMPLE_ONLY = {"sample_per_class"}
+"""metrics keys that choose which dataset maps are sampled, never how a map is scored."""
+
+
 def metric_params(wildcards):
-    return MetricSettings.output_values(audit_config(wildcards)["metrics"])
+    """The metrics section's values that change the report subjects' scores."""
+    return _metric_values(wildcards, SUMMARY_ONLY | SAMPLE_ONLY)
+
+
+def sample_metric_params(wildcards):
+    """The metrics section's values that change a shard's sampled scores: the scoring and the sample's size."""
+    return _metric_values(wildcards, SUMMARY_ONLY)
+
+
+def summary_params(wildcards):
+    """The metrics section's values that change the summary: its bootstrap resamples and seed."""
+    metrics = audit_config(wildcards)["metrics"]
+    return {key: metrics[key] for key in ("bootstrap", "seed")}
+
+
+def _metric_values(wildcards, left_out):
+    values = MetricSettings.output_values(audit_config(wildcards)["metrics"])
+    return {key: value for key, value in values.items() if key not in left_out}

@@ -1,5 +1,5 @@
 # A stratified, seeded sample of one shard's dataset maps (metrics.sample_per_class per class over the audit),
-# scored by the configured metrics (audit.metrics.sample); the metrics rule's summary pools them with the subjects.
+# scored by the configured metrics (audit.metrics.sample); metrics_summary pools them with the subjects'.
 rule sample_metrics:
     input:
         maps="results/{audit}/dataset_maps/shard-{shard}.zarr",
@@ -11,7 +11,7 @@ rule sample_metrics:
     output:
         "results/{audit}/sample_metrics/shard-{shard}.parquet",
     params:
-        settings=metric_params,
+        settings=sample_metric_params,
         splits=dataset_splits,
         sample=shard_sample_param,
     resources:
@@ -29,13 +29,11 @@ rule sample_metrics:
 rule metrics:
     input:
         saliency="results/{audit}/saliency",
-        samples=sample_metric_shards,
         images=image_shards,
         listing=ancient("results/{audit}/listing.parquet"),
         checkpoint=model_checkpoint,
     output:
-        metrics="results/{audit}/metrics.parquet",
-        summary=report("results/{audit}/metrics_summary.parquet", caption="../workflow/report/metrics_summary.rst", category="Audits", subcategory="{audit}", labels={"audit": "{audit}", "artefact": "method quality"}),
+        "results/{audit}/metrics.parquet",
     params:
         settings=metric_params,
         methods=metric_methods,
@@ -49,3 +47,23 @@ rule metrics:
         "benchmarks/rules/{audit}/metrics.tsv"
     script:
         "../workflow/scripts/metrics.py"
+
+
+# The summary (means and bootstrap intervals, Dask) over the subjects' metrics and the sampled dataset maps' metrics: its own
+# job, so that a new sample or another bootstrap setting rescores nothing.
+rule metrics_summary:
+    input:
+        metrics="results/{audit}/metrics.parquet",
+        samples=sample_metric_shards,
+    output:
+        report("results/{audit}/metrics_summary.parquet", caption="../workflow/report/metrics_summary.rst", category="Audits", subcategory="{audit}", labels={"audit": "{audit}", "artefact": "method quality"}),
+    params:
+        settings=summary_params,
+    conda:
+        "../workflow/envs/audit.yaml"
+    log:
+        "logs/{audit}/metrics_summary.log",
+    benchmark:
+        "benchmarks/rules/{audit}/metrics_summary.tsv"
+    script:
+        "../workflow/scripts/metrics_summary.py"

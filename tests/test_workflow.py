@@ -24,7 +24,7 @@ def test_lint_is_clean():
 def test_dry_run_of_the_demo_lists_every_stage(tmp_path):
     result = snakemake("-n", "--quiet", "rules", "--directory", str(tmp_path), "--configfile", str(ROOT / "config" / "config.yaml"))
     assert result.returncode == 0, result.stdout
-    for rule in ("list_images", "train_model", "reference_stats", "anomaly_scores", "explain_plan", "explain", "metrics", "report"):
+    for rule in ("list_images", "train_model", "reference_stats", "anomaly_scores", "explain_plan", "explain", "metrics", "metrics_summary", "report"):
         assert rule in result.stdout
     # The shards are known once the images are listed (a Snakemake checkpoint).
     assert "checkpoint jobs" in result.stdout
@@ -227,10 +227,18 @@ def test_a_method_parameter_reruns_the_maps_not_the_plan(tiny_audit, tmp_path):
     result = snakemake("reports/tiny.html", "-n", "--directory", str(tiny_audit), "--configfile", str(_edited_config(tmp_path, "explain", "finer_gamma", 0.3)))
     assert result.returncode == 0, result.stdout[-2000:]
     # Finer-CAM's γ also changes its dataset maps, so the strategies and the anomaly table's map columns follow; the plan does not
-    assert _planned_rules(result) == {"dataset_maps", "strategies", "anomalies", "explain", "metrics", "report"}
+    assert _planned_rules(result) == {"dataset_maps", "strategies", "anomalies", "explain", "metrics", "metrics_summary", "report"}
     config = _edited_config(tmp_path, "explain", "top_pairs", 2)
     result = snakemake("reports/tiny.html", "results/tiny/images.parquet", "-n", "--directory", str(tiny_audit), "--configfile", str(config))
-    assert _planned_rules(result) == {"explain_plan", "explain", "metrics", "report", "export_images"}
+    assert _planned_rules(result) == {"explain_plan", "explain", "metrics", "metrics_summary", "report", "export_images"}
+
+
+def test_the_summarys_and_the_samples_settings_rescore_no_report_map(tiny_audit, tmp_path):
+    """The bootstrap changes the summary alone; the sample's size adds the sample's jobs, never the subjects' metrics."""
+    result = snakemake("reports/tiny.html", "-n", "--directory", str(tiny_audit), "--configfile", str(_edited_config(tmp_path, "metrics", "bootstrap", 300)))
+    assert _planned_rules(result) == {"metrics_summary", "report"}, result.stdout[-2000:]
+    result = snakemake("reports/tiny.html", "-n", "--directory", str(tiny_audit), "--configfile", str(_edited_config(tmp_path, "metrics", "sample_per_class", 2)))
+    assert _planned_rules(result) == {"sample_metrics", "metrics_summary", "report"}, result.stdout[-2000:]
 
 
 def test_a_method_that_does_not_fit_the_model_fails_before_any_data_is_read(tmp_path):
@@ -382,12 +390,12 @@ def test_a_sample_of_the_dataset_maps_is_scored_and_pooled_into_the_summary(tiny
     dataset maps), and the summary's means and counts cover the report subjects' maps and the sample."""
     workdir = tmp_path / "copy"
     shutil.copytree(tiny_audit, workdir, ignore=shutil.ignore_patterns(".snakemake"))
-    for table in ("metrics.parquet", "metrics_summary.parquet"):  # the copy has no record of the params: redo the metrics
-        (workdir / "results" / "tiny" / table).unlink()
+    (workdir / "results" / "tiny" / "metrics_summary.parquet").unlink()  # the copy has no record of the params: redo the summary
     config = _edited_config(tmp_path, "metrics", "sample_per_class", 1)
     result = snakemake("results/tiny/metrics_summary.parquet", "--cores", CORES, "--directory", str(workdir), "--configfile", str(config))
     assert result.returncode == 0, result.stdout[-3000:]
-    assert result.stdout.count("rule sample_metrics:") == 2 and "rule explain:" not in result.stdout  # the report's maps stay
+    assert result.stdout.count("rule sample_metrics:") == 2 and "rule metrics_summary:" in result.stdout
+    assert "rule explain:" not in result.stdout and "rule metrics:" not in result.stdout  # the report's maps and their scores stay
     results = workdir / "results" / "tiny"
     samples = pd.concat([pd.read_parquet(p) for p in sorted((results / "sample_metrics").glob("shard-*.parquet"))])
     assert (samples["purpose"] == "sample").all() and (samples["map"] == -1).all()

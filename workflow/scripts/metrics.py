@@ -1,23 +1,21 @@
-"""Snakemake adapter: every metric of every method's maps (one job: the imports cost more than small audits' metrics), and
-their Dask summary over these maps and the sampled dataset maps' metrics (audit.metrics.sample)."""
+"""Snakemake adapter: every metric of every method's maps (one job: the imports cost more than small audits' metrics);
+their summary is the metrics_summary rule's."""
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from stage import dask_setting, stage_settings
+from stage import stage_settings
 
 from audit.data.shards import PRESENCE_COLUMNS, read_listing
 from audit.data.sources import open_images
 from audit.metrics.evaluate import METRIC_COLUMNS, evaluate_saliency
 from audit.metrics.localization import object_regions
-from audit.metrics.summary import SUMMARY_COLUMNS, summarise_metrics
 from audit.models.checkpoint import load_checkpoint
-from audit.dask_scheduler import dask_scheduler
 from audit.runtime import stage_run
 from audit.settings import MetricSettings
 from audit.storage import open_zarr, write_parquet
 
-with stage_run(snakemake.log[0], snakemake.threads) as device, dask_scheduler(dask_setting(snakemake), snakemake.threads):
+with stage_run(snakemake.log[0], snakemake.threads) as device:
     settings = stage_settings(snakemake, MetricSettings, "metrics")
     tables = []
     if snakemake.params.methods:
@@ -31,7 +29,4 @@ with stage_run(snakemake.log[0], snakemake.threads) as device, dask_scheduler(da
             saliency = saliency.assign_coords(image_index=("map", np.searchsorted(used, saliency["image_index"].values)))
             tables.append(evaluate_saliency(model, meta, images, saliency, method, settings, device, regions))
     metrics = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=METRIC_COLUMNS)
-    write_parquet(metrics, snakemake.output.metrics)
-    scored = pd.concat([metrics, *(pd.read_parquet(path) for path in snakemake.input.samples)], ignore_index=True)
-    summary = summarise_metrics(scored, settings.bootstrap, settings.seed) if len(scored) else pd.DataFrame(columns=SUMMARY_COLUMNS)
-    write_parquet(summary, snakemake.output.summary)
+    write_parquet(metrics, snakemake.output[0])

@@ -62,17 +62,6 @@ def open_report(path: Path, javascript: bool = True, width: int = 1280) -> Itera
             browser.close()
 
 
-@dataclass
-class PageCheck:
-    """What a reader of a report meets, whatever its audit, counted from the page as the browser shows it."""
-
-    images: int
-    broken_images: list[str]
-    dangling_links: list[str]
-    headings: list[str]
-    log: PageLog
-
-
 def broken_images(page) -> list[str]:
     """The page's images that did not decode (their alt text, or the start of their source)."""
     return page.evaluate("Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt || i.src.slice(0, 40))")
@@ -83,12 +72,3 @@ def in_page_links(page) -> tuple[list[str], list[str]]:
     links = page.evaluate("Array.from(document.querySelectorAll('a[href^=\"#\"]')).map(a => a.getAttribute('href').slice(1))")
     return links, [anchor for anchor in links if not page.evaluate("id => document.getElementById(id) !== null", anchor)]
 
-
-def check_report(path: Path) -> PageCheck:
-    """Open the report at ``path`` and count its images (and those that do not decode), the in-page links whose anchor
-    is missing, the ids of its h2 sections, and the page's errors and outside requests."""
-    with open_report(path) as (page, log):
-        images = page.evaluate("document.images.length")
-        broken, dangling = broken_images(page), in_page_links(page)[1]
-        headings = page.evaluate("Array.from(document.querySelectorAll('h2[id]')).map(h => h.id)")
-    return PageCheck(images, broken, dangling, headings, log)

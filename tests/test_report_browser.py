@@ -98,11 +98,13 @@ def test_the_vit_report_opens_cleanly_and_every_part_works(tiny_vit_audit):
 @pytest.mark.parametrize("audit", ["digits", "digits_vit"])
 def test_the_demo_reports_open_cleanly_and_every_part_works(audit):
     """The demo's reports as `make audit` wrote them in this checkout. CI (`.ci/run`) runs the demo before the suite;
-    elsewhere the demo (13-19 minutes on 2 cores) may not have run, and then the test says so and skips."""
+    elsewhere the demo (about 18 minutes on 2 cores) may not have run, and then the test says so and skips."""
     report = ROOT / "reports" / f"{audit}.html"
     if not report.exists():
         message = f"{report.relative_to(ROOT)} is not there: run `make audit` first"
-        pytest.fail(message) if DEMO_REPORTS_REQUIRED else pytest.skip(message)
+        if DEMO_REPORTS_REQUIRED:
+            pytest.fail(message)
+        pytest.skip(message)
     _assert_the_workbench_works(report, ROOT / "results" / audit, audit)
 
 

@@ -283,8 +283,7 @@ def sample_metric_params(wildcards):
 
 def summary_params(wildcards):
     """The metrics section's values that change the summary: its bootstrap resamples and seed."""
-    metrics = audit_config(wildcards)["metrics"]
-    return {key: metrics[key] for key in ("bootstrap", "seed")}
+    return MetricSettings.output_values(audit_config(wildcards)["metrics"], keys=SUMMARY_ONLY | {"seed"})
 
 
 def _metric_values(wildcards, left_out):

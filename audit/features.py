@@ -164,6 +164,8 @@ def extract_shard(
     ``settings``: batch size, DataLoader workers and autocast precision. ``stop`` is
     clipped to the store's size. Returns the number of images written (a store
     of zero images for an empty range: a shard whose every image was rejected).
+    Raises ``ValueError`` naming the shard and the count per variable when any
+    activation, pre-logit or logit is NaN or infinite, and writes nothing then.
     """
     batch_size, workers, precision = settings.batch_size, settings.workers(device), settings.precision
     images = open_zarr(images_path)
@@ -173,14 +175,23 @@ def extract_shard(
     batches = ShardBatches(images_path, start, stop, batch_size)
     loader = DataLoader(batches, batch_size=None, num_workers=workers, pin_memory=device.startswith("cuda"))
     attrs = {"model": meta.name, "layer": meta.layer, "head": int(meta.head), "shard_start": start, "shard_stop": stop}
+    nonfinite = {"activation": 0, "pre_logits": 0, "logits": 0}
     with atomic_path(target) as tmp:
         writer = ChunkedZarrWriter(tmp, chunk, attrs)
         for first, pixels in tqdm(loader, total=len(batches), desc=f"features {start}:{stop}", unit="batch"):
             activations, pre_logits, logits = forward_features(model, meta, pixels, device, precision)
+            for name, values in zip(nonfinite, (activations, pre_logits, logits)):
+                nonfinite[name] += int(values.size - np.isfinite(values).sum())
             rows = coords.isel(image=slice(first - start, first - start + len(pixels)))
             writer.add(feature_part(rows, class_names, activations, pre_logits, logits if meta.head else None))
         if start >= stop:
             writer.add(_empty_part(model, meta, coords, class_names))
+        if any(nonfinite.values()):
+            counts = ", ".join(f"{count} {name}" for name, count in nonfinite.items() if count)
+            raise ValueError(
+                f"features of images {start}:{stop} of {images_path} (shard store {target}) have non-finite values "
+                f"(NaN or infinite): {counts}; the model's weights or its numerics ({precision}) overflow on these images"
+            )
         return writer.close()
 
 

@@ -68,7 +68,7 @@ import xarray as xr
 import zarr
 from tqdm import tqdm
 
-from audit.storage import atomic_path, open_zarr, write_zarr_part
+from audit.storage import EVERY_CHUNK, atomic_path, open_zarr, write_zarr_part
 
 
 @dataclass
@@ -361,7 +361,8 @@ def _write_group(path: Path, g: int, group: ShrunkGaussian | None, k: int) -> di
 
 def _write_region(path: Path, name: str, index: int, matrix: np.ndarray) -> None:
     """Write slice ``index`` (K, K) of a one-chunk-per-slice variable: a whole chunk, never a partial one."""
-    zarr.open_array(str(path / name), mode="r+")[index] = matrix
+    with zarr.config.set(EVERY_CHUNK):  # a NaN factor (an empty group) is a chunk too: every chunk is written
+        zarr.open_array(str(path / name), mode="r+")[index] = matrix
 
 
 def _read_region(path: Path, name: str, index: int) -> np.ndarray:

@@ -10,6 +10,11 @@ Every store carries ``attrs["format_version"]`` (``FORMAT_VERSION``): the
 version of the layout it was written with (dimension names, variables).
 :func:`open_zarr` refuses a store of another version with a message that
 says how to rebuild it, rather than failing later on a missing name.
+
+Every chunk is written, fill-valued ones included (Zarr's ``write_empty_chunks``),
+so a chunk file that is missing was lost: Zarr would read it back as the fill
+value (NaN, zero), and :func:`open_zarr` refuses the store instead
+(:class:`MissingChunksError`), naming the variables and the count.
 """
 from __future__ import annotations
 
@@ -24,14 +29,23 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 import xarray as xr
+import zarr
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Version of the stores' layout. 2: layer grids ``layer_y``/``layer_x`` and feature channels ``unit`` everywhere,
-``compare_class_map``/``random_class_map``/``randomised_model_map``, class references by index."""
+``compare_class_map``/``random_class_map``/``randomised_model_map``, class references by index. 3: every chunk
+written, so that a missing chunk file is an error rather than a fill value."""
+
+EVERY_CHUNK = {"array.write_empty_chunks": True}
+"""Zarr configuration under which region writes store fill-valued chunks too (see :func:`every_chunk_written`)."""
 
 
 class StoreVersionError(ValueError):
     """A store written with another layout version."""
+
+
+class MissingChunksError(ValueError):
+    """A store with chunk files missing (deleted, or lost in a copy): Zarr would read them as the fill value."""
 
 
 @contextmanager
@@ -113,7 +127,7 @@ def write_zarr_part(
             converted[name] = variable.astype(np.dtypes.StringDType())
     if append:
         converted.drop_vars([n for n in converted.variables if "image" not in converted[n].dims]).to_zarr(
-            path, append_dim="image", zarr_format=3, consolidated=False
+            path, append_dim="image", zarr_format=3, consolidated=False, write_empty_chunks=True
         )
     else:
         encoding = {}
@@ -121,7 +135,7 @@ def write_zarr_part(
             for name, variable in converted.variables.items():
                 if "image" in variable.dims:
                     encoding[name] = {"chunks": tuple(image_chunk if d == "image" else n for d, n in zip(variable.dims, variable.shape))}
-        converted.to_zarr(path, mode=mode, zarr_format=3, consolidated=False, encoding=encoding, compute=compute)
+        converted.to_zarr(path, mode=mode, zarr_format=3, consolidated=False, encoding=encoding, compute=compute, write_empty_chunks=True)
 
 
 def open_zarr(path: str | os.PathLike, dask: bool = True) -> xr.Dataset:
@@ -132,7 +146,8 @@ def open_zarr(path: str | os.PathLike, dask: bool = True) -> xr.Dataset:
     reference store), so that it reads what it uses instead of loading the store whole.
 
     Strings come back as object arrays of ``str`` (numpy's variable-width
-    ``StringDType`` cannot be cast to fixed-width ``str``).
+    ``StringDType`` cannot be cast to fixed-width ``str``). :class:`MissingChunksError`
+    when a chunk file of any variable is missing.
     """
     with warnings.catch_warnings():
         # Snakemake leaves a .snakemake_timestamp file inside directory() outputs.
@@ -145,10 +160,28 @@ def open_zarr(path: str | os.PathLike, dask: bool = True) -> xr.Dataset:
             f"{FORMAT_VERSION}. Rebuild it with the current workflow (e.g. remove the audit's results/ folder, or "
             "snakemake --forcerun list_images)"
         )
+    require_every_chunk(path)
     for name, variable in dataset.variables.items():
         if variable.dtype.kind == "T":
             dataset[name] = variable.astype(object)
     return dataset
+
+
+def require_every_chunk(path: str | os.PathLike) -> None:
+    """:class:`MissingChunksError` naming the variables of the store at ``path`` with chunk files missing, and how many.
+
+    The stores are written with every chunk (see the module's docstring), so a variable with fewer chunk files
+    than its chunk grid has lost some. One listing of the store's keys per variable.
+    """
+    group = zarr.open_group(str(path), mode="r", zarr_format=3)
+    missing = {name: array.nchunks - array.nchunks_initialized for name, array in group.arrays()}
+    missing = {name: count for name, count in missing.items() if count}
+    if missing:
+        counts = ", ".join(f"{name} ({count} of {group[name].nchunks})" for name, count in sorted(missing.items()))
+        raise MissingChunksError(
+            f"{path} has lost chunk files ({counts}); Zarr would read them as fill values. "
+            f"Rebuild it with `snakemake --force {path}`, then run snakemake as before (what reads it reruns after it)"
+        )
 
 
 def write_parquet(frame: pd.DataFrame, target: str | os.PathLike) -> None:

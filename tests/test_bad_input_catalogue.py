@@ -341,6 +341,20 @@ def _checkpoint(kind: str) -> Callable[[Path, dict], Path]:
             torch.save({"state_dict": state, "meta": _Payload(folder / "code-ran")}, path)
         elif kind == "no-weights":
             torch.save({"epoch": 3, "arch": "resnet10t"}, path)
+        elif kind.startswith("named:"):  # this workflow's format: the classes named in logit order
+            torch.save({"state_dict": state, "meta": {"class_names": kind.removeprefix("named:").split(",")}}, path)
+        elif kind.startswith("safetensors:"):
+            import json
+
+            from safetensors.torch import save_file
+
+            path = folder / "weights.safetensors"
+            save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata={"class_names": json.dumps(kind.removeprefix("safetensors:").split(","))})
+        elif kind.startswith("non-finite:"):  # one value of one tensor NaN or infinite
+            key, value = kind.removeprefix("non-finite:").split("=")
+            state = {k: v.clone() for k, v in state.items()}
+            state[key].view(-1)[7] = float(value)
+            torch.save(state, path)
         else:
             torch.save(state, path)
         return path
@@ -358,6 +372,16 @@ CHECKPOINT_CASES = [
     pytest.param(_checkpoint("no-weights"), "resnet10t", NAMES, ValueError, "does not match the model", id="no-weights"),
     pytest.param(_checkpoint("pickled-object"), "resnet10t", NAMES, Exception, "[Ww]eights only load failed|Unsupported global", id="pickled-object"),
     pytest.param(_checkpoint("malicious"), "resnet10t", NAMES, Exception, "[Ww]eights only load failed|Unsupported global", id="malicious-pickle"),
+    # issue 27: a class order that would swap classes silently, and weights that make every output NaN
+    pytest.param(
+        _checkpoint("named:b,a,c"), "resnet10t", NAMES, ValueError,
+        r"names its classes \['b', 'a', 'c'\], the audit's classes are \['a', 'b', 'c'\] \(the same classes in another order", id="reordered-classes",
+    ),
+    pytest.param(
+        _checkpoint("safetensors:a,b,cat"), "resnet10t", NAMES, ValueError, r"only in the checkpoint: \['cat'\], only in the audit: \['c'\]", id="renamed-class-safetensors",
+    ),
+    pytest.param(_checkpoint("non-finite:fc.weight=inf"), "resnet10t", NAMES, ValueError, r"non-finite weights .* fc.weight \(1 of 1536 values\)", id="inf-in-classifier"),
+    pytest.param(_checkpoint("non-finite:conv1.0.weight=nan"), "resnet10t", NAMES, ValueError, r"non-finite weights .* conv1.0.weight \(1 of", id="nan-in-conv"),
 ]
 
 
@@ -375,6 +399,43 @@ def test_a_checkpoint_that_does_not_fit_is_a_named_error_and_runs_no_code(tmp_pa
     with pytest.raises(error, match=message):
         import_model(path, ModelSettings(name=name), classes, image_size=32)
     assert not (tmp_path / "code-ran").exists()
+
+
+@pytest.mark.parametrize(
+    "kind, order", [("named:a,b,c", "checkpoint"), ("safetensors:a,b,c", "checkpoint"), ("plain", "assumed")], ids=["named", "safetensors", "unnamed"]
+)
+def test_a_checkpoint_in_the_audits_class_order_imports_and_says_where_the_order_came_from(tmp_path, kind, order):
+    """Names that match load; a checkpoint without names loads as before, its order marked assumed (the report says so)."""
+    import timm
+
+    from audit.models.imported import import_model
+    from audit.settings import ModelSettings
+
+    path = _checkpoint(kind)(tmp_path, timm.create_model("resnet10t", num_classes=3).state_dict())
+    _, meta = import_model(path, ModelSettings(name="resnet10t"), NAMES, image_size=32)
+    assert meta.class_order == order and meta.class_names == NAMES
+
+
+def test_features_that_overflow_stop_the_shard_naming_it_and_the_count(trained, digits_small, tmp_path):
+    """Finite weights whose activations overflow float32: the shard fails naming itself and the non-finite counts,
+    and no store is left for a later stage to read."""
+    import copy
+
+    import torch
+
+    from audit.data.dataset import write_image_store
+    from audit.features import extract_shard
+    from audit.settings import FeatureSettings
+
+    model, meta = trained
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        model.layer4[-1].bn2.weight.fill_(3e38)  # finite, but its outputs beyond float32's range
+    write_image_store(digits_small, tmp_path / "images.zarr", chunk=32)
+    target = tmp_path / "shard-00000.zarr"
+    with pytest.raises(ValueError, match=r"features of images 0:40 of .*images.zarr \(shard store .*shard-00000.zarr\) have non-finite values .*\d+ activation"):
+        extract_shard(model, meta, tmp_path / "images.zarr", 0, 40, target, FeatureSettings(batch_size=16, loader_workers=0), chunk=16)
+    assert not target.exists() and not list(tmp_path.glob(".shard-00000.zarr.tmp-*"))
 
 
 @pytest.mark.parametrize(
@@ -493,3 +554,29 @@ def test_a_read_only_results_disk_is_a_named_error_that_changes_nothing(small_di
     result = snakemake("reports/tiny.html", "--cores", "1", "--directory", str(small_disk), "--configfile", str(TINY))
     assert result.returncode != 0 and "Read-only file system" in result.stdout, result.stdout[-2000:]
     assert [p.name for p in small_disk.iterdir()] == ["results"] and not list((small_disk / "results").iterdir())
+
+
+# --- stores that lost data: an error naming the store, never fill values ---------------------------------------------
+
+
+def test_a_lost_chunk_is_an_error_naming_the_store_and_variable(tmp_path):
+    """Zarr reads a missing chunk file back as the fill value (NaN, 0): a store whose chunk was deleted must be refused.
+    Chunks that hold only the fill value are written too, so a store of zeros and NaN opens as it was written."""
+    import xarray as xr
+
+    from audit.storage import MissingChunksError, open_zarr, write_zarr_part
+
+    part = xr.Dataset(
+        {
+            "activation": (("image", "unit"), np.arange(40, dtype=np.float32).reshape(10, 4)),
+            "zeros": (("image",), np.zeros(10, np.float32)),
+            "missing": (("image",), np.full(10, np.nan, np.float32)),
+        }
+    )
+    write_zarr_part(part, tmp_path / "store.zarr", append=False, image_chunk=4)
+    opened = open_zarr(tmp_path / "store.zarr").load()
+    assert (opened["zeros"] == 0).all() and opened["missing"].isnull().all()
+    chunks = sorted((tmp_path / "store.zarr" / "activation" / "c").rglob("*"))
+    next(path for path in chunks if path.is_file() and path.parent.name == "1").unlink()
+    with pytest.raises(MissingChunksError, match=r"store.zarr has lost chunk files \(activation \(1 of 3\)\).*snakemake --force"):
+        open_zarr(tmp_path / "store.zarr")

@@ -97,9 +97,9 @@ def test_stores_carry_their_format_version_and_refuse_another(tmp_path):
     import xarray as xr
 
     write_zarr(xr.Dataset({"a": ("image", np.arange(3))}), tmp_path / "new.zarr")
-    assert open_zarr(tmp_path / "new.zarr").attrs["format_version"] == 2
+    assert open_zarr(tmp_path / "new.zarr").attrs["format_version"] == 3
     xr.Dataset({"a": ("image", np.arange(3))}).to_zarr(tmp_path / "old.zarr", zarr_format=3, consolidated=False)
-    with pytest.raises(StoreVersionError, match="written with store format version 1; this code reads version 2"):
+    with pytest.raises(StoreVersionError, match="written with store format version 1; this code reads version 3"):
         open_zarr(tmp_path / "old.zarr")
 
 

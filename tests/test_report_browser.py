@@ -31,10 +31,24 @@ def _gallery_tiles(results: Path, image_ids: list[str]) -> int:
     return tiles
 
 
+def _pair_maps(results: Path) -> dict[tuple[int, int], int]:
+    """Per pair direction (a, b) that the audit's saliency stores hold maps of: how many pair maps they hold."""
+    from audit.storage import open_zarr
+
+    counts: dict[tuple[int, int], int] = {}
+    for store in (results / "saliency").glob("*.zarr"):
+        maps = open_zarr(store)
+        pair = maps["purpose"].values == "pair"
+        for a, b in zip(maps["target"].values[pair], maps["compare"].values[pair]):
+            counts[int(a), int(b)] = counts.get((int(a), int(b)), 0) + 1
+    return counts
+
+
 def _assert_the_workbench_works(report: Path, results: Path, screenshot_prefix: str) -> None:
     """Open ``report`` as a reader does and use every part: no page or console error, no request outside the file,
     every image decodes, every section and every link's anchor exists, sorting reorders a table both ways, filtering
-    hides rows, a gallery holds every method's maps of its image, a figure enlarges on click; then, with JavaScript
+    hides rows, a gallery holds every method's maps of its image, every pair direction with maps has its section, grid
+    and every map in its gallery, a figure enlarges on click; then, with JavaScript
     off, it is still readable. Saves screenshots of the top and of a class's gallery as ``<prefix>-top.png`` and
     ``<prefix>-gallery.png`` under reports/screenshots/."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -70,6 +84,13 @@ def _assert_the_workbench_works(report: Path, results: Path, screenshot_prefix: 
         gallery.locator("summary").click()
         assert gallery.locator("figure.tile").count() == expected > 5 and gallery.locator("figure.tile").first.is_visible()
         assert "deletion AUC" in gallery.locator("figcaption").first.inner_text()
+
+        directions = _pair_maps(results)  # every direction of every pair with maps: its section, grid and full gallery
+        assert directions and page.locator("h3[id^='pair-']").count() == len(directions)
+        for (a, b), count in directions.items():
+            section = page.locator("details", has=page.locator(f"h3#pair-{a}-{b}"))
+            assert section.count() == 1, (a, b)
+            assert section.locator("img.figure").count() == 1 and section.locator("figure.tile").count() == count, (a, b)
 
         figure = page.locator("img.figure").nth(1)
         figure.click()

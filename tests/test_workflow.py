@@ -1,6 +1,7 @@
 """The Snakemake workflow: lint, dry-run, schema errors and an end-to-end run on a tiny config."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -80,7 +81,7 @@ def test_end_to_end_artefacts_are_well_formed(tiny_audit):
         contrast, random_class, randomised = (
             np.isfinite(saliency[v].values).all(axis=(1, 2)) for v in ("compare_class_map", "random_class_map", "randomised_model_map")
         )
-        assert (saliency["random_class"] != saliency["target"]).all() and saliency.attrs["format_version"] == 2
+        assert (saliency["random_class"] != saliency["target"]).all() and saliency.attrs["format_version"] == 3
         if method == "diffcam":  # class-swapped maps for "vs all others" only; the head plays no part
             others = saliency["reference"].str.startswith("others:").values
             assert (contrast == others).all() and (random_class == others).all() and not randomised.any()
@@ -135,6 +136,9 @@ def test_end_to_end_artefacts_are_well_formed(tiny_audit):
     assert "data:image/png;base64," in html and 'src="http' not in html
     assert "ROAD combined" in html and "class sensitivity" in html and "Known anomalies" in html
     assert "energy pointing game" in html
+    # both directions of the top pair have their section (a rebound name once dropped every direction after the first)
+    directions = {(int(a), int(b)) for a, b, p in zip(*(open_zarr(results / "saliency" / "gradcam.zarr")[k].values for k in ("target", "compare", "purpose"))) if p == "pair"}
+    assert len(directions) == 2 and {tuple(map(int, d)) for d in re.findall(r'<h3 id="pair-(\d+)-(\d+)"', html)} == directions
 
 
 def test_vit_audit_end_to_end(tiny_vit_audit):

@@ -40,6 +40,11 @@ class ModelMeta:
             recorded by :func:`save_checkpoint` so that :func:`read_classifier` needs
             neither timm nor the model; None for a backbone, or a checkpoint that
             predates the field.
+        class_order: where the order of ``class_names`` comes from: ``"trained"``
+            (the workflow trained the model on them), ``"checkpoint"`` (an imported
+            checkpoint named the same classes in the same order), ``"assumed"`` (an
+            imported checkpoint without class names: logit i taken as class i),
+            ``"no classifier"`` (a backbone).
     """
 
     name: str
@@ -52,6 +57,7 @@ class ModelMeta:
     metrics: dict[str, float] = field(default_factory=dict)
     head: bool = True
     classifier: str | None = None
+    class_order: str = "trained"
 
 
 def build_model(meta: ModelMeta) -> nn.Module:
@@ -100,6 +106,7 @@ def read_classifier(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | N
     else:
         prefix = f"{meta.classifier}."
         parameters = {key[len(prefix):]: value for key, value in payload["state_dict"].items() if key.startswith(prefix)}
+        require_finite({f"{prefix}{key}": value for key, value in parameters.items()}, str(path))
     weight = parameters["weight"].detach().float().numpy().copy()  # a copy: no view of the mapped file
     bias = parameters.get("bias")
     return weight.reshape(len(weight), -1), None if bias is None else bias.detach().float().numpy().copy()
@@ -140,7 +147,24 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
             f"checkpoint {source} does not match the model: "
             f"missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatch {wrong_shape[:5]}"
         )
+    require_finite(state, source)
     model.load_state_dict(state)
+
+
+def require_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
+    """``ValueError`` naming every floating-point tensor of ``tensors`` with NaN or infinite values, and how many.
+
+    A single non-finite weight makes every output NaN (and every image "predicted" as class 0), so a checkpoint
+    with one is refused when it is loaded, before anything downstream reads a value it computed.
+    """
+    bad = []
+    for key, tensor in tensors.items():
+        if torch.is_tensor(tensor) and tensor.is_floating_point():
+            count = int((~torch.isfinite(tensor)).sum())
+            if count:
+                bad.append(f"{key} ({count} of {tensor.numel()} values)")
+    if bad:
+        raise ValueError(f"checkpoint {source} has non-finite weights (NaN or infinite) in {len(bad)} tensors: {', '.join(bad[:10])}")
 
 
 def _plain(value: Any) -> Any:

@@ -114,6 +114,15 @@ def _meaning(column: ReportColumn, signed: bool) -> str:
     return "bright: the most evidence for the target, dark: none (from zero to the map's maximum)"
 
 
+CLASS_ORDER = {
+    "trained": "as trained by the workflow",
+    "checkpoint": "the checkpoint's own class names, matched to the audit's",
+    "assumed": "assumed: the checkpoint names no classes (logit i taken as the audit's class i)",
+    "no classifier": "— (a backbone without a classifier)",
+}
+"""The report's words for :attr:`audit.models.checkpoint.ModelMeta.class_order`."""
+
+
 def render_report(inputs: ReportInputs) -> str:
     """The report's HTML text. Models without a classifier head get the gradient-free parts only."""
     class_names = [str(c) for c in inputs.features["class"].values]
@@ -148,24 +157,24 @@ def render_report(inputs: ReportInputs) -> str:
             }
             for r in top.itertuples()
         ]
-        subjects = [{"image_id": i, "tiles": gallery.tiles(i, "anomaly", c)} for i in ids]
-        anomaly_sections.append({"name": name, "anchor": f"class-{c}", "grid": grid, "rows": rows, "gallery": subjects})
+        tiles = [{"image_id": i, "tiles": gallery.tiles(i, "anomaly", c)} for i in ids]
+        anomaly_sections.append({"name": name, "anchor": f"class-{c}", "grid": grid, "rows": rows, "gallery": tiles})
 
     pair_sections = []
-    subjects = [
+    pair_subjects = [
         (str(i), int(t)) for store in inputs.saliency.values() for i, p, t in zip(store["image_id"].values, store["purpose"].values, store["compare"].values) if p == "pair"
     ]
     for pair in inputs.pairs.head(inputs.top_pairs).itertuples():
         for a, b in ((pair.class_a, pair.class_b), (pair.class_b, pair.class_a)):
-            chosen = [i for i, t in subjects if t == b]
+            chosen = [i for i, t in pair_subjects if t == b]
             chosen = [i for i in dict.fromkeys(chosen) if labels[image_index[i]] == a]
             if not chosen:
                 continue
             names = {"a": class_names[a], "b": class_names[b]}
             row_labels = [f"{i}\nlabel {class_names[a]}, pred {predicted(image_index[i])}" for i in chosen]
             grid = _grid(images, maps, "pair", chosen, a, image_index, row_labels, names)
-            subjects = [{"image_id": i, "tiles": gallery.tiles(i, "pair", a, compare=b)} for i in chosen]
-            pair_sections.append({"a": class_names[a], "b": class_names[b], "anchor": f"pair-{a}-{b}", "grid": grid, "gallery": subjects})
+            tiles = [{"image_id": i, "tiles": gallery.tiles(i, "pair", a, compare=b)} for i in chosen]
+            pair_sections.append({"a": class_names[a], "b": class_names[b], "anchor": f"pair-{a}-{b}", "grid": grid, "gallery": tiles})
 
     covariance = pd.Series(inputs.reference["covariance"].values, index=inputs.reference["group"].values)
     class_count = inputs.reference["class_count"].values
@@ -180,6 +189,8 @@ def render_report(inputs: ReportInputs) -> str:
         strategies = strategy_section(inputs.strategies, inputs.strategy_maps, inputs.dataset_maps, images, image_index, inputs.full_classes)
     context = {
         "audit": inputs.audit,
+        "class_order": CLASS_ORDER.get(inputs.model.get("class_order", "trained"), inputs.model.get("class_order")),
+        "class_names_shown": ", ".join(class_names[:20]) + (", …" if len(class_names) > 20 else ""),
         "top_anomalies": inputs.top_anomalies,
         "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "model": inputs.model,

@@ -8,8 +8,12 @@ successful ``snakemake`` run. The row (``HISTORY_COLUMNS``):
   since the previous run.
 * ``class_counts``: JSON ``{class name: images}``.
 * ``max_mean_drift``, ``mean_drift``: how far each class mean of the embedding
-  moved since the previous run, in units of the class's root-mean-square
-  standard deviation (‖μ_now − μ_before‖ / √(tr Σ / K)); JSON per class, and the
+  moved since the previous run, in units of the class's total standard
+  deviation, ‖μ_now − μ_before‖ / √(tr Σ): the shift as a share of the typical
+  distance of the class's images from their mean (E‖z − μ‖² = tr Σ), so its
+  meaning does not depend on the number of units K (dividing by the per-unit
+  standard deviation, as before, read √K times larger). Removing one ordinary
+  image of n moves the mean by about 1/(n − 1) of that. JSON per class, and the
   largest. NaN on the first run and for classes new or empty in either run.
 * ``anomalies``, ``new_anomalies``: images whose anomaly score is an outlier
   within their class (robust z = (score − median) / (1.4826 · MAD) above
@@ -61,13 +65,16 @@ def outliers_within_class(anomalies: pd.DataFrame, threshold: float = OUTLIER_Z)
 
 
 def _class_means(reference: xr.Dataset) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Class names, class means (C, K) and root-mean-square standard deviations (C,) of a reference store."""
+    """Class names, class means (C, K) and total standard deviations √(tr Σ) (C,) of a reference store.
+
+    Σ is the shrunk covariance; OAS shrinks towards (tr S / K)·I, which keeps the trace.
+    """
     names = [str(c) for c in reference["class"].values]
     groups = [f"class:{name}" for name in names]
     means = reference["mean"].sel(group=groups).values
-    # diag(L Lᵀ) = Σ_j L_ij², reduced chunk by chunk (one group's K × K factor at a time), never the whole store in memory
-    variances = (reference["cholesky"].sel(group=groups) ** 2).sum("unit_b").mean("unit")
-    return names, means, np.sqrt(variances.values)
+    # tr(L Lᵀ) = Σ_ij L_ij², reduced chunk by chunk (one group's K × K factor at a time), never the whole store in memory
+    total_variance = (reference["cholesky"].sel(group=groups) ** 2).sum(("unit", "unit_b"))
+    return names, means, np.sqrt(total_variance.values)
 
 
 def _snapshot(anomalies: pd.DataFrame, flagged: pd.Series, names: list[str], means: np.ndarray) -> xr.Dataset:

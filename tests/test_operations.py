@@ -137,11 +137,35 @@ def test_the_history_records_what_changed_between_runs(tmp_path):
     assert json.loads(last["class_counts"]) == {"a": 49, "b": 60}
     reference = open_zarr(tmp_path / "reference.zarr").load()
     covariance = reference["cholesky"].sel(group="class:b").values
-    spread = np.sqrt(np.trace(covariance @ covariance.T) / 3)
+    spread = np.sqrt(np.trace(covariance @ covariance.T))
     expected = np.linalg.norm(reference["mean"].sel(group="class:b").values - before) / spread
     assert json.loads(last["mean_drift"])["b"] == pytest.approx(expected) and json.loads(last["mean_drift"])["a"] == pytest.approx(0.0)
     assert last["new_anomalies"] >= 1 and last["anomalies"] >= 1
     assert last["run_started"] == pd.Timestamp("2026-11-02", tz="UTC")
+
+
+@pytest.mark.parametrize("units", [512, 2048])
+def test_the_drift_reads_a_known_shift_the_same_at_any_number_of_units(tmp_path, units):
+    """A class mean moved by half the class's total standard deviation reads 0.5, and dropping one ordinary image
+    of 40 reads about 1/39 of the distance of that image, at K = 512 and K = 2048 alike (the per-unit scale read √K times more)."""
+    import json
+    from datetime import datetime, timezone
+
+    from audit.history import record_run
+
+    rng = np.random.default_rng(units)
+    labels = np.repeat([0, 1], 40)
+    z = rng.normal(size=(80, units)) * 2.0
+    z[labels == 1] += 10.0
+    _results(tmp_path, z, labels, ["a", "b"])
+    record_run(tmp_path, datetime(2026, 11, 1, tzinfo=timezone.utc))
+    shifted = z.copy()
+    shifted[labels == 0] += 0.5 * 2.0  # every unit by 0.5 σ: ‖δ‖ = 0.5 σ√K = 0.5 √(tr Σ)
+    keep = np.arange(80) != 79  # one ordinary image of class b gone
+    _results(tmp_path, shifted[keep], labels[keep], ["a", "b"])
+    drift = json.loads(record_run(tmp_path, datetime(2026, 11, 2, tzinfo=timezone.utc)).iloc[-1]["mean_drift"])
+    assert drift["a"] == pytest.approx(0.5, rel=0.1)  # sample covariance of 40 in 512+ dimensions: its trace within 10 %
+    assert 0.5 / 39 < drift["b"] < 1.5 / 39
 
 
 SCHEDULE = ROOT / "workflow" / "schedule" / "run-audit.sh"

@@ -117,7 +117,7 @@ def map_grid(
 @plain_text
 def run_trends(runs: pd.DataFrame) -> str:
     """Images, anomalies and the largest class-mean drift per run (``history.parquet`` columns; a last row may be this run)."""
-    panels = [("images", "images"), ("anomalies", f"anomalies (robust z > {OUTLIER_Z:g})"), ("max_mean_drift", "largest class-mean drift (RMS sd)")]
+    panels = [("images", "images"), ("anomalies", f"anomalies (robust z > {OUTLIER_Z:g})"), ("max_mean_drift", "largest class-mean shift (÷ class total sd)")]
     figure, axes = plt.subplots(1, len(panels), figsize=(10, 2.8), squeeze=False)
     for axis, (column, title) in zip(axes[0], panels):
         sns.lineplot(data=runs, x="run_started", y=column, marker="o", ax=axis)

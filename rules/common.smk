@@ -2,6 +2,7 @@
 # Params are narrow: each rule gets exactly the config values that change its output (audit.settings), so
 # editing a speed-only setting (batch sizes, workers) reruns nothing.
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -32,6 +33,9 @@ for _name, _audit in config["audits"].items():  # a misspelt model name or a mis
         require_timm_model(_audit["model"]["name"])
     except ValueError as error:
         raise ValueError(f"audit {_name}, model.name: {error}") from None
+    _unmappable = [why for m in _audit["explain"]["dataset_methods"] if (why := explainer(m).dataset_map_problem())]
+    if _unmappable:
+        raise ValueError(f"audit {_name}, explain.dataset_methods: " + "; ".join(_unmappable))
     _mapped = [m for m in _audit["explain"]["dataset_methods"] if _audit["model"]["head"] or not explainer(m).needs_head]
     if _mapped and _audit["strategies"]["method"] not in (None, *_mapped):
         raise ValueError(
@@ -42,6 +46,8 @@ for _name, _audit in config["audits"].items():  # a misspelt model name or a mis
         require_dataset_path(_audit["dataset"]["source"], _audit["dataset"].get("path"))
     except FileNotFoundError as error:
         raise FileNotFoundError(f"audit {_name}, {error}") from None
+    if _audit["model"].get("checkpoint") and not Path(_audit["model"]["checkpoint"]).is_file():
+        raise FileNotFoundError(f"audit {_name}, model.checkpoint: {_audit['model']['checkpoint']!r} is not a file")
 
 
 wildcard_constraints:
@@ -65,10 +71,35 @@ def trains_model(wildcards):
     return not audit_config(wildcards)["model"].get("checkpoint")
 
 
+SNAKEMAKE_PATH_SYNTAX = re.compile(r"[{}<>]")
+"""Characters that Snakemake expands in an input path (wildcards {…}, pathvars <…>); a pathvar cannot be escaped."""
+
+
+def as_input(path):
+    """[path] as a rule input, or [] when the path holds Snakemake's wildcard or pathvar syntax (a user's folder
+    may be named so): such a file is tracked by :func:`file_stamp` as a param instead."""
+    return [] if SNAKEMAKE_PATH_SYNTAX.search(str(path)) else [path]
+
+
+def file_stamp(path):
+    """The size and modification time of a file that :func:`as_input` leaves out, so that editing it reruns the
+    rule as an input would; '' for a file that is an input."""
+    if as_input(path):
+        return ""
+    stat = os.stat(path)
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
 def dataset_inputs(wildcards):
     """The manifest file, so that editing it relists the images."""
     dataset = audit_config(wildcards)["dataset"]
-    return [dataset["path"]] if dataset["source"] == "manifest" else []
+    return as_input(dataset["path"]) if dataset["source"] == "manifest" else []
+
+
+def dataset_stamp(wildcards):
+    """The manifest's stamp where its path cannot be an input (:func:`file_stamp`)."""
+    dataset = audit_config(wildcards)["dataset"]
+    return file_stamp(dataset["path"]) if dataset["source"] == "manifest" else ""
 
 
 def folder_dates(wildcards):

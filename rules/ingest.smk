@@ -9,6 +9,7 @@ checkpoint list_images:
         settings=dataset_params,
         trains_model=trains_model,
         folders=folder_dates,
+        manifest=dataset_stamp,
         shard_size=lambda wildcards: audit_config(wildcards)["features"]["shard_size"],
     conda:
         "../workflow/envs/audit.yaml"

@@ -41,12 +41,14 @@ rule import_model:
     input:
         listing=ancient("results/{audit}/listing.parquet"),
         check="results/{audit}/model_check.json",
-        weights=lambda wildcards: audit_config(wildcards)["model"]["checkpoint"],
+        weights=lambda wildcards: as_input(audit_config(wildcards)["model"]["checkpoint"]),
     output:
         "results/{audit}/model/imported.pt",
     params:
         settings=model_params,
         class_names=class_names,
+        weights=lambda wildcards: audit_config(wildcards)["model"]["checkpoint"],
+        weights_stamp=lambda wildcards: file_stamp(audit_config(wildcards)["model"]["checkpoint"]),
     conda:
         "../workflow/envs/audit.yaml"
     log:

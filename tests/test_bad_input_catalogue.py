@@ -71,7 +71,7 @@ CONFIG_CASES = [
         _set("dataset", {"source": "imagefolder", "path": "/no/such/tree"}),
         "audit tiny, dataset.path: ImageFolder directory '/no/such/tree' does not exist", id="missing-imagefolder",
     ),
-    pytest.param(_set("model.checkpoint", "/no/such/weights.pth"), "Missing input files for rule import_model", id="missing-checkpoint"),
+    pytest.param(_set("model.checkpoint", "/no/such/weights.pth"), "audit tiny, model.checkpoint: '/no/such/weights.pth' is not a file", id="missing-checkpoint"),
     pytest.param(_set("model.head", False), "'checkpoint' is a required property", id="backbone-without-checkpoint"),
     pytest.param(_set("model.name", "resnet10tt"), "audit tiny, model.name: unknown timm model 'resnet10tt'; close matches: resnet10t", id="misspelt-model"),
     pytest.param(_set("model.train.epochs", 0), "0 is less than the minimum of 1", id="zero-epochs"),
@@ -80,6 +80,11 @@ CONFIG_CASES = [
         id="strategies-on-an-unmapped-method",
     ),
     pytest.param(_set("explain.dataset_methods", ["inputgrad"]), "'inputgrad' does not match", id="pixel-method-as-dataset-method"),
+    pytest.param(
+        _set("explain.dataset_methods", ["gradcam", "scorecam"]),
+        "audit tiny, explain.dataset_methods: scorecam needs a forward pass per channel and image (masked inputs)", id="scorecam-as-dataset-method",
+    ),
+    pytest.param(_set("explain.methods", ["gradcam\n"]), "does not match", id="method-with-trailing-newline"),
 ]
 
 
@@ -109,12 +114,28 @@ def test_a_config_mistake_is_named_at_dag_build(tmp_path, change, message):
         pytest.param("audits: {}\n", "{} should be non-empty", id="no-audits"),
         pytest.param(yaml.safe_dump({"audits": {"my audit": _tiny_audit()}}), "'my audit' does not match", id="audit-name-with-space"),
         pytest.param(yaml.safe_dump({"audits": {"../up": _tiny_audit()}}), "'../up' does not match", id="audit-name-with-path"),
+        pytest.param(yaml.safe_dump({"audits": {"evil\n": _tiny_audit()}}), "'evil\\n' does not match", id="audit-name-with-trailing-newline"),
         pytest.param(yaml.safe_dump({"audit": {"tiny": _tiny_audit()}}), "'audits' is a required property", id="misspelt-top-key"),
     ],
 )
 def test_a_malformed_config_file_is_named_at_dag_build(tmp_path, text, message):
     result, workdir = _dry_run(tmp_path, text)
     assert result.returncode != 0 and message in result.stdout, result.stdout[-3000:]
+    assert _nothing_written(workdir)
+
+
+def test_paths_with_snakemakes_wildcard_and_pathvar_syntax_are_plain_paths(tmp_path):
+    """A folder named ``x{y}<z>`` (braces and angle brackets are legal in file names) holding the manifest and the
+    checkpoint: the DAG builds, with the files tracked by size and modification time instead of as inputs
+    (Snakemake expands {…} and <…> in input paths and cannot escape a pathvar)."""
+    folder = tmp_path / "x{y}<z>"
+    folder.mkdir()
+    (folder / "weights.pt").write_bytes(b"")
+    (folder / "manifest.csv").write_text("path,label\na.png,a\n")
+    audit = _set("dataset", {"source": "manifest", "path": str(folder / "manifest.csv"), "image_size": 32})(_tiny_audit())
+    audit = _set("model.checkpoint", str(folder / "weights.pt"))(audit)
+    result, workdir = _dry_run(tmp_path, yaml.safe_dump({"audits": {"tiny": audit}}))
+    assert result.returncode == 0 and "import_model" in result.stdout and "list_images" in result.stdout, result.stdout[-3000:]
     assert _nothing_written(workdir)
 
 
@@ -152,6 +173,10 @@ def _bad_file(kind: str) -> Callable[[Path], str]:
         elif kind == "float-range":
             path = folder / "bad.tif"
             Image.fromarray(np.linspace(0, 3, 64, dtype=np.float32).reshape(8, 8), "F").save(path)
+        elif kind == "fifo":  # opening it would wait for a writer for ever
+            os.mkfifo(path)
+        elif kind == "dangling-link":
+            path.symlink_to(folder / "deleted.png")
         elif kind == "beyond-16-bit":
             path = folder / "bad.tif"
             Image.fromarray(np.full((8, 8), 70_000, np.int32), "I").save(path)
@@ -186,6 +211,8 @@ ROW_CASES = [
     pytest.param(_row(path=_bad_file("float-range")), r"float image with values in \[0, 3\], not \[0, 1\]", id="float-out-of-range"),
     pytest.param(_row(path=_bad_file("beyond-16-bit")), "beyond 16 bits", id="beyond-16-bits"),
     pytest.param(_row(path=lambda folder: str(folder / "gone.png")), "image file not found", id="missing-file"),
+    pytest.param(_row(path=_bad_file("fifo")), r"image is not a regular file: a named pipe \(FIFO\)", id="named-pipe"),
+    pytest.param(_row(path=_bad_file("dangling-link")), r"image is a dangling symbolic link \(to .*deleted.png\)", id="dangling-symlink"),
     pytest.param(_row(label="zebra"), "unknown label", id="unknown-label"),
     pytest.param(_row(label=""), "empty label", id="empty-label"),
     pytest.param(_row(image_id="a0"), r"duplicate image_id \(first occurrence kept\)", id="duplicate-id"),
@@ -291,6 +318,49 @@ def test_a_line_of_another_width_than_the_header_is_a_rejected_row_never_a_shift
     assert rejects["reason"].tolist() == ["line 2 has 3 fields, the header 2", "line 5 has 3 fields, the header 2"]
     (tmp_path / "even.csv").write_text("path,label\nb.png,y\n")
     assert read_manifest(tmp_path / "even.csv").columns.tolist() == ["path", "label", "image_id", "split", "mask", "box", "anomaly"]
+
+
+def test_an_imagefolder_lists_a_dangling_link_so_that_it_is_rejected_with_its_reason(tmp_path):
+    from audit.data.manifest import imagefolder_manifest
+
+    for label in "ab":
+        (tmp_path / label).mkdir()
+        Image.fromarray(np.full((12, 12, 3), 9, np.uint8)).save(tmp_path / label / "one.png")
+    (tmp_path / "a" / "gone.png").symlink_to(tmp_path / "a" / "deleted.png")
+    candidates, rejects, _ = screen_rows(imagefolder_manifest(tmp_path), None)
+    assert str(tmp_path / "a" / "gone.png") in set(candidates["path"])
+    decode_rejects = _ingest(candidates.to_dict("records"), tmp_path, tmp_path / "images.zarr")
+    assert decode_rejects["reason"].tolist() == [f"image is a dangling symbolic link (to {tmp_path / 'a' / 'deleted.png'})"]
+
+
+def test_a_manifest_in_utf16_reads_and_one_in_another_encoding_is_named(tmp_path):
+    (tmp_path / "unicode.csv").write_bytes("path,label\nа.png,кот\n".encode("utf-16"))  # as spreadsheets save "Unicode text"
+    assert read_manifest(tmp_path / "unicode.csv")["label"].tolist() == ["кот"]
+    (tmp_path / "latin.csv").write_bytes("path,label\na.png,café\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"manifest .*latin.csv is not UTF-8 text: byte 0xe9 at offset 20 cannot be decoded; save it as UTF-8"):
+        read_manifest(tmp_path / "latin.csv")
+
+
+def test_labels_are_one_class_per_unicode_normal_form_and_case_twins_are_warned(tmp_path, caplog):
+    import unicodedata
+
+    nfc, nfd = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    (tmp_path / "labels.csv").write_text(f"path,label\na.png,{nfc}\nb.png,{nfd}\nc.png,Dog\nd.png,dog\n", encoding="utf-8")
+    with caplog.at_level("WARNING"):
+        candidates, rejects, classes = screen_rows(read_manifest(tmp_path / "labels.csv"), None)
+    assert classes == ["Dog", nfc, "dog"] and candidates["label"].tolist() == [nfc, nfc, "Dog", "dog"] and rejects.empty
+    assert "one class 'café' after Unicode normalisation (NFC)" in caplog.text and "['Dog', 'dog'] differ only by case" in caplog.text
+    _, _, configured = screen_rows(read_manifest(tmp_path / "labels.csv"), [nfd, "Dog", "dog"])
+    assert configured == [nfc, "Dog", "dog"]
+
+
+def test_a_dataset_of_one_class_is_refused_at_listing(tmp_path):
+    from audit.data.listing import dataset_rows
+    from audit.settings import DatasetSettings
+
+    (tmp_path / "one.csv").write_text("path,label\na.png,cat\nb.png,cat\nc.png,\n")
+    with pytest.raises(ValueError, match=r"an audit needs images of at least two classes; .*one.csv has 2 usable images of 1 class \['cat'\] \(1 rows rejected\)"):
+        dataset_rows(DatasetSettings(source="manifest", path=str(tmp_path / "one.csv")), 32, trains_model=False)
 
 
 def test_manifest_level_mistakes_are_errors_that_write_nothing(tmp_path):

@@ -414,3 +414,15 @@ def test_a_sample_of_the_dataset_maps_is_scored_and_pooled_into_the_summary(tiny
     np.testing.assert_allclose(overall["mean"].sort_index(), per_map.mean().sort_index())
     assert (overall["n"].sort_index() == per_map.count().sort_index()).all()
     assert overall.loc["gradcam", "n"] == 14 + 10  # the report's Grad-CAM maps and the sample's
+
+
+def test_the_report_says_where_the_class_order_came_from(tiny_audit):
+    """An imported checkpoint without class names: the summary warns that the order was assumed; otherwise it does not."""
+    from audit.report.render import render_report
+    from tests.workflow import report_inputs
+
+    inputs = report_inputs(tiny_audit / "results" / "tiny")
+    assumed = render_report(report_inputs(tiny_audit / "results" / "tiny", model={**inputs.model, "class_order": "assumed"}))
+    matched = render_report(report_inputs(tiny_audit / "results" / "tiny", model={**inputs.model, "class_order": "checkpoint"}))
+    assert "Class order assumed" in assumed and "logit i taken as the audit's class i" in assumed
+    assert "Class order assumed" not in matched and "the checkpoint's own class names, matched to the audit's" in matched

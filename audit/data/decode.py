@@ -15,6 +15,8 @@ Masks are non-zero = object in any mode.
 """
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -78,6 +80,9 @@ def _nonzero(image: Image.Image) -> Image.Image:
 
 
 def _open(path: str, convert: Callable[[Image.Image], Image.Image], what: str = "image") -> Image.Image:
+    problem = _file_problem(path, what)
+    if problem:
+        raise RejectedImage(problem)
     try:
         with Image.open(path) as handle:
             handle.load()
@@ -88,6 +93,26 @@ def _open(path: str, convert: Callable[[Image.Image], Image.Image], what: str = 
         raise
     except Exception as error:  # PIL raises many types for corrupt data
         raise RejectedImage(f"unreadable {what}: {type(error).__name__}: {error}") from None
+
+
+SPECIAL_FILES = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _file_problem(path: str, what: str) -> str | None:
+    """Why ``path`` cannot be opened as a file, or None: missing, a dangling symbolic link, or not a regular file
+    (opening a named pipe would wait for a writer for ever). A directory is left to PIL, whose error names it."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return f"{what} is a dangling symbolic link (to {os.readlink(path)})"
+        return f"{what} file not found"
+    except OSError as error:
+        return f"unreadable {what}: {type(error).__name__}: {error}"
+    for test, kind in SPECIAL_FILES:
+        if test(mode):
+            return f"{what} is not a regular file: {kind}"
+    return None
 
 
 def _parse_box(text: str) -> np.ndarray:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Sequence
 
@@ -38,8 +39,13 @@ def screen_rows(manifest: pd.DataFrame, classes: Sequence[str] | None) -> tuple[
     """Split the manifest into candidate rows and rejects by the table alone (no file access).
 
     Returns (candidates, rejects, class_names). Without ``classes``, the class
-    names are the sorted distinct labels of the candidates.
+    names are the sorted distinct labels of the candidates. Labels and
+    ``classes`` are compared in Unicode normal form NFC (:func:`normalised_labels`),
+    and the candidates carry their labels in it.
     """
+    original = manifest
+    manifest = manifest.assign(label=normalised_labels(manifest["label"]))
+    classes = None if classes is None else [unicodedata.normalize("NFC", str(c)) for c in classes]
     reasons = manifest[LINE_PROBLEM].copy() if LINE_PROBLEM in manifest else pd.Series("", index=manifest.index)
     reasons[(reasons == "") & (manifest["label"] == "")] = "empty label"
     if classes is not None:
@@ -47,10 +53,31 @@ def screen_rows(manifest: pd.DataFrame, classes: Sequence[str] | None) -> tuple[
     reasons[(reasons == "") & ~manifest["anomaly"].isin(ANOMALY_TRUE | ANOMALY_FALSE)] = "anomaly flag is not one of 1/0, true/false, yes/no"
     duplicated = manifest["image_id"].duplicated(keep="first")
     reasons[(reasons == "") & duplicated] = "duplicate image_id (first occurrence kept)"
-    rejects = manifest.loc[reasons != "", ["image_id", "path", "label"]].assign(reason=reasons[reasons != ""])
+    rejects = original.loc[reasons != "", ["image_id", "path", "label"]].assign(reason=reasons[reasons != ""])
     candidates = manifest[reasons == ""].reset_index(drop=True)
     class_names = list(classes) if classes is not None else sorted(candidates["label"].unique())
     return candidates, rejects, class_names
+
+
+def normalised_labels(labels: pd.Series) -> pd.Series:
+    """``labels`` in Unicode normal form NFC, so that "café" typed (NFC) and "café" from a macOS file name (NFD) are
+    one class, as they print the same. Logs a warning naming labels that become one by it, and labels that differ
+    only by case (kept apart: "Cat" and "cat" may be meant as two classes, but are more often a typo)."""
+    distinct = pd.unique(labels.astype(str))
+    normal = {label: unicodedata.normalize("NFC", label) for label in distinct}
+    merged: dict[str, list[str]] = {}
+    for label, form in normal.items():
+        merged.setdefault(form, []).append(label)
+    for form, spellings in merged.items():
+        if len(spellings) > 1:
+            log.warning("labels %s are one class %r after Unicode normalisation (NFC)", [ascii(s) for s in spellings], form)
+    cases: dict[str, list[str]] = {}
+    for form in merged:
+        cases.setdefault(form.casefold(), []).append(form)
+    for spellings in cases.values():
+        if len(spellings) > 1:
+            log.warning("labels %s differ only by case: they are distinct classes", sorted(spellings))
+    return labels.astype(str).map(normal)
 
 
 def ingest_manifest(

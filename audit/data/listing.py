@@ -41,6 +41,13 @@ def dataset_rows(settings: DatasetSettings, image_size: int, trains_model: bool)
         manifest = split_by_fraction(manifest, settings.audit_fraction, settings.seed)
         log.info("no train split given: %d of %d images held out by audit_fraction %.2f", (manifest["split"] == "audit").sum(), len(manifest), settings.audit_fraction)
     candidates, rejects, class_names = screen_rows(manifest, list(settings.classes) if settings.classes is not None else None)
+    present = sorted(candidates["label"].unique())
+    if len(present) < 2:
+        raise ValueError(
+            f"an audit needs images of at least two classes; {settings.path} has {len(candidates)} usable images "
+            f"of {len(present)} class{'' if len(present) == 1 else 'es'} {present} ({len(rejects)} rows rejected): "
+            "class references, pairs and every contrast compare classes"
+        )
     candidates = candidates[list(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)]
     return candidates.assign(fingerprint=per_row(_row_fingerprint, *(candidates[column] for column in candidates.columns))), rejects, class_names
 

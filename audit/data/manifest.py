@@ -52,17 +52,26 @@ def require_dataset_path(source: str, path: str | None) -> None:
 def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     """Read a CSV (``,``) or TSV (``.tsv``/``.tab``: tab) manifest and normalise it.
 
-    Raises ``ValueError`` naming the missing or unknown columns. Paths are
-    made absolute against the manifest's folder; missing optional columns are
-    filled with their defaults.
+    The text is UTF-8 (a byte-order mark is allowed), or UTF-16 with its byte-order
+    mark (as spreadsheet programs save "Unicode text"). Raises ``ValueError``
+    naming the missing or unknown columns, or the first byte that is not UTF-8.
+    Paths are made absolute against the manifest's folder; missing optional
+    columns are filled with their defaults.
     """
     path = Path(path)
     separator = "\t" if path.suffix.lower() in {".tsv", ".tab"} else ","
+    encoding = _encoding(path)
     problems = None
-    try:  # straight to Arrow strings: a third of the memory of pandas' own parser at 100,000 rows
-        table = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False, engine="pyarrow")
-    except pd.errors.ParserError:  # a line of another width than the header
-        table, problems = _read_ragged(path, separator)
+    try:
+        try:  # straight to Arrow strings: a third of the memory of pandas' own parser at 100,000 rows
+            table = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False, engine="pyarrow", encoding=encoding)
+        except pd.errors.ParserError:  # a line of another width than the header, or bytes that are not UTF-8
+            table, problems = _read_ragged(path, separator, encoding)
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"manifest {path} is not {error.encoding.upper().replace('-SIG', '')} text: byte {error.object[error.start]:#04x} at offset "
+            f"{error.start} cannot be decoded; save it as UTF-8 (or as UTF-16 with a byte-order mark)"
+        ) from None
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     unknown = [c for c in table.columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
     if missing or unknown:
@@ -75,11 +84,17 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     return normalise_manifest(table, path.parent)
 
 
-def _read_ragged(path: Path, separator: str) -> tuple[pd.DataFrame, list[str]]:
+def _encoding(path: Path) -> str:
+    """``utf-16`` for a file that starts with a UTF-16 byte-order mark, else ``utf-8-sig`` (UTF-8, a mark skipped)."""
+    with open(path, "rb") as handle:
+        return "utf-16" if handle.read(2) in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+
+
+def _read_ragged(path: Path, separator: str, encoding: str) -> tuple[pd.DataFrame, list[str]]:
     """A manifest some of whose lines have another number of fields than its header, line by line (Python's ``csv``):
     the table (the header's columns; a short line's missing fields blank, a long line's extra ones dropped) and each
     row's problem ("" or e.g. "line 7 has 3 fields, the header 2"), which makes the row a reject, never a shifted one."""
-    with open(path, newline="", encoding="utf-8-sig") as handle:  # as pandas, a byte-order mark is not part of the header
+    with open(path, newline="", encoding=encoding) as handle:  # as pandas, a byte-order mark is not part of the header
         reader = csv.reader(handle, delimiter=separator)
         header = next(reader, [])
         rows, problems = [], []
@@ -100,7 +115,8 @@ SPLIT_FOLDERS = ("train", "val", "valid", "validation", "test", "audit")
 def imagefolder_manifest(root: str | os.PathLike) -> pd.DataFrame:
     """List an ImageFolder tree ``root/<class>/<image>`` (nested folders allowed) as a manifest.
 
-    Files with an image suffix are listed; the class is the first folder level.
+    Entries with an image suffix are listed, files or not (a dangling symbolic link or a named pipe is listed, and
+    rejected at ingest with its reason, rather than skipped unseen); the class is the first folder level.
     A split layout, ``root/<split>/<class>/<image>`` with a ``train`` folder and
     every top-level folder one of ``SPLIT_FOLDERS`` holding class folders, gives
     each image its split from the folder name (``train``; the others are held out).
@@ -116,7 +132,7 @@ def imagefolder_manifest(root: str | os.PathLike) -> pd.DataFrame:
         for split, tree in trees
         for class_dir in sorted(p for p in tree.iterdir() if p.is_dir())
         for file in sorted(class_dir.rglob("*"))
-        if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES
+        if file.suffix.lower() in IMAGE_SUFFIXES and not file.is_dir()
     ]
     if not rows:
         raise ValueError(f"ImageFolder root {root} holds no images in class folders")

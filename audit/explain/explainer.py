@@ -168,6 +168,15 @@ class Explainer:
         from the rows' embeddings (M, K) alone, so a dataset job computes them once and streams the activations."""
         raise NotImplementedError(f"{self.name} runs on the model")
 
+    def dataset_map_problem(self) -> str | None:
+        """None when the method can map every image of a dataset (``explain.dataset_methods``), else why not:
+        dataset maps are at layer resolution and cost at most one trunk pass per batch."""
+        if MASKED_SCORES in self.needs:
+            return f"{self.name} needs a forward pass per channel and image (masked inputs): too costly for every image; use it in explain.methods"
+        if self.resolution != "layer":
+            return f"{self.name} maps at image resolution; dataset maps are at the layer's"
+        return None
+
     def applies_to(self, architecture: str, has_head: bool) -> str | None:
         """None when the method applies to the model, else why not."""
         if architecture not in self.architectures:

@@ -189,7 +189,8 @@ def render_report(inputs: ReportInputs) -> str:
         strategies = strategy_section(inputs.strategies, inputs.strategy_maps, inputs.dataset_maps, images, image_index, inputs.full_classes)
     context = {
         "audit": inputs.audit,
-        "class_order": CLASS_ORDER.get(inputs.model.get("class_order", "trained"), inputs.model.get("class_order")),
+        "class_order": CLASS_ORDER[inputs.model.get("class_order", "trained")],
+        "class_order_assumed": inputs.model.get("class_order") == "assumed",
         "class_names_shown": ", ".join(class_names[:20]) + (", …" if len(class_names) > 20 else ""),
         "top_anomalies": inputs.top_anomalies,
         "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

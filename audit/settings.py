@@ -104,6 +104,7 @@ class DatasetSettings(StageSettings):
     mislabel_fraction: float = 0.0
     ink_masks: bool = True
     chunk: int = 256
+    fingerprint: str = "stat"
 
 
 @dataclass(frozen=True)

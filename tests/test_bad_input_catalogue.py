@@ -354,6 +354,26 @@ def test_labels_are_one_class_per_unicode_normal_form_and_case_twins_are_warned(
     assert configured == [nfc, "Dog", "dog"]
 
 
+@pytest.mark.parametrize("mode, sees_it", [("stat", False), ("content", True)])
+def test_a_file_replaced_with_its_size_and_time_kept_is_seen_by_the_content_fingerprint(tmp_path, mode, sees_it):
+    """`cp -p` of another image of the same size over a listed one: `stat` cannot tell (its documented blind spot),
+    `content` can, so the shard is ingested again."""
+    from audit.data.listing import dataset_rows
+    from audit.settings import DatasetSettings
+
+    for n in range(2):
+        Image.fromarray(np.full((12, 12, 3), 40 * n, np.uint8)).save(tmp_path / f"{n}.bmp")  # BMP: equal sizes
+    (tmp_path / "m.csv").write_text("path,label\n0.bmp,a\n1.bmp,b\n")
+    settings = DatasetSettings(source="manifest", path=str(tmp_path / "m.csv"), fingerprint=mode)
+    before = dataset_rows(settings, 12, trains_model=False)[0]["fingerprint"].tolist()
+    stamp = os.stat(tmp_path / "0.bmp")
+    Image.fromarray(np.full((12, 12, 3), 200, np.uint8)).save(tmp_path / "0.bmp")
+    os.utime(tmp_path / "0.bmp", ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert os.stat(tmp_path / "0.bmp").st_size == stamp.st_size
+    after = dataset_rows(settings, 12, trains_model=False)[0]["fingerprint"].tolist()
+    assert (before[0] != after[0]) is sees_it and before[1] == after[1]
+
+
 def test_a_dataset_of_one_class_is_refused_at_listing(tmp_path):
     from audit.data.listing import dataset_rows
     from audit.settings import DatasetSettings

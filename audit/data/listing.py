@@ -1,9 +1,12 @@
 """List the configured dataset (the digits, an ImageFolder tree or a manifest) into arrival shards: see :mod:`audit.data.shards`."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
+import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,7 +52,9 @@ def dataset_rows(settings: DatasetSettings, image_size: int, trains_model: bool)
             "class references, pairs and every contrast compare classes"
         )
     candidates = candidates[list(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)]
-    return candidates.assign(fingerprint=per_row(_row_fingerprint, *(candidates[column] for column in candidates.columns))), rejects, class_names
+    stamp = _file_content if settings.fingerprint == "content" else _file_stamp
+    rows = per_row(lambda *row: _row_fingerprint(row, stamp), *(candidates[column] for column in candidates.columns))
+    return candidates.assign(fingerprint=rows), rejects, class_names
 
 
 def digits_dataset(settings: DatasetSettings, image_size: int):
@@ -79,19 +84,36 @@ def _digits_rows(settings: DatasetSettings, image_size: int) -> pd.DataFrame:
     return rows
 
 
-def _row_fingerprint(*row: str) -> str:
-    """A hash of the row's fields (``REQUIRED_COLUMNS + OPTIONAL_COLUMNS``) and of its image's and mask's size and
-    modification time (``missing`` when absent)."""
+def _row_fingerprint(row: tuple[str, ...], stamp: Callable[[str], str]) -> str:
+    """A hash of the row's fields (``REQUIRED_COLUMNS + OPTIONAL_COLUMNS``) and of its image's and mask's ``stamp``
+    (:func:`_file_stamp` or :func:`_file_content`)."""
     fields = dict(zip(REQUIRED_COLUMNS + OPTIONAL_COLUMNS, row))
-    return fingerprint([*row, _file_stamp(fields["path"]), _file_stamp(fields["mask"]) if fields["mask"] else ""])
+    return fingerprint([*row, stamp(fields["path"]), stamp(fields["mask"]) if fields["mask"] else ""])
 
 
 def _file_stamp(path: str) -> str:
+    """The file's size and modification time (``dataset.fingerprint: stat``, the default): no read, but blind to a
+    file replaced by one of the same size with its time kept (``cp -p``, ``rsync -a``, a restored backup); ``missing``."""
     try:
         status = os.stat(path)
     except OSError:
         return "missing"
     return f"{status.st_size}:{status.st_mtime_ns}"
+
+
+def _file_content(path: str) -> str:
+    """A BLAKE2b digest of the file's bytes (``dataset.fingerprint: content``): sees every change, at the cost of
+    reading every file on every listing (``benchmarks/fingerprint.py``); ``missing`` when it cannot be read."""
+    digest = hashlib.blake2b(digest_size=16)
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a named pipe would block the read; ingest rejects it
+            return "not a regular file"
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    except OSError:
+        return "missing"
+    return digest.hexdigest()
 
 
 def write_listing(settings: DatasetSettings, image_size: int, trains_model: bool, shard_size: int, target: str | os.PathLike) -> pd.DataFrame:

@@ -4,6 +4,7 @@ rule reference_stats:
         features=feature_shards,
         listing=ancient("results/{audit}/listing.parquet"),
         checkpoint=model_checkpoint,
+        rejects="results/{audit}/rejects.parquet",
     output:
         reference=directory("results/{audit}/reference.zarr"),
         pairs=report("results/{audit}/pairs.parquet", caption="../workflow/report/pairs.rst", category="Audits", subcategory="{audit}", labels={"audit": "{audit}", "artefact": "class pairs"}),

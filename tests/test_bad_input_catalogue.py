@@ -670,3 +670,21 @@ def test_a_lost_chunk_is_an_error_naming_the_store_and_variable(tmp_path):
     next(path for path in chunks if path.is_file() and path.parent.name == "1").unlink()
     with pytest.raises(MissingChunksError, match=r"store.zarr has lost chunk files \(activation \(1 of 3\)\).*snakemake --force"):
         open_zarr(tmp_path / "store.zarr")
+
+
+def test_a_concept_image_rejected_at_ingest_is_left_out_with_its_reason(caplog):
+    """`reference.concepts` naming an image that could not be decoded: the concept is built from the others and the
+    log names the image and why; an id that is neither in the dataset nor rejected is still an error."""
+    import xarray as xr
+
+    from audit.concepts import concept_vectors
+
+    pre_logits = xr.DataArray(np.arange(12, dtype=float).reshape(4, 3), dims=("image", "feature"))
+    ids, labels = np.array(["i0", "i1", "i2", "i3"]), np.array([0, 1, 0, 1])
+    rejected = {"broken": "unreadable image: UnidentifiedImageError"}
+    with caplog.at_level("WARNING"):
+        concepts = concept_vectors(pre_logits, labels, ids, ["a", "b"], {"loops": ["i0", "broken", "i3"]}, rejected)
+    np.testing.assert_allclose(concepts["concept_vector"].sel(concept="concept:loops"), pre_logits.values[[0, 3]].mean(0))
+    assert "concept 'loops': 1 of its 3 images were rejected at ingest and are left out: broken (unreadable image: UnidentifiedImageError)" in caplog.text
+    with pytest.raises(ValueError, match=r"concept 'loops': image ids not in the dataset: \['typo'\]"):
+        concept_vectors(pre_logits, labels, ids, ["a", "b"], {"loops": ["i0", "typo"]}, rejected)

@@ -426,3 +426,39 @@ def test_the_report_says_where_the_class_order_came_from(tiny_audit):
     matched = render_report(report_inputs(tiny_audit / "results" / "tiny", model={**inputs.model, "class_order": "checkpoint"}))
     assert "Class order assumed" in assumed and "logit i taken as the audit's class i" in assumed
     assert "Class order assumed" not in matched and "the checkpoint's own class names, matched to the audit's" in matched
+
+
+def test_make_check_finds_a_missing_intermediate_and_make_repair_rebuilds_it(tiny_audit, tmp_path):
+    """Snakemake says "Nothing to be done" when an intermediate output is gone but what it feeds is present and
+    newer; `make check` names it, and `make repair` reruns its rule and what depends on it."""
+    workdir = tmp_path / "audit"
+    shutil.copytree(tiny_audit, workdir, symlinks=True)
+    (workdir / "results" / "tiny" / "map_outliers.parquet").unlink()
+    args = f"ARGS=reports/tiny.html --directory {workdir} --configfile {TINY}"
+    assert "Nothing to be done" in snakemake("reports/tiny.html", "-n", "--directory", str(workdir), "--configfile", str(TINY)).stdout
+    make = lambda target: subprocess.run(["make", "--no-print-directory", target, args, f"CORES={CORES}"], cwd=ROOT, capture_output=True, text=True, timeout=900)  # noqa: E731
+    check = make("check")
+    assert check.returncode != 0 and "missing: results/tiny/map_outliers.parquet (rule strategies)" in check.stdout, check.stdout + check.stderr
+    repair = make("repair")
+    assert repair.returncode == 0 and "rerunning: strategies" in repair.stdout, (repair.stdout + repair.stderr)[-3000:]
+    assert (workdir / "results" / "tiny" / "map_outliers.parquet").is_file()
+    assert make("check").returncode == 0
+    assert "Nothing to be done" in snakemake("reports/tiny.html", "-n", "--directory", str(workdir), "--configfile", str(TINY)).stdout
+
+
+def test_the_most_faithful_method_is_chosen_among_those_that_pass_the_randomisation_check():
+    """Attention has the lowest deletion AUC but its maps do not change with the model (rank correlation 1.0):
+    the summary recommends the next method and names attention as left out, with the failure among the warnings."""
+    from types import SimpleNamespace
+
+    from audit.report.render import summary
+
+    rows = [
+        ("attention", "deletion_auc", 0.10, 0.08, 0.12), ("cdam", "deletion_auc", 0.20, 0.15, 0.25), ("gradcam", "deletion_auc", 0.30, 0.26, 0.34),
+        ("attention", "sanity_similarity", 1.00, 0.99, 1.00), ("cdam", "sanity_similarity", 0.10, 0.00, 0.20), ("gradcam", "sanity_similarity", 0.30, 0.20, 0.40),
+    ]
+    metrics = pd.DataFrame(rows, columns=["method", "metric", "mean", "ci_low", "ci_high"]).assign(level="overall", variant=lambda t: t["method"], n=40)
+    inputs = SimpleNamespace(pairs=pd.DataFrame({"confusions": []}), anomaly_quality=pd.DataFrame(), metrics_summary=metrics)
+    found = summary(inputs, ["0", "1"], pd.DataFrame({"standout": [], "image_id": [], "score": []}), set())
+    assert found["best_method"]["variant"] == "cdam" and found["best_method"]["left_out"] == ["attention"]
+    assert any(w.startswith("attention fails the randomisation check") for w in found["warnings"])

@@ -270,7 +270,8 @@ SANITY_LIMIT = 0.8  # rank correlation with the randomised model's map above whi
 
 def summary(inputs: ReportInputs, class_names: list[str], standout: pd.DataFrame, full: set[int], strategies: dict | None = None, shown: int = 5) -> dict:
     """The findings in a few lines: the most anomalous images overall, the most confused pairs, candidate shortcuts, the ranking's AUROC,
-    and which method is most faithful by deletion AUC (with a warning when its interval overlaps the next one's or a method fails its sanity check).
+    and which method is most faithful by deletion AUC among those that pass the randomisation check (the others are named as left out),
+    with a warning when its interval overlaps the next one's or a method fails its sanity check.
 
     The most anomalous images are the top images of the classes where they stand out most (``class_standout``), linked to their class's section when it is drawn (``full``).
     """
@@ -293,16 +294,22 @@ def summary(inputs: ReportInputs, class_names: list[str], standout: pd.DataFrame
     overall = inputs.metrics_summary[inputs.metrics_summary["level"] == "overall"] if not inputs.metrics_summary.empty else None
     if overall is None:
         return result
+    sanity = overall[(overall["metric"] == "sanity_similarity")].dropna(subset=["mean"])
+    failing = sanity[sanity["mean"] > SANITY_LIMIT]
     deletion = overall[overall["metric"] == "deletion_auc"].dropna(subset=["mean"]).sort_values("mean")
+    left_out = deletion[deletion["method"].isin(set(failing["method"]))]
+    deletion = deletion[~deletion.index.isin(left_out.index)]  # a map that ignores what the model learned is no recommendation
     if len(deletion):
         best = deletion.iloc[0]
-        result["best_method"] = {"variant": best["variant"], "value": _cell(best), "metric": "deletion AUC (lower is better)"}
+        result["best_method"] = {
+            "variant": best["variant"], "value": _cell(best), "metric": "deletion AUC (lower is better)",
+            "left_out": list(dict.fromkeys(left_out["variant"])),
+        }
         if len(deletion) > 1 and deletion.iloc[1]["ci_low"] <= best["ci_high"]:
             result["warnings"].append(
                 f"its 95 % interval overlaps that of {deletion.iloc[1]['variant']} ({_cell(deletion.iloc[1])}): on these images the two are not told apart"
             )
-    sanity = overall[(overall["metric"] == "sanity_similarity")].dropna(subset=["mean"])
-    for row in sanity[sanity["mean"] > SANITY_LIMIT].itertuples():
+    for row in failing.itertuples():
         result["warnings"].append(
             f"{row.variant} fails the randomisation check: its maps barely change when the model is re-initialised (rank correlation {row.mean:.2f})"
         )

@@ -1,5 +1,6 @@
 """Snakemake adapter: reference-group statistics combined from the shards' statistics, concept vectors (Dask) and the class-pair tables."""
 import numpy as np
+import pandas as pd
 from stage import dask_setting, stage_settings
 
 from audit.concepts import concept_vectors
@@ -18,7 +19,9 @@ with stage_run(snakemake.log[0], snakemake.threads), dask_scheduler(dask_setting
     features = open_features(snakemake.input.features, read_listing(snakemake.input.listing, PRESENCE_COLUMNS))
     class_names = [str(c) for c in features["class"].values]
     labels = features["label"].values
-    concepts = concept_vectors(features["pre_logits"], labels, features["image_id"].values, class_names, settings.concepts)
+    rejects = pd.read_parquet(snakemake.input.rejects)
+    rejected = dict(zip(rejects["image_id"].astype(str), rejects["reason"].astype(str)))
+    concepts = concept_vectors(features["pre_logits"], labels, features["image_id"].values, class_names, settings.concepts, rejected)
     statistics = (open_zarr(path) for path in snakemake.input.statistics)
     combine_statistics(statistics, class_names, snakemake.output.reference, settings.min_images, extra=concepts)
     reference = open_zarr(snakemake.output.reference)

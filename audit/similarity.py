@@ -2,21 +2,27 @@
 
 ``pairs.parquet`` has one row per unordered class pair (a < b): classifier-weight
 cosine, confusion counts both ways (on held-out images), the Euclidean distance
-between the class means of the embedding (``mean_distance``) and the Mahalanobis
-distance between them under the pooled within-class covariance
-(``mahalanobis``: how separable the two classes are in the embedding, in units
-of the classes' own spread), a ``rank`` and ``chosen_for``.
+between the class means of the embedding (``mean_distance``), that distance in
+units of the two classes' within-class spread (``relative_distance`` =
+‖μ_a − μ_b‖ / √((tr Σ_a + tr Σ_b)/2), isotropic: how *alike* the two classes are,
+the typical distance of an image from its class mean being √(tr Σ)), the
+Mahalanobis distance between the means under the pooled within-class covariance
+(``mahalanobis``: how *separable* they are), and their ratio ``subtlety`` =
+``mahalanobis`` / ``relative_distance``: large for classes that are alike as a
+whole yet well separated along a few directions of little within-class variance
+(two classes that differ only by a small mark). Then a ``rank`` and ``chosen_for``.
 
-Ranking: three orders of "alike", taken in turn — most confusions (pairs the
-model confuses at all), smallest Mahalanobis distance between the class means,
-highest classifier-weight cosine — so rank 1 is the most confused pair, rank 2
-the pair closest in the embedding, rank 3 the pair with the most alike
-classifier rows, rank 4 the second most confused, and so on, each pair once.
-``chosen_for`` names the order that brought the pair in. Two classes that
-differ only by a small mark, which the model separates without a confusion, are
-the closest pair in the embedding and so among the first pairs, not behind
-every pair with a few confusions. Orders that do not apply are skipped (no
-classifier: no cosine and no confusions).
+Ranking: four orders, taken in turn — most confusions (pairs the model confuses at
+all), most alike (smallest ``relative_distance``), the most subtle difference
+(largest ``subtlety``), most alike classifier rows (highest weight cosine) — so rank 1
+is the most confused pair, rank 2 the most alike, rank 3 the most subtle, rank 4 the
+pair with the most alike classifier rows, rank 5 the second most confused, and so on,
+each pair once. ``chosen_for`` names the order that brought the pair in. Orders that
+do not apply are skipped (no classifier: no cosine and no confusions).
+
+Why not the Mahalanobis distance for "alike" (as before 2026-12-03): it measures
+separability, so a pair that differs only by a mark, which the model separates
+well, had a large Mahalanobis distance and ranked behind pairs that look less alike.
 """
 from __future__ import annotations
 
@@ -40,7 +46,8 @@ def confusion_counts(labels: np.ndarray, predictions: np.ndarray, num_classes: i
 
 CHOSEN_FOR = {
     "confusions": "confused",
-    "mahalanobis": "close in the embedding",
+    "relative_distance": "alike in the embedding",
+    "subtlety": "subtle difference",
     "weight_cosine": "alike classifier weights",
 }
 
@@ -52,6 +59,7 @@ def pair_table(
     class_means: np.ndarray,
     counts: np.ndarray | None = None,
     pooled_cholesky: np.ndarray | None = None,
+    class_spread: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """The class-pair table (see module docstring).
 
@@ -62,12 +70,17 @@ def pair_table(
         counts: images per class (C,); pairs with a class without images are left out (no images to compare).
         pooled_cholesky: lower Cholesky factor (K, K) of the pooled within-class covariance; without it
             ``mahalanobis`` is the Euclidean ``mean_distance``.
+        class_spread: each class's total standard deviation √(tr Σ_c) (C,), in embedding units; without it
+            (or where it is not finite) the pooled covariance's, else 1.
     """
     cosine = weight_cosine(weight) if weight is not None else np.full((len(class_names),) * 2, np.nan)
     whitened = np.asarray(class_means, dtype=np.float64)
     if pooled_cholesky is not None:
         whitened = scipy.linalg.solve_triangular(pooled_cholesky, np.nan_to_num(whitened).T, lower=True).T
     present = np.ones(len(class_names), bool) if counts is None else np.asarray(counts) > 0
+    pooled_spread = float(np.sqrt((np.asarray(pooled_cholesky) ** 2).sum())) if pooled_cholesky is not None else 1.0
+    spread = np.full(len(class_names), pooled_spread) if class_spread is None else np.asarray(class_spread, dtype=np.float64)
+    spread = np.where(np.isfinite(spread) & (spread > 0), spread, pooled_spread)
     rows = []
     for a in np.flatnonzero(present):
         for b in np.flatnonzero(present[a + 1 :]) + a + 1:
@@ -81,21 +94,26 @@ def pair_table(
                     "confused_a_as_b": int(confusion[a, b]),
                     "confused_b_as_a": int(confusion[b, a]),
                     "mean_distance": float(np.linalg.norm(class_means[a] - class_means[b])),
+                    "relative_distance": float(np.linalg.norm(class_means[a] - class_means[b]) / np.sqrt((spread[a] ** 2 + spread[b] ** 2) / 2)),
                     "mahalanobis": float(np.linalg.norm(whitened[a] - whitened[b])),
                 }
             )
-    columns = ["class_a", "class_b", "name_a", "name_b", "weight_cosine", "confused_a_as_b", "confused_b_as_a", "mean_distance", "mahalanobis"]
+    columns = [
+        "class_a", "class_b", "name_a", "name_b", "weight_cosine", "confused_a_as_b", "confused_b_as_a", "mean_distance", "relative_distance", "mahalanobis",
+    ]
     table = pd.DataFrame(rows, columns=columns)
+    table["subtlety"] = table["mahalanobis"] / table["relative_distance"].where(table["relative_distance"] > 0)
     table["confusions"] = table["confused_a_as_b"] + table["confused_b_as_a"]
     return _ranked(table)
 
 
 def _ranked(table: pd.DataFrame) -> pd.DataFrame:
     """The pairs in the interleaved order of the module docstring, with ``rank`` and ``chosen_for``."""
-    tie = ["mahalanobis", "mean_distance"]
+    tie = ["relative_distance", "mahalanobis"]
     orders = {
         "confusions": table[table["confusions"] > 0].sort_values(["confusions", *tie], ascending=[False, True, True], kind="stable").index,
-        "mahalanobis": table.sort_values(tie, kind="stable").index,
+        "relative_distance": table.sort_values(tie, kind="stable").index,
+        "subtlety": table[table["subtlety"].notna()].sort_values(["subtlety", *tie], ascending=[False, True, True], kind="stable").index,
         "weight_cosine": table[table["weight_cosine"].notna()].sort_values(["weight_cosine", *tie], ascending=[False, True, True], kind="stable").index,
     }
     cursors = {name: 0 for name in orders}

@@ -2,6 +2,7 @@
 import dask.array as da
 import numpy as np
 import pandas as pd
+import pytest
 
 from audit.anomaly import anomaly_table
 from audit.explain.plan import explain_plan
@@ -79,19 +80,46 @@ def test_scores_read_lazily_in_blocks_of_classes_equal_those_from_memory(rng, tm
 
 
 def test_pairs_alike_in_the_embedding_but_never_confused_rank_among_the_first(rng):
-    """Classes c and d differ by a small mark: no confusion, but their means are the closest in the pooled metric.
-    Ranked by confusions first they would come after every confused pair; taken in turn they are rank 2 (issue 15.6)."""
+    """Classes c and d differ by a small mark: no confusion, the most alike means, and a large Mahalanobis distance
+    along the mark's direction. Ranked by confusions first they would come after every confused pair; taken in turn
+    they are rank 2, chosen as alike in the embedding (issue 15.6)."""
     means = np.array([[0.0, 0.0, 0.0], [4.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 4.0, 0.3]])
     spread = np.diag([1.0, 1.0, 0.01])  # the third unit varies little within a class: 0.3 there is 3 within-class sds
     confusion = np.zeros((4, 4), np.int64)
     confusion[0, 1], confusion[1, 0], confusion[0, 2], confusion[1, 2] = 5, 4, 3, 2
     table = pair_table(list("abcd"), rng.normal(size=(4, 6)), confusion, means, pooled_cholesky=np.linalg.cholesky(spread))
     assert (table.loc[0, "name_a"], table.loc[0, "name_b"], table.loc[0, "chosen_for"]) == ("a", "b", "confused")
-    assert (table.loc[1, "name_a"], table.loc[1, "name_b"], table.loc[1, "chosen_for"]) == ("c", "d", "close in the embedding")
+    assert (table.loc[1, "name_a"], table.loc[1, "name_b"], table.loc[1, "chosen_for"]) == ("c", "d", "alike in the embedding")
     assert table.loc[1, "confusions"] == 0 and np.isclose(table.loc[1, "mahalanobis"], 3.0)
+    assert np.isclose(table.loc[1, "relative_distance"], 0.3 / np.sqrt(2.01)) and np.isclose(table.loc[1, "subtlety"], 3.0 * np.sqrt(2.01) / 0.3)
     assert np.isclose(table.set_index(["name_a", "name_b"]).loc[("a", "b"), "mahalanobis"], 4.0)
     assert sorted(zip(table["class_a"], table["class_b"])) == [(a, b) for a in range(4) for b in range(a + 1, 4)]  # every pair once
     assert list(table["rank"]) == list(range(1, 7))
+
+
+@pytest.mark.parametrize("units, mark", [(8, 0.5), (32, 0.3), (64, 0.8)])
+def test_pairs_that_differ_only_by_a_mark_are_among_the_first_three(units, mark):
+    """Spot the difference: classes 0 and 1 are far apart, 2 and 3 are copies of them with a mark, which moves the
+    embedding a little along one direction of small within-class variance; 4 and 5, and 6 and 7, are confusable
+    pairs (means a little apart in every unit). The two mark-only pairs are the most alike and the most subtle, so
+    both are within `top_pairs: 3`; by the Mahalanobis distance (the criterion before) they came behind the two
+    confusable pairs, the mark separating them well."""
+    rng = np.random.default_rng(units)
+    base = rng.normal(size=(8, units)) * 3.0
+    base[2], base[3] = base[0], base[1]
+    base[2:4, 0] += mark  # unit 0 carries the mark
+    base[5], base[7] = base[4] + 0.3, base[6] - 0.3
+    base[5, 0], base[7, 0] = base[4, 0], base[6, 0]  # the confusable pairs differ in every unit but the mark's
+    scale = np.ones(units)
+    scale[0] = 0.05  # little within-class variance along the mark
+    samples = [base[c] + rng.normal(size=(200, units)) * scale for c in range(8)]
+    means = np.stack([s.mean(0) for s in samples])
+    pooled = np.cov(np.concatenate([s - s.mean(0) for s in samples]).T)
+    spread = np.array([np.sqrt(np.trace(np.cov(s.T))) for s in samples])
+    table = pair_table(list("abcdefgh"), None, np.zeros((8, 8), np.int64), means, pooled_cholesky=np.linalg.cholesky(pooled), class_spread=spread)
+    first = lambda frame: {tuple(p) for p in zip(frame["class_a"].head(3), frame["class_b"].head(3))}  # noqa: E731
+    assert {(0, 2), (1, 3)} <= first(table), table
+    assert not {(0, 2), (1, 3)} <= first(table.sort_values("mahalanobis"))
 
 
 def test_pair_table_orders_confused_pairs_first(rng):

@@ -28,14 +28,16 @@ with stage_run(snakemake.log[0], snakemake.threads), dask_scheduler(dask_setting
     class_means = reference["mean"].sel(group=[f"class:{c}" for c in class_names]).values
     counts = reference["class_count"].values  # images with finite features per class
     pooled = reference["cholesky"].sel(group="pooled-within-class").values
+    groups = [f"class:{c}" for c in class_names]  # √(tr Σ_c) = ‖L_c‖_F, one group's factor at a time
+    spread = np.sqrt((reference["cholesky"].sel(group=groups) ** 2).sum(("unit", "unit_b")).values)
     if has_classifier(features):
         weight, _ = read_classifier(snakemake.input.checkpoint)
         held_out = features["split"].values != "train"
         if not held_out.any():
             held_out[:] = True
         confusion = confusion_counts(labels[held_out], features["prediction"].values[held_out], len(class_names))
-        pairs = pair_table(class_names, weight, confusion, class_means, counts, pooled)
+        pairs = pair_table(class_names, weight, confusion, class_means, counts, pooled, spread)
     else:  # a backbone without a classifier: no confusions, no weights; pairs by distance between class means
-        pairs = pair_table(class_names, None, np.zeros((len(class_names),) * 2, np.int64), class_means, counts, pooled)
+        pairs = pair_table(class_names, None, np.zeros((len(class_names),) * 2, np.int64), class_means, counts, pooled, spread)
     write_parquet(pairs, snakemake.output.pairs)
     write_parquet(similar_classes(pairs, settings.top_similar), snakemake.output.similar)

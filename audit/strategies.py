@@ -213,7 +213,10 @@ def class_strategies(maps: np.ndarray, image_ids: np.ndarray, settings: Strategy
 
 
 def _outside_share(maps: np.ndarray, outside: np.ndarray) -> float:
-    """Share of the members' positive saliency (summed over members) that lies outside the object."""
+    """Share of the members' positive saliency (summed over the members with a mask) that lies outside the object;
+    NaN when no member has a mask (``outside`` NaN) or none has positive saliency."""
+    masked = np.isfinite(outside).all(axis=(1, 2))
+    maps, outside = maps[masked], outside[masked]
     positive = np.clip(maps, 0, None)
     total = positive.sum()
     return float((positive * outside).sum() / total) if total > 0 else float("nan")
@@ -239,14 +242,18 @@ def strategy_variant(maps: xr.Dataset, settings: StrategySettings) -> str:
     return str(maps["variant"].values[np.flatnonzero(chosen)[0]])
 
 
-def cell_coverage(masks: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+def cell_coverage(masks: np.ndarray, grid: tuple[int, int], has_mask: np.ndarray | None = None) -> np.ndarray:
     """Share (n, h, w) of each layer cell's pixels inside the object, for masks (n, H, W): cell i spans rows
-    ⌊iH/h⌋ … ⌈(i+1)H/h⌉ − 1 (adaptive average pooling's bins), and likewise for columns."""
+    ⌊iH/h⌋ … ⌈(i+1)H/h⌉ − 1 (adaptive average pooling's bins), and likewise for columns. NaN for the images
+    whose ``has_mask`` (n,) is False: a store with masks holds an empty one for an image without, which is no object."""
     masks = np.asarray(masks, dtype=np.float64)
     (height, width), (h, w) = masks.shape[1:], grid
     rows = [(i * height // h, -(-(i + 1) * height // h)) for i in range(h)]
     cols = [(j * width // w, -(-(j + 1) * width // w)) for j in range(w)]
-    return np.stack([[masks[:, r0:r1, c0:c1].mean(axis=(1, 2)) for c0, c1 in cols] for r0, r1 in rows]).transpose(2, 0, 1)
+    coverage = np.stack([[masks[:, r0:r1, c0:c1].mean(axis=(1, 2)) for c0, c1 in cols] for r0, r1 in rows]).transpose(2, 0, 1)
+    if has_mask is not None:
+        coverage[~np.asarray(has_mask, dtype=bool)] = np.nan
+    return coverage
 
 
 def audit_strategies(

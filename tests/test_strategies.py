@@ -46,6 +46,24 @@ def test_spectral_clustering_separates_a_planted_shortcut_and_flags_it(rng):
     assert result.cluster_maps[patched_cluster][0:2, 6:8].mean() > result.cluster_maps[0][0:2, 6:8].mean() * 5
 
 
+def test_the_outside_share_counts_only_images_with_a_mask(rng):
+    """A store with masks holds an empty mask for an image without one (`has_mask` False): that is no object, so
+    such images are left out of the outside share, and a cluster with no masked member has none (NaN), not 100 %."""
+    from audit.strategies import cell_coverage
+
+    maps, truth = _patched_class(rng)
+    masks = np.zeros((len(maps), 32, 32), bool)
+    masks[:, 8:24, 8:24] = True  # the object: the middle of the grid
+    has_mask = truth == 0  # the patched images come without masks
+    masks[~has_mask] = False
+    coverage = cell_coverage(masks, (SIDE, SIDE), has_mask)
+    assert np.isnan(coverage[~has_mask]).all() and np.isfinite(coverage[has_mask]).all()
+    result = class_strategies(maps, np.arange(len(maps)).astype(str), StrategySettings(), 1 - coverage)
+    table = result.table.set_index("cluster")
+    patched_cluster = np.bincount(result.cluster[truth == 1]).argmax()
+    assert np.isnan(table.loc[patched_cluster, "outside_share"]) and table.loc[0, "outside_share"] < 0.5
+
+
 def test_one_strategy_gives_one_cluster_and_no_shortcut(rng):
     maps = _object_maps(rng, 100)
     result = class_strategies(maps, np.arange(100).astype(str), StrategySettings())

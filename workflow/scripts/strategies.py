@@ -19,7 +19,7 @@ with stage_run(snakemake.log[0], snakemake.threads, model=False):
         parts = {}
         for path in snakemake.input.images:
             shard = keep_present(open_zarr(path), listing)
-            parts.update(zip(shard["image_id"].values.astype(str), cell_coverage(shard["mask"].values, grid)))
+            parts.update(zip(shard["image_id"].values.astype(str), cell_coverage(shard["mask"].values, grid, shard["has_mask"].values)))
         coverage = np.stack([parts[i] for i in maps["image_id"].values.astype(str)]) if len(maps["image"]) else None
     strategies, outliers, store = audit_strategies(maps, settings, coverage)
     write_parquet(strategies, snakemake.output.strategies)

@@ -223,18 +223,32 @@ class MetricSettings(StageSettings):
 
 @dataclass(frozen=True)
 class StrategySettings(StageSettings):
-    """``strategies``: spectral clustering of each class's dataset maps (``audit.strategies``)."""
+    """``strategies``: clusters and hot spots of each class's dataset maps (``audit.strategies``, ``audit.hotspots``)."""
 
     method: str | None = None
     reference: str | None = None
     max_clusters: int = 6
     neighbours: int = 10
-    min_silhouette: float = 0.5
+    split_alpha: float = 0.01
+    min_share: float = 0.05
     min_images: int = 20
     exemplars: int = 4
     shortcut_share: float = 0.5
-    shortcut_distinctness: float = 1.0
+    hotspot_ratio: float = 4.0
+    hotspot_even: float = 2.0
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class ConfirmSettings(StageSettings):
+    """``confirm``: the test of each shortcut candidate by intervention on the model (``audit.intervention``)."""
+
+    targets: int = 64
+    members: int = 16
+    min_effect: float = 0.02
+    bootstrap: int = 1000
+    seed: int = 0
+    batch_size: int = speed_only(64)
 
 
 @dataclass(frozen=True)

@@ -1,60 +1,52 @@
-"""Strategies per class: spectral clustering of the dataset maps, as in spectral relevance analysis (SpRAy).
+"""Strategies per class: the ways the model recognises a class, from the clusters of its dataset maps.
 
-A class the model recognises by two different kinds of evidence (the object,
-or a watermark in some images) has maps of two kinds. Per class, the maps of
-one dataset-map variant (default Grad-CAM of the own class) are flattened on
-the layer grid and scaled to unit length, so that *where* the evidence lies
-counts, not how strong it is. Then:
+A class the model recognises by two different kinds of evidence (the object, or a mark in some images) has
+maps of two kinds. Per class, each dataset-map variant's maps (Grad-CAM, Finer-CAM, DiffCAM against all others
+and against its own class) are flattened on the layer grid and scaled to unit length, so that *where* the
+evidence lies counts, not how strong it is. Then, as in dip-means (Kalogeratos & Likas 2012):
 
-* **affinity**: the symmetrised k-nearest-neighbour graph of the maps
-  (Euclidean on the unit vectors, k = ``neighbours``);
-* **number of clusters** by the eigengap: the eigenvalues λ₁ ≤ λ₂ ≤ … of the
-  graph's normalised Laplacian; the number is the i ≤ ``max_clusters`` with the
-  largest gap λᵢ₊₁ − λᵢ;
-* **clusters**: k-means (seeded) on the rows of the first eigenvectors,
-  normalised to unit length (Ng, Jordan & Weiss); then clusters that are not
-  separated from the others (mean silhouette below ``min_silhouette``) are
-  merged into their nearest, so a continuum is not reported as strategies;
-* per cluster: its size and share of the class, its mean map (of the raw
-  maps), the ``exemplars`` members nearest its mean unit map, its
-  **distinctness** — the distance between its mean unit map and that of the
-  rest of the class, in units of the class's median distance of a unit map to
-  the class's mean unit map — and, where object masks exist, the share of its
-  positive saliency that falls outside the object;
-* **candidate shortcut**: a cluster that is not its class's largest, holds at
-  most ``shortcut_share`` of the class and whose distinctness is at least
-  ``shortcut_distinctness``: a minority of images on which the model looks
-  somewhere else than on the rest.
+* **a split** of a group of maps is two-means (seeded) on the unit maps; it is **kept** when the maps projected
+  on the line between the two centres are bimodal: Hartigan's dip test rejects a unimodal distribution at
+  ``split_alpha``. The centres are fitted on one random half of the group and the other half is tested, then the
+  halves swap, and the larger p-value counts: fitted and tested on the same maps, two-means finds a bimodal-looking
+  direction even in one Gaussian cloud when the maps have many cells for their number. A continuum (evidence
+  drifting with the object's position) projects to a unimodal (flat) distribution and is not cut; a minority with
+  its evidence elsewhere projects to a second mode. Both parts must hold at least ``min_share`` of the class.
+* **clusters**: the group whose kept split has the smallest p-value is split, again and again, up to
+  ``max_clusters`` (dip-means' bisection); classes under ``min_images`` are one cluster.
+* **which variant**: every dataset-map variant is clustered, and the class's strategies are those of the variant
+  whose first split is strongest (smallest p-value; a criterion that needs no truth), else of the
+  ``strategies.method`` variant. Measured on the synthetic shortcut family (benchmarks/README.md): DiffCAM against
+  all other classes split a planted minority most often, Grad-CAM least (its maps keep most of the object's evidence).
+* per cluster: its size and share of the class, its mean map (of the raw maps), the ``exemplars`` members nearest
+  its mean unit map, its **distinctness** (the distance between its mean unit map and that of the rest of the
+  class, in units of the class's median distance of a unit map to the class's mean unit map), ``split_p`` (the
+  p-value of the split that set it apart) and, where object masks exist, the share of its positive saliency that
+  falls outside the object (over the members with a mask);
+* **candidate shortcut**: a cluster that is not its class's largest and holds at most ``shortcut_share`` of it.
 
-The **map outlier score** of an image is the mean distance of its unit map to
-its k nearest unit maps of the class, as a robust z within the class
-((d − median)/(1.4826·MAD)): how unusual *where the evidence lies* is, beside
-the embedding's anomaly score.
+Hot spots (:mod:`audit.hotspots`) are the detector for a mark too small to split whole maps; both kinds of
+candidate are tested by intervention (:mod:`audit.intervention`). The **map outlier score** of an image is the
+mean distance of its unit map to its k nearest unit maps of the class, as a robust z within the class
+((d − median)/(1.4826·MAD)): how unusual *where the evidence lies* is for that single image, beside the
+embedding's anomaly score. It finds single odd maps; a minority of images that share a shortcut are each
+other's neighbours and score as ordinary, which is why the candidates come from the splits and hot spots.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import diptest
 import numpy as np
 import pandas as pd
-import scipy.sparse
-import scipy.sparse.csgraph
-import scipy.sparse.linalg
-import sklearn
 import xarray as xr
 from sklearn.cluster import KMeans
-from sklearn.metrics import silhouette_samples
 from sklearn.neighbors import NearestNeighbors
-
 from tqdm import tqdm
 
 from audit.history import ROBUST_Z
+from audit.hotspots import class_hotspots, evidence_shares, jaccard
 from audit.settings import StrategySettings
-
-WORKING_MEMORY_MB = 16
-"""scikit-learn's chunk size for pairwise distances (the silhouettes): its default, 1 GiB, holds the whole
-(n, n) matrix of a 10,000-image class at once; at 16 MiB the silhouettes of a 10,000-image class take
-about what those of a 1,000-image class take whole (8 MB)."""
 
 
 def unit_maps(maps: np.ndarray) -> np.ndarray:
@@ -71,65 +63,48 @@ def neighbour_distances(vectors: np.ndarray, neighbours: int) -> tuple[np.ndarra
     return distances[:, 1:], indices[:, 1:]  # each row's first neighbour is itself (ties with duplicates: any of them)
 
 
-def spectral_clusters(
-    vectors: np.ndarray, max_clusters: int, neighbours: int, seed: int, min_silhouette: float = 0.5
-) -> tuple[np.ndarray, np.ndarray]:
-    """Cluster labels (n,) of the rows of ``vectors`` (n, d) and the Laplacian's smallest eigenvalues (≤ max_clusters + 1,), ascending.
-
-    See the module docstring. n ≤ 2 or max_clusters 1 gives one cluster.
-    """
+def dip_split(vectors: np.ndarray, smallest: int, seed: int) -> tuple[np.ndarray, float] | None:
+    """Two-means labels (n,) of ``vectors`` (n, d) and the cross-fitted dip test's p-value of the split (module
+    docstring); None when a part would hold fewer than ``smallest`` rows or the group is too small to halve."""
     n = len(vectors)
-    if n <= 2 or max_clusters <= 1:
-        return np.zeros(n, dtype=np.int64), np.zeros(min(n, 1))
-    _, indices = neighbour_distances(vectors, neighbours)
-    rows = np.repeat(np.arange(n), indices.shape[1])
-    graph = scipy.sparse.csr_matrix((np.ones(len(rows)), (rows, indices.ravel())), shape=(n, n))
-    affinity = ((graph + graph.T) > 0).astype(np.float64)
-    laplacian = scipy.sparse.csgraph.laplacian(affinity, normed=True)
-    count = min(max_clusters + 1, n - 1)
-    # the smallest eigenvalues of L = I − D^-½ A D^-½ are one minus the largest of the normalised affinity
-    normalised = scipy.sparse.identity(n) - laplacian
-    if n <= 500:
-        values, vectors_ = np.linalg.eigh(normalised.toarray())
-        values, vectors_ = values[::-1][:count], vectors_[:, ::-1][:, :count]
-    else:
-        start = np.random.default_rng(seed).standard_normal(n)
-        values, vectors_ = scipy.sparse.linalg.eigsh(normalised, k=count, which="LA", v0=start)
-        order = np.argsort(-values)
-        values, vectors_ = values[order], vectors_[:, order]
-    eigenvalues = np.clip(1.0 - values, 0.0, 2.0)
-    clusters = int(np.argmax(np.diff(eigenvalues)[:max_clusters])) + 1
-    if clusters == 1:
-        return np.zeros(n, dtype=np.int64), eigenvalues
-    embedding = vectors_[:, :clusters]
-    embedding /= np.linalg.norm(embedding, axis=1, keepdims=True).clip(1e-12)
-    labels = KMeans(n_clusters=clusters, n_init=10, random_state=seed).fit_predict(embedding)
-    return _by_size(merge_unseparated(vectors, labels, min_silhouette)), eigenvalues
+    if n < max(2 * smallest, 8):
+        return None
+    halves = np.array_split(np.random.default_rng(seed).permutation(n), 2)
+    p_value = 0.0
+    for fit, test in (halves, halves[::-1]):
+        centres = KMeans(n_clusters=2, n_init=10, random_state=seed).fit(vectors[fit]).cluster_centers_
+        projection = vectors[test] @ (centres[1] - centres[0])
+        if np.ptp(projection) == 0:
+            return None
+        p_value = max(p_value, float(diptest.diptest(projection)[1]))
+    labels = KMeans(n_clusters=2, n_init=10, random_state=seed).fit_predict(vectors)
+    if np.bincount(labels, minlength=2).min() < smallest:
+        return None
+    return labels, p_value
 
 
-def merge_unseparated(vectors: np.ndarray, labels: np.ndarray, min_silhouette: float) -> np.ndarray:
-    """Merge clusters that are not separated: while the cluster with the lowest mean silhouette is below ``min_silhouette``,
-    join it to the cluster whose mean is nearest to its own.
-
-    The eigengap of a k-nearest-neighbour graph also splits a continuum (maps
-    whose evidence drifts smoothly, e.g. over the object's position) into
-    pieces; those pieces have low silhouettes and are joined again, while a
-    strategy apart from the rest (a shortcut) keeps a high one. Kaufman &
-    Rousseeuw read a mean silhouette above 0.5 as reasonable structure.
-    """
-    labels = np.unique(labels, return_inverse=True)[1]
-    while labels.max() > 0:
-        with sklearn.config_context(working_memory=WORKING_MEMORY_MB):
-            silhouette = silhouette_samples(vectors, labels)
-        means = np.array([silhouette[labels == j].mean() for j in range(labels.max() + 1)])
-        worst = int(np.argmin(means))
-        if means[worst] >= min_silhouette:
+def bisect_clusters(vectors: np.ndarray, max_clusters: int, smallest: int, alpha: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster labels (n,), 0 = the largest, and each cluster's ``split_p`` (clusters,): the p-value of the split
+    that set it apart (NaN for a class left whole). Splits are kept below ``alpha`` (module docstring)."""
+    labels = np.zeros(len(vectors), dtype=np.int64)
+    split_p = {0: float("nan")}
+    pending = {0: dip_split(vectors, smallest, seed)}
+    while labels.max() + 1 < max_clusters:
+        kept = [(found[1], cluster) for cluster, found in pending.items() if found is not None and found[1] < alpha]
+        if not kept:
             break
-        centres = np.stack([vectors[labels == j].mean(axis=0) for j in range(labels.max() + 1)])
-        distance = np.linalg.norm(centres - centres[worst], axis=1)
-        distance[worst] = np.inf
-        labels = np.unique(np.where(labels == worst, int(np.argmin(distance)), labels), return_inverse=True)[1]
-    return labels
+        p_value, cluster = min(kept)
+        members = np.flatnonzero(labels == cluster)
+        new = int(labels.max()) + 1
+        labels[members[pending[cluster][0] == 1]] = new
+        split_p[cluster] = split_p[new] = p_value
+        for part in (cluster, new):
+            pending[part] = dip_split(vectors[labels == part], smallest, seed)
+    ordered = _by_size(labels)
+    p_values = np.full(int(labels.max()) + 1, np.nan)
+    for old, value in split_p.items():
+        p_values[ordered[np.flatnonzero(labels == old)[0]]] = value
+    return ordered, p_values
 
 
 def _by_size(labels: np.ndarray) -> np.ndarray:
@@ -167,22 +142,21 @@ class ClassStrategies:
 
 
 def class_strategies(maps: np.ndarray, image_ids: np.ndarray, settings: StrategySettings, outside: np.ndarray | None = None) -> ClassStrategies:
-    """Cluster one class's maps (n, h, w) (module docstring).
+    """Cluster one class's maps (n, h, w) of one variant (module docstring).
 
     ``outside`` (n, h, w), when object masks exist: the share of each layer cell
-    that lies outside the object (1 − the mask's area average over the cell).
+    that lies outside the object (1 − the mask's area average over the cell; NaN for an image without a mask).
     Table columns: cluster, size, share, distinctness, outside_share (NaN without masks),
-    candidate_shortcut, exemplars (image ids), clusters (in the class), eigengap (the chosen gap).
+    candidate_shortcut, exemplars (image ids), clusters (in the class), split_p.
     """
     vectors = unit_maps(maps)
     n = len(vectors)
     if n >= settings.min_images:
-        cluster, eigenvalues = spectral_clusters(vectors, settings.max_clusters, settings.neighbours, settings.seed, settings.min_silhouette)
+        smallest = max(3, int(np.ceil(settings.min_share * n)))
+        cluster, split_p = bisect_clusters(vectors, settings.max_clusters, smallest, settings.split_alpha, settings.seed)
     else:
-        cluster, eigenvalues = np.zeros(n, dtype=np.int64), np.zeros(1)
+        cluster, split_p = np.zeros(n, dtype=np.int64), np.full(1, np.nan)
     clusters = int(cluster.max()) + 1 if n else 0
-    gaps = np.diff(eigenvalues)
-    eigengap = float(gaps[clusters - 1]) if 0 < clusters <= len(gaps) else float("nan")
     class_mean = vectors.mean(axis=0) if n else np.zeros(vectors.shape[1])
     spread = float(np.median(np.linalg.norm(vectors - class_mean, axis=1))) if n else float("nan")
     raw = np.nan_to_num(np.asarray(maps, dtype=np.float64))
@@ -197,13 +171,11 @@ def class_strategies(maps: np.ndarray, image_ids: np.ndarray, settings: Strategy
         rows.append({
             "cluster": j, "size": len(members), "share": len(members) / n, "distinctness": float(distinct),
             "outside_share": _outside_share(raw[members], outside[members]) if outside is not None else float("nan"),
-            "exemplars": [str(i) for i in image_ids[nearest]],
+            "exemplars": [str(i) for i in image_ids[nearest]], "split_p": float(split_p[j]),
         })
-    table = pd.DataFrame(rows, columns=["cluster", "size", "share", "distinctness", "outside_share", "exemplars"])
-    table["candidate_shortcut"] = (
-        (table["cluster"] > 0) & (table["share"] <= settings.shortcut_share) & (table["distinctness"] >= settings.shortcut_distinctness)
-    )
-    table["clusters"], table["eigengap"] = clusters, eigengap
+    table = pd.DataFrame(rows, columns=["cluster", "size", "share", "distinctness", "outside_share", "exemplars", "split_p"])
+    table["candidate_shortcut"] = (table["cluster"] > 0) & (table["share"] <= settings.shortcut_share)
+    table["clusters"] = clusters
     map_score = map_outlier_scores(vectors, settings.neighbours)
     grid = np.shape(maps)[1:]
     return ClassStrategies(
@@ -224,7 +196,13 @@ def _outside_share(maps: np.ndarray, outside: np.ndarray) -> float:
 
 STRATEGY_COLUMNS = [
     "class", "class_name", "variant", "cluster", "size", "share", "distinctness", "outside_share", "candidate_shortcut", "exemplars",
-    "clusters", "eigengap",
+    "clusters", "split_p",
+]
+ODDITY_REFERENCE = "own-class-loo"
+"""The reference kind of maps that show what is odd about an image (DiffCAM against its own class without it): they
+vary from image to image by design, so hot spots are looked for in the maps of the class's evidence only."""
+CANDIDATE_COLUMNS = [
+    "candidate", "class", "class_name", "kind", "variant", "cluster", "window", "size", "share", "strength", "split_p", "ratio", "even", "members",
 ]
 OUTLIER_COLUMNS = ["image_id", "label", "map_cluster", "map_score", "map_rank"]
 
@@ -258,51 +236,110 @@ def cell_coverage(masks: np.ndarray, grid: tuple[int, int], has_mask: np.ndarray
 
 def audit_strategies(
     maps: xr.Dataset, settings: StrategySettings, coverage: np.ndarray | None = None
-) -> tuple[pd.DataFrame, pd.DataFrame, xr.Dataset]:
-    """Strategies of every class from the dataset maps (:func:`audit.explain.dataset_maps.open_dataset_maps`).
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, xr.Dataset]:
+    """Strategies and shortcut candidates of every class from the dataset maps
+    (:func:`audit.explain.dataset_maps.open_dataset_maps`).
 
-    Reads one variant's maps (N, h, w) (float16 on disk: 2·h·w bytes per image),
-    then works class by class. ``coverage`` (N, h, w): :func:`cell_coverage` of
-    the object masks, in the maps' image order, when masks exist.
+    Reads every variant's maps (N, h, w) (float16 on disk: 2·h·w bytes per image and variant), then works class by
+    class. ``coverage`` (N, h, w): :func:`cell_coverage` of the object masks, in the maps' image order, when masks exist.
 
-    Returns ``strategies.parquet`` (``STRATEGY_COLUMNS``, one row per cluster),
-    ``map_outliers.parquet`` (``OUTLIER_COLUMNS``: each image's cluster, map outlier
-    score and its rank within the class, 1 = most unusual) and the maps store:
-    ``class_mean_map`` (class, layer_y, layer_x) and ``cluster_map``
-    (strategy, layer_y, layer_x) with ``strategy_class`` and ``strategy_cluster`` along ``strategy``.
+    Returns ``strategies.parquet`` (``STRATEGY_COLUMNS``, one row per cluster of each class's chosen variant),
+    ``map_outliers.parquet`` (``OUTLIER_COLUMNS``: each image's cluster, map outlier score of the
+    ``strategies.method`` variant and its rank within the class, 1 = most unusual),
+    ``shortcut_candidates.parquet`` (``CANDIDATE_COLUMNS``: each candidate cluster and hot spot, strongest first
+    within its class; ``candidate`` indexes ``candidate_map``) and the maps store: ``class_mean_map``
+    (class, layer_y, layer_x) of the default variant, ``cluster_map`` (strategy, layer_y, layer_x) with
+    ``strategy_class``, ``strategy_cluster`` and ``strategy_variant`` along ``strategy``, and ``candidate_map``
+    (candidate, layer_y, layer_x): each candidate's members' mean evidence shares minus the rest of its class's.
     """
-    variant = strategy_variant(maps, settings)
-    values = maps["map"].sel(variant=variant).values.astype(np.float32)
+    default = strategy_variant(maps, settings)
+    variants = [str(v) for v in maps["variant"].values]
+    evidence_variants = [v for v, kind in zip(variants, maps["reference_kind"].values.astype(str)) if kind != ODDITY_REFERENCE]
+    values = {variant: maps["map"].sel(variant=variant).values.astype(np.float32) for variant in variants}
     labels = maps["label"].values.astype(np.int64)
     image_ids = maps["image_id"].values.astype(str)
     class_names = [str(c) for c in maps["class"].values]
-    grid = values.shape[1:]
+    grid = values[default].shape[1:]
     class_means = np.full((len(class_names), *grid), np.nan, dtype=np.float32)
-    tables, cluster_maps = [], []
+    tables, cluster_maps, candidates, candidate_maps = [], [], [], []
     map_cluster, map_score = np.full(len(labels), -1), np.full(len(labels), np.nan)
     for c in tqdm(np.unique(labels[labels >= 0]), desc="strategies", unit="class"):
         members = np.flatnonzero(labels == c)
-        result = class_strategies(values[members], image_ids[members], settings, 1 - coverage[members] if coverage is not None else None)
-        tables.append(result.table.assign(**{"class": int(c), "class_name": class_names[c], "variant": variant}))
+        outside = 1 - coverage[members] if coverage is not None else None
+        results = {variant: class_strategies(values[variant][members], image_ids[members], settings, outside) for variant in variants}
+        chosen = strongest_variant(results, default)
+        result = results[chosen]
+        tables.append(result.table.assign(**{"class": int(c), "class_name": class_names[c], "variant": chosen}))
         cluster_maps.append(result.cluster_maps)
-        class_means[c] = result.mean_map
-        map_cluster[members], map_score[members] = result.cluster, result.map_score
+        class_means[c] = results[default].mean_map
+        map_cluster[members], map_score[members] = result.cluster, results[default].map_score
+        class_maps = {variant: values[variant][members] for variant in variants}
+        for row, difference in class_candidates(results, chosen, class_maps, evidence_variants, image_ids[members], settings):
+            candidates.append({**row, "class": int(c), "class_name": class_names[c]})
+            candidate_maps.append(difference)
     strategies = pd.concat(tables, ignore_index=True)[STRATEGY_COLUMNS] if tables else pd.DataFrame(columns=STRATEGY_COLUMNS)
+    candidate_table = pd.DataFrame(candidates, columns=[c for c in CANDIDATE_COLUMNS if c != "candidate"])
+    candidate_table.insert(0, "candidate", np.arange(len(candidate_table), dtype=np.int64))
     outliers = pd.DataFrame({"image_id": image_ids, "label": labels, "map_cluster": map_cluster, "map_score": map_score})
     outliers["map_rank"] = outliers.groupby("label")["map_score"].rank(ascending=False, method="first").astype("Int64")
     store = xr.Dataset(
         {
             "class_mean_map": (("class", "layer_y", "layer_x"), class_means),
             "cluster_map": (("strategy", "layer_y", "layer_x"), np.concatenate(cluster_maps).astype(np.float32) if cluster_maps else np.zeros((0, *grid), np.float32)),
+            "candidate_map": (("candidate", "layer_y", "layer_x"), np.stack(candidate_maps).astype(np.float32) if candidate_maps else np.zeros((0, *grid), np.float32)),
         },
         coords={
             "class": class_names,
             "strategy_class": ("strategy", strategies["class"].to_numpy(np.int64)),
             "strategy_cluster": ("strategy", strategies["cluster"].to_numpy(np.int64)),
+            "strategy_variant": ("strategy", strategies["variant"].to_numpy(str)),
         },
         attrs={
             **{k: v for k, v in vars(settings).items() if v is not None},
-            "variant": variant, "method": str(maps["method"].sel(variant=variant).values),
+            "variant": default, "method": str(maps["method"].sel(variant=default).values),
         },
     )
-    return strategies, outliers, store
+    return strategies, outliers, candidate_table, store
+
+
+def strongest_variant(results: dict[str, ClassStrategies], default: str) -> str:
+    """The variant whose first kept split has the smallest p-value (module docstring); ``default`` when none split."""
+    split = {variant: float(result.table["split_p"].min()) for variant, result in results.items() if result.table["split_p"].notna().any()}
+    return min(split, key=split.get) if split else default
+
+
+def class_candidates(
+    results: dict[str, ClassStrategies], chosen: str, maps: dict[str, np.ndarray], evidence_variants: list[str], image_ids: np.ndarray,
+    settings: StrategySettings,
+) -> list[tuple[dict, np.ndarray]]:
+    """A class's shortcut candidates, each a table row (``CANDIDATE_COLUMNS`` but candidate, class, class_name)
+    with its difference map (h, w): the candidate clusters of the chosen variant, then the hot spots of the
+    ``evidence_variants`` (the maps of the class's evidence) that are not one of them (members overlapping a
+    cluster or a stronger hot spot by half or more)."""
+    found: list[tuple[dict, np.ndarray]] = []
+    groups: list[np.ndarray] = []
+    result = results[chosen]
+    shares = evidence_shares(maps[chosen])
+    for row in result.table[result.table["candidate_shortcut"]].itertuples():
+        members = result.cluster == row.cluster
+        groups.append(members)
+        found.append(({
+            "kind": "cluster", "variant": chosen, "cluster": int(row.cluster), "window": "", "size": int(row.size), "share": float(row.share),
+            "strength": float(row.distinctness), "split_p": float(row.split_p), "ratio": np.nan, "even": np.nan, "members": [str(i) for i in image_ids[members]],
+        }, shares[members].mean(axis=0) - shares[~members].mean(axis=0)))
+    if len(image_ids) < settings.min_images:  # as for the splits: too few maps to tell a minority from noise
+        return found
+    spots = [
+        (variant, spot) for variant in evidence_variants
+        for spot in class_hotspots(maps[variant], settings.min_share, settings.shortcut_share, settings.hotspot_ratio, settings.hotspot_even)
+    ]
+    for variant, spot in sorted(spots, key=lambda pair: -pair[1].strength):
+        if any(jaccard(spot.members, group) >= 0.5 for group in groups):
+            continue
+        groups.append(spot.members)
+        found.append(({
+            "kind": "hot spot", "variant": variant, "cluster": -1, "window": f"cells y {spot.y}–{spot.y + spot.side - 1}, x {spot.x}–{spot.x + spot.side - 1}",
+            "size": int(spot.members.sum()), "share": float(spot.members.mean()), "strength": float(spot.strength), "split_p": np.nan,
+            "ratio": float(spot.ratio), "even": float(spot.even), "members": [str(i) for i in image_ids[spot.members]],
+        }, spot.difference_map))
+    return found

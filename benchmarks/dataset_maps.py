@@ -5,6 +5,7 @@ Run:
     .venv/bin/python benchmarks/dataset_maps.py closed-form --images 10000 --jobs 2
     .venv/bin/python benchmarks/dataset_maps.py model-pass --images 1024
     .venv/bin/python benchmarks/dataset_maps.py clustering --images 10000
+    .venv/bin/python benchmarks/dataset_maps.py confirmation
 
 closed-form: Grad-CAM, Finer-CAM (T = 3) and DiffCAM against all other classes
 and against the own class without the image, for every image, from stored
@@ -18,7 +19,10 @@ model-pass: a layer without the closed form (resnet10t layer3, 256 × 8 × 8 at
 64 px): the dataset maps through the engine against one forward + one batched
 VJP (two objectives per image) over the same images, side by side.
 clustering: one class of N synthetic maps (8 × 8, a third with a planted
-corner strategy) through ``class_strategies``.
+corner strategy, another 15 % with a small mark) through ``class_strategies``
+(the dip-tested splits of one variant) and ``class_hotspots``, with the peak of
+Python's allocations. confirmation: one shortcut candidate's interventions
+(``audit.intervention.intervene``) on a resnet10t at 64 px.
 """
 from __future__ import annotations
 
@@ -172,6 +176,11 @@ def model_pass(args: argparse.Namespace) -> None:
 
 
 def clustering(args: argparse.Namespace) -> None:
+    import tracemalloc
+
+    from sklearn.metrics import adjusted_rand_score
+
+    from audit.hotspots import class_hotspots
     from audit.strategies import class_strategies
 
     rng = np.random.default_rng(0)
@@ -181,24 +190,58 @@ def clustering(args: argparse.Namespace) -> None:
     patched = rng.random(args.images) < 1 / 3
     maps[patched] *= 0.3
     maps[patched, 0:2, 6:8] += 1.5
+    marked = rng.random(args.images) < 0.15  # a small mark on another 15 %: a hot spot
+    maps[marked, 7, 0] += 0.4
+    maps = maps.astype(np.float32)
+    settings = StrategySettings()
+    tracemalloc.start()
     start = time.perf_counter()
-    result = class_strategies(maps.astype(np.float32), np.arange(args.images).astype(str), StrategySettings())
-    seconds = time.perf_counter() - start
-    from sklearn.metrics import adjusted_rand_score
+    result = class_strategies(maps, np.arange(args.images).astype(str), settings)
+    split_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    spots = class_hotspots(maps, settings.min_share, settings.shortcut_share, settings.hotspot_ratio, settings.hotspot_even)
+    spot_seconds = time.perf_counter() - start
+    peak = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    recall = (spots[0].members & marked).sum() / marked.sum() if spots else 0.0
+    print(f"one class of {args.images:,} maps (8×8), one variant: splits {split_seconds:.1f} s ({len(result.table)} clusters, ARI against the planted "
+          f"strategy {adjusted_rand_score(patched, result.cluster):.3f}), hot spots {spot_seconds:.1f} s ({len(spots)} found, recall of the mark "
+          f"{recall:.2f}); peak Python memory {peak:.0f} MiB (the maps: {maps.nbytes / 2**20:.1f} MiB)")
 
-    print(f"one class of {args.images:,} maps (8×8): {len(result.table)} clusters in {seconds:.1f} s, "
-          f"ARI against the planted strategy {adjusted_rand_score(patched, result.cluster):.3f}, shortcut flagged: {bool(result.table['candidate_shortcut'].any())}")
+
+def confirmation(args: argparse.Namespace) -> None:
+    import torch
+
+    from audit.intervention import InterventionSample, intervene
+    from audit.models.checkpoint import ModelMeta, build_model
+
+    meta = ModelMeta("resnet10t", {"output_stride": 8}, [str(c) for c in range(10)], (3, 64, 64), (0.5,) * 3, (0.5,) * 3, "layer4")
+    torch.manual_seed(0)
+    model = build_model(meta).eval()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(args.targets + 2 * args.members, 3, 64, 64), dtype=np.uint8)
+    region = np.zeros((64, 64), bool)
+    region[:8, :8] = True
+    sample = InterventionSample(images[: args.members], images[args.members : 2 * args.members], images[2 * args.members :])
+    start = time.perf_counter()
+    intervene(model, meta, sample, region, 3, "zero")
+    seconds = time.perf_counter() - start
+    forwards = 3 * args.targets + 3 * args.members
+    print(f"one candidate, {args.targets} targets and {args.members} members (resnet10t, 64 px, {torch.get_num_threads()} threads): "
+          f"{forwards} forwards in {seconds:.2f} s ({forwards / seconds:,.0f} images/s)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("case", choices=["closed-form", "model-pass", "clustering"])
+    parser.add_argument("case", choices=["closed-form", "model-pass", "clustering", "confirmation"])
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--threads", type=int, default=1, help="closed-form: threads per job (the dataset_maps rule's: one)")
     parser.add_argument("--jobs", type=int, default=1, help="closed-form: jobs at once, each on its own shard")
     parser.add_argument("--repeat", type=int, default=3, help="closed-form: runs per job")
+    parser.add_argument("--targets", type=int, default=64, help="confirmation: target images per candidate")
+    parser.add_argument("--members", type=int, default=16, help="confirmation: members (and donors) per candidate")
     args = parser.parse_args()
-    {"closed-form": closed_form, "model-pass": model_pass, "clustering": clustering}[args.case](args)
+    {"closed-form": closed_form, "model-pass": model_pass, "clustering": clustering, "confirmation": confirmation}[args.case](args)
 
 
 if __name__ == "__main__":

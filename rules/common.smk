@@ -13,6 +13,7 @@ from audit.metrics.sample import shard_sample_digests
 from audit.models.timm_names import require_timm_model
 from audit.settings import (
     DATASET_KEYS,
+    ConfirmSettings,
     JOB_KEYS,
     PLAN_KEYS,
     DatasetSettings,
@@ -253,6 +254,15 @@ def strategy_params(wildcards):
     """The strategies settings, with the clustered method resolved (null: the first dataset method that applies)."""
     settings = StrategySettings.output_values(audit_config(wildcards)["strategies"])
     return {**settings, "method": settings["method"] or dataset_methods(wildcards)[0]}
+
+
+def confirm_params(wildcards):
+    return ConfirmSettings.output_values(audit_config(wildcards)["confirm"])
+
+
+def confirms_shortcuts(wildcards):
+    """Whether the audit tests its shortcut candidates on the model: it maps every image and has a classifier."""
+    return runs_dataset_maps(wildcards) and has_head(wildcards)
 
 
 def runs_dataset_maps(wildcards):

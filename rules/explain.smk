@@ -78,6 +78,7 @@ rule strategies:
     output:
         strategies=report("results/{audit}/strategies.parquet", caption="../workflow/report/strategies.rst", category="Audits", subcategory="{audit}", labels={"audit": "{audit}", "artefact": "strategies"}),
         outliers="results/{audit}/map_outliers.parquet",
+        candidates="results/{audit}/shortcut_candidates.parquet",
         maps=directory("results/{audit}/strategy_maps.zarr"),
     params:
         settings=strategy_params,
@@ -90,3 +91,31 @@ rule strategies:
         "benchmarks/rules/{audit}/strategies.tsv"
     script:
         "../workflow/scripts/strategies.py"
+
+
+# Each shortcut candidate (a cluster or hot spot of the dataset maps) tested by intervention on the model
+# (audit.intervention): its region pasted onto other classes' held-out images and removed from its members, each
+# against a control. Needs a classifier (p(class)); about 2 · targets + 3 · members forwards per candidate.
+rule confirm_shortcuts:
+    input:
+        candidates="results/{audit}/shortcut_candidates.parquet",
+        maps="results/{audit}/strategy_maps.zarr",
+        images=image_shards,
+        listing=ancient("results/{audit}/listing.parquet"),
+        checkpoint=model_checkpoint,
+    output:
+        shortcuts=report("results/{audit}/shortcuts.parquet", caption="../workflow/report/shortcuts.rst", category="Audits", subcategory="{audit}", labels={"audit": "{audit}", "artefact": "shortcuts"}),
+        examples=directory("results/{audit}/shortcut_examples.zarr"),
+    params:
+        settings=confirm_params,
+        baseline=lambda wildcards: audit_config(wildcards)["metrics"]["baseline"],
+    resources:
+        gpu=1,
+    conda:
+        "../workflow/envs/audit.yaml"
+    log:
+        "logs/{audit}/confirm_shortcuts.log",
+    benchmark:
+        "benchmarks/rules/{audit}/confirm_shortcuts.tsv"
+    script:
+        "../workflow/scripts/confirm_shortcuts.py"

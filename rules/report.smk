@@ -16,6 +16,9 @@ rule report:
         strategies=lambda wildcards: [f"results/{wildcards.audit}/strategies.parquet"] if runs_dataset_maps(wildcards) else [],
         strategy_maps=lambda wildcards: [f"results/{wildcards.audit}/strategy_maps.zarr"] if runs_dataset_maps(wildcards) else [],
         dataset_maps=lambda wildcards: dataset_map_shards(wildcards) if runs_dataset_maps(wildcards) else [],
+        candidates=lambda wildcards: [f"results/{wildcards.audit}/shortcut_candidates.parquet"] if runs_dataset_maps(wildcards) else [],
+        shortcuts=lambda wildcards: [f"results/{wildcards.audit}/shortcuts.parquet"] if confirms_shortcuts(wildcards) else [],
+        shortcut_examples=lambda wildcards: [f"results/{wildcards.audit}/shortcut_examples.zarr"] if confirms_shortcuts(wildcards) else [],
     output:
         report("reports/{audit}.html", caption="../workflow/report/audit_report.rst", category="Audits", subcategory="{audit}", labels={"audit": "{audit}", "artefact": "HTML report"}),
     params:

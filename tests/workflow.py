@@ -53,6 +53,8 @@ def report_inputs(results: Path, **changes):
         top_pairs=1,
         strategies=pd.read_parquet(results / "strategies.parquet"),
         strategy_maps=open_zarr(results / "strategy_maps.zarr").load(),
+        shortcuts=pd.read_parquet(results / "shortcuts.parquet"),
+        shortcut_examples=open_zarr(results / "shortcut_examples.zarr").load(),
         dataset_maps=open_dataset_maps(sorted((results / "dataset_maps").glob("shard-*.zarr")), listing),
         **tables,
     )

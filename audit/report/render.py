@@ -22,6 +22,7 @@ from audit.metrics.metric import Output
 from audit.metrics.registry import outputs
 from audit.report import figures
 from audit.report.gallery import Gallery
+from audit.report.shortcuts import shortcut_findings
 from audit.report.strategies import map_versus_embedding, strategy_section
 from audit.similarity import pair_matrix
 
@@ -41,6 +42,8 @@ class ReportInputs:
         full_classes: classes drawn in full (``report.full_classes``); the rest are in a table.
         strategies, strategy_maps, dataset_maps: the strategies stage's table and maps store, and the dataset maps
             (lazy), when the audit maps every image; else None.
+        shortcuts, shortcut_examples: each shortcut candidate's test by intervention and its examples (audits with a
+            classifier that map every image); else None.
     """
 
     audit: str
@@ -64,6 +67,8 @@ class ReportInputs:
     strategies: pd.DataFrame | None = None
     strategy_maps: xr.Dataset | None = None
     dataset_maps: xr.Dataset | None = None
+    shortcuts: pd.DataFrame | None = None
+    shortcut_examples: xr.Dataset | None = None
 
 
 class _MapIndex:
@@ -187,6 +192,10 @@ def render_report(inputs: ReportInputs) -> str:
     strategies = None
     if inputs.strategies is not None:
         strategies = strategy_section(inputs.strategies, inputs.strategy_maps, inputs.dataset_maps, images, image_index, inputs.full_classes)
+        strategies["findings"] = shortcut_findings(
+            inputs.shortcuts, inputs.shortcut_examples, inputs.strategies, [str(v) for v in inputs.dataset_maps["variant"].values], dict(inputs.strategy_maps.attrs),
+            {section["anchor"] for section in strategies["classes"]},
+        )
     context = {
         "audit": inputs.audit,
         "class_order": CLASS_ORDER[inputs.model.get("class_order", "trained")],
@@ -285,8 +294,6 @@ def summary(inputs: ReportInputs, class_names: list[str], standout: pd.DataFrame
         "confused_pairs": [
             {"a": r.name_a, "b": r.name_b, "confusions": int(r.confusions), "anchor": "pairs"} for r in confused.itertuples()
         ],
-        "shortcuts": strategies["shortcuts"][:shown] if strategies else [],
-        "shortcut_count": len(strategies["shortcuts"]) if strategies else 0,
         "auroc": _number(quality.loc["all", "auroc"]) if quality is not None and "all" in quality.index else None,
         "best_method": None,
         "warnings": [],

@@ -46,20 +46,21 @@ def strategy_section(
     image_index: dict[str, int],
     full: int,
 ) -> dict | None:
-    """The section's context: ``classes`` drawn in full, ``other_classes`` in a table, ``shortcuts`` for the summary; None without strategies.
+    """The section's context: ``classes`` drawn in full (each with the variant its clusters come from), ``other_classes`` in a table; None without strategies.
 
     ``dataset_maps``: the dataset-map stores combined (lazy; only the exemplars' maps are read). ``images``: the image store's pixels (lazy).
     """
     if strategies.empty:
         return None
-    variant = str(strategy_maps.attrs["variant"])
     ranked = ranked_classes(strategies)
     map_row = {str(i): n for n, i in enumerate(dataset_maps["image_id"].values)}
-    exemplar_maps = dataset_maps["map"].sel(variant=variant)
+    methods = dict(zip(dataset_maps["variant"].values.astype(str), dataset_maps["method"].values.astype(str)))
     cluster_row = {(int(c), int(k)): n for n, (c, k) in enumerate(zip(strategy_maps["strategy_class"].values, strategy_maps["strategy_cluster"].values))}
     drawn = []
     for c, summary in ranked.head(full).iterrows():
         clusters = strategies[strategies["class"] == c].sort_values("cluster")
+        variant = str(clusters["variant"].iloc[0])
+        exemplar_maps = dataset_maps["map"].sel(variant=variant)
         rows = []
         for cluster in clusters.itertuples():
             pictures = [images[image_index[i]].values for i in cluster.exemplars]
@@ -75,31 +76,20 @@ def strategy_section(
         drawn.append({
             "name": summary["class_name"],
             "anchor": f"strategies-{c}",
-            "figure": figures.strategy_grid(np.mean(all_pictures, axis=0).astype(np.uint8), class_mean, rows, signed=_signed(strategy_maps)),
+            "variant": variant,
+            "figure": figures.strategy_grid(np.mean(all_pictures, axis=0).astype(np.uint8), class_mean, rows, signed=explainer(methods[variant]).signed),
             "clusters": [_cluster_row(r) for r in clusters.itertuples()],
             "shortcut": bool(summary["shortcut"]),
         })
-    shortcuts = strategies[strategies["candidate_shortcut"]].sort_values("distinctness", ascending=False)
-    drawn_classes = set(ranked.head(full).index)
     return {
-        "variant": variant,
+        "variant": str(strategy_maps.attrs["variant"]),
         "classes": drawn,
         "other_classes": [
             {"name": r.class_name, "images": int(r.images), "clusters": int(r.clusters), "distinctness": _number(r.distinctness), "share": _percent(r.share), "shortcut": bool(r.shortcut)}
             for r in ranked.iloc[full:].itertuples()
         ],
-        "shortcuts": [
-            {"class_name": r["class_name"], "cluster": int(r["cluster"]), "share": _percent(r["share"]), "distinctness": _number(r["distinctness"]),
-             "anchor": f"strategies-{r['class']}" if r["class"] in drawn_classes else "strategies-other"}
-            for r in shortcuts.to_dict("records")
-        ],
         "has_outside": bool(strategies["outside_share"].notna().any()),
     }
-
-
-def _signed(strategy_maps: xr.Dataset) -> bool:
-    """Whether the clustered method's maps are signed (DiffCAM): its mean maps are drawn on a diverging scale."""
-    return explainer(str(strategy_maps.attrs["method"])).signed
 
 
 def _upsampled(saliency: np.ndarray, size: tuple[int, int]) -> np.ndarray:

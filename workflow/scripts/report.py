@@ -18,13 +18,16 @@ from audit.storage import atomic_path, open_zarr
 
 
 def strategy_inputs(given, listing) -> dict:
-    """The strategies table, its maps and the dataset maps (lazy) when the audit maps every image."""
+    """The strategies table, its maps and the dataset maps (lazy) when the audit maps every image, and the shortcut
+    candidates' tests when the model has a classifier."""
     if not given.strategies:
         return {}
     return {
         "strategies": pd.read_parquet(given.strategies[0]),
         "strategy_maps": open_zarr(given.strategy_maps[0]).load(),
         "dataset_maps": open_dataset_maps(given.dataset_maps, listing),
+        "shortcuts": pd.read_parquet(given.shortcuts[0]) if given.shortcuts else None,
+        "shortcut_examples": open_zarr(given.shortcut_examples[0]).load() if given.shortcut_examples else None,
     }
 
 

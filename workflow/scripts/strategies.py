@@ -1,4 +1,4 @@
-"""Snakemake adapter: what each class relies on - spectral clustering of its dataset maps, and each image's map outlier score."""
+"""Snakemake adapter: what each class relies on - the clusters and hot spots of its dataset maps (shortcut candidates), and each image's map outlier score."""
 import numpy as np
 from stage import stage_settings
 
@@ -21,7 +21,8 @@ with stage_run(snakemake.log[0], snakemake.threads, model=False):
             shard = keep_present(open_zarr(path), listing)
             parts.update(zip(shard["image_id"].values.astype(str), cell_coverage(shard["mask"].values, grid, shard["has_mask"].values)))
         coverage = np.stack([parts[i] for i in maps["image_id"].values.astype(str)]) if len(maps["image"]) else None
-    strategies, outliers, store = audit_strategies(maps, settings, coverage)
+    strategies, outliers, candidates, store = audit_strategies(maps, settings, coverage)
     write_parquet(strategies, snakemake.output.strategies)
     write_parquet(outliers, snakemake.output.outliers)
+    write_parquet(candidates, snakemake.output.candidates)
     write_zarr(store, snakemake.output.maps)

@@ -1,0 +1,62 @@
+"""The report's shortcut findings: each candidate of the dataset maps with the test of it by intervention.
+
+Confirmed shortcuts come first (in the summary and in "What each class relies on"), each with its effects and
+intervals and two or three examples (an image of another class, the same with the candidate's region pasted, and
+p(class) before and after); unconfirmed candidates follow. With no candidate the report says what was tested.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from audit.report.gallery import png_data_uri
+
+
+def _interval(row: dict, name: str, percent: bool = False) -> str:
+    scale, unit = (100, " %") if percent else (1, "")
+    if pd.isna(row.get(name)):
+        return "—"
+    return f"{scale * row[name]:+.{0 if percent else 3}f}{unit} [{scale * row[name + '_low']:+.{0 if percent else 3}f}, {scale * row[name + '_high']:+.{0 if percent else 3}f}]"
+
+
+def _what(row: dict) -> str:
+    if row["kind"] == "cluster":
+        return f"cluster {int(row['cluster'])} of the {row['variant']} maps"
+    return f"hot spot at {row['window']} of the {row['variant']} maps"
+
+
+def shortcut_findings(
+    shortcuts: pd.DataFrame | None, examples: xr.Dataset | None, strategies: pd.DataFrame, variants: list[str], settings: dict, drawn: set[str],
+) -> dict:
+    """The context of the shortcut findings: ``confirmed`` and ``unconfirmed`` rows (each with its examples' data URIs,
+    linked to its class's section when it is among the ``drawn`` anchors, else to the table of the other classes) and
+    ``tested``: what the detectors looked at (the dataset-map variants, the classes, the classes too small to split)."""
+    rows = [] if shortcuts is None else shortcuts.to_dict("records")
+    by_candidate: dict[int, list[dict]] = {}
+    if examples is not None and examples.sizes.get("example", 0):
+        for n, candidate in enumerate(examples["candidate"].values):
+            by_candidate.setdefault(int(candidate), []).append({
+                "before": png_data_uri(examples["before"][n].values.transpose(1, 2, 0)), "after": png_data_uri(examples["after"][n].values.transpose(1, 2, 0)),
+                "p_before": f"{examples['p_before'][n].item():.3f}", "p_after": f"{examples['p_after'][n].item():.3f}",
+            })
+    findings = []
+    for row in rows:
+        findings.append({
+            "class_name": row["class_name"], "anchor": anchor if (anchor := f"strategies-{int(row['class'])}") in drawn else "strategies-other",
+            "what": _what(row), "size": int(row["size"]),
+            "share": f"{100 * row['share']:.0f} %", "confirmed": bool(row["confirmed"]),
+            "inserted": _interval(row, "inserted"), "inserted_control": _interval(row, "inserted_control"),
+            "moved": _interval(row, "moved", percent=True), "moved_control": _interval(row, "moved_control", percent=True),
+            "removed": _interval(row, "removed"), "removed_control": _interval(row, "removed_control"),
+            "region": "—" if pd.isna(row.get("region_share")) else f"{100 * row['region_share']:.1f} %",
+            "examples": by_candidate.get(int(row["candidate"]), []),
+        })
+    sizes = strategies.groupby("class_name")["size"].sum()
+    small = sorted(str(name) for name, size in sizes.items() if size < settings.get("min_images", 0))
+    return {
+        "confirmed": [f for f in findings if f["confirmed"]],
+        "unconfirmed": [f for f in findings if not f["confirmed"]],
+        "tested": {"variants": variants, "classes": int(len(sizes)), "too_small": small, "min_images": settings.get("min_images")},
+        "tests_run": shortcuts is not None,
+    }

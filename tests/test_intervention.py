@@ -1,0 +1,51 @@
+"""Confirmation by intervention: the candidate's region, the verdict's rule and the interventions on a model."""
+import numpy as np
+import pytest
+
+from audit.intervention import REGION_LIMIT, InterventionOutcome, candidate_region, mirrored, pasted, verdict
+from audit.models.registration import GridRegistration
+
+
+def test_the_region_is_the_difference_maps_upper_half_drawn_on_the_image():
+    difference = np.zeros((8, 8))
+    difference[0, 7] = 1.0  # the top-right cell
+    region = candidate_region(difference, GridRegistration.plain((8, 8), (64, 64)), (64, 64))
+    ys, xs = np.nonzero(region)
+    assert region.any() and ys.max() < 16 and xs.min() >= 48  # around the cell's centre (4, 60), within a cell of it
+    assert not candidate_region(-difference, GridRegistration.plain((8, 8), (64, 64)), (64, 64)).any()  # nothing positive: no region
+    assert candidate_region(np.ones((8, 8)), GridRegistration.plain((8, 8), (64, 64)), (64, 64)).mean() <= REGION_LIMIT
+    assert (mirrored(region)[::-1, ::-1] == region).all() and not (mirrored(region) & region).any()
+
+
+def test_pasting_takes_the_regions_pixels_from_the_source():
+    targets, sources = np.zeros((2, 3, 4, 4), np.uint8), np.full((2, 3, 4, 4), 9, np.uint8)
+    region = np.zeros((4, 4), bool)
+    region[1:3, 0] = True
+    out = pasted(targets, sources, region)
+    assert (out[:, :, 1:3, 0] == 9).all() and out.sum() == 9 * 2 * 3 * 2
+
+
+def _outcome(inserted, control, rng):
+    n = 64
+    return InterventionOutcome(
+        inserted=inserted + 0.01 * rng.standard_normal(n), inserted_control=control + 0.01 * rng.standard_normal(n), moved=np.zeros(n),
+        moved_control=np.zeros(n), removed=np.zeros(16), removed_control=np.zeros(16), examples=[],
+    )
+
+
+@pytest.mark.parametrize("inserted, control, confirmed", [(0.3, 0.0, True), (0.06, 0.01, True), (0.004, 0.0, False), (0.05, 0.05, False), (0.0, 0.0, False)])
+def test_the_verdict_needs_an_insertion_above_its_control_by_a_material_margin(rng, inserted, control, confirmed):
+    """+0.004 against +0.000 with tight intervals is real but immaterial: not confirmed (min_effect 0.02)."""
+    row = verdict(_outcome(inserted, control, rng), 1000, 0, 0.02)
+    assert row["confirmed"] is confirmed
+    assert row["inserted_low"] <= row["inserted"] <= row["inserted_high"] and row["effect"] == pytest.approx(row["inserted"] - row["inserted_control"])
+
+
+def test_an_audit_without_candidates_writes_an_empty_shortcut_table():
+    import pandas as pd
+
+    from audit.intervention import SHORTCUT_COLUMNS, shortcut_table
+    from audit.strategies import CANDIDATE_COLUMNS
+
+    table = shortcut_table(pd.DataFrame(columns=CANDIDATE_COLUMNS), pd.DataFrame([]))
+    assert table.empty and list(table.columns) == SHORTCUT_COLUMNS

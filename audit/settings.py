@@ -103,6 +103,7 @@ class DatasetSettings(StageSettings):
     limit: int | None = None
     mislabel_fraction: float = 0.0
     ink_masks: bool = True
+    shortcut: dict | None = None
     chunk: int = 256
     fingerprint: str = "stat"
 

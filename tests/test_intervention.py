@@ -49,3 +49,33 @@ def test_an_audit_without_candidates_writes_an_empty_shortcut_table():
 
     table = shortcut_table(pd.DataFrame(columns=CANDIDATE_COLUMNS), pd.DataFrame([]))
     assert table.empty and list(table.columns) == SHORTCUT_COLUMNS
+
+
+def test_the_demos_planted_shortcut_is_recorded_and_the_detection_scored_against_it():
+    """`dataset.shortcut` marks share of a class's digits (both splits) with a white square; the listing records which,
+    and the report's score finds the best-matching candidate, its precision, recall and verdict."""
+    import pandas as pd
+
+    from audit.data.listing import planted_shortcut
+    from audit.report.shortcuts import planted_score
+    from audit.settings import DatasetSettings
+
+    spec = {"class": "7", "share": 0.3, "corner": "top-left", "size": 4}
+    settings = DatasetSettings(source="digits", limit=300, shortcut=spec)
+    recorded = planted_shortcut(settings, 32)
+    from audit.data.listing import digits_dataset
+
+    data = digits_dataset(settings, 32)
+    marked = data.images[data.planted]
+    assert recorded["images"] == list(data.image_ids[data.planted]) and (data.labels[data.planted] == 7).all()
+    assert len(recorded["images"]) == round(0.3 * (data.labels == 7).sum()) and (marked[:, :, 1:5, 1:5] == 255).all()
+    assert {"train", "audit"} <= set(data.split[data.planted])
+    truth = recorded["images"]
+    candidates = pd.DataFrame({
+        "candidate": [0, 1], "class_name": ["7", "7"], "kind": ["hot spot", "cluster"], "variant": ["gradcam", "gradcam"], "cluster": [-1, 1],
+        "window": ["cells y 0–0, x 0–0", ""], "members": [truth[:-1] + ["digits-0000"], truth[:3]],
+    })
+    score = planted_score(recorded, candidates, pd.DataFrame({"candidate": [0, 1], "confirmed": [True, False]}))
+    assert score["found"] and score["confirmed"] and "hot spot" in score["what"]
+    assert float(score["recall"]) == round((len(truth) - 1) / len(truth), 2) and float(score["precision"]) == round((len(truth) - 1) / len(truth), 2)
+    assert planted_score(None, candidates, None) is None and not planted_score(recorded, candidates.iloc[:0], None)["found"]

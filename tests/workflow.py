@@ -55,6 +55,8 @@ def report_inputs(results: Path, **changes):
         strategy_maps=open_zarr(results / "strategy_maps.zarr").load(),
         shortcuts=pd.read_parquet(results / "shortcuts.parquet"),
         shortcut_examples=open_zarr(results / "shortcut_examples.zarr").load(),
+        candidates=pd.read_parquet(results / "shortcut_candidates.parquet"),
+        planted=listing.attrs.get("planted_shortcut"),
         dataset_maps=open_dataset_maps(sorted((results / "dataset_maps").glob("shard-*.zarr")), listing),
         **tables,
     )

@@ -30,6 +30,7 @@ class ImageDataset:
         class_names: list of C names.
         flagged: bool array (N,) of known anomalies, or None when none are known.
         masks: bool array (N, H, W) of object masks (True = object), or None.
+        planted: bool array (N,) of the images that carry a planted shortcut mark (the demo's), or None.
     """
 
     images: np.ndarray
@@ -39,6 +40,7 @@ class ImageDataset:
     class_names: list[str]
     flagged: np.ndarray | None = None
     masks: np.ndarray | None = None
+    planted: np.ndarray | None = None
 
     def to_xarray(self, chunk: int) -> xr.Dataset:
         """The dataset as an xarray Dataset chunked by ``chunk`` images."""

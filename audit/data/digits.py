@@ -22,6 +22,7 @@ def load_digits_dataset(
     limit: int | None = None,
     mislabel_fraction: float = 0.0,
     ink_masks: bool = False,
+    shortcut: dict | None = None,
 ) -> ImageDataset:
     """Load the digits as an :class:`ImageDataset`.
 
@@ -36,6 +37,8 @@ def load_digits_dataset(
             noise that the anomaly ranking should find. 0 = none, no flags.
         ink_masks: give every image an object mask, its ink: the upsampled
             pixels at half intensity or more (``INK_THRESHOLD``).
+        shortcut: a planted shortcut (:func:`plant_shortcut`): ``class`` (name), ``share`` of its images (both
+            splits) that get a white square of ``size`` pixels at ``corner``; the images are marked in ``planted``.
     """
     digits = load_digits()
     raw = digits.images.astype(np.float32) / 16.0  # (N, 8, 8) in [0, 1]
@@ -62,15 +65,39 @@ def load_digits_dataset(
         labels[planted] = (labels[planted] + rng.integers(1, 10, size=len(planted))) % 10
         flagged = np.zeros(len(labels), dtype=bool)
         flagged[planted] = True
+    class_names = [str(c) for c in digits.target_names]
+    planted = None
+    if shortcut is not None:
+        images, planted = plant_shortcut(images, labels, class_names.index(str(shortcut["class"])), shortcut["share"], shortcut["corner"], shortcut["size"], seed)
     return ImageDataset(
         images=images,
         labels=labels,
         split=split.astype(str),
         image_ids=np.array([f"digits-{i:04d}" for i in keep]),
-        class_names=[str(c) for c in digits.target_names],
+        class_names=class_names,
         flagged=flagged,
         masks=masks,
+        planted=planted,
     )
+
+
+CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
+
+
+def plant_shortcut(images: np.ndarray, labels: np.ndarray, class_index: int, share: float, corner: str, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A copy of ``images`` (N, 3, H, W) where ``share`` of class ``class_index``'s images (drawn with ``seed``) carry a
+    white square of ``size`` pixels, one pixel in from ``corner``; and which images carry it (N,) bool. The digit stays:
+    a redundant cue, as a ruler, a tag or a watermark beside the object."""
+    members = np.flatnonzero(labels == class_index)
+    chosen = np.random.default_rng([seed, 1]).choice(members, size=int(round(share * len(members))), replace=False)
+    side = images.shape[-1]
+    top = 1 if corner.startswith("top") else side - 1 - size
+    left = 1 if corner.endswith("left") else side - 1 - size
+    marked = images.copy()
+    marked[chosen, :, top : top + size, left : left + size] = 255
+    planted = np.zeros(len(labels), dtype=bool)
+    planted[chosen] = True
+    return marked, planted
 
 
 def _stratified_sample(labels: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:

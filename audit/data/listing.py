@@ -59,7 +59,18 @@ def dataset_rows(settings: DatasetSettings, image_size: int, trains_model: bool)
 
 def digits_dataset(settings: DatasetSettings, image_size: int):
     """The bundled digits as configured (an :class:`~audit.data.dataset.ImageDataset`)."""
-    return digits.load_digits_dataset(image_size, settings.audit_fraction, settings.seed, settings.limit, settings.mislabel_fraction, settings.ink_masks)
+    return digits.load_digits_dataset(
+        image_size, settings.audit_fraction, settings.seed, settings.limit, settings.mislabel_fraction, settings.ink_masks, settings.shortcut
+    )
+
+
+def planted_shortcut(settings: DatasetSettings, image_size: int) -> dict | None:
+    """The demo's planted shortcut as the listing records it: its ``class`` (name), ``corner``, ``share`` and the ids of
+    the ``images`` that carry it (the truth the report scores the shortcut detection against); None without one."""
+    if settings.source != "digits" or settings.shortcut is None:
+        return None
+    dataset = digits_dataset(settings, image_size)
+    return {**settings.shortcut, "class": str(settings.shortcut["class"]), "images": [str(i) for i in dataset.image_ids[dataset.planted]]}
 
 
 def _digits_rows(settings: DatasetSettings, image_size: int) -> pd.DataFrame:
@@ -138,6 +149,7 @@ def write_listing(settings: DatasetSettings, image_size: int, trains_model: bool
         "with_masks": given("mask") or bool(settings.source == "digits" and settings.ink_masks),
         "with_boxes": given("box"),
         "with_flags": given("anomaly") or bool(settings.source == "digits" and settings.mislabel_fraction > 0),
+        "planted_shortcut": planted_shortcut(settings, image_size),
     }
     log.info("listed %d images in %d shards: %d new, %d absent", int(present.sum()), listing["shard"].nunique(), new, int((~present).sum()))
     write_parquet(listing, target)

@@ -22,7 +22,7 @@ from audit.metrics.metric import Output
 from audit.metrics.registry import outputs
 from audit.report import figures
 from audit.report.gallery import Gallery
-from audit.report.shortcuts import shortcut_findings
+from audit.report.shortcuts import planted_score, shortcut_findings
 from audit.report.strategies import map_versus_embedding, strategy_section
 from audit.similarity import pair_matrix
 
@@ -43,7 +43,8 @@ class ReportInputs:
         strategies, strategy_maps, dataset_maps: the strategies stage's table and maps store, and the dataset maps
             (lazy), when the audit maps every image; else None.
         shortcuts, shortcut_examples: each shortcut candidate's test by intervention and its examples (audits with a
-            classifier that map every image); else None.
+            classifier that map every image); else None. candidates: the shortcut candidates with their members.
+        planted: the demo's planted shortcut as the listing records it (``audit.data.listing.planted_shortcut``), or None.
     """
 
     audit: str
@@ -69,6 +70,8 @@ class ReportInputs:
     dataset_maps: xr.Dataset | None = None
     shortcuts: pd.DataFrame | None = None
     shortcut_examples: xr.Dataset | None = None
+    candidates: pd.DataFrame | None = None
+    planted: dict | None = None
 
 
 class _MapIndex:
@@ -196,6 +199,7 @@ def render_report(inputs: ReportInputs) -> str:
             inputs.shortcuts, inputs.shortcut_examples, inputs.strategies, [str(v) for v in inputs.dataset_maps["variant"].values], dict(inputs.strategy_maps.attrs),
             {section["anchor"] for section in strategies["classes"]},
         )
+        strategies["findings"]["planted"] = planted_score(inputs.planted, inputs.candidates, inputs.shortcuts)
     context = {
         "audit": inputs.audit,
         "class_order": CLASS_ORDER[inputs.model.get("class_order", "trained")],

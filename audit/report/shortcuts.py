@@ -26,6 +26,28 @@ def _what(row: dict) -> str:
     return f"hot spot at {row['window']} of the {row['variant']} maps"
 
 
+def planted_score(planted: dict | None, candidates: pd.DataFrame | None, shortcuts: pd.DataFrame | None) -> dict | None:
+    """How the detection did against a planted shortcut (the demo's ``dataset.shortcut``): the candidate of the planted
+    class whose members match the marked images best (F1), its precision and recall, and whether it was confirmed;
+    None without a planted shortcut."""
+    if not planted:
+        return None
+    truth = set(planted["images"])
+    found = candidates[candidates["class_name"] == planted["class"]] if candidates is not None else pd.DataFrame()
+    best, best_f1 = None, 0.0
+    for row in found.to_dict("records"):
+        hits = len(truth & set(row["members"]))
+        precision, recall = hits / max(len(row["members"]), 1), hits / max(len(truth), 1)
+        f1 = 2 * precision * recall / (precision + recall) if hits else 0.0
+        if f1 > best_f1:
+            best, best_f1 = {**row, "precision": precision, "recall": recall}, f1
+    score = {"class_name": planted["class"], "share": f"{100 * planted['share']:.0f} %", "corner": planted["corner"], "images": len(truth), "found": best is not None}
+    if best is not None:
+        verdicts = shortcuts.set_index("candidate")["confirmed"] if shortcuts is not None else pd.Series(dtype=bool)
+        score.update(what=_what(best), precision=f"{best['precision']:.2f}", recall=f"{best['recall']:.2f}", confirmed=bool(verdicts.get(best["candidate"], False)))
+    return score
+
+
 def shortcut_findings(
     shortcuts: pd.DataFrame | None, examples: xr.Dataset | None, strategies: pd.DataFrame, variants: list[str], settings: dict, drawn: set[str],
 ) -> dict:

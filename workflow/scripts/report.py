@@ -28,6 +28,8 @@ def strategy_inputs(given, listing) -> dict:
         "dataset_maps": open_dataset_maps(given.dataset_maps, listing),
         "shortcuts": pd.read_parquet(given.shortcuts[0]) if given.shortcuts else None,
         "shortcut_examples": open_zarr(given.shortcut_examples[0]).load() if given.shortcut_examples else None,
+        "candidates": pd.read_parquet(given.candidates[0]),
+        "planted": listing.attrs.get("planted_shortcut"),
     }
 
 

@@ -85,6 +85,7 @@ CONFIG_CASES = [
         "audit tiny, explain.dataset_methods: scorecam needs a forward pass per channel and image (masked inputs)", id="scorecam-as-dataset-method",
     ),
     pytest.param(_set("explain.methods", ["gradcam\n"]), "does not match", id="method-with-trailing-newline"),
+    pytest.param(_set("dataset.shortcut", {"class": "7"}), "'share' is a required property", id="planted-shortcut-without-its-share"),
 ]
 
 

@@ -60,7 +60,7 @@ def test_the_demos_planted_shortcut_is_recorded_and_the_detection_scored_against
     from audit.report.shortcuts import planted_score
     from audit.settings import DatasetSettings
 
-    spec = {"class": "7", "share": 0.3, "corner": "top-left", "size": 4}
+    spec = {"class": "7", "share": 0.3, "corner": "top-left", "size": 4, "fade": 0.5}
     settings = DatasetSettings(source="digits", limit=300, shortcut=spec)
     recorded = planted_shortcut(settings, 32)
     from audit.data.listing import digits_dataset

@@ -38,7 +38,8 @@ def load_digits_dataset(
         ink_masks: give every image an object mask, its ink: the upsampled
             pixels at half intensity or more (``INK_THRESHOLD``).
         shortcut: a planted shortcut (:func:`plant_shortcut`): ``class`` (name), ``share`` of its images (both
-            splits) that get a white square of ``size`` pixels at ``corner``; the images are marked in ``planted``.
+            splits) that get a white square of ``size`` pixels at ``corner``, their strokes scaled by ``fade``;
+            the images are marked in ``planted``.
     """
     digits = load_digits()
     raw = digits.images.astype(np.float32) / 16.0  # (N, 8, 8) in [0, 1]
@@ -68,7 +69,9 @@ def load_digits_dataset(
     class_names = [str(c) for c in digits.target_names]
     planted = None
     if shortcut is not None:
-        images, planted = plant_shortcut(images, labels, class_names.index(str(shortcut["class"])), shortcut["share"], shortcut["corner"], shortcut["size"], seed)
+        images, planted = plant_shortcut(
+            images, labels, class_names.index(str(shortcut["class"])), shortcut["share"], shortcut["corner"], shortcut["size"], shortcut["fade"], seed
+        )
     return ImageDataset(
         images=images,
         labels=labels,
@@ -84,16 +87,20 @@ def load_digits_dataset(
 CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
 
 
-def plant_shortcut(images: np.ndarray, labels: np.ndarray, class_index: int, share: float, corner: str, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def plant_shortcut(
+    images: np.ndarray, labels: np.ndarray, class_index: int, share: float, corner: str, size: int, fade: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """A copy of ``images`` (N, 3, H, W) where ``share`` of class ``class_index``'s images (drawn with ``seed``) carry a
-    white square of ``size`` pixels, one pixel in from ``corner``; and which images carry it (N,) bool. The digit stays:
-    a redundant cue, as a ruler, a tag or a watermark beside the object."""
+    white square of ``size`` pixels, one pixel in from ``corner``, and their strokes scaled by ``fade`` (1: unchanged);
+    and which images carry it (N,) bool. The digit stays, as a tag stays beside the object on a scanner's poorest
+    scans: with faded strokes the mark is the easier cue for those images, so the model learns to use it."""
     members = np.flatnonzero(labels == class_index)
     chosen = np.random.default_rng([seed, 1]).choice(members, size=int(round(share * len(members))), replace=False)
     side = images.shape[-1]
     top = 1 if corner.startswith("top") else side - 1 - size
     left = 1 if corner.endswith("left") else side - 1 - size
     marked = images.copy()
+    marked[chosen] = np.round(marked[chosen] * fade).astype(np.uint8)
     marked[chosen, :, top : top + size, left : left + size] = 255
     planted = np.zeros(len(labels), dtype=bool)
     planted[chosen] = True

@@ -231,8 +231,9 @@ def test_speed_only_settings_rerun_nothing(tiny_audit, tmp_path):
 def test_a_method_parameter_reruns_the_maps_not_the_plan(tiny_audit, tmp_path):
     result = snakemake("reports/tiny.html", "-n", "--directory", str(tiny_audit), "--configfile", str(_edited_config(tmp_path, "explain", "finer_gamma", 0.3)))
     assert result.returncode == 0, result.stdout[-2000:]
-    # Finer-CAM's γ also changes its dataset maps, so the strategies and the anomaly table's map columns follow; the plan does not
-    assert _planned_rules(result) == {"dataset_maps", "strategies", "anomalies", "explain", "metrics", "metrics_summary", "report"}
+    # Finer-CAM's γ also changes its dataset maps, so the strategies (with the shortcut candidates and their test) and the anomaly
+    # table's map columns follow; the plan does not
+    assert _planned_rules(result) == {"dataset_maps", "strategies", "confirm_shortcuts", "anomalies", "explain", "metrics", "metrics_summary", "report"}
     config = _edited_config(tmp_path, "explain", "top_pairs", 2)
     result = snakemake("reports/tiny.html", "results/tiny/images.parquet", "-n", "--directory", str(tiny_audit), "--configfile", str(config))
     assert _planned_rules(result) == {"explain_plan", "explain", "metrics", "metrics_summary", "report", "export_images"}
@@ -422,10 +423,12 @@ def test_the_report_says_where_the_class_order_came_from(tiny_audit):
     from audit.report.render import render_report
     from tests.workflow import report_inputs
 
+    import html as html_module
+
     from audit.report.render import CLASS_ORDER
 
     inputs = report_inputs(tiny_audit / "results" / "tiny")
-    assumed = render_report(dataclasses.replace(inputs, model={**inputs.model, "class_order": "assumed"}))
+    assumed = html_module.unescape(render_report(dataclasses.replace(inputs, model={**inputs.model, "class_order": "assumed"})))
     assert "Class order assumed" in assumed and "logit i taken as the audit's class i" in assumed
     html = (tiny_audit / "reports" / "tiny.html").read_text()  # the workflow trained the model: no warning
     assert "Class order assumed" not in html and CLASS_ORDER["trained"] in html

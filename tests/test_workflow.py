@@ -419,7 +419,8 @@ def test_a_sample_of_the_dataset_maps_is_scored_and_pooled_into_the_summary(tiny
 
 
 def test_the_report_says_where_the_class_order_came_from(tiny_audit):
-    """An imported checkpoint without class names: the summary warns that the order was assumed; otherwise it does not."""
+    """An imported checkpoint without class names: the summary warns that the order was assumed; otherwise it does not.
+    A planted shortcut (the demo's) is scored in the summary against the candidates."""
     from audit.report.render import render_report
     from tests.workflow import report_inputs
 
@@ -428,8 +429,11 @@ def test_the_report_says_where_the_class_order_came_from(tiny_audit):
     from audit.report.render import CLASS_ORDER
 
     inputs = report_inputs(tiny_audit / "results" / "tiny")
-    assumed = html_module.unescape(render_report(dataclasses.replace(inputs, model={**inputs.model, "class_order": "assumed"})))
+    first = inputs.candidates.iloc[0]  # and a planted shortcut (the demo's) matching the first candidate: the summary scores it
+    planted = {"class": first["class_name"], "share": 0.3, "corner": "bottom-right", "size": 8, "fade": 1.0, "images": list(first["members"])}
+    assumed = html_module.unescape(render_report(dataclasses.replace(inputs, model={**inputs.model, "class_order": "assumed"}, planted=planted)))
     assert "Class order assumed" in assumed and "logit i taken as the audit's class i" in assumed
+    assert f"of class {first['class_name']}'s images, {len(first['members'])} images): found as" in assumed and "with precision 1.00 and recall 1.00" in assumed
     html = (tiny_audit / "reports" / "tiny.html").read_text()  # the workflow trained the model: no warning
     assert "Class order assumed" not in html and CLASS_ORDER["trained"] in html
 

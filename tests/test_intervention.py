@@ -79,3 +79,29 @@ def test_the_demos_planted_shortcut_is_recorded_and_the_detection_scored_against
     assert score["found"] and score["confirmed"] and "hot spot" in score["what"]
     assert float(score["recall"]) == round((len(truth) - 1) / len(truth), 2) and float(score["precision"]) == round((len(truth) - 1) / len(truth), 2)
     assert planted_score(None, candidates, None) is None and not planted_score(recorded, candidates.iloc[:0], None)["found"]
+
+
+def test_a_candidate_without_a_region_is_not_tested_rather_than_not_confirmed():
+    """A difference map with nothing positive has no region to paste: the table says it was not tested (a verdict of
+    "not confirmed" would claim a test that never ran)."""
+    import pandas as pd
+    import torch
+
+    from audit.intervention import confirm_candidates, shortcut_table
+    from audit.models.checkpoint import ModelMeta, build_model
+    from audit.settings import ConfirmSettings
+    from audit.strategies import CANDIDATE_COLUMNS
+
+    meta = ModelMeta("resnet10t", {}, ["a", "b"], (3, 32, 32), (0.5,) * 3, (0.5,) * 3, "layer4")
+    torch.manual_seed(0)
+    images = np.random.default_rng(0).integers(0, 256, (12, 3, 32, 32), dtype=np.uint8)
+    labels = np.repeat([0, 1], 6)
+    ids = np.array([f"i{n}" for n in range(12)])
+    row = dict.fromkeys(CANDIDATE_COLUMNS, np.nan) | {"candidate": 0, "class": 0, "class_name": "a", "kind": "hot spot", "members": ["i0", "i1", "i2"]}
+    candidates = pd.DataFrame([row], columns=CANDIDATE_COLUMNS)
+    results, _ = confirm_candidates(
+        candidates, -np.ones((1, 1, 1)), images, labels, np.ones(12, bool), ids, build_model(meta).eval(), meta,
+        GridRegistration.plain((1, 1), (32, 32)), ConfirmSettings(targets=4, members=2), "zero",
+    )
+    table = shortcut_table(candidates, results)
+    assert not table.loc[0, "tested"] and not table.loc[0, "confirmed"] and np.isnan(table.loc[0, "inserted"])

@@ -68,6 +68,7 @@ def shortcut_findings(
             "class_name": row["class_name"], "anchor": anchor if (anchor := f"strategies-{int(row['class'])}") in drawn else "strategies-other",
             "what": _what(row), "size": int(row["size"]),
             "share": f"{100 * row['share']:.0f} %", "confirmed": bool(row["confirmed"]),
+            "verdict": "confirmed" if row["confirmed"] else ("not confirmed" if row["tested"] else "not tested (no region or no images to test it on)"),
             "inserted": _interval(row, "inserted"), "inserted_control": _interval(row, "inserted_control"),
             "moved": _interval(row, "moved", percent=True), "moved_control": _interval(row, "moved_control", percent=True),
             "removed": _interval(row, "removed"), "removed_control": _interval(row, "removed_control"),

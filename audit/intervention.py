@@ -42,16 +42,23 @@ REGION_LIMIT = 0.25
 
 def candidate_region(difference_map: np.ndarray, registration: GridRegistration, image_size: tuple[int, int]) -> np.ndarray:
     """Boolean region (H, W) of a candidate: its layer-grid difference map (h, w) drawn on the image (bilinear
-    between registered cell centres), where it is at least half its maximum; empty when the map has no positive
-    value or the region would exceed ``REGION_LIMIT`` of the image (then the highest pixels up to that share)."""
+    between registered cell centres), thresholded by :func:`half_maximum_region`."""
     drawn = registration.upsample(np.nan_to_num(np.asarray(difference_map, dtype=np.float32))[None], image_size)[0]
+    return half_maximum_region(drawn)
+
+
+def half_maximum_region(drawn: np.ndarray) -> np.ndarray:
+    """Boolean region (H, W) of a map at image resolution (H, W): where it is at least half its maximum; empty when
+    the map has no positive value; when that would exceed ``REGION_LIMIT`` of the image, its highest pixels up to
+    that share."""
+    drawn = np.nan_to_num(np.asarray(drawn, dtype=np.float32))
     peak = float(drawn.max())
     if peak <= 0:
-        return np.zeros(image_size, dtype=bool)
+        return np.zeros(drawn.shape, dtype=bool)
     region = drawn >= peak / 2
     limit = int(REGION_LIMIT * region.size)
     if region.sum() > limit:
-        region = np.zeros(image_size, dtype=bool)
+        region = np.zeros(drawn.shape, dtype=bool)
         region.flat[np.argsort(-drawn, axis=None, kind="stable")[:limit]] = True
     return region
 
@@ -148,10 +155,18 @@ def intervene(
 def verdict(outcome: InterventionOutcome, resamples: int, seed: int, min_effect: float) -> dict[str, float | bool]:
     """The table row of one candidate's outcome: each effect's mean with its 95 % interval, the paired ``effect``
     (insertion minus its control) with its interval, and ``confirmed`` (module docstring)."""
+    effects = {name: getattr(outcome, name) for name in ("inserted", "inserted_control", "moved", "moved_control", "removed", "removed_control")}
+    return insertion_verdict(effects, resamples, seed, min_effect)
+
+
+def insertion_verdict(effects: dict[str, np.ndarray], resamples: int, seed: int, min_effect: float) -> dict[str, float | bool]:
+    """Mean and 95 % interval (``name``, ``name_low``, ``name_high``) of each per-image effect in ``effects``, which
+    holds at least ``inserted`` and ``inserted_control`` (on the same targets), of their paired difference
+    ``effect``, and ``confirmed``: the insertion's interval lies above the control's and the difference's interval
+    starts at ``min_effect`` or more."""
     rng = np.random.default_rng(seed)
     row: dict[str, float | bool] = {}
-    effects = {name: getattr(outcome, name) for name in ("inserted", "inserted_control", "moved", "moved_control", "removed", "removed_control")}
-    effects["effect"] = outcome.inserted - outcome.inserted_control
+    effects = {**effects, "effect": effects["inserted"] - effects["inserted_control"]}
     for name, values in effects.items():
         row[name], row[f"{name}_low"], row[f"{name}_high"] = bootstrap_interval(values, resamples, rng)
     row["confirmed"] = bool(row["inserted_low"] > row["inserted_control_high"] and row["effect_low"] >= min_effect)

@@ -95,7 +95,7 @@ rule strategies:
 
 # Each shortcut candidate (a cluster or hot spot of the dataset maps) tested by intervention on the model
 # (audit.intervention): its region pasted onto other classes' held-out images and removed from its members, each
-# against a control. Needs a classifier (p(class)); about 2 · targets + 3 · members forwards per candidate.
+# against a control. Needs a classifier (p(class)); 3 · targets + 3 · members forwards per candidate.
 rule confirm_shortcuts:
     input:
         candidates="results/{audit}/shortcut_candidates.parquet",
@@ -119,3 +119,29 @@ rule confirm_shortcuts:
         "benchmarks/rules/{audit}/confirm_shortcuts.tsv"
     script:
         "../workflow/scripts/confirm_shortcuts.py"
+
+
+# Each report pair direction's contrastive maps (Finer-CAM against b, DiffCAM against class b) tested by insertion
+# (audit.pair_insertion): the a-subjects' regions pasted onto held-out b-images, against the mirrored regions.
+# Needs a classifier; 2 · targets forwards per direction and method, plus targets per direction.
+rule confirm_pairs:
+    input:
+        saliency="results/{audit}/saliency",
+        images=image_shards,
+        listing=ancient("results/{audit}/listing.parquet"),
+        checkpoint=model_checkpoint,
+    output:
+        report("results/{audit}/pair_tests.parquet", caption="../workflow/report/pair_tests.rst", category="Audits", subcategory="{audit}", labels={"audit": "{audit}", "artefact": "pair tests"}),
+    params:
+        settings=confirm_params,
+        methods=explain_methods,
+    resources:
+        gpu=1,
+    conda:
+        "../workflow/envs/audit.yaml"
+    log:
+        "logs/{audit}/confirm_pairs.log",
+    benchmark:
+        "benchmarks/rules/{audit}/confirm_pairs.tsv"
+    script:
+        "../workflow/scripts/confirm_pairs.py"

@@ -91,7 +91,7 @@ def test_pairs_alike_in_the_embedding_but_never_confused_rank_among_the_first(rn
     assert (table.loc[0, "name_a"], table.loc[0, "name_b"], table.loc[0, "chosen_for"]) == ("a", "b", "confused")
     assert (table.loc[1, "name_a"], table.loc[1, "name_b"], table.loc[1, "chosen_for"]) == ("c", "d", "alike in the embedding")
     assert table.loc[1, "confusions"] == 0 and np.isclose(table.loc[1, "mahalanobis"], 3.0)
-    assert np.isclose(table.loc[1, "relative_distance"], 0.3 / np.sqrt(2.01)) and np.isclose(table.loc[1, "subtlety"], 3.0 * np.sqrt(2.01) / 0.3)
+    assert np.isclose(table.loc[1, "relative_distance"], 0.3 / np.sqrt(2.01)) and np.isclose(table.loc[1, "subtlety"], 3.0 * 2.01 / 0.09)
     assert np.isclose(table.set_index(["name_a", "name_b"]).loc[("a", "b"), "mahalanobis"], 4.0)
     assert sorted(zip(table["class_a"], table["class_b"])) == [(a, b) for a in range(4) for b in range(a + 1, 4)]  # every pair once
     assert list(table["rank"]) == list(range(1, 7))

@@ -13,6 +13,7 @@ import yaml
 
 from audit.feature_store import open_features
 from audit.metrics.registry import outputs
+from audit.pair_insertion import contrastive_pair_rows
 from audit.storage import open_zarr
 from tests.workflow import CORES, ROOT, TINY, audit_images, snakemake
 
@@ -89,6 +90,20 @@ def test_end_to_end_artefacts_are_well_formed(tiny_audit):
         else:
             assert contrast.all() and random_class.all() and randomised.all()
     assert open_zarr(results / "saliency" / "gradcam.zarr").attrs["gradients"].startswith("closed form")
+
+    # every pair direction's contrastive maps are tested by insertion, each with its control and intervals
+    pair_tests = pd.read_parquet(results / "pair_tests.parquet")
+    expected = {
+        (int(a), int(b), method)
+        for method in methods
+        for a, b in zip(*(contrastive_pair_rows(open_zarr(results / "saliency" / f"{method}.zarr"))[c] for c in ("class_a", "class_b")))
+    }
+    assert {(a, b, m) for a, b, m in zip(pair_tests["class_a"], pair_tests["class_b"], pair_tests["method"])} == expected
+    assert {m for _, _, m in expected} == {"finercam", "finercam_score", "diffcam"} and len(pair_tests) == len(expected)
+    tested = pair_tests[pair_tests["tested"]]
+    assert len(tested) and (tested["targets_tested"] > 0).all() and tested["region_share"].between(0, 0.25).all()
+    for name in ("inserted", "inserted_control", "moved", "moved_control", "effect"):
+        assert ((tested[f"{name}_low"] <= tested[name] + 1e-12) & (tested[name] <= tested[f"{name}_high"] + 1e-12)).all(), name
 
     metrics = pd.read_parquet(results / "metrics.parquet")
     # every output of every metric in the registry (the tiny audit has masks: the digits' ink)
@@ -233,10 +248,10 @@ def test_a_method_parameter_reruns_the_maps_not_the_plan(tiny_audit, tmp_path):
     assert result.returncode == 0, result.stdout[-2000:]
     # Finer-CAM's γ also changes its dataset maps, so the strategies (with the shortcut candidates and their test) and the anomaly
     # table's map columns follow; the plan does not
-    assert _planned_rules(result) == {"dataset_maps", "strategies", "confirm_shortcuts", "anomalies", "explain", "metrics", "metrics_summary", "report"}
+    assert _planned_rules(result) == {"dataset_maps", "strategies", "confirm_shortcuts", "anomalies", "explain", "confirm_pairs", "metrics", "metrics_summary", "report"}
     config = _edited_config(tmp_path, "explain", "top_pairs", 2)
     result = snakemake("reports/tiny.html", "results/tiny/images.parquet", "-n", "--directory", str(tiny_audit), "--configfile", str(config))
-    assert _planned_rules(result) == {"explain_plan", "explain", "metrics", "metrics_summary", "report", "export_images"}
+    assert _planned_rules(result) == {"explain_plan", "explain", "confirm_pairs", "metrics", "metrics_summary", "report", "export_images"}
 
 
 def test_the_summarys_and_the_samples_settings_rescore_no_report_map(tiny_audit, tmp_path):

@@ -57,6 +57,7 @@ def report_inputs(results: Path, **changes):
         shortcut_examples=open_zarr(results / "shortcut_examples.zarr").load(),
         candidates=pd.read_parquet(results / "shortcut_candidates.parquet"),
         planted=listing.attrs.get("planted_shortcut"),
+        pair_tests=pd.read_parquet(results / "pair_tests.parquet"),
         dataset_maps=open_dataset_maps(sorted((results / "dataset_maps").glob("shard-*.zarr")), listing),
         **tables,
     )

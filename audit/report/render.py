@@ -22,7 +22,7 @@ from audit.metrics.metric import Output
 from audit.metrics.registry import outputs
 from audit.report import figures
 from audit.report.gallery import Gallery
-from audit.report.shortcuts import planted_score, shortcut_findings
+from audit.report.shortcuts import pair_test_rows, planted_score, shortcut_findings
 from audit.report.strategies import map_versus_embedding, strategy_section
 from audit.similarity import pair_matrix
 
@@ -45,6 +45,7 @@ class ReportInputs:
         shortcuts, shortcut_examples: each shortcut candidate's test by intervention and its examples (audits with a
             classifier that map every image); else None. candidates: the shortcut candidates with their members.
         planted: the demo's planted shortcut as the listing records it (``audit.data.listing.planted_shortcut``), or None.
+        pair_tests: the insertion test of each pair direction's contrastive maps (models with a classifier), or None.
     """
 
     audit: str
@@ -72,6 +73,7 @@ class ReportInputs:
     shortcut_examples: xr.Dataset | None = None
     candidates: pd.DataFrame | None = None
     planted: dict | None = None
+    pair_tests: pd.DataFrame | None = None
 
 
 class _MapIndex:
@@ -169,6 +171,7 @@ def render_report(inputs: ReportInputs) -> str:
         anomaly_sections.append({"name": name, "anchor": f"class-{c}", "grid": grid, "rows": rows, "gallery": tiles})
 
     pair_sections = []
+    displays = {method: str(store.attrs.get("display", method)) for method, store in inputs.saliency.items()}
     pair_subjects = [
         (str(i), int(t)) for store in inputs.saliency.values() for i, p, t in zip(store["image_id"].values, store["purpose"].values, store["compare"].values) if p == "pair"
     ]
@@ -182,7 +185,8 @@ def render_report(inputs: ReportInputs) -> str:
             row_labels = [f"{i}\nlabel {class_names[a]}, pred {predicted(image_index[i])}" for i in chosen]
             grid = _grid(images, maps, "pair", chosen, a, image_index, row_labels, names)
             tiles = [{"image_id": i, "tiles": gallery.tiles(i, "pair", a, compare=b)} for i in chosen]
-            pair_sections.append({"a": class_names[a], "b": class_names[b], "anchor": f"pair-{a}-{b}", "grid": grid, "gallery": tiles})
+            tests = pair_test_rows(inputs.pair_tests, a, b, displays)
+            pair_sections.append({"a": class_names[a], "b": class_names[b], "anchor": f"pair-{a}-{b}", "grid": grid, "gallery": tiles, "tests": tests})
 
     covariance = pd.Series(inputs.reference["covariance"].values, index=inputs.reference["group"].values)
     class_count = inputs.reference["class_count"].values

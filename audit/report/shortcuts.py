@@ -83,3 +83,23 @@ def shortcut_findings(
         "tested": {"variants": variants, "classes": int(len(sizes)), "too_small": small, "min_images": settings.get("min_images")},
         "tests_run": shortcuts is not None,
     }
+
+
+def pair_test_rows(pair_tests: pd.DataFrame | None, a: int, b: int, displays: dict[str, str]) -> list[dict]:
+    """The insertion tests of pair direction (a, b) (``pair_tests.parquet``), one per contrastive method, formatted
+    for its section: the method's display name, region share, targets, the share moved to a and Δp(a) each with its
+    control's, and the verdict. Empty without tests."""
+    if pair_tests is None or not len(pair_tests):
+        return []
+    chosen = pair_tests[(pair_tests["class_a"] == a) & (pair_tests["class_b"] == b)]
+    return [
+        {
+            "method": displays.get(row["method"], row["method"]), "variant": row["variant"], "subjects": int(row["subjects"]),
+            "region": f"{100 * row['region_share']:.1f} %", "targets": int(row["targets_tested"]),
+            "moved": _interval(row, "moved", percent=True), "moved_control": _interval(row, "moved_control", percent=True),
+            "inserted": _interval(row, "inserted"), "inserted_control": _interval(row, "inserted_control"),
+            "verdict": "confirmed" if row["confirmed"] else ("not confirmed" if row["tested"] else "not tested (no region or no held-out image of b)"),
+            "confirmed": bool(row["confirmed"]),
+        }
+        for row in chosen.to_dict("records")
+    ]

@@ -246,7 +246,7 @@ class ConfirmSettings(StageSettings):
 
     targets: int = 64
     members: int = 16
-    min_effect: float = 0.02
+    min_effect: float = 0.005
     bootstrap: int = 1000
     seed: int = 0
     batch_size: int = speed_only(64)

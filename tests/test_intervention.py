@@ -33,10 +33,10 @@ def _outcome(inserted, control, rng):
     )
 
 
-@pytest.mark.parametrize("inserted, control, confirmed", [(0.3, 0.0, True), (0.06, 0.01, True), (0.004, 0.0, False), (0.05, 0.05, False), (0.0, 0.0, False)])
+@pytest.mark.parametrize("inserted, control, confirmed", [(0.3, 0.0, True), (0.06, 0.01, True), (0.02, 0.0, True), (0.002, 0.0, False), (0.05, 0.05, False), (0.0, 0.0, False)])
 def test_the_verdict_needs_an_insertion_above_its_control_by_a_material_margin(rng, inserted, control, confirmed):
-    """+0.004 against +0.000 with tight intervals is real but immaterial: not confirmed (min_effect 0.02)."""
-    row = verdict(_outcome(inserted, control, rng), 1000, 0, 0.02)
+    """+0.002 against +0.000 with tight intervals is real but immaterial: not confirmed (min_effect 0.005)."""
+    row = verdict(_outcome(inserted, control, rng), 1000, 0, 0.005)
     assert row["confirmed"] is confirmed
     assert row["inserted_low"] <= row["inserted"] <= row["inserted_high"] and row["effect"] == pytest.approx(row["inserted"] - row["inserted_control"])
 
@@ -105,3 +105,21 @@ def test_a_candidate_without_a_region_is_not_tested_rather_than_not_confirmed():
     )
     table = shortcut_table(candidates, results)
     assert not table.loc[0, "tested"] and not table.loc[0, "confirmed"] and np.isnan(table.loc[0, "inserted"])
+
+
+def test_classes_with_a_confirmed_shortcut_lead_the_strategies_section():
+    """Confirmed first, then any candidate (a hot spot counts as one), then the most distinct cluster."""
+    import pandas as pd
+
+    from audit.report.strategies import ranked_classes
+
+    strategies = pd.DataFrame({
+        "class": [0, 0, 1, 2, 3], "class_name": ["a", "a", "b", "c", "d"], "cluster": [0, 1, 0, 0, 0], "size": [30, 10, 40, 40, 40],
+        "clusters": [2, 2, 1, 1, 1], "distinctness": [0.9, 0.9, 0.2, 0.1, 0.3], "share": [0.75, 0.25, 1.0, 1.0, 1.0],
+        "candidate_shortcut": [False, True, False, False, False],
+    })
+    assert list(ranked_classes(strategies).index) == [0, 3, 1, 2]
+    shortcuts = pd.DataFrame({"class": [0, 2, 1], "confirmed": [False, True, False]})  # class 1 and 2 by hot spots
+    ranked = ranked_classes(strategies, shortcuts)
+    assert list(ranked.index) == [2, 0, 1, 3] and list(ranked["confirmed"]) == [True, False, False, False]
+    assert list(ranked["shortcut"]) == [True, True, True, False]

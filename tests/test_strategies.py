@@ -159,7 +159,7 @@ def test_shortcuts_the_model_learns_are_found_and_confirmed_by_intervention(tmp_
     """One model, two planted shortcuts: a third of class 3's images are other digits with a white square in the
     top-left corner (a necessary cue: the model can only call them 3 by it), and half of class 7's images carry a
     small bright bar at the bottom right besides their digit (a redundant cue). Where the model relies on a mark
-    (pasting it raises p(class) by at least 5 times the control's, and by 0.02), the candidates hold its images
+    (pasting it raises p(class) by at least 5 times the control's, and by ``confirm.min_effect``), the candidates hold its images
     (precision and recall ≥ 0.8) and the intervention confirms them; no clean class has a confirmed candidate."""
     import dataclasses
 
@@ -206,7 +206,7 @@ def test_shortcuts_the_model_learns_are_found_and_confirmed_by_intervention(tmp_
         inserted = class_probability(model, meta, pasted(targets, images[chosen[np.arange(64) % len(chosen)]], region), c, 64, "cpu")[0] - before
         clean = np.setdiff1d(np.flatnonzero(data.labels == c), chosen)
         control = class_probability(model, meta, pasted(targets, images[clean[np.arange(64) % len(clean)]], region), c, 64, "cpu")[0] - before
-        relied[c] = inserted.mean() >= max(5 * control.mean(), 0.02)
+        relied[c] = inserted.mean() >= max(5 * control.mean(), ConfirmSettings().min_effect)
     assert relied[3]  # a necessary cue is always learnt
 
     activations, pre_logits, logits = forward_features(model, meta, torch.from_numpy(images))

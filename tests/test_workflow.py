@@ -217,7 +217,7 @@ def test_report_draws_the_standout_classes_in_full_and_lists_the_rest(tiny_audit
     ids = set(re.findall(r'id="([^"]+)"', html))
     assert {link for link in re.findall(r'href="#([^"]+)"', html)} <= ids
     # the strategies section draws as many classes, ranked by their most distinct cluster, and lists the rest
-    ranked = ranked_classes(pd.read_parquet(results / "strategies.parquet"))
+    ranked = ranked_classes(pd.read_parquet(results / "strategies.parquet"), pd.read_parquet(results / "shortcuts.parquet"))
     assert [int(c) for c in re.findall(r'<h3 id="strategies-(\d+)"', html)] == list(ranked.index[:3])
     start = html.index('id="strategies-other"')
     assert html[start : html.index("</table>", start)].count("<tr><td>") == 7

@@ -93,7 +93,9 @@ def plant_shortcut(
     """A copy of ``images`` (N, 3, H, W) where ``share`` of class ``class_index``'s images (drawn with ``seed``) carry a
     white square of ``size`` pixels, one pixel in from ``corner``, and their strokes scaled by ``fade`` (1: unchanged);
     and which images carry it (N,) bool. The digit stays, as a tag stays beside the object on a scanner's poorest
-    scans: with faded strokes the mark is the easier cue for those images, so the model learns to use it."""
+    scans. (Fading does not make the model lean on the mark more: measured, the demo's resnet10t moves p(7) on
+    other digits by +0.013 when the mark is pasted at ``fade`` 1 and +0.003 to +0.009 at 0.6, 0.2 and 0; see
+    config/README.md.)"""
     members = np.flatnonzero(labels == class_index)
     chosen = np.random.default_rng([seed, 1]).choice(members, size=int(round(share * len(members))), replace=False)
     side = images.shape[-1]

@@ -198,7 +198,7 @@ def render_report(inputs: ReportInputs) -> str:
     has_metrics = not inputs.metrics.empty
     strategies = None
     if inputs.strategies is not None:
-        strategies = strategy_section(inputs.strategies, inputs.strategy_maps, inputs.dataset_maps, images, image_index, inputs.full_classes)
+        strategies = strategy_section(inputs.strategies, inputs.strategy_maps, inputs.dataset_maps, images, image_index, inputs.full_classes, inputs.shortcuts)
         strategies["findings"] = shortcut_findings(
             inputs.shortcuts, inputs.shortcut_examples, inputs.strategies, [str(v) for v in inputs.dataset_maps["variant"].values], dict(inputs.strategy_maps.attrs),
             {section["anchor"] for section in strategies["classes"]},

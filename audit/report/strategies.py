@@ -19,13 +19,16 @@ from audit.history import OUTLIER_Z, robust_z
 from audit.report import figures
 
 
-def ranked_classes(strategies: pd.DataFrame) -> pd.DataFrame:
-    """One row per class (index: class index), most distinct cluster first, classes with a candidate shortcut before the rest.
+def ranked_classes(strategies: pd.DataFrame, shortcuts: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per class (index: class index): classes with a confirmed shortcut first, then those with a candidate
+    (a minority cluster, or a hot spot in ``shortcuts``), then the rest, each by its most distinct cluster.
 
-    Columns: class_name, images, clusters, distinctness (its most distinct cluster's), share (that cluster's), shortcut (bool).
+    ``shortcuts``: the tested candidates (``shortcuts.parquet``: ``class``, ``confirmed``), or None.
+    Columns: class_name, images, clusters, distinctness (its most distinct cluster's), share (that cluster's),
+    shortcut (bool: any candidate), confirmed (bool).
     """
     if strategies.empty:
-        return pd.DataFrame(columns=["class_name", "images", "clusters", "distinctness", "share", "shortcut"])
+        return pd.DataFrame(columns=["class_name", "images", "clusters", "distinctness", "share", "shortcut", "confirmed"])
     most = strategies.sort_values("distinctness", ascending=False, na_position="last", kind="stable").groupby("class", sort=False).head(1).set_index("class")
     table = pd.DataFrame({
         "class_name": most["class_name"],
@@ -35,7 +38,10 @@ def ranked_classes(strategies: pd.DataFrame) -> pd.DataFrame:
         "share": most["share"],
         "shortcut": strategies.groupby("class")["candidate_shortcut"].any(),
     })
-    return table.sort_values(["shortcut", "distinctness"], ascending=[False, False], na_position="last", kind="stable")
+    tested = shortcuts if shortcuts is not None else pd.DataFrame({"class": [], "confirmed": []})
+    table["shortcut"] |= table.index.isin(tested["class"])
+    table["confirmed"] = table.index.isin(tested.loc[tested["confirmed"].astype(bool), "class"])
+    return table.sort_values(["confirmed", "shortcut", "distinctness"], ascending=[False, False, False], na_position="last", kind="stable")
 
 
 def strategy_section(
@@ -45,14 +51,16 @@ def strategy_section(
     images: xr.DataArray,
     image_index: dict[str, int],
     full: int,
+    shortcuts: pd.DataFrame | None = None,
 ) -> dict | None:
     """The section's context: ``classes`` drawn in full (each with the variant its clusters come from), ``other_classes`` in a table; None without strategies.
 
     ``dataset_maps``: the dataset-map stores combined (lazy; only the exemplars' maps are read). ``images``: the image store's pixels (lazy).
+    ``shortcuts``: the candidates' tests, which order the classes (:func:`ranked_classes`), or None.
     """
     if strategies.empty:
         return None
-    ranked = ranked_classes(strategies)
+    ranked = ranked_classes(strategies, shortcuts)
     map_row = {str(i): n for n, i in enumerate(dataset_maps["image_id"].values)}
     methods = dict(zip(dataset_maps["variant"].values.astype(str), dataset_maps["method"].values.astype(str)))
     cluster_row = {(int(c), int(k)): n for n, (c, k) in enumerate(zip(strategy_maps["strategy_class"].values, strategy_maps["strategy_cluster"].values))}

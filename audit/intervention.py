@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+import xarray as xr
 from torch import nn
 from tqdm import tqdm
 
@@ -229,6 +230,23 @@ def confirm_candidates(
     return pd.DataFrame(rows), examples
 
 
+def example_store(examples: list[tuple[int, np.ndarray, np.ndarray, float, float]], side: tuple[int, int, int]) -> xr.Dataset:
+    """``shortcut_examples.zarr`` from :func:`confirm_candidates`' examples: ``before``, ``after`` (example, channel, y,
+    x) uint8, ``p_before``, ``p_after`` (example,) and coordinate ``candidate``. ``side``: an image's (3, H, W)."""
+    def stacked(n: int) -> np.ndarray:
+        return np.stack([e[n] for e in examples]) if examples else np.zeros((0, *side), np.uint8)
+
+    return xr.Dataset(
+        {
+            "before": (("example", "channel", "y", "x"), stacked(1)),
+            "after": (("example", "channel", "y", "x"), stacked(2)),
+            "p_before": ("example", np.array([e[3] for e in examples], np.float64)),
+            "p_after": ("example", np.array([e[4] for e in examples], np.float64)),
+        },
+        coords={"candidate": ("example", np.array([e[0] for e in examples], np.int64))},
+    )
+
+
 SHORTCUT_COLUMNS = [
     "candidate", "class", "class_name", "kind", "variant", "cluster", "window", "size", "share", "strength", "region_share", "members_tested",
     "targets_tested", "inserted", "inserted_low", "inserted_high", "inserted_control", "inserted_control_low", "inserted_control_high",
@@ -247,4 +265,9 @@ def shortcut_table(candidates: pd.DataFrame, results: pd.DataFrame) -> pd.DataFr
     table = table.reindex(columns=SHORTCUT_COLUMNS)
     table["confirmed"] = table["confirmed"].fillna(False).astype(bool)
     table["tested"] = table["tested"].fillna(False).astype(bool)
-    return table.sort_values(["confirmed", "inserted"], ascending=[False, False], na_position="last", kind="stable").reset_index(drop=True)
+    return confirmed_first(table)
+
+
+def confirmed_first(table: pd.DataFrame) -> pd.DataFrame:
+    """Shortcut rows (``SHORTCUT_COLUMNS``), confirmed ones first, then by the insertion effect, then by candidate."""
+    return table.sort_values(["confirmed", "inserted", "candidate"], ascending=[False, False, True], na_position="last", kind="stable").reset_index(drop=True)

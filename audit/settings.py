@@ -250,6 +250,7 @@ class ConfirmSettings(StageSettings):
     bootstrap: int = 1000
     seed: int = 0
     batch_size: int = speed_only(64)
+    classes_per_job: int = speed_only(50)
 
 
 @dataclass(frozen=True)

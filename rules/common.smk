@@ -54,6 +54,7 @@ for _name, _audit in config["audits"].items():  # a misspelt model name or a mis
 wildcard_constraints:
     audit="[A-Za-z0-9][A-Za-z0-9_.-]*",
     shard=r"\d{5}",
+    part=r"\d{5}",
 
 
 def audit_config(wildcards):
@@ -258,6 +259,23 @@ def strategy_params(wildcards):
 
 def confirm_params(wildcards):
     return ConfirmSettings.output_values(audit_config(wildcards)["confirm"])
+
+
+def confirm_part_paths(suffix):
+    """The per-part outputs of confirm_shortcuts (``.parquet`` or ``.zarr``): one part per ``confirm.classes_per_job`` classes."""
+
+    def paths(wildcards):
+        per_job = audit_config(wildcards)["confirm"]["classes_per_job"]
+        parts = -(-len(class_names(wildcards)) // per_job)
+        return [f"results/{wildcards.audit}/shortcuts/part-{part:05d}{suffix}" for part in range(parts)]
+
+    return paths
+
+
+def confirm_part_classes(wildcards):
+    """The class indices whose candidates one confirm_shortcuts job tests: ``classes_per_job`` consecutive classes."""
+    per_job = audit_config(wildcards)["confirm"]["classes_per_job"]
+    return list(range(int(wildcards.part) * per_job, min((int(wildcards.part) + 1) * per_job, len(class_names(wildcards)))))
 
 
 def confirms_shortcuts(wildcards):

@@ -95,7 +95,8 @@ rule strategies:
 
 # Each shortcut candidate (a cluster or hot spot of the dataset maps) tested by intervention on the model
 # (audit.intervention): its region pasted onto other classes' held-out images and removed from its members, each
-# against a control. Needs a classifier (p(class)); 3 · targets + 3 · members forwards per candidate.
+# against a control. Needs a classifier (p(class)); 3 · targets + 3 · members forwards per candidate. One job per
+# confirm.classes_per_job classes; collect_shortcuts joins them.
 rule confirm_shortcuts:
     input:
         candidates="results/{audit}/shortcut_candidates.parquet",
@@ -104,21 +105,39 @@ rule confirm_shortcuts:
         listing=ancient("results/{audit}/listing.parquet"),
         checkpoint=model_checkpoint,
     output:
-        shortcuts=report("results/{audit}/shortcuts.parquet", caption="../workflow/report/shortcuts.rst", category="Audits", subcategory="{audit}", labels={"audit": "{audit}", "artefact": "shortcuts"}),
-        examples=directory("results/{audit}/shortcut_examples.zarr"),
+        shortcuts="results/{audit}/shortcuts/part-{part}.parquet",
+        examples=directory("results/{audit}/shortcuts/part-{part}.zarr"),
     params:
         settings=confirm_params,
         baseline=lambda wildcards: audit_config(wildcards)["metrics"]["baseline"],
+        classes=confirm_part_classes,
     resources:
         gpu=1,
     conda:
         "../workflow/envs/audit.yaml"
     log:
-        "logs/{audit}/confirm_shortcuts.log",
+        "logs/{audit}/confirm_shortcuts/part-{part}.log",
     benchmark:
-        "benchmarks/rules/{audit}/confirm_shortcuts.tsv"
+        "benchmarks/rules/{audit}/confirm_shortcuts/part-{part}.tsv"
     script:
         "../workflow/scripts/confirm_shortcuts.py"
+
+
+rule collect_shortcuts:
+    input:
+        shortcuts=confirm_part_paths(".parquet"),
+        examples=confirm_part_paths(".zarr"),
+    output:
+        shortcuts=report("results/{audit}/shortcuts.parquet", caption="../workflow/report/shortcuts.rst", category="Audits", subcategory="{audit}", labels={"audit": "{audit}", "artefact": "shortcuts"}),
+        examples=directory("results/{audit}/shortcut_examples.zarr"),
+    conda:
+        "../workflow/envs/audit.yaml"
+    log:
+        "logs/{audit}/collect_shortcuts.log",
+    benchmark:
+        "benchmarks/rules/{audit}/collect_shortcuts.tsv"
+    script:
+        "../workflow/scripts/collect_shortcuts.py"
 
 
 # Each report pair direction's contrastive maps (Finer-CAM against b, DiffCAM against class b) tested by insertion

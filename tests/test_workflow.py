@@ -91,6 +91,12 @@ def test_end_to_end_artefacts_are_well_formed(tiny_audit):
             assert contrast.all() and random_class.all() and randomised.all()
     assert open_zarr(results / "saliency" / "gradcam.zarr").attrs["gradients"].startswith("closed form")
 
+    # every shortcut candidate is tested once, in the job of its class's part, and the parts are joined
+    candidates, shortcuts = pd.read_parquet(results / "shortcut_candidates.parquet"), pd.read_parquet(results / "shortcuts.parquet")
+    assert sorted(shortcuts["candidate"]) == sorted(candidates["candidate"]) and len(list((results / "shortcuts").glob("part-*.parquet"))) == 2
+    assert list(shortcuts["confirmed"]) == sorted(shortcuts["confirmed"], reverse=True)
+    assert set(open_zarr(results / "shortcut_examples.zarr")["candidate"].values) <= set(shortcuts.loc[shortcuts["tested"], "candidate"])
+
     # every pair direction's contrastive maps are tested by insertion, each with its control and intervals
     pair_tests = pd.read_parquet(results / "pair_tests.parquet")
     expected = {
@@ -248,7 +254,7 @@ def test_a_method_parameter_reruns_the_maps_not_the_plan(tiny_audit, tmp_path):
     assert result.returncode == 0, result.stdout[-2000:]
     # Finer-CAM's γ also changes its dataset maps, so the strategies (with the shortcut candidates and their test) and the anomaly
     # table's map columns follow; the plan does not
-    assert _planned_rules(result) == {"dataset_maps", "strategies", "confirm_shortcuts", "anomalies", "explain", "confirm_pairs", "metrics", "metrics_summary", "report"}
+    assert _planned_rules(result) == {"dataset_maps", "strategies", "confirm_shortcuts", "collect_shortcuts", "anomalies", "explain", "confirm_pairs", "metrics", "metrics_summary", "report"}
     config = _edited_config(tmp_path, "explain", "top_pairs", 2)
     result = snakemake("reports/tiny.html", "results/tiny/images.parquet", "-n", "--directory", str(tiny_audit), "--configfile", str(config))
     assert _planned_rules(result) == {"explain_plan", "explain", "confirm_pairs", "metrics", "metrics_summary", "report", "export_images"}

@@ -1,12 +1,11 @@
-"""Snakemake adapter: test each shortcut candidate of the dataset maps by intervention on the model."""
+"""Snakemake adapter: test the shortcut candidates of one part's classes by intervention on the model."""
 import numpy as np
 import pandas as pd
-import xarray as xr
 from stage import stage_settings
 
 from audit.data.shards import read_listing
 from audit.data.sources import open_images
-from audit.intervention import confirm_candidates, shortcut_table
+from audit.intervention import confirm_candidates, example_store, shortcut_table
 from audit.models.checkpoint import load_checkpoint
 from audit.models.registration import register_grid
 from audit.runtime import stage_run
@@ -16,7 +15,9 @@ from audit.storage import open_zarr, write_parquet, write_zarr
 with stage_run(snakemake.log[0], snakemake.threads) as device:
     settings = stage_settings(snakemake, ConfirmSettings, "confirm")
     candidates = pd.read_parquet(snakemake.input.candidates)
-    candidate_maps = open_zarr(snakemake.input.maps)["candidate_map"].values
+    mine = candidates["class"].isin(snakemake.params.classes).to_numpy()
+    candidate_maps = open_zarr(snakemake.input.maps)["candidate_map"].values[mine]
+    candidates = candidates[mine].reset_index(drop=True)
     images = open_images(snakemake.input.images, read_listing(snakemake.input.listing))
     model, meta = load_checkpoint(snakemake.input.checkpoint, device)
     registration = register_grid(model, meta.layer, tuple(meta.input_size[1:]))
@@ -26,16 +27,4 @@ with stage_run(snakemake.log[0], snakemake.threads) as device:
         model, meta, registration, settings, snakemake.params.baseline, settings.batch_size, device,
     )
     write_parquet(shortcut_table(candidates, results), snakemake.output.shortcuts)
-    side = tuple(images["pixels"].shape[1:])
-    write_zarr(
-        xr.Dataset(
-            {
-                "before": (("example", "channel", "y", "x"), np.stack([e[1] for e in examples]) if examples else np.zeros((0, *side), np.uint8)),
-                "after": (("example", "channel", "y", "x"), np.stack([e[2] for e in examples]) if examples else np.zeros((0, *side), np.uint8)),
-                "p_before": ("example", np.array([e[3] for e in examples], np.float64)),
-                "p_after": ("example", np.array([e[4] for e in examples], np.float64)),
-            },
-            coords={"candidate": ("example", np.array([e[0] for e in examples], np.int64))},
-        ),
-        snakemake.output.examples,
-    )
+    write_zarr(example_store(examples, tuple(images["pixels"].shape[1:])), snakemake.output.examples)

@@ -35,7 +35,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
+import pandas as pd
 import scipy.linalg
+import xarray as xr
 
 from audit.reference import oas_gaussian
 
@@ -214,3 +216,26 @@ def _distances(blocks: Blocks, reference: CellReference, flagged: np.ndarray | N
         parts.append(cell_distances(x, y, reference, None if flagged is None else ~f))
         labels.append(np.asarray(y))
     return np.concatenate(parts), np.concatenate(labels)
+
+
+def local_anomaly_outputs(image_ids: np.ndarray, distances: np.ndarray, trimmed_images: np.ndarray, channels: np.ndarray, settings) -> tuple[pd.DataFrame, xr.Dataset]:
+    """``local_anomalies.parquet`` (image_id, ``local_score``, ``local_row``, ``local_column``: the cell where it
+    peaks, ``local_trimmed``: left out of the reference) and ``local_maps.zarr`` (``local_map`` (image, layer_y,
+    layer_x) float16, the cell distances; attrs: channels kept, ``trim``, ``rounds``) from :func:`trimmed_distances`.
+    ``settings``: :class:`audit.settings.LocalSettings`."""
+    score, row, column = local_scores(distances)
+    table = pd.DataFrame({"image_id": image_ids, "local_score": score, "local_row": row, "local_column": column, "local_trimmed": trimmed_images})
+    maps = xr.Dataset(
+        {"local_map": (("image", "layer_y", "layer_x"), np.minimum(distances, np.finfo(np.float16).max).astype(np.float16))},
+        coords={"image_id": ("image", image_ids)},
+        attrs={"channels": int(len(channels)), "max_channels": settings.max_channels, "trim": settings.trim, "rounds": settings.rounds, "seed": settings.seed},
+    )
+    return table, maps
+
+
+def with_local_scores(anomalies: pd.DataFrame, local: pd.DataFrame) -> pd.DataFrame:
+    """The anomaly table with the local columns of ``local_anomalies.parquet`` joined by image, and ``local_rank``
+    (1 = the highest local score within its class; nullable, none without a score)."""
+    table = anomalies.merge(local, on="image_id", how="left")
+    table["local_rank"] = table.groupby("label")["local_score"].rank(ascending=False, method="first").astype("Int64")
+    return table

@@ -254,6 +254,17 @@ class ConfirmSettings(StageSettings):
 
 
 @dataclass(frozen=True)
+class LocalSettings(StageSettings):
+    """``local``: the per-cell anomaly score of the explained layer (``audit.local_anomaly``)."""
+
+    max_channels: int = 512
+    trim: float = 0.1
+    rounds: int = 5
+    seed: int = 0
+    block: int = speed_only(256)
+
+
+@dataclass(frozen=True)
 class DaskSettings(StageSettings):
     """``dask``: where the Dask stages (reference statistics, metric summaries) compute (``audit.dask_scheduler``)."""
 
@@ -275,6 +286,8 @@ STAGES: dict[str, type[StageSettings]] = {
     "explain": ExplainSettings,
     "metrics": MetricSettings,
     "strategies": StrategySettings,
+    "confirm": ConfirmSettings,
+    "local": LocalSettings,
     "dask": DaskSettings,
     "report": ReportSettings,
 }

@@ -14,6 +14,7 @@ from audit.models.timm_names import require_timm_model
 from audit.settings import (
     DATASET_KEYS,
     ConfirmSettings,
+    LocalSettings,
     JOB_KEYS,
     PLAN_KEYS,
     DatasetSettings,
@@ -255,6 +256,10 @@ def strategy_params(wildcards):
     """The strategies settings, with the clustered method resolved (null: the first dataset method that applies)."""
     settings = StrategySettings.output_values(audit_config(wildcards)["strategies"])
     return {**settings, "method": settings["method"] or dataset_methods(wildcards)[0]}
+
+
+def local_params(wildcards):
+    return LocalSettings.output_values(audit_config(wildcards)["local"])
 
 
 def confirm_params(wildcards):

@@ -41,10 +41,33 @@ rule anomaly_scores:
         "../workflow/scripts/anomaly_scores.py"
 
 
-# anomalies.parquet: the embedding's scores with the map outlier scores beside them, and how well each ranking finds flagged images.
+# Where is it odd: every image's cells measured against its class's cells (audit.local_anomaly), a trimmed
+# reference of per-cell Gaussians from the stored activations; no model pass.
+rule local_anomalies:
+    input:
+        features=feature_shards,
+        listing=ancient("results/{audit}/listing.parquet"),
+    output:
+        scores="results/{audit}/local_anomalies.parquet",
+        maps=directory("results/{audit}/local_maps.zarr"),
+    params:
+        settings=local_params,
+        images=present_param,
+    conda:
+        "../workflow/envs/audit.yaml"
+    log:
+        "logs/{audit}/local_anomalies.log",
+    benchmark:
+        "benchmarks/rules/{audit}/local_anomalies.tsv"
+    script:
+        "../workflow/scripts/local_anomalies.py"
+
+
+# anomalies.parquet: the embedding's scores with the local and map outlier scores beside them, and how well each ranking finds flagged images.
 rule anomalies:
     input:
         scores="results/{audit}/embedding_anomalies.parquet",
+        local="results/{audit}/local_anomalies.parquet",
         map_outliers=map_outliers,
     output:
         anomalies=report("results/{audit}/anomalies.parquet", caption="../workflow/report/anomalies.rst", category="Audits", subcategory="{audit}", labels={"audit": "{audit}", "artefact": "anomaly scores"}),

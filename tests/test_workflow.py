@@ -65,6 +65,16 @@ def test_end_to_end_artefacts_are_well_formed(tiny_audit):
     # planted label errors sit far from their (wrong) class: the ranking finds them well above chance
     assert quality.loc["all", "auroc"] > 0.8
     assert (anomalies.groupby("label")["rank"].min() == 1).all()
+    # the local score: every image's largest cell distance, the cell where it peaks, ranked within its class
+    local_maps = open_zarr(results / "local_maps.zarr")
+    assert local_maps["local_map"].dims == ("image", "layer_y", "layer_x") and local_maps["local_map"].shape == (240, 4, 4)
+    assert local_maps["local_map"].dtype == np.float16 and local_maps.attrs["channels"] == 512
+    peak = local_maps["local_map"].values.astype(np.float32).reshape(240, -1)
+    by_id = anomalies.set_index("image_id").loc[local_maps["image_id"].values.astype(str)]
+    np.testing.assert_allclose(by_id["local_score"], peak.max(axis=1), rtol=1e-3)
+    assert (by_id["local_row"] * 4 + by_id["local_column"] == peak.argmax(axis=1)).mean() > 0.95  # float16 ties aside
+    assert (anomalies.groupby("label")["local_rank"].min() == 1).all() and anomalies["local_trimmed"].sum() >= 24  # ceil(10 % of each class)
+    assert set(quality.index) == set(all_quality.loc[all_quality["ranked_by"] == "local_score", "scope"])
 
     similar = pd.read_parquet(results / "similar_classes.parquet")
     assert len(similar) == 30 and (similar.groupby("class")["rank"].max() == 3).all()

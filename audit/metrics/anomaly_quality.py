@@ -1,7 +1,7 @@
 """How well each ranking of ``anomalies.parquet`` finds known anomalies (manifest ``anomaly`` flags, or the demo's planted label errors): AUROC and average precision.
 
 Rankings (``ranked_by``): ``score`` (the within-class leave-one-out score),
-``relative_score`` and ``label_issue`` (see :mod:`audit.anomaly`) and
+``local_score`` (the largest per-cell distance, :mod:`audit.local_anomaly`), ``relative_score`` and ``label_issue`` (see :mod:`audit.anomaly`) and
 ``map_score`` (how unusual the image's saliency map is within its class,
 :mod:`audit.strategies`), each over the images it scores.
 """
@@ -12,7 +12,7 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 QUALITY_COLUMNS = ["ranked_by", "scope", "images", "flagged", "auroc", "average_precision", "flagged_in_top"]
-RANKINGS = ("score", "relative_score", "label_issue", "map_score")
+RANKINGS = ("score", "local_score", "relative_score", "label_issue", "map_score")
 
 
 def ranking_quality(anomalies: pd.DataFrame, top: int) -> pd.DataFrame:

@@ -1,0 +1,25 @@
+"""Snakemake adapter: every image's per-cell (local) anomaly distances, its local score and the cell where it peaks."""
+import numpy as np
+from stage import stage_settings
+
+from audit.data.shards import PRESENCE_COLUMNS, read_listing
+from audit.feature_store import open_features
+from audit.local_anomaly import channel_subset, local_anomaly_outputs, trimmed_distances
+from audit.runtime import stage_run
+from audit.settings import LocalSettings
+from audit.storage import write_parquet, write_zarr
+
+with stage_run(snakemake.log[0], snakemake.threads, model=False):
+    settings = stage_settings(snakemake, LocalSettings, "local")
+    features = open_features(snakemake.input.features, read_listing(snakemake.input.listing, PRESENCE_COLUMNS))
+    activations, labels = features["activation"], features["label"].values.astype(np.int64)
+    channels = channel_subset(activations.sizes["unit"], settings.max_channels, settings.seed)
+
+    def blocks():
+        for start in range(0, len(labels), settings.block):
+            yield activations[start : start + settings.block].values, labels[start : start + settings.block]
+
+    distances, trimmed = trimmed_distances(blocks, features.sizes["class"], channels, settings.trim, settings.rounds)
+    table, maps = local_anomaly_outputs(features["image_id"].values.astype(str), distances, trimmed, channels, settings)
+    write_parquet(table, snakemake.output.scores)
+    write_zarr(maps, snakemake.output.maps)

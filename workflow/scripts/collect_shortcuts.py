@@ -7,5 +7,6 @@ from audit.runtime import stage_run
 from audit.storage import open_zarr, write_parquet, write_zarr
 
 with stage_run(snakemake.log[0], snakemake.threads, model=False):
-    write_parquet(confirmed_first(pd.concat([pd.read_parquet(path) for path in snakemake.input.shortcuts], ignore_index=True)), snakemake.output.shortcuts)
+    parts = pd.concat([pd.read_parquet(path) for path in snakemake.input.shortcuts], ignore_index=True)
+    write_parquet(confirmed_first(parts.astype({"tested": bool, "confirmed": bool})), snakemake.output.shortcuts)
     write_zarr(xr.concat([open_zarr(path).load() for path in snakemake.input.examples], dim="example"), snakemake.output.examples)

@@ -50,10 +50,10 @@ OUTLIER_Z = 3.5
 """The robust z above which a score counts as odd within its class (Iglewicz and Hoaglin's cut-off)."""
 
 
-def robust_z(anomalies: pd.DataFrame) -> pd.Series:
-    """Per row of an ``anomalies.parquet`` table: the score's robust z within its class, (score − median) / (1.4826 · MAD);
+def robust_z(anomalies: pd.DataFrame, column: str = "score") -> pd.Series:
+    """Per row of an ``anomalies.parquet`` table: ``column``'s robust z within its class, (score − median) / (1.4826 · MAD);
     NaN for an unscored image and in a class whose MAD is 0."""
-    scores = anomalies["score"].astype(float)
+    scores = anomalies[column].astype(float)
     median = scores.groupby(anomalies["label"]).transform("median")
     mad = (scores - median).abs().groupby(anomalies["label"]).transform("median") * ROBUST_Z
     return (scores - median) / mad.where(mad > 0)

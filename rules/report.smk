@@ -20,6 +20,7 @@ rule report:
         shortcuts=lambda wildcards: [f"results/{wildcards.audit}/shortcuts.parquet"] if confirms_shortcuts(wildcards) else [],
         shortcut_examples=lambda wildcards: [f"results/{wildcards.audit}/shortcut_examples.zarr"] if confirms_shortcuts(wildcards) else [],
         pair_tests=lambda wildcards: [f"results/{wildcards.audit}/pair_tests.parquet"] if has_head(wildcards) else [],
+        local_maps="results/{audit}/local_maps.zarr",
     output:
         report("reports/{audit}.html", caption="../workflow/report/audit_report.rst", category="Audits", subcategory="{audit}", labels={"audit": "{audit}", "artefact": "HTML report"}),
     params:

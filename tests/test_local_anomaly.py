@@ -100,3 +100,25 @@ def test_a_local_mark_is_found_and_located_where_the_global_score_dilutes_it(rng
     centred = pooled - np.stack([pooled[labels == c].mean(axis=0) for c in range(4)])[labels]
     whitened = centred @ np.linalg.inv(np.linalg.cholesky(centred.T @ centred / (600 - 4))).T
     assert roc_auc_score(marked, np.linalg.norm(whitened, axis=1)) < roc_auc_score(marked, score)
+
+
+def test_the_report_says_where_an_image_is_odd_and_outlines_the_peak_cell():
+    import pandas as pd
+    import xarray as xr
+
+    from audit.report.local import local_column, oddity
+
+    rng = np.random.default_rng(1)
+    anomalies = pd.DataFrame({
+        "image_id": [f"i{n}" for n in range(40)], "label": np.repeat([0, 1], 20), "score": rng.gamma(4, size=40),
+        "local_score": rng.gamma(4, size=40), "local_row": rng.integers(0, 4, 40), "local_column": rng.integers(0, 4, 40),
+    })
+    anomalies.loc[3, "local_score"] = 60.0  # far in one cell
+    anomalies.loc[25, "score"] = 60.0  # far as a whole
+    words = oddity(anomalies)
+    assert words[3] == f"in one place (cell {anomalies.loc[3, 'local_row']}, {anomalies.loc[3, 'local_column']})" and words[25] == "overall"
+    cells = np.zeros((2, 4, 4), np.float16)
+    cells[0, 1, 2] = 5.0
+    maps, boxes = local_column(xr.Dataset({"local_map": (("image", "layer_y", "layer_x"), cells)}, coords={"image_id": ("image", ["a", "b"])}), ["a", "x"], (32, 32))
+    assert maps[0].shape == (32, 32) and maps[0][8:16, 16:24].min() == 5.0 and maps[0].sum() == 5.0 * 64
+    assert boxes[0] == (8.0, 16.0, 16.0, 24.0) and maps[1] is None and boxes[1] is None

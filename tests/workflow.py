@@ -58,6 +58,7 @@ def report_inputs(results: Path, **changes):
         candidates=pd.read_parquet(results / "shortcut_candidates.parquet"),
         planted=listing.attrs.get("planted_shortcut"),
         pair_tests=pd.read_parquet(results / "pair_tests.parquet"),
+        local_maps=open_zarr(results / "local_maps.zarr"),
         dataset_maps=open_dataset_maps(sorted((results / "dataset_maps").glob("shard-*.zarr")), listing),
         **tables,
     )

@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
@@ -71,6 +72,7 @@ def map_grid(
     column_labels: list[str],
     signed: list[bool],
     relative: list[bool] | None = None,
+    boxes: list[list[tuple[float, float, float, float] | None]] | None = None,
 ) -> str:
     """A grid: one row per image, first column the image (in colour), then one overlay per map column, each with its colour scale.
 
@@ -78,6 +80,7 @@ def map_grid(
         images: uint8 (3, H, W) per row. maps: per row, one (H, W) map (or None) per column.
         signed: per column, whether to draw a symmetric diverging scale centred at zero (red +, blue −; else 0..max).
         relative: per column, whether to draw the map minus its spatial mean (a signed scale around the mean).
+        boxes: per row and column, a rectangle (top, left, bottom, right) in pixels to outline, or None.
     Each map is scaled to its own largest magnitude, so the colour bars run from −1 (or 0) to 1 in those units.
     """
     relative = relative or [False] * len(column_labels)
@@ -100,6 +103,10 @@ def map_grid(
                 shown[c] = axis.imshow(values / limit, cmap="RdBu_r", vmin=-1, vmax=1, alpha=0.65)
             else:
                 shown[c] = axis.imshow(values / limit, cmap="inferno", vmin=0, vmax=1, alpha=0.65)
+            box = boxes[r][c] if boxes else None
+            if box is not None:
+                top, left, bottom, right = box
+                axis.add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False, edgecolor="#00e5ff", linewidth=1.5))
     for c, label in enumerate(["image"] + column_labels):
         axes[0, c].set_title(label, fontsize=8)
     for axis in axes.ravel():

@@ -22,6 +22,7 @@ from audit.metrics.metric import Output
 from audit.metrics.registry import outputs
 from audit.report import figures
 from audit.report.gallery import Gallery
+from audit.report.local import LOCAL_MEANING, LOCAL_TITLE, local_column, oddity
 from audit.report.shortcuts import pair_test_rows, planted_score, shortcut_findings
 from audit.report.strategies import map_versus_embedding, strategy_section
 from audit.similarity import pair_matrix
@@ -46,6 +47,7 @@ class ReportInputs:
             classifier that map every image); else None. candidates: the shortcut candidates with their members.
         planted: the demo's planted shortcut as the listing records it (``audit.data.listing.planted_shortcut``), or None.
         pair_tests: the insertion test of each pair direction's contrastive maps (models with a classifier), or None.
+        local_maps: every image's cell distances (``local_maps.zarr``), or None.
     """
 
     audit: str
@@ -74,6 +76,7 @@ class ReportInputs:
     candidates: pd.DataFrame | None = None
     planted: dict | None = None
     pair_tests: pd.DataFrame | None = None
+    local_maps: xr.Dataset | None = None
 
 
 class _MapIndex:
@@ -98,21 +101,29 @@ class _MapIndex:
         return [(method, column) for method in self.signed for column in explainer(method).report if column.purpose == purpose]
 
 
-def _grid(images, maps: _MapIndex, purpose: str, ids: list[str], target: int, image_index: dict, row_labels: list[str], names: dict[str, str]) -> dict:
+def _grid(
+    images, maps: _MapIndex, purpose: str, ids: list[str], target: int, image_index: dict, row_labels: list[str], names: dict[str, str],
+    local_maps: xr.Dataset | None = None,
+) -> dict:
     """A map grid for ``ids`` with the report columns of every computed method, and what each column's colours mean.
 
-    ``names`` fills the titles' and legends' {a} and {b}. Returns {"figure": data URI, "legend": [(title, meaning)]}.
+    ``names`` fills the titles' and legends' {a} and {b}; with ``local_maps`` a last column shows each image's cell
+    distances with the cell where they peak outlined. Returns {"figure": data URI, "legend": [(title, meaning)]}.
     """
     columns = maps.columns(purpose)
-    figure = figures.map_grid(
-        [images[image_index[i]].values for i in ids],
-        [[maps.get(method, column, i, target) for method, column in columns] for i in ids],
-        row_labels,
-        [column.title.format(**names) for _, column in columns],
-        signed=[maps.signed[method] for method, _ in columns],
-        relative=[column.relative for _, column in columns],
-    )
+    pictures = [images[image_index[i]].values for i in ids]
+    rows = [[maps.get(method, column, i, target) for method, column in columns] for i in ids]
+    titles = [column.title.format(**names) for _, column in columns]
+    signed, relative = [maps.signed[method] for method, _ in columns], [column.relative for _, column in columns]
     legend = [(column.title.format(**names), _meaning(column, maps.signed[method]).format(**names)) for method, column in columns]
+    boxes = None
+    if local_maps is not None:
+        local, outlines = local_column(local_maps, ids, pictures[0].shape[1:])
+        rows = [row + [m] for row, m in zip(rows, local)]
+        boxes = [[None] * len(columns) + [box] for box in outlines]
+        titles, signed, relative = titles + [LOCAL_TITLE], signed + [False], relative + [False]
+        legend.append((LOCAL_TITLE, LOCAL_MEANING))
+    figure = figures.map_grid(pictures, rows, row_labels, titles, signed=signed, relative=relative, boxes=boxes)
     return {"figure": figure, "legend": legend}
 
 
@@ -150,6 +161,7 @@ def render_report(inputs: ReportInputs) -> str:
 
     standout = class_standout(inputs.anomalies)
     full = set(standout.head(inputs.full_classes).index)
+    odd = oddity(inputs.anomalies)
     anomaly_sections = []
     for c, name in enumerate(class_names):
         if c not in full:
@@ -159,11 +171,12 @@ def render_report(inputs: ReportInputs) -> str:
             continue
         ids = list(top["image_id"])
         row_labels = [f"#{r.rank} {r.image_id}\nlabel {name}, pred {predicted(image_index[r.image_id])}\nscore {r.score:.1f}" for r in top.itertuples()]
-        grid = _grid(images, maps, "anomaly", ids, c, image_index, row_labels, {"a": name})
+        grid = _grid(images, maps, "anomaly", ids, c, image_index, row_labels, {"a": name}, inputs.local_maps)
         rows = [
             {
                 "rank": int(r.rank), "image_id": r.image_id, "score": f"{r.score:.1f}", "prediction": predicted(image_index[r.image_id]),
                 "split": r.split, "flagged": bool(getattr(r, "flagged", False)),
+                "local": f"{r.local_score:.1f}" if pd.notna(getattr(r, "local_score", np.nan)) else "—", "odd": odd[r.Index],
             }
             for r in top.itertuples()
         ]

@@ -54,6 +54,7 @@ with stage_run(snakemake.log[0], snakemake.threads, model=False):
         full_classes=snakemake.params.full_classes,
         history=read_run_history(Path(snakemake.input.anomalies).parent),
         pair_tests=pd.read_parquet(snakemake.input.pair_tests[0]) if snakemake.input.pair_tests else None,
+        local_maps=open_zarr(snakemake.input.local_maps),  # lazy: the report reads only the maps it shows
         **strategy_inputs(snakemake.input, listing),
         provenance=provenance(
             snakemake.config["audits"][snakemake.wildcards.audit],  # read here, not a param: a speed-only edit must not rerun the report

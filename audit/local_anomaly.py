@@ -53,7 +53,7 @@ def channel_subset(channels: int, max_channels: int | None, seed: int = 0) -> np
 def _cells(activations: np.ndarray, channels: np.ndarray) -> np.ndarray:
     """Activations (n, K, h, w) as float64 cells (P, n, K') of the kept channels, P = h·w in row-major order."""
     x = np.asarray(activations)[:, channels]
-    return np.ascontiguousarray(x.reshape(x.shape[0], x.shape[1], -1).transpose(2, 0, 1), dtype=np.float64)
+    return np.ascontiguousarray(x.reshape(x.shape[0], x.shape[1], x.shape[2] * x.shape[3]).transpose(2, 0, 1), dtype=np.float64)
 
 
 @dataclass

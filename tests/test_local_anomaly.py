@@ -65,6 +65,10 @@ def test_statistics_add_up_over_batches(rng):
         np.testing.assert_allclose(getattr(parts, name), getattr(whole, name), rtol=1e-12)
     assert list(channels) == sorted(channels) and len(channels) == 4 and (channel_subset(6, 4, seed=3) == channels).all()
     assert (channel_subset(6, None) == np.arange(6)).all() and (channel_subset(6, 8) == np.arange(6)).all()
+    empty = CellStatistics.of(x[:0], labels[:0], 4, channels)  # a block without a trimmed image
+    assert (whole + empty).count.sum() == 60 and empty.outer.shape == (4, 4, 4)
+    distances, _ = trimmed_distances(in_memory(x, labels, block=7), 4, channels, trim=0.05)  # some blocks trim nothing
+    assert np.isfinite(distances).all()
     with pytest.raises(ValueError, match="different channels"):
         whole + CellStatistics.of(x, labels, 4, np.arange(4))
 

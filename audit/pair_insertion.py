@@ -13,7 +13,7 @@ not b lies *here*". The test, per method and direction:
 * **verdict** as the shortcut test's (:func:`audit.intervention.insertion_verdict`): **confirmed** when the
   insertion's 95 % interval of Δp(a) lies above the control's and the paired difference's starts at ``min_effect``.
 
-Cost per direction and method: 2 · ``targets`` forwards, plus ``targets`` per direction for the images unchanged.
+Cost per direction and method: 3 · ``targets`` forwards (the targets unchanged, with the region, with the control).
 """
 from __future__ import annotations
 

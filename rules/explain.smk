@@ -142,7 +142,7 @@ rule collect_shortcuts:
 
 # Each report pair direction's contrastive maps (Finer-CAM against b, DiffCAM against class b) tested by insertion
 # (audit.pair_insertion): the a-subjects' regions pasted onto held-out b-images, against the mirrored regions.
-# Needs a classifier; 2 · targets forwards per direction and method, plus targets per direction.
+# Needs a classifier; 3 · targets forwards per direction and method.
 rule confirm_pairs:
     input:
         saliency="results/{audit}/saliency",

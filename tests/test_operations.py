@@ -28,7 +28,7 @@ def test_building_the_dag_imports_neither_torch_nor_timm(tmp_path):
 
 
 SUBMISSIONS = ["rule_check_model", "rule_list_images", "group_images_ingest_shard", "rule_train_model", "group_features_extract_features_shard_statistics",
-               "group_reference_anomaly_scores_collect_rejects_local_anomalies_reference_stats", "group_maps_dataset_maps",
+               "group_reference_anomaly_scores_collect_rejects_reference_stats", "rule_local_anomalies", "group_maps_dataset_maps",
                "group_audit_anomalies_collect_shortcuts_confirm_pairs_confirm_shortcuts_explain_..."]  # Snakemake names a group by its first five rules
 
 

@@ -68,13 +68,15 @@ def half_maximum_region(drawn: np.ndarray) -> np.ndarray:
 
 
 def mirrored(region: np.ndarray) -> np.ndarray:
-    """The region (H, W) mirrored through the image centre: the same size elsewhere, the removal's control."""
-    return np.ascontiguousarray(region[::-1, ::-1])
+    """The region (H, W), or each of regions (n, H, W), mirrored through the image centre: the same size elsewhere,
+    the removal's control (and the pair test's)."""
+    return np.ascontiguousarray(region[..., ::-1, ::-1])
 
 
 def pasted(targets: np.ndarray, sources: np.ndarray, region: np.ndarray) -> np.ndarray:
-    """uint8 images (n, 3, H, W): ``targets`` with the pixels of ``region`` (H, W) taken from ``sources`` (n, 3, H, W)."""
-    return np.where(region[None, None], sources, targets)
+    """uint8 images (n, 3, H, W): ``targets`` with the pixels of ``region`` taken from ``sources`` (n, 3, H, W);
+    ``region`` is one for all (H, W) or one per image (n, H, W)."""
+    return np.where(region[None, None] if region.ndim == 2 else region[:, None], sources, targets)
 
 
 def class_probability(model: nn.Module, meta: ModelMeta, pixels: np.ndarray, target: int, batch_size: int, device: str) -> tuple[np.ndarray, np.ndarray]:

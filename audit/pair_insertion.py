@@ -23,7 +23,7 @@ import xarray as xr
 from torch import nn
 from tqdm import tqdm
 
-from audit.intervention import class_probability, half_maximum_region, insertion_verdict
+from audit.intervention import class_probability, half_maximum_region, insertion_verdict, mirrored, pasted
 from audit.models.checkpoint import ModelMeta
 
 PAIR_TEST_COLUMNS = [
@@ -60,8 +60,8 @@ def pair_insertion(
     sources, chosen = subjects[which], regions[which]
     before, predicted_before = class_probability(model, meta, targets, class_a, batch_size, device)
     outcome: dict[str, np.ndarray] = {}
-    for name, region in (("inserted", chosen), ("inserted_control", chosen[:, ::-1, ::-1])):
-        after, predicted = class_probability(model, meta, np.where(region[:, None], sources, targets), class_a, batch_size, device)
+    for name, region in (("inserted", chosen), ("inserted_control", mirrored(chosen))):
+        after, predicted = class_probability(model, meta, pasted(targets, sources, region), class_a, batch_size, device)
         outcome[name] = after - before
         outcome[name.replace("inserted", "moved")] = ((predicted == class_a) & (predicted_before != class_a)).astype(np.float64)
     return outcome

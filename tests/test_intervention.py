@@ -23,6 +23,10 @@ def test_pasting_takes_the_regions_pixels_from_the_source():
     region[1:3, 0] = True
     out = pasted(targets, sources, region)
     assert (out[:, :, 1:3, 0] == 9).all() and out.sum() == 9 * 2 * 3 * 2
+    each = np.stack([region, mirrored(region)])  # one region per image
+    out = pasted(targets, sources, each)
+    assert (out[0, :, 1:3, 0] == 9).all() and (out[1, :, 1:3, 3] == 9).all() and out.sum() == 9 * 2 * 3 * 2
+    assert (mirrored(each)[1] == region).all()
 
 
 def _outcome(inserted, control, rng):

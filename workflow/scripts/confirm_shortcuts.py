@@ -16,7 +16,7 @@ with stage_run(snakemake.log[0], snakemake.threads) as device:
     settings = stage_settings(snakemake, ConfirmSettings, "confirm")
     candidates = pd.read_parquet(snakemake.input.candidates)
     mine = candidates["class"].isin(snakemake.params.classes).to_numpy()
-    candidate_maps = open_zarr(snakemake.input.maps)["candidate_map"].values[mine]
+    candidate_maps = open_zarr(snakemake.input.maps)["candidate_map"][mine].values  # this part's maps only
     candidates = candidates[mine].reset_index(drop=True)
     images = open_images(snakemake.input.images, read_listing(snakemake.input.listing))
     model, meta = load_checkpoint(snakemake.input.checkpoint, device)

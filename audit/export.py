@@ -7,8 +7,8 @@
   digits), ``label`` (class name), ``split``;
 * ``prediction`` (class name) and ``probability`` (of the label), empty/NaN
   for a backbone without a classifier;
-* ``anomaly_score`` (squared Mahalanobis distance to its class without it),
-  ``anomaly_rank`` (within its class, 1 = most anomalous), ``flagged`` (a known anomaly);
+* ``anomaly_score`` (the report's combined anomaly score: the largest robust z within its class of its scores,
+  :mod:`audit.anomaly_ranking`), ``anomaly_rank`` (within its class, 1 = most anomalous), ``flagged`` (a known anomaly);
 * ``overlays``: the PNG files (relative to the results folder) of the maps
   drawn for the image as a report subject, ``;``-separated, and ``overlay_maps``:
   what each shows (``method:purpose:target``), in the same order.
@@ -89,8 +89,8 @@ def image_table(listing: pd.DataFrame, features: xr.Dataset, anomalies: pd.DataF
     else:
         table["prediction"], table["probability"] = "", np.nan
     scored = anomalies.set_index(anomalies["image_id"].astype(str))
-    table["anomaly_score"] = scored["score"].reindex(ids).reset_index(drop=True)
-    table["anomaly_rank"] = scored["rank"].reindex(ids).reset_index(drop=True)  # nullable: <NA> for an unscored image
+    table["anomaly_score"] = scored["combined_score"].reindex(ids).reset_index(drop=True)  # the report's ranking (audit.anomaly_ranking)
+    table["anomaly_rank"] = scored["combined_rank"].reindex(ids).reset_index(drop=True)  # nullable: <NA> for an unscored image
     table["flagged"] = scored["flagged"].reindex(ids).fillna(False).to_numpy(bool) if "flagged" in scored else False
     described = overlays.assign(what=overlays["method"] + ":" + overlays["purpose"] + ":" + class_names[overlays["target"].to_numpy(int)])
     grouped = described.groupby("image_id")

@@ -15,10 +15,10 @@ successful ``snakemake`` run. The row (``HISTORY_COLUMNS``):
   standard deviation, as before, read √K times larger). Removing one ordinary
   image of n moves the mean by about 1/(n − 1) of that. JSON per class, and the
   largest. NaN on the first run and for classes new or empty in either run.
-* ``anomalies``, ``new_anomalies``: images whose anomaly score is an outlier
-  within their class (robust z = (score − median) / (1.4826 · MAD) above
-  ``threshold``, 3.5 by default), and those of them that were not such an
-  outlier (or not there) in the previous run.
+* ``anomalies``, ``new_anomalies``: images whose combined anomaly score (the
+  largest robust z within their class of their scores,
+  :mod:`audit.anomaly_ranking`) is above ``threshold``, 3.5 by default, and
+  those of them that were not such an outlier (or not there) in the previous run.
 
 The previous run's image ids, anomaly flags and class means are kept in
 ``history/last_run.zarr`` beside the table; both are written atomically.
@@ -39,31 +39,13 @@ import pandas as pd
 import xarray as xr
 import yaml
 
+from audit.anomaly_ranking import OUTLIER_Z, outliers_within_class
 from audit.storage import open_zarr, write_parquet, write_zarr
 
 HISTORY_COLUMNS = [
     "run_started", "run_finished", "images", "new_images", "removed_images", "class_counts",
     "max_mean_drift", "mean_drift", "anomalies", "new_anomalies",
 ]
-ROBUST_Z = 1.4826  # MAD → standard deviation for a normal distribution
-OUTLIER_Z = 3.5
-"""The robust z above which a score counts as odd within its class (Iglewicz and Hoaglin's cut-off)."""
-
-
-def robust_z(anomalies: pd.DataFrame, column: str = "score") -> pd.Series:
-    """Per row of an ``anomalies.parquet`` table: ``column``'s robust z within its class, (score − median) / (1.4826 · MAD);
-    NaN for an unscored image and in a class whose MAD is 0."""
-    scores = anomalies[column].astype(float)
-    median = scores.groupby(anomalies["label"]).transform("median")
-    mad = (scores - median).abs().groupby(anomalies["label"]).transform("median") * ROBUST_Z
-    return (scores - median) / mad.where(mad > 0)
-
-
-def outliers_within_class(anomalies: pd.DataFrame, threshold: float = OUTLIER_Z) -> pd.Series:
-    """Bool per row of an ``anomalies.parquet`` table: score's robust z within its class above ``threshold``."""
-    return (robust_z(anomalies) > threshold).fillna(False).astype(bool)
-
-
 def _class_means(reference: xr.Dataset) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Class names, class means (C, K) and total standard deviations √(tr Σ) (C,) of a reference store.
 

@@ -45,7 +45,7 @@ from sklearn.cluster import KMeans
 from sklearn.neighbors import NearestNeighbors
 from tqdm import tqdm
 
-from audit.history import ROBUST_Z
+from audit.anomaly_ranking import ROBUST_Z
 from audit.hotspots import class_hotspots, evidence_shares, jaccard
 from audit.settings import StrategySettings
 

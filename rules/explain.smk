@@ -3,6 +3,7 @@ rule explain_plan:
         features=feature_shards,
         listing=ancient("results/{audit}/listing.parquet"),
         anomalies="results/{audit}/embedding_anomalies.parquet",
+        local="results/{audit}/local_anomalies.parquet",
         pairs="results/{audit}/pairs.parquet",
         reference="results/{audit}/reference.zarr",
     output:

@@ -22,8 +22,9 @@ rule reference_stats:
         "../workflow/scripts/reference_stats.py"
 
 
-# The embedding's scores come first: the explain plan picks its subjects from them, so a change to the dataset maps
-# (a Finer-CAM parameter) reruns the cheap merge below, not the plan.
+# The embedding's and the local scores come first: the explain plan picks its subjects by the ranking that combines
+# them (audit.anomaly_ranking), so a change to the dataset maps (a Finer-CAM parameter) reruns the cheap merge below,
+# not the plan.
 rule anomaly_scores:
     input:
         features=feature_shards,
@@ -63,7 +64,8 @@ rule local_anomalies:
         "../workflow/scripts/local_anomalies.py"
 
 
-# anomalies.parquet: the embedding's scores with the local and map outlier scores beside them, and how well each ranking finds flagged images.
+# anomalies.parquet: the embedding's and the local scores, the combined ranking the report leads with, the map outlier
+# scores beside them, and how well each ranking finds flagged images.
 rule anomalies:
     input:
         scores="results/{audit}/embedding_anomalies.parquet",

@@ -140,7 +140,7 @@ def test_plan_rows_per_subject():
     labels = np.array([0, 0, 0, 1, 1, 1])
     ids = np.array([f"i{n}" for n in range(6)])
     probability = np.array([[0.9, 0.05, 0.05], [0.6, 0.3, 0.1], [0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.05, 0.9, 0.05]])
-    anomalies = pd.DataFrame({"image_id": ids, "label": labels, "score": [3.0, 2, 1, 3, 2, 1], "rank": [1, 2, 3, 1, 2, 3]})
+    anomalies = pd.DataFrame({"image_id": ids, "label": labels, "combined_score": [3.0, 2, 1, 3, 2, 1], "combined_rank": [1, 2, 3, 1, 2, 3]})
     pairs = pd.DataFrame({"class_a": [0], "class_b": [1]})
     settings = ExplainSettings(top_anomalies=1, top_pairs=1, images_per_pair=1, finer_contrasts=2)
     plan = explain_plan(anomalies, pairs, ids, labels, probability, settings, methods=["gradcam", "layercam", "finercam", "diffcam"])
@@ -161,7 +161,7 @@ def test_plan_rows_per_subject():
 def test_plan_finer_contrasts_by_classifier_weight_similarity():
     labels = np.array([0, 1, 2])
     probability = np.array([[0.8, 0.15, 0.05], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])
-    anomalies = pd.DataFrame({"image_id": ["a", "b", "c"], "label": labels, "score": [1.0, 1, 1], "rank": [1, 1, 1]})
+    anomalies = pd.DataFrame({"image_id": ["a", "b", "c"], "label": labels, "combined_score": [1.0, 1, 1], "combined_rank": [1, 1, 1]})
     similarity = np.array([[1.0, 0.1, 0.7], [0.1, 1.0, 0.2], [0.7, 0.2, 1.0]])
     plan = explain_plan(
         anomalies, pd.DataFrame({"class_a": [], "class_b": []}), np.array(["a", "b", "c"]), labels, probability,

@@ -110,6 +110,7 @@ def test_the_report_says_where_an_image_is_odd_and_outlines_the_peak_cell():
     import pandas as pd
     import xarray as xr
 
+    from audit.anomaly_ranking import combined_ranking
     from audit.report.local import local_column, oddity
 
     rng = np.random.default_rng(1)
@@ -119,7 +120,7 @@ def test_the_report_says_where_an_image_is_odd_and_outlines_the_peak_cell():
     })
     anomalies.loc[3, "local_score"] = 60.0  # far in one cell
     anomalies.loc[25, "score"] = 60.0  # far as a whole
-    words = oddity(anomalies)
+    words = oddity(combined_ranking(anomalies))
     assert words[3] == f"in one place (cell {anomalies.loc[3, 'local_row']}, {anomalies.loc[3, 'local_column']})" and words[25] == "overall"
     cells = np.zeros((2, 4, 4), np.float16)
     cells[0, 1, 2] = 5.0

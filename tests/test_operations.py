@@ -95,6 +95,7 @@ def _results(folder: Path, z, labels, names) -> None:
     import dask.array as da
 
     from audit.anomaly import anomaly_table
+    from audit.anomaly_ranking import combined_ranking
     from audit.reference import LeaveOneOut, write_reference_store
     from audit.storage import open_zarr
 
@@ -103,7 +104,7 @@ def _results(folder: Path, z, labels, names) -> None:
     reference = open_zarr(folder / "reference.zarr").load()
     ids = [f"i{n:03d}" for n in range(len(labels))]
     table = anomaly_table(z, labels, labels, np.array(ids), np.full(len(labels), "audit"), LeaveOneOut(reference), names)
-    table.to_parquet(folder / "anomalies.parquet")
+    combined_ranking(table).to_parquet(folder / "anomalies.parquet")
 
 
 def test_the_history_records_what_changed_between_runs(tmp_path):

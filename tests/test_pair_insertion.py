@@ -118,7 +118,7 @@ def test_pasting_the_dot_of_a_spot_the_difference_pair_moves_the_plain_images(tm
     dot_pairs = pairs["class_b"] - pairs["class_a"] == 2  # (3, 3 dot) and (8, 8 dot)
     pairs = pd.concat([pairs[dot_pairs], pairs[~dot_pairs]])  # the report's top 2
     settings = ExplainSettings(top_anomalies=0, top_pairs=2, images_per_pair=3, methods=("finercam", "diffcam"))
-    anomalies = pd.DataFrame({"image_id": data.image_ids, "label": data.labels, "score": np.nan, "rank": np.nan})
+    anomalies = pd.DataFrame({"image_id": data.image_ids, "label": data.labels, "combined_score": np.nan, "combined_rank": np.nan})
     plan = explain_plan(anomalies, pairs, data.image_ids, data.labels, features["probability"].values, settings, ["finercam", "diffcam"])
     registration = register_grid(model, meta.layer, data.images.shape[-2:])
     saliency = {}

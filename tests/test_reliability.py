@@ -24,7 +24,7 @@ def test_names_with_dollars_are_drawn_as_plain_text():
     figures.heatmap(np.eye(3), names, "title with $ sign", ".1f")
     image = np.zeros((3, 8, 8), np.uint8)
     figures.map_grid([image], [[np.ones((8, 8))]], ["$id$"], ["Grad-CAM $a$"], signed=[False])
-    anomalies = pd.DataFrame({"class_name": names * 4, "label": [0, 1, 2] * 4, "score": np.arange(1.0, 13.0), "rank": np.arange(12) % 4 + 1})
+    anomalies = pd.DataFrame({"class_name": names * 4, "label": [0, 1, 2] * 4, "combined_score": np.arange(-2.0, 10.0), "combined_rank": np.arange(12) % 4 + 1})
     figures.score_distribution(anomalies, 1)
 
 

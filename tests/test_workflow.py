@@ -75,6 +75,9 @@ def test_end_to_end_artefacts_are_well_formed(tiny_audit):
     assert (by_id["local_row"] * 4 + by_id["local_column"] == peak.argmax(axis=1)).mean() > 0.95  # float16 ties aside
     assert (anomalies.groupby("label")["local_rank"].min() == 1).all() and anomalies["local_trimmed"].sum() >= 24  # ceil(10 % of each class)
     assert set(quality.index) == set(all_quality.loc[all_quality["ranked_by"] == "local_score", "scope"])
+    # the ranking the report leads with: the largest within-class robust z of the scores (audit.anomaly_ranking)
+    assert (anomalies.groupby("label")["combined_rank"].min() == 1).all() and set(anomalies["odd_in"]) <= {"one place", "overall"}
+    assert set(quality.index) == set(all_quality.loc[all_quality["ranked_by"] == "combined_score", "scope"])
 
     similar = pd.read_parquet(results / "similar_classes.parquet")
     assert len(similar) == 30 and (similar.groupby("class")["rank"].max() == 3).all()
@@ -156,7 +159,7 @@ def test_end_to_end_artefacts_are_well_formed(tiny_audit):
     assert (table["top1_class"] == table["prediction"]).all() and (table["top1_probability"] >= table["top2_probability"]).all()
     assert table["probability"].between(0, 1).all() and table["flagged"].sum() == 7
     by_id = anomalies.set_index("image_id")
-    assert (table.set_index("image_id")["anomaly_rank"] == by_id.loc[table["image_id"], "rank"]).all()
+    assert (table.set_index("image_id")["anomaly_rank"] == by_id.loc[table["image_id"], "combined_rank"]).all()
     subjects = table[table["overlays"] != ""]
     saliency_ids = set(open_zarr(results / "saliency" / "gradcam.zarr")["image_id"].values)
     assert set(subjects["image_id"]) == saliency_ids

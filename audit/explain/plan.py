@@ -1,7 +1,7 @@
 """Which maps an audit computes: the explanation plan.
 
 Subjects are the images the report shows:
-  * ``anomaly``: per class, the top-k images by intra-class anomaly score;
+  * ``anomaly``: per class, the top-k images by the combined anomaly ranking (:mod:`audit.anomaly_ranking`);
   * ``pair``: for the top-P most alike class pairs (a, b), in both directions,
     the m images of class a that the model finds most b-like (highest class
     score of b: its probability, or for a backbone without a classifier the
@@ -52,7 +52,8 @@ def explain_plan(
     """Build the plan (see module docstring).
 
     Args:
-        anomalies: the anomaly table (image_id, label, score, rank); images without a score are skipped.
+        anomalies: the anomaly table with the ranking the report leads with (image_id, label, ``combined_score``,
+            ``combined_rank``: :mod:`audit.anomaly_ranking`); images without a combined score are skipped.
         pairs: the class-pair table, sorted with the most alike first.
         image_ids, labels: (N,) in feature-store order.
         class_scores: (N, C), higher = more like the class (probabilities, or nearness); in memory or a lazy
@@ -70,7 +71,7 @@ def explain_plan(
     def subject(i: int, purpose: str, target: int, pair_class: int | None, scores: np.ndarray, similarity: np.ndarray) -> None:
         rows.extend(_subject_rows(explainers, i, image_ids, purpose, target, pair_class, scores, similarity, settings, similar_by, concepts))
 
-    top = anomalies[(anomalies["rank"] <= settings.top_anomalies) & anomalies["score"].notna()]
+    top = anomalies[(anomalies["combined_rank"] <= settings.top_anomalies) & anomalies["combined_score"].notna()]
     subjects = pd.Index(image_ids).get_indexer(top["image_id"])
     if (subjects < 0).any():
         raise ValueError(f"the anomaly table names images the features lack, e.g. {top['image_id'].iloc[int(np.argmin(subjects))]}")

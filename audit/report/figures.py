@@ -14,13 +14,14 @@ from collections.abc import Callable
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from audit.history import OUTLIER_Z  # noqa: E402
+from audit.anomaly_ranking import OUTLIER_Z  # noqa: E402
 
 
 def plain_text(draw: Callable[..., str]) -> Callable[..., str]:
@@ -44,14 +45,20 @@ def to_data_uri(figure: plt.Figure) -> str:
 
 @plain_text
 def score_distribution(anomalies: pd.DataFrame, top: int) -> str:
-    """Per-class distribution of the anomaly score (log scale), top-``top`` images marked."""
+    """Per-class distribution of the combined anomaly score (a robust z, :mod:`audit.anomaly_ranking`; symmetric log
+    scale, linear within ±1, ticks as plain numbers), the top-``top`` images by ``combined_rank`` marked, the
+    outlier line at ``OUTLIER_Z``."""
     figure, axis = plt.subplots(figsize=(9, 3.5))
     order = sorted(anomalies["class_name"].unique(), key=lambda n: anomalies.loc[anomalies["class_name"] == n, "label"].iloc[0])
     with warnings.catch_warnings():  # seaborn 0.13.2 passes matplotlib's deprecated `vert` argument to boxplots
         warnings.filterwarnings("ignore", message="vert: bool was deprecated", category=matplotlib.MatplotlibDeprecationWarning)
-        sns.boxplot(data=anomalies, x="class_name", y="score", order=order, color="#dddddd", fliersize=0, ax=axis, log_scale=True)
-    sns.stripplot(data=anomalies, x="class_name", y="score", order=order, hue=anomalies["rank"] <= top, palette={False: "#888888", True: "#d62728"}, size=3, ax=axis, legend=False)
-    axis.set(xlabel="class", ylabel="squared Mahalanobis distance to own class (log)")
+        sns.boxplot(data=anomalies, x="class_name", y="combined_score", order=order, color="#dddddd", fliersize=0, ax=axis)
+    leading = anomalies["combined_rank"].le(top).fillna(False).astype(bool)
+    sns.stripplot(data=anomalies, x="class_name", y="combined_score", order=order, hue=leading, palette={False: "#888888", True: "#d62728"}, size=3, ax=axis, legend=False)
+    axis.axhline(OUTLIER_Z, color="#d62728", linestyle=":", linewidth=1)
+    axis.set_yscale("symlog", linthresh=1.0)
+    axis.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set(xlabel="class", ylabel=f"z: largest robust z in class\n(dotted: {OUTLIER_Z:g})")
     return to_data_uri(figure)
 
 

@@ -1,7 +1,7 @@
 """The report's local anomaly: each top image's cell distances beside its maps, and whether it is odd in one place.
 
 An image is called **odd in one place** when its local score's robust z within its class (the largest cell
-distance, :mod:`audit.local_anomaly`) exceeds its global score's (the embedding's distance); else **odd overall**.
+distance, :mod:`audit.local_anomaly`) leads its combined score (:mod:`audit.anomaly_ranking`); else **odd overall**.
 """
 from __future__ import annotations
 
@@ -10,19 +10,16 @@ import pandas as pd
 import scipy.ndimage
 import xarray as xr
 
-from audit.history import robust_z
 
 LOCAL_TITLE = "local anomaly"
 LOCAL_MEANING = "each cell's distance to the same cell of the class without the image (bright: far); outlined, the cell where it peaks"
 
 
 def oddity(anomalies: pd.DataFrame) -> pd.Series:
-    """Per row of ``anomalies.parquet``: "in one place (cell r, c)" or "overall" (module docstring); "" without a local score."""
-    if "local_score" not in anomalies:
-        return pd.Series("", index=anomalies.index)
-    local, overall = robust_z(anomalies, "local_score"), robust_z(anomalies)
+    """Per row of ``anomalies.parquet``: "in one place (cell r, c)" or "overall" (``odd_in``, :mod:`audit.anomaly_ranking`);
+    "" without a combined score."""
     where = "in one place (cell " + anomalies["local_row"].astype("Int64").astype(str) + ", " + anomalies["local_column"].astype("Int64").astype(str) + ")"
-    return pd.Series(np.where(anomalies["local_score"].isna(), "", np.where(local.fillna(-np.inf) > overall.fillna(-np.inf), where, "overall")), index=anomalies.index)
+    return pd.Series(np.where(anomalies["odd_in"] == "one place", where, anomalies["odd_in"]), index=anomalies.index)
 
 
 def local_column(local_maps: xr.Dataset | None, ids: list[str], image_size: tuple[int, int]) -> tuple[list[np.ndarray | None], list[tuple[float, float, float, float] | None]]:

@@ -17,7 +17,8 @@ import xarray as xr
 from audit.explain.explainer import ReportColumn
 from audit.explain.registry import explainer
 from audit.feature_store import has_classifier
-from audit.history import RunHistory, outliers_within_class, robust_z
+from audit.anomaly_ranking import outliers_within_class
+from audit.history import RunHistory
 from audit.metrics.metric import Output
 from audit.metrics.registry import outputs
 from audit.report import figures
@@ -166,15 +167,16 @@ def render_report(inputs: ReportInputs) -> str:
     for c, name in enumerate(class_names):
         if c not in full:
             continue
-        top = inputs.anomalies[(inputs.anomalies["label"] == c) & (inputs.anomalies["rank"] <= inputs.top_anomalies) & inputs.anomalies["score"].notna()]
+        ranked = inputs.anomalies[(inputs.anomalies["label"] == c) & inputs.anomalies["combined_score"].notna()]
+        top = ranked[ranked["combined_rank"] <= inputs.top_anomalies].sort_values("combined_rank")
         if top.empty:
             continue
         ids = list(top["image_id"])
-        row_labels = [f"#{r.rank} {r.image_id}\nlabel {name}, pred {predicted(image_index[r.image_id])}\nscore {r.score:.1f}" for r in top.itertuples()]
+        row_labels = [f"#{r.combined_rank} {r.image_id}\nlabel {name}, pred {predicted(image_index[r.image_id])}\nz {r.combined_score:.1f}, odd {r.odd_in}" for r in top.itertuples()]
         grid = _grid(images, maps, "anomaly", ids, c, image_index, row_labels, {"a": name}, inputs.local_maps)
         rows = [
             {
-                "rank": int(r.rank), "image_id": r.image_id, "score": f"{r.score:.1f}", "prediction": predicted(image_index[r.image_id]),
+                "rank": int(r.combined_rank), "image_id": r.image_id, "z": f"{r.combined_score:.1f}", "score": _number(r.score, ".1f"), "prediction": predicted(image_index[r.image_id]),
                 "split": r.split, "flagged": bool(getattr(r, "flagged", False)),
                 "local": f"{r.local_score:.1f}" if pd.notna(getattr(r, "local_score", np.nan)) else "—", "odd": odd[r.Index],
             }
@@ -237,7 +239,7 @@ def render_report(inputs: ReportInputs) -> str:
         "empty_classes": [n for n in class_names if covariance.get(f"class:{n}") == "none"],
         "min_images": inputs.reference.attrs["min_images"],
         "nonfinite": {n: int(k) for n, k in zip(class_names, inputs.reference["class_nonfinite"].values) if k > 0},
-        "score_figure": figures.score_distribution(inputs.anomalies[inputs.anomalies["label"].isin(full)].dropna(subset=["score"]), inputs.top_anomalies),
+        "score_figure": figures.score_distribution(inputs.anomalies[inputs.anomalies["label"].isin(full)].dropna(subset=["combined_score"]), inputs.top_anomalies),
         "full_classes": inputs.full_classes,
         "other_classes": [
             {"name": class_names[c], "images": int(r.images), "image_id": r.image_id, "score": _number(r.score), "standout": _number(r.standout)}
@@ -283,13 +285,14 @@ def render_report(inputs: ReportInputs) -> str:
 
 
 def class_standout(anomalies: pd.DataFrame) -> pd.DataFrame:
-    """Per class (index: class index), its most anomalous image and how far its score stands out, most first.
+    """Per class (index: class index), its most anomalous image by the combined ranking and how far it stands out, most first.
 
-    Columns ``images`` (scored), ``image_id``, ``score`` (the top score) and ``standout``: the top score's
-    robust z within the class, (top − median) / (1.4826 · MAD); NaN for classes too small for a spread.
+    Columns ``images`` (ranked), ``image_id``, ``score`` (its embedding score) and ``standout``: its
+    ``combined_score``, the largest robust z within the class of its scores (:mod:`audit.anomaly_ranking`); classes
+    too small for a spread have none and are left out.
     """
-    scored = anomalies.dropna(subset=["score"]).assign(standout=robust_z)
-    top = scored.loc[scored.groupby("label")["score"].idxmax()].set_index("label")
+    scored = anomalies.dropna(subset=["combined_score"]).assign(standout=anomalies["combined_score"])
+    top = scored.loc[scored.groupby("label")["combined_score"].idxmax()].set_index("label")
     table = top[["image_id", "score", "standout"]].assign(images=scored.groupby("label").size())[["images", "image_id", "score", "standout"]]
     table.index = table.index.astype(int)
     return table.sort_values("standout", ascending=False, na_position="last", kind="stable")
@@ -306,7 +309,7 @@ def summary(inputs: ReportInputs, class_names: list[str], standout: pd.DataFrame
     The most anomalous images are the top images of the classes where they stand out most (``class_standout``), linked to their class's section when it is drawn (``full``).
     """
     confused = inputs.pairs[inputs.pairs["confusions"] > 0].sort_values("confusions", ascending=False).head(3)
-    quality = inputs.anomaly_quality[inputs.anomaly_quality["ranked_by"] == "score"].set_index("scope") if not inputs.anomaly_quality.empty else None
+    quality = inputs.anomaly_quality[inputs.anomaly_quality["ranked_by"] == "combined_score"].set_index("scope") if not inputs.anomaly_quality.empty else None
     result = {
         "top_anomalies": [
             {"image_id": r.image_id, "class_name": class_names[c], "score": f"{r.score:.1f}", "standout": _number(r.standout), "anchor": f"class-{c}" if c in full else "other-classes"}
@@ -349,7 +352,7 @@ def since_last_run(anomalies: pd.DataFrame, history: RunHistory | None, listed: 
     if history is None or history.runs.empty:
         return None
     ids = anomalies["image_id"].astype(str)
-    new = anomalies[~ids.isin(history.previous_ids)].sort_values("score", ascending=False, na_position="last")
+    new = anomalies[~ids.isin(history.previous_ids)].sort_values("combined_score", ascending=False, na_position="last")
     now = pd.DataFrame(
         [{"run_started": pd.Timestamp.now(tz="UTC"), "images": len(anomalies), "anomalies": int(outliers_within_class(anomalies).sum()), "max_mean_drift": np.nan}]
     )
@@ -360,7 +363,7 @@ def since_last_run(anomalies: pd.DataFrame, history: RunHistory | None, listed: 
         "new_count": len(new),
         "removed_count": len(history.previous_ids - set(ids)),
         "new": [
-            {"image_id": r.image_id, "class_name": r.class_name, "score": _number(r.score), "rank": "—" if pd.isna(r.rank) else int(r.rank)}
+            {"image_id": r.image_id, "class_name": r.class_name, "z": _number(r.combined_score), "rank": "—" if pd.isna(r.combined_rank) else int(r.combined_rank)}
             for r in new.head(listed).itertuples()
         ],
         "figure": figures.run_trends(runs),
@@ -395,8 +398,8 @@ def headline_columns(summary: pd.DataFrame) -> list[tuple[Output, float | None, 
     return columns
 
 
-def _number(value: float) -> str:
-    return "—" if pd.isna(value) else f"{value:.3f}"
+def _number(value: float, form: str = ".3f") -> str:
+    return "—" if pd.isna(value) else format(value, form)
 
 
 def _cell(row: pd.Series) -> str:

@@ -15,7 +15,7 @@ import scipy.ndimage
 import xarray as xr
 
 from audit.explain.registry import explainer
-from audit.history import OUTLIER_Z, robust_z
+from audit.anomaly_ranking import OUTLIER_Z, robust_z
 from audit.report import figures
 
 

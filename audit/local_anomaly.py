@@ -26,11 +26,14 @@ against the same cell of its class:
   five. Marks on up to about half of ``trim`` of a class are reliably unmasked; a mark on much more of a class is a
   minority strategy, the shortcut detectors' case (:mod:`audit.hotspots`).
 
-Memory: the statistics hold P·K² + C·P·K float64 (at K = 512 and 8 × 8 cells, 134 MB + C · 262 kB); when K exceeds
+Memory: the statistics hold P·K² + C·P·K float64 (at K = 512 and 8 × 8 cells, 134 MB + C · 262 kB), a pass holds one
+block, and per image only its score, label and flag are kept between passes (17 bytes: the cell distances are
+written block by block, :func:`write_local_anomalies`); when K exceeds
 ``max_channels`` a fixed, seeded random subset of the channels is kept (:func:`channel_subset`, as PaDiM does).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -40,6 +43,7 @@ import scipy.linalg
 import xarray as xr
 
 from audit.reference import oas_gaussian
+from audit.storage import ChunkedZarrWriter, atomic_path
 
 
 def channel_subset(channels: int, max_channels: int | None, seed: int = 0) -> np.ndarray:
@@ -168,24 +172,41 @@ Blocks = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
 """A fresh pass over the images, block by block, in a fixed order: (activations (b, K, h, w), class indices (b,))."""
 
 
-def trimmed_distances(
+def trimmed_reference(
     blocks: Blocks, num_classes: int, channels: np.ndarray, trim: float = 0.1, rounds: int = 5,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Cell distances (n, h, w) float32 of every image against the trimmed reference (module docstring), and which
-    images were trimmed (n,) bool, in the order ``blocks`` yields them. Memory: one block, the statistics and the
-    distances; 1 + 2 · (rounds actually run) passes over the images."""
+) -> tuple[CellReference, np.ndarray]:
+    """The trimmed reference (module docstring) and which images it leaves out (n,) bool, in the order ``blocks``
+    yields them. Memory: one block, the statistics, and per image its score, label and flag (17 bytes); 1 + 2 ·
+    (rounds actually run) passes over the images."""
     statistics = _summed(CellStatistics.of(x, y, num_classes, channels) for x, y in blocks())
-    reference, flagged = cell_reference(statistics), None
-    distances, labels = _distances(blocks, reference, None)
+    reference = cell_reference(statistics)
+    scores, labels = _scores(blocks, reference, None)
+    flagged = np.zeros(len(labels), bool)
     for _ in range(rounds):
-        again = trimmed(local_scores(distances)[0], labels, trim)
-        if flagged is not None and np.array_equal(again, flagged):
+        again = trimmed(scores, labels, trim)
+        if np.array_equal(again, flagged):
             break
         flagged = again
         removed = _summed(CellStatistics.of(x[f], y[f], num_classes, channels) for (x, y), f in _with_flags(blocks, flagged))
         reference = cell_reference(statistics - removed)
-        distances, _ = _distances(blocks, reference, flagged)
-    return distances, np.zeros(len(labels), bool) if flagged is None else flagged
+        scores, _ = _scores(blocks, reference, flagged)
+    return reference, flagged
+
+
+def block_distances(blocks: Blocks, reference: CellReference, flagged: np.ndarray) -> Iterator[np.ndarray]:
+    """Per block of ``blocks``: its images' cell distances (b, h, w) float32 against ``reference``, leave-one-out
+    except for the ``flagged`` images (n,), which the reference leaves out."""
+    for (x, y), f in _with_flags(blocks, flagged):
+        yield cell_distances(x, y, reference, ~f)
+
+
+def trimmed_distances(
+    blocks: Blocks, num_classes: int, channels: np.ndarray, trim: float = 0.1, rounds: int = 5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """In memory: every image's cell distances (n, h, w) float32 against the trimmed reference and which images it
+    leaves out (n,) bool (:func:`trimmed_reference`, :func:`block_distances`)."""
+    reference, flagged = trimmed_reference(blocks, num_classes, channels, trim, rounds)
+    return np.concatenate(list(block_distances(blocks, reference, flagged))), flagged
 
 
 def in_memory(activations: np.ndarray, labels: np.ndarray, block: int = 256) -> Blocks:
@@ -209,28 +230,40 @@ def _with_flags(blocks: Blocks, flags: np.ndarray) -> Iterator[tuple[tuple[np.nd
         start += len(y)
 
 
-def _distances(blocks: Blocks, reference: CellReference, flagged: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Cell distances (n, h, w) of every block's images and their labels (n,): leave-one-out except where ``flagged``."""
-    parts, labels = [], []
+def _scores(blocks: Blocks, reference: CellReference, flagged: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Every block's images' local scores (n,) and labels (n,): leave-one-out except where ``flagged``."""
+    scores, labels = [], []
     for (x, y), f in _with_flags(blocks, np.zeros(0, bool) if flagged is None else flagged):
-        parts.append(cell_distances(x, y, reference, None if flagged is None else ~f))
+        scores.append(local_scores(cell_distances(x, y, reference, None if flagged is None else ~f))[0])
         labels.append(np.asarray(y))
-    return np.concatenate(parts), np.concatenate(labels)
+    return np.concatenate(scores), np.concatenate(labels)
 
 
-def local_anomaly_outputs(image_ids: np.ndarray, distances: np.ndarray, trimmed_images: np.ndarray, channels: np.ndarray, settings) -> tuple[pd.DataFrame, xr.Dataset]:
-    """``local_anomalies.parquet`` (image_id, ``local_score``, ``local_row``, ``local_column``: the cell where it
-    peaks, ``local_trimmed``: left out of the reference) and ``local_maps.zarr`` (``local_map`` (image, layer_y,
-    layer_x) float16, the cell distances; attrs: channels kept, ``trim``, ``rounds``) from :func:`trimmed_distances`.
-    ``settings``: :class:`audit.settings.LocalSettings`."""
-    score, row, column = local_scores(distances)
-    table = pd.DataFrame({"image_id": image_ids, "local_score": score, "local_row": row, "local_column": column, "local_trimmed": trimmed_images})
-    maps = xr.Dataset(
-        {"local_map": (("image", "layer_y", "layer_x"), np.minimum(distances, np.finfo(np.float16).max).astype(np.float16))},
-        coords={"image_id": ("image", image_ids)},
-        attrs={"channels": int(len(channels)), "max_channels": settings.max_channels, "trim": settings.trim, "rounds": settings.rounds, "seed": settings.seed},
-    )
-    return table, maps
+MAP_CHUNK = 4096
+"""Images per chunk of ``local_maps.zarr`` (at 8 × 8 cells, 512 kB of float16)."""
+
+
+def write_local_anomalies(
+    blocks: Blocks, image_ids: np.ndarray, reference: CellReference, flagged: np.ndarray, settings, maps_path: str | os.PathLike,
+) -> pd.DataFrame:
+    """Measure every image against ``reference`` (:func:`block_distances`) block by block and write its cell
+    distances to ``local_maps.zarr`` at ``maps_path`` atomically (``local_map`` (image, layer_y, layer_x) float16;
+    attrs: channels kept, ``trim``, ``rounds``, ``seed``); return ``local_anomalies.parquet``'s table (image_id,
+    ``local_score``, ``local_row``, ``local_column``: the cell where it peaks, ``local_trimmed``: left out of the
+    reference). ``settings``: :class:`audit.settings.LocalSettings`. Memory: one block and a chunk of maps."""
+    attrs = {"channels": int(len(reference.channels)), "max_channels": settings.max_channels, "trim": settings.trim, "rounds": settings.rounds, "seed": settings.seed}
+    parts, start = [], 0
+    with atomic_path(maps_path) as folder:
+        writer = ChunkedZarrWriter(folder, MAP_CHUNK, attrs)
+        for distances in block_distances(blocks, reference, flagged):
+            ids = np.asarray(image_ids[start : start + len(distances)])
+            start += len(distances)
+            maps = np.minimum(distances, np.finfo(np.float16).max).astype(np.float16)
+            writer.add(xr.Dataset({"local_map": (("image", "layer_y", "layer_x"), maps)}, coords={"image_id": ("image", ids)}))
+            score, row, column = local_scores(distances)
+            parts.append(pd.DataFrame({"image_id": ids, "local_score": score, "local_row": row, "local_column": column}))
+        writer.close()
+    return pd.concat(parts, ignore_index=True).assign(local_trimmed=flagged)
 
 
 def with_local_scores(anomalies: pd.DataFrame, local: pd.DataFrame) -> pd.DataFrame:

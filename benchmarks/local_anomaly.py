@@ -6,7 +6,8 @@ For each size, synthetic activations (image, unit, layer_y, layer_x) float32 of 
 Zarr store chunked by ``--block`` images, as the feature shards are; then, each in a fresh process so that its peak
 resident memory is its own: one plain read of every block (a sum), the statistics pass
 (:class:`audit.local_anomaly.CellStatistics`), one distance pass against the reference, and the whole trimmed
-computation as the ``local_anomalies`` rule runs it (:func:`audit.local_anomaly.trimmed_distances`).
+computation as the ``local_anomalies`` rule runs it (:func:`audit.local_anomaly.trimmed_reference`, then
+:func:`audit.local_anomaly.write_local_anomalies` into a scratch ``local_maps.zarr``).
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from audit.local_anomaly import CellStatistics, cell_distances, cell_reference, channel_subset, trimmed_distances
+from audit.local_anomaly import CellStatistics, cell_distances, cell_reference, channel_subset, trimmed_reference, write_local_anomalies
+from audit.settings import LocalSettings
 from audit.storage import open_zarr, write_zarr_part
 
 CLASSES = 10
@@ -66,8 +68,10 @@ def measure(path: Path, case: str, block: int) -> dict:
         start = time.perf_counter()  # one distance pass alone
         total = sum(float(np.nansum(cell_distances(x, y, reference))) for x, y in blocks())
     else:
-        distances, trimmed = trimmed_distances(blocks, CLASSES, channels)
-        total = float(trimmed.sum())
+        reference, trimmed = trimmed_reference(blocks, CLASSES, channels)
+        ids = np.arange(len(labels)).astype(str)
+        table = write_local_anomalies(blocks, ids, reference, trimmed, LocalSettings(), path.parent / "local_maps.zarr")
+        total = float(table["local_trimmed"].sum())
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "check": float(total)}
 

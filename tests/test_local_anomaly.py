@@ -127,3 +127,55 @@ def test_the_report_says_where_an_image_is_odd_and_outlines_the_peak_cell():
     maps, boxes = local_column(xr.Dataset({"local_map": (("image", "layer_y", "layer_x"), cells)}, coords={"image_id": ("image", ["a", "b"])}), ["a", "x"], (32, 32))
     assert maps[0].shape == (32, 32) and maps[0][8:16, 16:24].min() == 5.0 and maps[0].sum() == 5.0 * 64
     assert boxes[0] == (8.0, 16.0, 16.0, 24.0) and maps[1] is None and boxes[1] is None
+
+
+def test_the_rule_writes_every_images_map_block_by_block_as_the_in_memory_computation(rng, tmp_path, monkeypatch):
+    import audit.local_anomaly as local_anomaly
+    from audit.local_anomaly import trimmed_reference, write_local_anomalies
+    from audit.settings import LocalSettings
+    from audit.storage import open_zarr
+
+    monkeypatch.setattr(local_anomaly, "MAP_CHUNK", 16)  # several chunks, the last one short
+    x, labels = _activations(rng, 90, 3, 4, 3)
+    x[7, :, 2, 0] += 8.0
+    blocks = in_memory(x, labels, block=25)
+    distances, flagged = trimmed_distances(blocks, 3, np.arange(4))
+    reference, again = trimmed_reference(blocks, 3, np.arange(4))
+    ids = np.array([f"i{n}" for n in range(90)])
+    table = write_local_anomalies(blocks, ids, reference, again, LocalSettings(), tmp_path / "local_maps.zarr")
+    score, row, column = local_scores(distances)
+    assert (again == flagged).all() and table["local_trimmed"].tolist() == flagged.tolist() and table["image_id"].tolist() == ids.tolist()
+    np.testing.assert_allclose(table["local_score"], score, rtol=1e-6)
+    assert (table["local_row"] == row).all() and (table["local_column"] == column).all() and (row[7], column[7]) == (2, 0)
+    maps = open_zarr(tmp_path / "local_maps.zarr")
+    assert maps["local_map"].dtype == np.float16 and maps["local_map"].encoding["chunks"][0] == 16
+    np.testing.assert_allclose(maps["local_map"].values, distances.astype(np.float16))
+    assert maps["image_id"].values.astype(str).tolist() == ids.tolist() and maps.attrs["channels"] == 4
+
+
+def test_memory_grows_by_a_few_bytes_per_image_not_by_its_cells():
+    """The trimmed reference and the final pass hold one block, the statistics and per image its score, label and
+    flag: 17 bytes. The distances of every image (8 × 8 cells) would be 256 bytes a image in float32."""
+    import tracemalloc
+
+    from audit.local_anomaly import block_distances, trimmed_reference
+
+    patterns = np.random.default_rng(0).normal(size=(4, 4, 8, 8)) * 2.0
+
+    def generated(count: int):
+        def blocks():
+            for start in range(0, count, 500):
+                labels = (start + np.arange(500)) % 4
+                yield patterns[labels] + np.random.default_rng(start).normal(size=(500, 4, 8, 8)), labels
+        return blocks
+
+    peaks = {}
+    for count in (2000, 10000):
+        tracemalloc.start()
+        blocks = generated(count)
+        reference, flagged = trimmed_reference(blocks, 4, np.arange(4), rounds=2)
+        scores = np.concatenate([local_scores(d)[0] for d in block_distances(blocks, reference, flagged)])
+        peaks[count] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert len(scores) == count and np.isfinite(scores).all()
+    assert (peaks[10000] - peaks[2000]) / 8000 < 64, peaks

@@ -4,10 +4,10 @@ from stage import stage_settings
 
 from audit.data.shards import PRESENCE_COLUMNS, read_listing
 from audit.feature_store import open_features
-from audit.local_anomaly import channel_subset, local_anomaly_outputs, trimmed_distances
+from audit.local_anomaly import channel_subset, trimmed_reference, write_local_anomalies
 from audit.runtime import stage_run
 from audit.settings import LocalSettings
-from audit.storage import write_parquet, write_zarr
+from audit.storage import write_parquet
 
 with stage_run(snakemake.log[0], snakemake.threads, model=False):
     settings = stage_settings(snakemake, LocalSettings, "local")
@@ -19,7 +19,6 @@ with stage_run(snakemake.log[0], snakemake.threads, model=False):
         for start in range(0, len(labels), settings.block):
             yield activations[start : start + settings.block].values, labels[start : start + settings.block]
 
-    distances, trimmed = trimmed_distances(blocks, features.sizes["class"], channels, settings.trim, settings.rounds)
-    table, maps = local_anomaly_outputs(features["image_id"].values.astype(str), distances, trimmed, channels, settings)
+    reference, trimmed = trimmed_reference(blocks, features.sizes["class"], channels, settings.trim, settings.rounds)
+    table = write_local_anomalies(blocks, features["image_id"].values.astype(str), reference, trimmed, settings, snakemake.output.maps)
     write_parquet(table, snakemake.output.scores)
-    write_zarr(maps, snakemake.output.maps)

@@ -127,6 +127,12 @@ def test_the_report_says_where_an_image_is_odd_and_outlines_the_peak_cell():
     maps, boxes = local_column(xr.Dataset({"local_map": (("image", "layer_y", "layer_x"), cells)}, coords={"image_id": ("image", ["a", "b"])}), ["a", "x"], (32, 32))
     assert maps[0].shape == (32, 32) and maps[0][8:16, 16:24].min() == 5.0 and maps[0].sum() == 5.0 * 64
     assert boxes[0] == (8.0, 16.0, 16.0, 24.0) and maps[1] is None and boxes[1] is None
+    # registered as the explain stores draw the layer: cells centred 3 px lower and 2 px left of the plain grid
+    from audit.models.registration import GridRegistration
+
+    shifted = GridRegistration((4.0 + 3, 4.0 - 2), (8.0, 8.0))
+    maps, boxes = local_column(xr.Dataset({"local_map": (("image", "layer_y", "layer_x"), cells)}, coords={"image_id": ("image", ["a", "b"])}), ["a"], (32, 32), shifted)
+    assert boxes[0] == (11.0, 14.0, 19.0, 22.0) and maps[0][11:19, 14:22].min() == 5.0 and maps[0].sum() == 5.0 * 64
 
 
 def test_the_rule_writes_every_images_map_block_by_block_as_the_in_memory_computation(rng, tmp_path, monkeypatch):

@@ -76,6 +76,20 @@ class GridRegistration:
         return np.einsum("yi,mij,xj->myx", rows, maps, columns, optimize=True)
 
 
+    def nearest(self, maps: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+        """Maps (M, h, w) on the layer grid → (M, H, W) on the image, each pixel taking the cell whose registered centre
+        is nearest (clamped to the grid): each cell reads as one block, for maps of per-cell values."""
+        maps = np.asarray(maps)
+        rows = [np.clip(np.floor((np.arange(pixels) + 0.5 - self.origin[axis]) / self.step[axis] + 0.5), 0, cells - 1).astype(int)
+                for axis, (pixels, cells) in enumerate(zip(image_size, maps.shape[1:]))]
+        return maps[:, rows[0]][:, :, rows[1]]
+
+    def cell_box(self, row: int, column: int) -> tuple[float, float, float, float]:
+        """The pixels (top, left, bottom, right) of cell (``row``, ``column``): its registered centre ± half a step."""
+        y, x = self.origin[0] + row * self.step[0], self.origin[1] + column * self.step[1]
+        return (y - self.step[0] / 2, x - self.step[1] / 2, y + self.step[0] / 2, x + self.step[1] / 2)
+
+
 def register_grid(model: nn.Module, layer: str, input_size: tuple[int, int], samples: int = 4, seed: int = 0, per_axis: int = 4) -> GridRegistration:
     """The registration of ``model``'s ``layer`` at input (H, W) ``input_size`` (see the module docstring).
 

@@ -57,6 +57,8 @@ def score_distribution(anomalies: pd.DataFrame, top: int) -> str:
     sns.stripplot(data=anomalies, x="class_name", y="combined_score", order=order, hue=leading, palette={False: "#888888", True: "#d62728"}, size=3, ax=axis, legend=False)
     axis.axhline(OUTLIER_Z, color="#d62728", linestyle=":", linewidth=1)
     axis.set_yscale("symlog", linthresh=1.0)
+    low, high = float(anomalies["combined_score"].min()), float(anomalies["combined_score"].max())
+    axis.set_ylim(min(low * 1.5, -2.0), max(high * 2.0, 2 * OUTLIER_Z))  # room above the top points on the log part
     axis.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
     axis.set(xlabel="class", ylabel=f"z: largest robust z in class\n(dotted: {OUTLIER_Z:g})")
     return to_data_uri(figure)

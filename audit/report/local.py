@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import scipy.ndimage
 import xarray as xr
 
+from audit.models.registration import GridRegistration
 
 LOCAL_TITLE = "local anomaly"
 LOCAL_MEANING = "each cell's distance to the same cell of the class without the image (bright: far); outlined, the cell where it peaks"
@@ -22,9 +22,12 @@ def oddity(anomalies: pd.DataFrame) -> pd.Series:
     return pd.Series(np.where(anomalies["odd_in"] == "one place", where, anomalies["odd_in"]), index=anomalies.index)
 
 
-def local_column(local_maps: xr.Dataset | None, ids: list[str], image_size: tuple[int, int]) -> tuple[list[np.ndarray | None], list[tuple[float, float, float, float] | None]]:
-    """Per image of ``ids``: its cell distances drawn at ``image_size`` (nearest cell, so each cell reads as one), and
-    the outline (top, left, bottom, right, in pixels) of the cell where they peak; None for an image without."""
+def local_column(
+    local_maps: xr.Dataset | None, ids: list[str], image_size: tuple[int, int], registration: GridRegistration | None = None,
+) -> tuple[list[np.ndarray | None], list[tuple[float, float, float, float] | None]]:
+    """Per image of ``ids``: its cell distances drawn at ``image_size`` through the layer's grid ``registration``
+    (the explain stores'; plain without), each pixel taking its nearest cell so each cell reads as one, and the
+    outline (top, left, bottom, right, in pixels) of the cell where they peak; None for an image without."""
     if local_maps is None:
         return [None] * len(ids), [None] * len(ids)
     row = {str(i): n for n, i in enumerate(local_maps["image_id"].values)}
@@ -35,11 +38,7 @@ def local_column(local_maps: xr.Dataset | None, ids: list[str], image_size: tupl
             boxes.append(None)
             continue
         cells = local_maps["local_map"][row[image_id]].values.astype(np.float32)
-        step = (image_size[0] / cells.shape[0], image_size[1] / cells.shape[1])
-        maps.append(scipy.ndimage.zoom(np.nan_to_num(cells), step, order=0, grid_mode=True, mode="nearest"))
-        if np.isfinite(cells).any():
-            y, x = np.unravel_index(np.nanargmax(cells), cells.shape)
-            boxes.append((y * step[0], x * step[1], (y + 1) * step[0], (x + 1) * step[1]))
-        else:
-            boxes.append(None)
+        grid = registration or GridRegistration.plain(cells.shape, image_size)
+        maps.append(grid.nearest(np.nan_to_num(cells)[None], image_size)[0])
+        boxes.append(grid.cell_box(*np.unravel_index(np.nanargmax(cells), cells.shape)) if np.isfinite(cells).any() else None)
     return maps, boxes

@@ -14,13 +14,14 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from audit.anomaly_ranking import outliers_within_class
 from audit.explain.explainer import ReportColumn
 from audit.explain.registry import explainer
 from audit.feature_store import has_classifier
-from audit.anomaly_ranking import outliers_within_class
 from audit.history import RunHistory
 from audit.metrics.metric import Output
 from audit.metrics.registry import outputs
+from audit.models.registration import GridRegistration
 from audit.report import figures
 from audit.report.gallery import Gallery
 from audit.report.local import LOCAL_MEANING, LOCAL_TITLE, local_column, oddity
@@ -81,7 +82,8 @@ class ReportInputs:
 
 
 class _MapIndex:
-    """Image-resolution maps by (method, reference kind, purpose, image_id, target), and the report's map columns."""
+    """Image-resolution maps by (method, reference kind, purpose, image_id, target), the report's map columns, and
+    where the layer's cells lie in the image (``registration``, from the stores' attrs; None without)."""
 
     def __init__(self, saliency: dict[str, xr.Dataset]):
         self._maps = {}
@@ -93,6 +95,8 @@ class _MapIndex:
             for m, (kind, purpose, image_id, target) in enumerate(keys):
                 self._maps[(method, kind, str(purpose), str(image_id), int(target))] = image_map[m]
             self.signed[method] = bool(store.attrs.get("signed", 0))
+        registered = [store.attrs for store in saliency.values() if "grid_origin" in store.attrs]
+        self.registration = GridRegistration.from_attrs(registered[0]) if registered else None  # one model and layer: any store's
 
     def get(self, method: str, column: ReportColumn, image_id: str, target: int) -> np.ndarray | None:
         return self._maps.get((method, column.kind, column.purpose, image_id, int(target)))
@@ -119,7 +123,7 @@ def _grid(
     legend = [(column.title.format(**names), _meaning(column, maps.signed[method]).format(**names)) for method, column in columns]
     boxes = None
     if local_maps is not None:
-        local, outlines = local_column(local_maps, ids, pictures[0].shape[1:])
+        local, outlines = local_column(local_maps, ids, pictures[0].shape[1:], maps.registration)
         rows = [row + [m] for row, m in zip(rows, local)]
         boxes = [[None] * len(columns) + [box] for box in outlines]
         titles, signed, relative = titles + [LOCAL_TITLE], signed + [False], relative + [False]
@@ -172,7 +176,7 @@ def render_report(inputs: ReportInputs) -> str:
         if top.empty:
             continue
         ids = list(top["image_id"])
-        row_labels = [f"#{r.combined_rank} {r.image_id}\nlabel {name}, pred {predicted(image_index[r.image_id])}\nz {r.combined_score:.1f}, odd {r.odd_in}" for r in top.itertuples()]
+        row_labels = [f"#{r.combined_rank} {r.image_id}\nlabel {name}, pred {predicted(image_index[r.image_id])}\nz {r.combined_score:.1f}, odd {'in ' if r.odd_in == 'one place' else ''}{r.odd_in}" for r in top.itertuples()]
         grid = _grid(images, maps, "anomaly", ids, c, image_index, row_labels, {"a": name}, inputs.local_maps)
         rows = [
             {

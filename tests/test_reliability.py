@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import yaml
 
 from audit.data.manifest import normalise_manifest
@@ -105,7 +106,25 @@ def test_imagefolder_splits_from_folders_or_by_a_seeded_fraction(tmp_path):
     plain = table.assign(split="audit")
     first, second = (split_by_fraction(plain, 0.3, seed=1)["split"] for _ in range(2))
     assert (first == second).all()  # seeded
-    assert plain.assign(split=first).groupby("label")["split"].apply(lambda s: (s == "audit").sum()).to_dict() == {"cat": 2, "dog": 2}
+    held = plain.assign(split=first).groupby("label")["split"].apply(lambda s: (s == "audit").sum())
+    assert held.between(1, 4).all()  # a small class keeps an image in each split
+
+
+@pytest.mark.parametrize("fraction,seed", [(0.1, 0), (0.3, 1), (0.5, 7)])
+def test_a_new_image_never_moves_an_old_images_split(fraction, seed):
+    """The split is a seeded hash of each image's id: the share held out is close to the fraction in every class,
+    and growing a dataset by half (or dropping a third of it) leaves every remaining image in its split."""
+    from audit.data.manifest import split_by_fraction
+
+    ids = [f"class{c}/img{n:05d}.png" for c in range(4) for n in range(900)]
+    table = pd.DataFrame({"image_id": ids, "label": [i.split("/")[0] for i in ids]})
+    before = split_by_fraction(table.iloc[::3].iloc[:800], fraction, seed).set_index("image_id")["split"]
+    grown = split_by_fraction(table, fraction, seed).set_index("image_id")["split"]
+    shrunk = split_by_fraction(table.iloc[::2], fraction, seed).set_index("image_id")["split"]
+    assert (grown.loc[before.index] == before).all() and (grown.loc[shrunk.index] == shrunk).all()
+    share = (grown == "audit").groupby(table.set_index("image_id")["label"]).mean()
+    assert (share - fraction).abs().max() < 0.05, share  # binomial sd at 900 images: at most 0.017
+    assert (split_by_fraction(table, fraction, seed + 1)["split"].to_numpy() != grown.to_numpy()).any()  # another seed, another split
 
 
 def test_results_are_bit_identical_at_the_same_threads_and_close_with_the_same_ranks_across_thread_counts(digits_small):

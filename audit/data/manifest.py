@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -175,15 +175,26 @@ def per_row(function: Callable[..., str], *columns: pd.Series) -> pd.Series:
     return pd.concat(batches, ignore_index=True).set_axis(columns[0].index) if batches else pd.Series([], index=columns[0].index, dtype=str)
 
 
+def seeded_hash(image_ids: Sequence[str] | np.ndarray | pd.Series, seed: int) -> np.ndarray:
+    """A uint64 (N,) hash of each image id keyed by ``seed``: an id's value depends on its id and the seed alone, not
+    on the other images (a stable per-image draw: the split below, the metric sample)."""
+    return pd.util.hash_array(np.asarray(image_ids, dtype=object).astype(str), hash_key=f"{seed:016d}"[-16:])
+
+
 def split_by_fraction(table: pd.DataFrame, audit_fraction: float, seed: int) -> pd.DataFrame:
-    """The manifest with a seeded split: per label, ``audit_fraction`` of the images (at least one of two or more) ``audit``, the rest ``train``."""
-    rng = np.random.default_rng(seed)
-    split = np.full(len(table), "train", dtype=object)
+    """The manifest with a stable seeded split: an image is ``audit`` when its id's :func:`seeded_hash`, read as a
+    fraction of [0, 1), is below ``audit_fraction``, else ``train``, so an image keeps its split however the dataset
+    grows or shrinks. Per label of two or more images at least one is ``audit`` (its lowest hash) and one ``train``
+    (its highest): only in such a small class can a new image move an old one."""
+    position = seeded_hash(table["image_id"], seed) / 2.0**64
+    held = position < audit_fraction
     for _, rows in table.groupby("label", sort=True):
-        positions = table.index.get_indexer(rows.index)
-        held = min(len(rows) - 1, max(1, round(audit_fraction * len(rows)))) if len(rows) > 1 else 0
-        split[rng.permutation(positions)[:held]] = "audit"
-    return table.assign(split=split)
+        at = table.index.get_indexer(rows.index)
+        if len(at) > 1 and not held[at].any():
+            held[at[np.argmin(position[at])]] = True
+        if len(at) > 1 and held[at].all():
+            held[at[np.argmax(position[at])]] = False
+    return table.assign(split=np.where(held, "audit", "train").astype(object))
 
 
 def _relative_id(path: str, root: Path) -> str:

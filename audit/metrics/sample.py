@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from audit.data.manifest import seeded_hash
 from audit.explain.plan import PLAN_COLUMNS, others_ranked
 
 SAMPLE = "sample"
@@ -34,7 +35,7 @@ def sample_members(image_ids: np.ndarray, labels: np.ndarray, per_class: int, se
     labels = np.asarray(labels)
     if per_class <= 0 or not len(labels):
         return np.zeros(len(labels), bool)
-    priority = pd.util.hash_array(np.asarray(image_ids, dtype=object).astype(str), hash_key=f"{seed:016d}"[-16:])
+    priority = seeded_hash(image_ids, seed)
     rank = pd.DataFrame({"label": labels, "priority": priority}).groupby("label")["priority"].rank(method="first")
     classed = labels >= 0 if np.issubdtype(labels.dtype, np.number) else np.ones(len(labels), bool)
     return (rank.to_numpy() <= per_class) & classed

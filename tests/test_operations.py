@@ -27,15 +27,54 @@ def test_building_the_dag_imports_neither_torch_nor_timm(tmp_path):
     assert not {"torch", "timm", "pytorch_grad_cam"} & imported
 
 
-SUBMISSIONS = ["rule_check_model", "rule_list_images", "group_images_ingest_shard", "rule_train_model", "group_features_extract_features_shard_statistics",
+SUBMISSIONS = ["rule_check_model", "rule_list_images", "group_images_ingest_shard", "group_images_ingest_shard", "rule_train_model", "group_features_extract_features_shard_statistics",
                "group_reference_anomaly_scores_collect_rejects_reference_stats", "rule_local_anomalies", "group_maps_dataset_maps",
                "group_audit_anomalies_collect_shortcuts_confirm_pairs_confirm_shortcuts_explain_..."]  # Snakemake names a group by its first five rules
+
+
+def _group_blocks(dry_run: str) -> list[str]:
+    """The text of each group job a dry run lists: from its "Group job" line to the next unindented line."""
+    blocks, current = [], None
+    for line in dry_run.splitlines():
+        if "] Group job " in line:
+            current = [line]
+            blocks.append(current)
+        elif current is not None and line and not line.startswith(" "):
+            current = None
+        elif current is not None:
+            current.append(line)
+    return ["\n".join(block) for block in blocks]
+
+
+@pytest.mark.parametrize("profile", ["slurm", "slurm-gpu"])
+def test_both_cluster_profiles_dry_run_40_shards_and_no_group_mixes_partitions_or_gpu_and_cpu(profile, tmp_path):
+    """A listed audit of 40 shards (benchmarks/dag.py) dry-runs through each cluster profile as its workflow profile
+    (it ended in Snakemake's "BUG: Out of jobs ready" with 20 image shards a submission, and the GPU profile's
+    audit group mixed the gpu and the default partition); every group job asks for one partition, and either every
+    job in it asks for a GPU or none does."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dag_benchmark", ROOT / "benchmarks" / "dag.py")
+    dag = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dag)
+    config = dag.listed_audit(tmp_path, 40)
+    result = subprocess.run(
+        [SNAKEMAKE, "-n", "--workflow-profile", str(ROOT / "profiles" / profile), "--configfile", str(config), "--directory", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0 and "BUG" not in result.stdout, result.stdout[-3000:] + result.stderr[-2000:]
+    blocks = _group_blocks(result.stdout)
+    assert len(blocks) >= 40 + 2 + 2  # 40 image shards, the feature and the map shards 20 a submission
+    for block in blocks:
+        resources = re.findall(r"^\s+resources: (.*)$", block, re.MULTILINE)
+        partitions = {re.search(r"slurm_partition=(\w+)", r).group(1) for r in resources}
+        assert len(partitions) == 1 and len({"gpu=1" in r for r in resources}) == 1, block[:2000]
 
 
 @pytest.mark.slurm
 def test_the_tiny_audit_runs_through_a_real_slurm_and_matches_a_local_run(slurm_audit, tiny_audit):
     """Single-node SLURM from Debian's packages (installed when missing): every job goes through sbatch,
-    the profile's groups as one submission each (the two image shards in one, the two feature shards with their statistics
+    the profile's groups as one submission each (each image shard alone, the two feature shards with their statistics
     in one), and the results equal the local run's. The run is a background thread (tests/slurm_run.py); this
     test reads its result."""
     run = slurm_audit.result()

@@ -15,8 +15,9 @@ one of them stands out in its class. ``combined_rank`` is its rank within the cl
 ``odd_in`` says which kind led: ``one place`` when the local score's z is the largest, else ``overall``.
 
 Measured on digits audits with both kinds planted (tests/test_anomaly_ranking.py; resnet10t trained six epochs on
-clean digits at 64 px, layer4 8 × 8 (the test trains four: 0.999 / 0.994); small bright marks of 2 to 6 px at random places off the stroke on 3 to 10 % of the held-out
-images, 5 % of the held-out images given a wrong label; two data seeds, four mark sets each), AUROC on the marks /
+clean digits at 64 px, layer4 8 × 8 (the test trains four: 0.999 / 0.994); small bright marks of 2 to 6 px at
+random places off the stroke on 3 to 10 % of the held-out images, 5 % of the held-out images given a wrong label;
+two data seeds, four mark sets each), AUROC on the marks /
 on the wrong labels: the embedding's score alone 0.89–0.95 / ≥ 0.9994, the local score 0.993–0.998 / 0.56–0.72,
 the largest z 0.992–0.998 / 0.9975–0.9999. At 48 px (6 × 6 cells) the marks fell to 0.988–0.997 (local alone
 0.992–0.998). Without the relative score the wrong labels fell to 0.993 on one seed at 48 px: images whose

@@ -30,6 +30,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from audit.local_anomaly import with_local_scores
+
 ROBUST_Z = 1.4826  # MAD → standard deviation for a normal distribution
 OUTLIER_Z = 3.5
 """The robust z above which a score counts as odd within its class (Iglewicz and Hoaglin's cut-off)."""
@@ -60,6 +62,13 @@ def combined_ranking(anomalies: pd.DataFrame) -> pd.DataFrame:
     table["odd_in"] = np.where(table["combined_score"].notna(), kinds[leading], "")
     table["combined_rank"] = table.groupby("label")["combined_score"].rank(ascending=False, method="first").astype("Int64")
     return table
+
+
+def ranked_anomalies(embedding_scores: pd.DataFrame, local: pd.DataFrame) -> pd.DataFrame:
+    """The embedding's anomaly table (``embedding_anomalies.parquet``) with the local scores joined
+    (``local_anomalies.parquet``, :func:`audit.local_anomaly.with_local_scores`) and the combined ranking: what the
+    explain plan picks its subjects from and what ``anomalies.parquet`` holds, the same rows in both."""
+    return combined_ranking(with_local_scores(embedding_scores, local))
 
 
 def outliers_within_class(anomalies: pd.DataFrame, threshold: float = OUTLIER_Z) -> pd.Series:

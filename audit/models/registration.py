@@ -57,9 +57,13 @@ class GridRegistration:
     def from_attrs(cls, attrs: dict) -> GridRegistration:
         return cls(tuple(attrs["grid_origin"]), tuple(attrs["grid_step"]))
 
+    def _cell_coordinate(self, pixels: int, axis: int) -> np.ndarray:
+        """(pixels,) each pixel centre k + ½ along ``axis`` in cell units: (k + ½ − origin) / step (cell i's centre at i)."""
+        return (np.arange(pixels) + 0.5 - self.origin[axis]) / self.step[axis]
+
     def interpolation(self, cells: int, pixels: int, axis: int) -> np.ndarray:
         """(pixels, cells) bilinear weights along one axis: pixel centres k + ½ at cell coordinate (k + ½ − origin) / step, clamped to the grid."""
-        position = np.clip((np.arange(pixels) + 0.5 - self.origin[axis]) / self.step[axis], 0.0, cells - 1)
+        position = np.clip(self._cell_coordinate(pixels, axis), 0.0, cells - 1)
         low = np.floor(position).astype(int)
         high = np.minimum(low + 1, cells - 1)
         weight = position - low
@@ -80,7 +84,7 @@ class GridRegistration:
         """Maps (M, h, w) on the layer grid → (M, H, W) on the image, each pixel taking the cell whose registered centre
         is nearest (clamped to the grid): each cell reads as one block, for maps of per-cell values."""
         maps = np.asarray(maps)
-        rows = [np.clip(np.floor((np.arange(pixels) + 0.5 - self.origin[axis]) / self.step[axis] + 0.5), 0, cells - 1).astype(int)
+        rows = [np.clip(np.floor(self._cell_coordinate(pixels, axis) + 0.5), 0, cells - 1).astype(int)
                 for axis, (pixels, cells) in enumerate(zip(image_size, maps.shape[1:]))]
         return maps[:, rows[0]][:, :, rows[1]]
 

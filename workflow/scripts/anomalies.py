@@ -1,14 +1,13 @@
 """Snakemake adapter: the anomaly table (embedding and local scores, the ranking that combines them, map outlier scores beside them) and how well each ranking finds flagged images."""
 import pandas as pd
 
-from audit.anomaly_ranking import combined_ranking
-from audit.local_anomaly import with_local_scores
+from audit.anomaly_ranking import ranked_anomalies
 from audit.metrics.anomaly_quality import ranking_quality
 from audit.runtime import stage_run
 from audit.storage import write_parquet
 
 with stage_run(snakemake.log[0], snakemake.threads, model=False):
-    table = combined_ranking(with_local_scores(pd.read_parquet(snakemake.input.scores), pd.read_parquet(snakemake.input.local)))
+    table = ranked_anomalies(pd.read_parquet(snakemake.input.scores), pd.read_parquet(snakemake.input.local))
     if snakemake.input.map_outliers:  # how unusual each image's map is within its class (audit.strategies)
         outliers = pd.read_parquet(snakemake.input.map_outliers).drop(columns="label")
         table = table.merge(outliers, on="image_id", how="left")

@@ -2,11 +2,10 @@
 import pandas as pd
 from stage import stage_settings
 
-from audit.anomaly_ranking import combined_ranking
+from audit.anomaly_ranking import ranked_anomalies
 from audit.explain.plan import explain_plan
 from audit.data.shards import PRESENCE_COLUMNS, read_listing
 from audit.feature_store import class_scores, has_classifier, open_features
-from audit.local_anomaly import with_local_scores
 from audit.runtime import stage_run
 from audit.settings import ExplainSettings
 from audit.similarity import pair_matrix
@@ -21,7 +20,7 @@ with stage_run(snakemake.log[0], snakemake.threads, model=False):
     if has_classifier(features) and settings.finer_similarity == "weights":
         weight_similarity = pair_matrix(pairs, features.sizes["class"], "weight_cosine", diagonal=1.0)
     plan = explain_plan(
-        combined_ranking(with_local_scores(pd.read_parquet(snakemake.input.anomalies), pd.read_parquet(snakemake.input.local))),
+        ranked_anomalies(pd.read_parquet(snakemake.input.anomalies), pd.read_parquet(snakemake.input.local)),
         pairs,
         features["image_id"].values,
         features["label"].values,

@@ -278,6 +278,19 @@ class ReportSettings(StageSettings):
     full_classes: int = 50
 
 
+@dataclass(frozen=True)
+class ClusterSettings(StageSettings):
+    """``cluster``: the time limit (``runtime``, minutes) each shard job asks a cluster for (``audit.cluster_time``):
+    the shard's images at the stage's measured rate (s per image), plus an overhead, twice over, capped."""
+
+    ingest_seconds_per_image: float = speed_only(0.02)
+    features_seconds_per_image: float = speed_only(0.1)
+    statistics_seconds_per_image: float = speed_only(0.002)
+    dataset_maps_seconds_per_image: float = speed_only(0.2)
+    overhead_minutes: float = speed_only(5.0)
+    max_minutes: float = speed_only(1440.0)
+
+
 STAGES: dict[str, type[StageSettings]] = {
     "dataset": DatasetSettings,
     "model": ModelSettings,
@@ -290,5 +303,6 @@ STAGES: dict[str, type[StageSettings]] = {
     "local": LocalSettings,
     "dask": DaskSettings,
     "report": ReportSettings,
+    "cluster": ClusterSettings,
 }
 """Config section → its settings class."""

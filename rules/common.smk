@@ -6,6 +6,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
+from audit.cluster_time import shard_minutes
 from audit.data.shards import read_listing, shard_digests
 from audit.data.manifest import require_dataset_path, resolve_config_paths
 from audit.explain.registry import explainer
@@ -13,6 +14,7 @@ from audit.metrics.sample import shard_sample_digests
 from audit.models.timm_names import require_timm_model
 from audit.settings import (
     DATASET_KEYS,
+    ClusterSettings,
     ConfirmSettings,
     LocalSettings,
     JOB_KEYS,
@@ -153,6 +155,19 @@ def feature_shards(wildcards):
 
 def statistics_shards(wildcards):
     return _shard_paths(wildcards, "results/{audit}/statistics/shard-{shard}.zarr")
+
+
+def shard_runtime(stage):
+    """The ``runtime`` resource (minutes) of a shard job of ``stage`` (``ingest``, ``features``, ``statistics``,
+    ``dataset_maps``): the shard's images at the audit's ``cluster`` rate for it (audit.cluster_time)."""
+
+    def runtime(wildcards):
+        settings = ClusterSettings.from_config(audit_config(wildcards)["cluster"])
+        images = listing(wildcards).sizes[int(wildcards.shard)]
+        rate = getattr(settings, f"{stage}_seconds_per_image")
+        return shard_minutes(images, rate, overhead_minutes=settings.overhead_minutes, max_minutes=settings.max_minutes, stage=f"audit {wildcards.audit}, {stage}")
+
+    return runtime
 
 
 def shard_digest_param(wildcards):

@@ -34,6 +34,7 @@ rule explain:
         settings=explain_params,
     resources:
         gpu=1,
+    threads: 8
     conda:
         "../workflow/envs/audit.yaml"
     log:
@@ -59,7 +60,9 @@ rule dataset_maps:
         settings=dataset_map_params,
         present=shard_present_param,
     resources:
+        runtime=shard_runtime("dataset_maps"),
         gpu=1,
+    threads: 4
     conda:
         "../workflow/envs/audit.yaml"
     log:
@@ -84,6 +87,7 @@ rule strategies:
     params:
         settings=strategy_params,
         present=present_param,
+    threads: 2
     conda:
         "../workflow/envs/audit.yaml"
     log:
@@ -114,6 +118,7 @@ rule confirm_shortcuts:
         classes=confirm_part_classes,
     resources:
         gpu=1,
+    threads: 8
     conda:
         "../workflow/envs/audit.yaml"
     log:
@@ -157,6 +162,7 @@ rule confirm_pairs:
         methods=explain_methods,
     resources:
         gpu=1,
+    threads: 8
     conda:
         "../workflow/envs/audit.yaml"
     log:

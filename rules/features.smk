@@ -8,7 +8,9 @@ rule extract_features:
         settings=feature_params,
         chunk=lambda wildcards: audit_config(wildcards)["dataset"]["chunk"],
     resources:
+        runtime=shard_runtime("features"),
         gpu=1,
+    threads: 8
     conda:
         "../workflow/envs/audit.yaml"
     log:
@@ -30,6 +32,8 @@ rule shard_statistics:
         directory("results/{audit}/statistics/shard-{shard}.zarr"),
     params:
         present=shard_present_param,
+    resources:
+        runtime=shard_runtime("statistics"),
     conda:
         "../workflow/envs/audit.yaml"
     log:

@@ -33,6 +33,8 @@ rule ingest_shard:
     params:
         settings=dataset_params,
         digest=shard_digest_param,
+    resources:
+        runtime=shard_runtime("ingest"),
     conda:
         "../workflow/envs/audit.yaml"
     log:

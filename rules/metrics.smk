@@ -16,6 +16,7 @@ rule sample_metrics:
         sample=shard_sample_param,
     resources:
         gpu=1,
+    threads: 4
     conda:
         "../workflow/envs/audit.yaml"
     log:
@@ -39,6 +40,7 @@ rule metrics:
         methods=metric_methods,
     resources:
         gpu=1,
+    threads: 8
     conda:
         "../workflow/envs/audit.yaml"
     log:

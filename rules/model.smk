@@ -26,6 +26,7 @@ rule train_model:
         images=present_param,
     resources:
         gpu=1,
+    threads: 8
     conda:
         "../workflow/envs/audit.yaml"
     log:

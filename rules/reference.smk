@@ -12,6 +12,7 @@ rule reference_stats:
     params:
         settings=reference_params,
         images=present_param,
+    threads: 4
     conda:
         "../workflow/envs/audit.yaml"
     log:
@@ -32,6 +33,7 @@ rule anomaly_scores:
         listing=ancient("results/{audit}/listing.parquet"),
     output:
         "results/{audit}/embedding_anomalies.parquet",
+    threads: 4
     conda:
         "../workflow/envs/audit.yaml"
     log:
@@ -54,6 +56,7 @@ rule local_anomalies:
     params:
         settings=local_params,
         images=present_param,
+    threads: 2
     conda:
         "../workflow/envs/audit.yaml"
     log:

@@ -26,11 +26,8 @@ TIMEOUT_S = 1200  # the run shares the machine with the rest of the session
 def site_profile(folder: Path, cpus: int, memory_mb: int) -> Path:
     """profiles/slurm as a site would adapt it to this one-node cluster: sizes capped, status checked by squeue, quick polls."""
     profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
-    profile["cores"] = cpus
-    profile["set-threads"] = {rule: min(threads, cpus) for rule, threads in profile["set-threads"].items()}
+    profile["cores"] = cpus  # caps the rules' threads, which the plugin asks for as CPUs
     for resources in (profile["default-resources"], *profile["set-resources"].values()):
-        if "cpus_per_task" in resources:
-            resources["cpus_per_task"] = min(resources["cpus_per_task"], cpus)
         if "mem_mb" in resources:
             resources["mem_mb"] = min(resources["mem_mb"], memory_mb)
     profile.update({"slurm-status-command": "squeue", "slurm-init-seconds-before-status-checks": 1, "slurm-no-account": True, "latency-wait": 5})

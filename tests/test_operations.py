@@ -1,10 +1,14 @@
 """Operating the workflow (issue 13): cheap DAG builds, a real SLURM."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.workflow import CORES, ROOT, SNAKEMAKE, TINY
+from tests.workflow import CORES, ROOT, SNAKEMAKE, TINY, snakemake
 
 
 def test_building_the_dag_imports_neither_torch_nor_timm(tmp_path):
@@ -27,98 +31,190 @@ def test_building_the_dag_imports_neither_torch_nor_timm(tmp_path):
     assert not {"torch", "timm", "pytorch_grad_cam"} & imported
 
 
-SUBMISSIONS = ["rule_check_model", "rule_list_images", "group_images_ingest_shard", "group_images_ingest_shard", "rule_train_model", "group_features_extract_features_shard_statistics",
-               "group_reference_anomaly_scores_collect_rejects_reference_stats", "rule_local_anomalies", "group_maps_dataset_maps",
-               "group_audit_anomalies_collect_shortcuts_confirm_pairs_confirm_shortcuts_explain_..."]  # Snakemake names a group by its first five rules
+SHARD_RULES = ("ingest_shard", "extract_features", "shard_statistics", "dataset_maps", "sample_metrics")
+"""The rules with one job per shard."""
+MODEL_RULES = {"train_model", "extract_features", "dataset_maps", "sample_metrics", "explain", "confirm_shortcuts", "confirm_pairs", "metrics"}
+"""The rules that declare ``resources: gpu=1``."""
 
 
-def _group_blocks(dry_run: str) -> list[str]:
-    """The text of each group job a dry run lists: from its "Group job" line to the next unindented line."""
-    blocks, current = [], None
-    for line in dry_run.splitlines():
-        if "] Group job " in line:
-            current = [line]
-            blocks.append(current)
-        elif current is not None and line and not line.startswith(" "):
-            current = None
-        elif current is not None:
-            current.append(line)
-    return ["\n".join(block) for block in blocks]
-
-
-@pytest.mark.parametrize("profile", ["slurm", "slurm-gpu"])
-def test_both_cluster_profiles_dry_run_40_shards_and_no_group_mixes_partitions_or_gpu_and_cpu(profile, tmp_path):
-    """A listed audit of 40 shards (benchmarks/dag.py) dry-runs through each cluster profile as its workflow profile
-    (it ended in Snakemake's "BUG: Out of jobs ready" with 20 image shards a submission, and the GPU profile's
-    audit group mixed the gpu and the default partition); every group job asks for one partition, and either every
-    job in it asks for a GPU or none does."""
+def _dag_benchmark():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("dag_benchmark", ROOT / "benchmarks" / "dag.py")
     dag = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(dag)
-    config = dag.listed_audit(tmp_path, 40)
+    return dag
+
+
+def _listed_jobs(dry_run: str) -> list[tuple[str, int, dict[str, str]]]:
+    """Each job a dry run lists: its rule, threads and resources (name → value)."""
+    jobs = []
+    for block in re.split(r"\n(?=\[[^\]]*\]\n(?:local)?rule )", dry_run):
+        rule = re.search(r"^(?:local)?rule (\w+):$", block, re.MULTILINE)
+        if rule is None:
+            continue
+        threads = re.search(r"^\s+threads: (\d+)$", block, re.MULTILINE)
+        resources = re.search(r"^\s+resources: (.*)$", block, re.MULTILINE)
+        pairs = dict(item.split("=", 1) for item in resources.group(1).split(", ")) if resources else {}
+        jobs.append((rule.group(1), int(threads.group(1)) if threads else 1, pairs))
+    return jobs
+
+
+def _cluster_dry_run(workdir: Path, config: Path, *profile_args: str) -> str:
     result = subprocess.run(
-        [SNAKEMAKE, "-n", "--workflow-profile", str(ROOT / "profiles" / profile), "--configfile", str(config), "--directory", str(tmp_path)],
+        [SNAKEMAKE, "-n", *profile_args, "--configfile", str(config), "--directory", str(workdir)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0 and "BUG" not in result.stdout, result.stdout[-3000:] + result.stderr[-2000:]
-    blocks = _group_blocks(result.stdout)
-    assert len(blocks) >= 40 + 2 + 2  # 40 image shards, the feature and the map shards 20 a submission
-    for block in blocks:
-        resources = re.findall(r"^\s+resources: (.*)$", block, re.MULTILINE)
-        partitions = {re.search(r"slurm_partition=(\w+)", r).group(1) for r in resources}
-        assert len(partitions) == 1 and len({"gpu=1" in r for r in resources}) == 1, block[:2000]
+    return result.stderr + result.stdout  # Snakemake names the profiles it loads on stderr
+
+
+@pytest.fixture(scope="module")
+def listed_40(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("listed-40")
+    return workdir, _dag_benchmark().listed_audit(workdir, 40)
+
+
+@pytest.mark.parametrize("shards", [40, 1000])
+@pytest.mark.parametrize("profile", ["slurm", "slurm-gpu"])
+def test_both_cluster_profiles_dry_run_any_shard_count_one_submission_per_job_on_one_kind_of_partition(profile, shards, tmp_path, listed_40):
+    """A listed audit of 40 and of 1,000 shards (benchmarks/dag.py) dry-runs through each cluster profile (grouped shard
+    jobs ended in Snakemake's "BUG: Out of jobs ready" at 40 shards and never ended at 1,000): no group job, every
+    shard rule's jobs once per shard; in the GPU profile exactly the model jobs ask for a GPU, on the gpu partition,
+    in the CPU profile none does; a shard job's runtime is its images at the audit's rate (audit.cluster_time)."""
+    from audit.cluster_time import shard_minutes
+    from audit.settings import ClusterSettings
+
+    workdir, config = listed_40 if shards == 40 else (tmp_path, _dag_benchmark().listed_audit(tmp_path, shards))
+    output = _cluster_dry_run(workdir, config, "--workflow-profile", str(ROOT / "profiles" / profile))
+    assert "Group job" not in output
+    jobs = _listed_jobs(output)
+    rules = pd.Series([rule for rule, _, _ in jobs]).value_counts()
+    assert all(rules[rule] == shards for rule in SHARD_RULES), rules
+    assert len(jobs) == 5 * shards + rules.drop(list(SHARD_RULES)).sum() and rules.drop(list(SHARD_RULES)).max() == 1
+    settings = ClusterSettings()
+    for rule, threads, resources in jobs:
+        gpu = resources.get("gpu", "0") == "1"
+        assert gpu == (profile == "slurm-gpu" and rule in MODEL_RULES), (rule, resources)
+        assert resources.get("slurm_partition") == ("gpu" if gpu else "debug"), (rule, resources)
+        assert threads <= 8 and "cpus_per_task" not in resources  # the plugin asks for the rule's threads
+    rate = {"ingest_shard": settings.ingest_seconds_per_image, "extract_features": settings.features_seconds_per_image,
+            "shard_statistics": settings.statistics_seconds_per_image, "dataset_maps": settings.dataset_maps_seconds_per_image}
+    for rule, _, resources in jobs:
+        if rule in rate:  # one image a shard in this listing
+            assert int(resources["runtime"]) == shard_minutes(1, rate[rule], overhead_minutes=settings.overhead_minutes, max_minutes=settings.max_minutes)
+
+
+@pytest.mark.parametrize("profile", ["slurm", "slurm-gpu"])
+def test_a_cluster_profile_named_either_way_gives_the_same_jobs_and_the_default_profile_no_threads_or_limits(profile, listed_40):
+    """`--profile` loads profiles/default as the workflow profile beside the cluster profile, `--workflow-profile`
+    replaces it: both list the same jobs with the same threads and resources. profiles/default sets no threads and no
+    resources but the local `gpu` limit, which both cluster profiles scope to one submission (Snakemake leaves a local
+    resource out of the cluster-wide count), so its one model job at a time never reaches a cluster."""
+    workdir, config = listed_40
+    named = ROOT / "profiles" / profile
+    as_workflow_profile = _cluster_dry_run(workdir, config, "--workflow-profile", str(named))
+    as_profile = _cluster_dry_run(workdir, config, "--profile", str(named))
+    assert "workflow specific profile profiles/default" in as_profile
+    assert sorted(_listed_jobs(as_profile), key=str) == sorted(_listed_jobs(as_workflow_profile), key=str)
+    default = yaml.safe_load((ROOT / "profiles" / "default" / "config.yaml").read_text())
+    assert not {"set-threads", "set-resources", "default-resources", "cores", "executor"} & set(default)
+    assert set(default.get("resources", {})) <= {"gpu"}
+    assert yaml.safe_load((named / "config.yaml").read_text())["set-resource-scopes"] == {"gpu": "local"}
+
+
+def test_a_shard_too_large_for_the_time_cap_stops_the_dag_build_naming_the_shard_size_that_fits(tmp_path):
+    """The limit is twice overhead + images × rate, rounded up (closed form); past the cap the dry run fails with the shard
+    size that fits, before anything is submitted."""
+    from audit.cluster_time import shard_minutes
+
+    assert shard_minutes(10_000, 0.1, overhead_minutes=5, max_minutes=1440) == 44  # ⌈2 × (5 + 16.67)⌉
+    assert shard_minutes(0, 0.1, overhead_minutes=5, max_minutes=1440) == 10
+    with pytest.raises(ValueError, match="shard_size to at most 1200"):  # 40 min hold 20 min of work: 1,200 images at 1 s
+        shard_minutes(5000, 1.0, overhead_minutes=0, max_minutes=40)
+    config = _dag_benchmark().listed_audit(tmp_path, 3)
+    audit = yaml.safe_load(config.read_text())
+    audit["audits"]["big"]["cluster"] = {"features_seconds_per_image": 600.0, "max_minutes": 20}
+    config.write_text(yaml.safe_dump(audit))
+    result = subprocess.run([SNAKEMAKE, "-n", "--workflow-profile", str(ROOT / "profiles" / "slurm"), "--configfile", str(config), "--directory", str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "set features.shard_size to at most 0" in result.stdout + result.stderr, result.stdout[-2000:]
 
 
 @pytest.mark.slurm
 def test_the_tiny_audit_runs_through_a_real_slurm_and_matches_a_local_run(slurm_audit, tiny_audit):
-    """Single-node SLURM from Debian's packages (installed when missing): every job goes through sbatch,
-    the profile's groups as one submission each (each image shard alone, the two feature shards with their statistics
-    in one), and the results equal the local run's. The run is a background thread (tests/slurm_run.py); this
-    test reads its result."""
+    """Single-node SLURM from Debian's packages (installed when missing): every job goes through sbatch as its own
+    submission (no groups, no local rules), and the results equal the local run's. The run is a background thread
+    (tests/slurm_run.py); this test reads its result."""
     run = slurm_audit.result()
     if run.error is not None:
         raise run.error
     assert run.returncode == 0, run.output[-4000:]
-    assert sorted(run.submitted.values()) == sorted(SUBMISSIONS), run.submitted
+    listed = sorted(f"rule_{rule}" for rule in re.findall(r"^(?:rule|checkpoint) (\w+):$", run.output, re.MULTILINE))
+    assert sorted(run.submitted.values()) == listed and len(listed) >= 16 + 2 * 4, (run.submitted, listed)  # two shards
     assert all("JobState=COMPLETED" in state for state in run.states.values()), run.states  # slurmctld's own record of each job
-    assert "localrule" not in run.output and run.output.count("    rule extract_features:") == 2
+    assert "localrule" not in run.output and listed.count("rule_extract_features") == 2
     first, second = tiny_audit / "results" / "tiny", slurm_audit.workdir / "work" / "results" / "tiny"
     for table in ("anomalies.parquet", "pairs.parquet", "explain_plan.parquet", "metrics.parquet", "metrics_summary.parquet"):
         pd.testing.assert_frame_equal(pd.read_parquet(first / table), pd.read_parquet(second / table), check_exact=True)
 
 
-def test_dask_stages_give_the_threaded_results_on_a_local_cluster(tmp_path, caplog):
-    """Reference statistics (from a Zarr-backed embedding) and the bootstrap summary equal the threaded run's.
-    (``processes``, Dask's own multiprocessing scheduler, costs 25 s here and is left to Dask's tests.)"""
-    import logging
+@contextlib.contextmanager
+def _distributed_scheduler() -> Iterator[str]:
+    """A ``distributed`` scheduler and one single-threaded worker on 127.0.0.1 (the ``dask`` command line), stopped by
+    their process ids; yields the scheduler's address once the worker has joined."""
+    from distributed import Client
 
-    import numpy as np
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    dask = str(Path(sys.executable).with_name("dask"))
+    processes = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        processes.append(subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--nworkers", "1", "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(1, timeout=60)
+        yield address
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@pytest.mark.parametrize("scheduler", ["processes", "local-cluster", "address"])
+def test_both_dask_rules_run_through_snakemake_on_every_scheduler_and_give_the_threaded_results(scheduler, tiny_audit, tmp_path):
+    """reference_stats and metrics_summary rerun through Snakemake with ``dask.scheduler`` set to Dask's processes, a
+    LocalCluster and the address of a running scheduler (their worker processes used to import the rule's script
+    again and die on "snakemake is not defined"): their outputs equal the tiny audit's, run with threads."""
     import xarray as xr
 
-    from audit.dask_scheduler import dask_scheduler
-    from audit.metrics.summary import summarise_metrics
-    from audit.reference import write_reference_store
-    from audit.storage import open_zarr, write_zarr
+    from audit.storage import open_zarr
 
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(4), 30)
-    write_zarr(xr.Dataset({"embedding": (("image", "unit"), rng.normal(size=(120, 6)) + labels[:, None])}), tmp_path / "features.zarr")
-    metrics = pd.DataFrame({
-        "method": "gradcam", "variant": "", "metric": np.repeat(["deletion", "insertion"], 60), "fraction": np.nan, "parameter": "",
-        "target": np.tile(np.repeat([0, 1, 2], 20), 2), "value": rng.random(120),
-    })
-    results = {}
-    for scheduler in ("threads", "local-cluster"):
-        with caplog.at_level(logging.INFO, logger="audit.dask_scheduler"), dask_scheduler(scheduler, 2) as workers:
-            embedding = open_zarr(tmp_path / "features.zarr")["embedding"].data.rechunk((25, 6))
-            write_reference_store(embedding, labels, list("abcd"), tmp_path / f"{scheduler}.zarr", min_images=5, num_workers=workers)
-            results[scheduler] = (open_zarr(tmp_path / f"{scheduler}.zarr").load(), summarise_metrics(metrics, 200, seed=0))
-    (reference, summary), (other_reference, other_summary) = results.values()
-    xr.testing.assert_identical(reference, other_reference)
-    pd.testing.assert_frame_equal(summary, other_summary, check_exact=True)
-    assert re.search(r"local cluster of 2 workers, dashboard http://\S+/status", caplog.text)
+    work = tmp_path / "work"
+    shutil.copytree(tiny_audit, work, symlinks=True)
+    config = yaml.safe_load(TINY.read_text())
+    config["audits"] = {"tiny": config["audits"]["tiny"]}
+    with contextlib.ExitStack() as stack:
+        setting = stack.enter_context(_distributed_scheduler()) if scheduler == "address" else scheduler
+        config["audits"]["tiny"]["dask"] = {"scheduler": setting}
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+        for rule, target in (("metrics_summary", "results/tiny/metrics_summary.parquet"), ("reference_stats", "results/tiny/reference.zarr")):
+            # the summary first: a new reference store would make every job after it out of date
+            # the fixture's cores, so the same threads and BLAS sums
+            result = snakemake(target, "--forcerun", rule, "--cores", CORES, "--directory", str(work), "--configfile", str(tmp_path / "config.yaml"))
+            assert result.returncode == 0 and result.stdout.count("rule ") == 1, result.stdout[-4000:]
+            log = (work / "logs" / "tiny" / f"{rule}.log").read_text()
+            expected = {"processes": r"dask: processes scheduler, \d workers", "local-cluster": r"dask: local cluster of \d workers, dashboard http://\S+/status",
+                        "address": f"dask: scheduler {setting} with 1 workers"}  # the job's threads, or the cluster's worker
+            assert re.search(expected[scheduler], log), log[-2000:]
+    results, threaded = work / "results" / "tiny", tiny_audit / "results" / "tiny"
+    xr.testing.assert_identical(open_zarr(results / "reference.zarr").load(), open_zarr(threaded / "reference.zarr").load())
+    for table in ("pairs.parquet", "similar_classes.parquet", "metrics_summary.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(results / table), pd.read_parquet(threaded / table), check_exact=True)
 
 
 def test_a_bad_dask_scheduler_is_named():

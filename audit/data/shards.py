@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -100,6 +100,7 @@ class ShardDigests:
         all_present: the same over every present image.
         class_names: the listing's class names.
         with_masks: whether the images have object masks.
+        sizes: per shard, its ledger rows (images, present or not): a shard job's work, for its cluster time limit.
     """
 
     shards: list[int]
@@ -108,6 +109,7 @@ class ShardDigests:
     all_present: str
     class_names: list[str]
     with_masks: bool = False
+    sizes: dict[int, int] = field(default_factory=dict)
 
 
 def shard_digests(listing: pd.DataFrame) -> ShardDigests:
@@ -124,6 +126,7 @@ def shard_digests(listing: pd.DataFrame) -> ShardDigests:
         all_present=fingerprint([*layout, *here["image_id"], *here["fingerprint"]]),
         class_names=list(listing.attrs["class_names"]),
         with_masks=bool(listing.attrs["with_masks"]),
+        sizes={int(s): int(n) for s, n in listing.groupby("shard").size().items()},
     )
 
 

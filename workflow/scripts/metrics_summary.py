@@ -9,8 +9,16 @@ from audit.runtime import stage_run
 from audit.settings import MetricSettings
 from audit.storage import write_parquet
 
-with stage_run(snakemake.log[0], snakemake.threads, model=False), dask_scheduler(dask_setting(snakemake), snakemake.threads):
-    settings = stage_settings(snakemake, MetricSettings, "metrics")
-    scored = pd.concat([pd.read_parquet(path) for path in [snakemake.input.metrics, *snakemake.input.samples]], ignore_index=True)
-    summary = summarise_metrics(scored, settings.bootstrap, settings.seed) if len(scored) else pd.DataFrame(columns=SUMMARY_COLUMNS)
-    write_parquet(summary, snakemake.output[0])
+
+def main(snakemake) -> None:
+    with stage_run(snakemake.log[0], snakemake.threads, model=False), dask_scheduler(dask_setting(snakemake), snakemake.threads):
+        settings = stage_settings(snakemake, MetricSettings, "metrics")
+        scored = pd.concat([pd.read_parquet(path) for path in [snakemake.input.metrics, *snakemake.input.samples]], ignore_index=True)
+        summary = summarise_metrics(scored, settings.bootstrap, settings.seed) if len(scored) else pd.DataFrame(columns=SUMMARY_COLUMNS)
+        write_parquet(summary, snakemake.output[0])
+
+
+# Dask's processes and a local cluster start worker processes that import this file again (Python's spawn): the
+# guard keeps them from rerunning the stage (issue 28).
+if __name__ == "__main__":
+    main(snakemake)

@@ -6,7 +6,8 @@ and ``model_check.json`` in place, as after the ``list_images`` checkpoint) with
 image, then times ``snakemake -n`` for its report and counts the jobs it lists.
 Also times the parse alone (``snakemake --list-rules``).
 
-Run: .venv/bin/python benchmarks/dag.py --images 1000
+Run: .venv/bin/python benchmarks/dag.py --images 1000 [--profile profiles/slurm-gpu]
+(``--profile``: the dry run through that workflow profile, e.g. a cluster profile.)
 """
 from __future__ import annotations
 
@@ -66,15 +67,17 @@ def timed(command: list[str]) -> tuple[float, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1000, help="images = shards")
+    parser.add_argument("--profile", default=None, help="a workflow profile for the dry run (default: profiles/default)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         workdir = Path(folder)
         config = listed_audit(workdir, args.images)
         common = ["--directory", str(workdir), "--configfile", str(config)]
         parse, _ = timed([SNAKEMAKE, "--list-rules", *common])
-        dry, output = timed([SNAKEMAKE, "-n", "reports/big.html", *common])
+        profile = ["--workflow-profile", str(ROOT / args.profile)] if args.profile else []
+        dry, output = timed([SNAKEMAKE, "-n", "reports/big.html", *common, *profile])
     stats = dict(re.findall(r"^(\w+)\s+(\d+)$", output.split("Job stats:")[1].split("\n\n")[0], re.MULTILINE))
-    print(f"{args.images} shards: parse {parse:.1f} s, dry run {dry:.1f} s; jobs: {stats}")
+    print(f"{args.images} shards{' through ' + args.profile if args.profile else ''}: parse {parse:.1f} s, dry run {dry:.1f} s; jobs: {stats}")
 
 
 if __name__ == "__main__":

@@ -23,10 +23,24 @@ from tests.workflow import CORES, ROOT, SNAKEMAKE, TINY
 TIMEOUT_S = 1200  # the run shares the machine with the rest of the session
 
 
+def declared_threads() -> dict[str, int]:
+    """Each rule's ``threads:`` as rules/*.smk declare it."""
+    threads = {}
+    for path in sorted((ROOT / "rules").glob("*.smk")):
+        for block in re.split(r"^(?=(?:rule|checkpoint) )", path.read_text(), flags=re.MULTILINE):
+            name, count = re.match(r"(?:rule|checkpoint) (\w+):", block), re.search(r"^    threads: (\d+)$", block, re.MULTILINE)
+            if name and count:
+                threads[name.group(1)] = int(count.group(1))
+    return threads
+
+
 def site_profile(folder: Path, cpus: int, memory_mb: int) -> Path:
     """profiles/slurm as a site would adapt it to this one-node cluster: sizes capped, status checked by squeue, quick polls."""
     profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
-    profile["cores"] = cpus  # caps the rules' threads, which the plugin asks for as CPUs
+    profile["cores"] = cpus  # caps the CPUs a job asks for
+    # and the threads a job uses: a job step runs with the node's CPUs, so a rule declaring more threads than the
+    # site's nodes have CPUs is set down, as a site with small nodes would (the profile's cores alone do not reach the job)
+    profile["set-threads"] = {rule: min(threads, cpus) for rule, threads in declared_threads().items()}
     for resources in (profile["default-resources"], *profile["set-resources"].values()):
         if "mem_mb" in resources:
             resources["mem_mb"] = min(resources["mem_mb"], memory_mb)

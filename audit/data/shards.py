@@ -115,7 +115,8 @@ class ShardDigests:
 def shard_digests(listing: pd.DataFrame) -> ShardDigests:
     """The listing's :class:`ShardDigests`."""
     layout = _layout(listing)
-    rebuild = {int(s): fingerprint([*layout, *rows["image_id"], *rows["fingerprint"], *rows["generation"]]) for s, rows in listing.groupby("shard")}
+    shards = listing.groupby("shard")
+    rebuild = {int(s): fingerprint([*layout, *rows["image_id"], *rows["fingerprint"], *rows["generation"]]) for s, rows in shards}
     here = listing[listing["present"]]
     present = {shard: fingerprint(layout) for shard in rebuild}
     present.update({int(s): fingerprint([*layout, *rows["image_id"], *rows["fingerprint"]]) for s, rows in here.groupby("shard")})
@@ -126,7 +127,7 @@ def shard_digests(listing: pd.DataFrame) -> ShardDigests:
         all_present=fingerprint([*layout, *here["image_id"], *here["fingerprint"]]),
         class_names=list(listing.attrs["class_names"]),
         with_masks=bool(listing.attrs["with_masks"]),
-        sizes={int(s): int(n) for s, n in listing.groupby("shard").size().items()},
+        sizes={int(s): int(n) for s, n in shards.size().items()},
     )
 
 

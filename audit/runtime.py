@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import resource
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -43,8 +44,8 @@ def peak_memory_mb() -> float:
 def stage_run(log_path: str | os.PathLike, threads: int, model: bool = True) -> Iterator[str]:
     """Within the block, log records (INFO and up) and stderr (tqdm progress) go to ``log_path``; torch uses ``threads``.
 
-    Yields the torch device: ``cuda`` when present, else ``cpu``, and logs it (with
-    the GPU's name) for the report's provenance. A stage that runs no ``model``
+    Yields the torch device (:func:`choose_device`) and logs it (with the GPU's name)
+    for the report's provenance. A stage that runs no ``model``
     does not load torch (seconds per job) and gets ``cpu``. An exception is
     logged with its traceback before it propagates. On exit the process's peak
     memory is logged (:func:`peak_memory_mb`), the handler removed, stderr restored
@@ -87,10 +88,57 @@ def use_system_allocator() -> None:
     pyarrow.set_memory_pool(pyarrow.system_memory_pool())
 
 
+DEVICE_VARIABLE = "AUDIT_DEVICE"
+"""The environment variable that names a model stage's torch device (``cpu``, ``cuda``, ``cuda:1``), overriding the choice."""
+
+
 def _device(threads: int) -> str:
     torch.set_num_threads(max(1, int(threads)))
-    if torch.cuda.is_available():
-        logging.getLogger(__name__).info("device cuda (%s), %d threads", torch.cuda.get_device_name(0), torch.get_num_threads())
+    device = choose_device(dict(os.environ), torch.cuda.is_available())
+    if device.startswith("cuda"):
+        index = torch.device(device).index or 0
+        logging.getLogger(__name__).info("device %s (%s), %d threads", device, torch.cuda.get_device_name(index), torch.get_num_threads())
+    else:
+        notes = [f"{DEVICE_VARIABLE}=cpu"] if os.environ.get(DEVICE_VARIABLE) else []
+        notes += [f"granted {granted}"] if (granted := _granted_gpus(dict(os.environ))) else []
+        logging.getLogger(__name__).info("device cpu%s, %d threads", f" ({', '.join(notes)})" if notes else "", torch.get_num_threads())
+    return device
+
+
+def choose_device(environment: dict[str, str], cuda_available: bool) -> str:
+    """The torch device of a model stage: ``AUDIT_DEVICE`` when set, else ``cuda`` when torch sees a GPU, else ``cpu``.
+
+    Each job sees only the GPUs it was granted (SLURM and most schedulers set ``CUDA_VISIBLE_DEVICES``), so
+    ``cuda`` is the job's own first GPU. A job that was granted a GPU (``SLURM_GPUS_ON_NODE``, ``SLURM_JOB_GPUS``,
+    or ``CUDA_VISIBLE_DEVICES`` naming devices) while torch sees none stops with a ValueError instead of running
+    on the CPU unnoticed; ``AUDIT_DEVICE=cpu`` runs it on the CPU on purpose. ``AUDIT_DEVICE=cuda…`` without
+    a visible GPU is a ValueError too.
+    """
+    named = environment.get(DEVICE_VARIABLE, "").strip()
+    if named:
+        if named != "cpu" and not re.fullmatch(r"cuda(:\d+)?", named):
+            raise ValueError(f"{DEVICE_VARIABLE}={named!r}: name cpu, cuda or cuda:<index>")
+        if named.startswith("cuda") and not cuda_available:
+            raise ValueError(f"{DEVICE_VARIABLE}={named} but torch sees no CUDA device (a CPU-only torch, or no driver)")
+        return named
+    if cuda_available:
         return "cuda"
-    logging.getLogger(__name__).info("device cpu, %d threads", torch.get_num_threads())
+    granted = _granted_gpus(environment)
+    if granted:
+        raise ValueError(
+            f"this job was granted a GPU ({granted}) but torch sees no CUDA device (a CPU-only torch, or no driver): "
+            f"set {DEVICE_VARIABLE}=cpu to run it on the CPU on purpose"
+        )
     return "cpu"
+
+
+def _granted_gpus(environment: dict[str, str]) -> str:
+    """The first environment variable that says this job was granted GPUs, as ``NAME=value``; empty if none does."""
+    count = environment.get("SLURM_GPUS_ON_NODE", "").strip()
+    if count.isdigit() and int(count) > 0:
+        return f"SLURM_GPUS_ON_NODE={count}"
+    for name in ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "CUDA_VISIBLE_DEVICES"):
+        devices = environment.get(name, "").strip()
+        if devices not in ("", "-1"):  # an empty list or -1 hides every GPU on purpose
+            return f"{name}={devices}"
+    return ""

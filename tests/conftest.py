@@ -92,3 +92,10 @@ def slurm_audit(request, tmp_path_factory):
         run.start()
     yield run
     run.stop()
+
+
+@pytest.fixture(scope="session")
+def slurm_runs(slurm_audit):
+    """The SLURM runs, started now if they have not (so that, listed before ``tiny_audit``, they overlap its local run)."""
+    slurm_audit.begin()
+    return slurm_audit

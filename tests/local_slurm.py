@@ -6,7 +6,8 @@ starts ``munged`` (as user munge), ``slurmctld`` and ``slurmd`` in the
 foreground, waits until the partition is idle, and on exit stops exactly the
 processes it started, by their process ids.
 
-The configuration is also put at SLURM's default path, /etc/slurm/slurm.conf,
+The node has a GPU gres with stand-in device files and the partitions of the workflow's two
+cluster profiles, ``debug`` and ``gpu``. The configuration is also put at SLURM's default path, /etc/slurm/slurm.conf,
 for the time of the test: the SLURM executor's job step (its nested ``srun``)
 drops ``SLURM_CONF`` from the environment. An existing file there that this
 module did not write is a real cluster's, and is never touched.
@@ -29,6 +30,10 @@ PACKAGES = ("slurm-wlm", "munge")
 DEFAULT_CONF = Path("/etc/slurm/slurm.conf")
 CLUSTER_NAME = "audit-test"
 DAEMONS = ("/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd")
+GPUS = 2
+"""The node's GPUs: a gres whose device files are empty files (SLURM 22.05 drops a count-only GPU gres), so GPU
+requests are scheduled and granted for real(each jobs environment says SLURM_GPUS_ON_NODE=1), and the jobs, on a machine
+without GPUs, see none (they run with AUDIT_DEVICE=cpu)."""
 
 
 class SlurmUnavailable(RuntimeError):
@@ -64,8 +69,10 @@ SlurmctldPidFile={folder}/slurmctld.pid
 SlurmdPidFile={folder}/slurmd.pid
 SlurmctldLogFile={folder}/log/slurmctld.log
 SlurmdLogFile={folder}/log/slurmd.log
-NodeName={host} CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN
+GresTypes=gpu
+NodeName={host} CPUs={cpus} RealMemory={memory_mb} Gres=gpu:{GPUS} State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+PartitionName=gpu Nodes=ALL MaxTime=INFINITE State=UP
 """
 
 
@@ -76,21 +83,26 @@ def _total_memory_mb() -> int:
 
 @contextmanager
 def local_slurm(memory_mb: int | None = None) -> Iterator[Path]:
-    """Start a one-node SLURM (all CPUs, ``memory_mb`` of memory, default total − 2 GiB); yield its slurm.conf."""
+    """Start a one-node SLURM (all CPUs, ``memory_mb`` of memory, default total − 2 GiB, :data:`GPUS` count-only
+    GPUs; partitions ``debug``, the default, and ``gpu``); yield its slurm.conf."""
     install_slurm()
     if shutil.which("sinfo") is None:
         raise SlurmUnavailable("sinfo is not on PATH after installing slurm-wlm")
     folder = Path(tempfile.mkdtemp(prefix="audit-slurm-"))
     folder.chmod(0o755)  # munged refuses folders others can write to, and user munge must reach its socket
-    for name in ("state", "spool", "log", "munge"):
+    for name in ("state", "spool", "log", "munge", "devices"):
         (folder / name).mkdir()
     shutil.chown(folder / "munge", "munge", "munge")
     conf = folder / "slurm.conf"
     conf.write_text(_config(folder, os.cpu_count() or 1, memory_mb or _total_memory_mb() - 2048))
+    for index in range(GPUS):  # SLURM 22.05 drops a GPU gres without device files: empty files stand in for them
+        (folder / "devices" / f"gpu{index}").touch()
+    (folder / "gres.conf").write_text(f"Name=gpu File={folder}/devices/gpu[0-{GPUS - 1}]\n")
     if DEFAULT_CONF.exists() and f"ClusterName={CLUSTER_NAME}\n" not in DEFAULT_CONF.read_text():
         raise SlurmUnavailable(f"{DEFAULT_CONF} exists and is not this test's: a real cluster's configuration is not touched")
     DEFAULT_CONF.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(conf, DEFAULT_CONF)
+    shutil.copy(folder / "gres.conf", DEFAULT_CONF.with_name("gres.conf"))  # slurmd reads gres.conf from SLURM's default folder
     munge = folder / "munge"
     commands = [
         ["runuser", "-u", "munge", "--", DAEMONS[0], "--foreground", f"--socket={munge}/munge.socket",
@@ -118,6 +130,7 @@ def local_slurm(memory_mb: int | None = None) -> Iterator[Path]:
                 daemon.kill()
                 daemon.wait()
         DEFAULT_CONF.unlink(missing_ok=True)
+        DEFAULT_CONF.with_name("gres.conf").unlink(missing_ok=True)
         if previous is None:
             os.environ.pop("SLURM_CONF", None)
         else:

@@ -1,10 +1,16 @@
-"""The tiny audit through a real single-node SLURM, run in a background thread.
+"""The tiny audit through a real single-node SLURM, with both cluster profiles at once, in a background thread.
 
-Most of that run's time is the SLURM executor waiting between status checks (its interval grows by 10 s
+The CPU profile (profiles/slurm) runs it to the anomaly scores; the GPU profile (profiles/slurm-gpu) to the
+dataset maps, so that its model jobs (training, extraction, maps) ask for GPUs on the ``gpu`` partition of a node
+with count-only GPUs (tests/local_slurm.py) and run there with ``AUDIT_DEVICE=cpu``. Each job asks for the local
+run's threads, so the two runs share the node's CPUs and their results equal the local run's.
+
+Most of a run's time is the SLURM executor waiting between status checks (its interval grows by 10 s
 after each check that finds no finished job), so the waits should overlap other tests. In one pytest
 process the session starts the run first and the SLURM test, moved to the end, collects its result; under
-pytest-xdist (``make test``) the SLURM test goes first on one worker, which starts the run when it asks
-for the result, while the other worker runs the rest (tests/conftest.py).
+pytest-xdist (``make test``) the SLURM tests go first on one worker, which starts the runs with their fixture
+``slurm_runs`` (before the local tiny audit they are compared with), while the other worker runs the rest
+(tests/conftest.py).
 """
 from __future__ import annotations
 
@@ -13,11 +19,13 @@ import re
 import signal
 import subprocess
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from audit.runtime import DEVICE_VARIABLE
 from tests.workflow import CORES, ROOT, SNAKEMAKE, TINY
 
 TIMEOUT_S = 1200  # the run shares the machine with the rest of the session
@@ -34,9 +42,9 @@ def declared_threads() -> dict[str, int]:
     return threads
 
 
-def site_profile(folder: Path, cpus: int, memory_mb: int) -> Path:
-    """profiles/slurm as a site would adapt it to this one-node cluster: sizes capped, status checked by squeue, quick polls."""
-    profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
+def site_profile(folder: Path, profile_name: str, cpus: int, memory_mb: int) -> Path:
+    """profiles/<profile_name> as a site would adapt it to this one-node cluster: sizes capped, status checked by squeue, quick polls."""
+    profile = yaml.safe_load((ROOT / "profiles" / profile_name / "config.yaml").read_text())
     profile["cores"] = cpus  # caps the CPUs a job asks for
     # and the threads a job uses: a job step runs with the node's CPUs, so a rule declaring more threads than the
     # site's nodes have CPUs is set down, as a site with small nodes would (the profile's cores alone do not reach the job)
@@ -50,25 +58,34 @@ def site_profile(folder: Path, cpus: int, memory_mb: int) -> Path:
     return folder
 
 
+RUNS = {
+    "slurm": ("results/tiny/embedding_anomalies.parquet", "results/tiny/local_anomalies.parquet"),
+    "slurm-gpu": ("results/tiny/dataset_maps/shard-00000.zarr", "results/tiny/dataset_maps/shard-00001.zarr"),
+}
+"""Each cluster profile's targets: the CPU profile to the anomaly scores, the GPU one to the dataset maps."""
+
+
 @dataclass
 class SlurmAudit:
-    """What the run left: Snakemake's output and exit status, and slurmctld's record of every submitted job."""
+    """What one profile's run left: Snakemake's output and exit status, and slurmctld's record of every submitted job."""
 
+    workdir: Path
     output: str = ""
     returncode: int | None = None
-    submitted: dict[str, str] = field(default_factory=dict)  # SLURM job id -> the submission's name (rule or group)
-    states: dict[str, str] = field(default_factory=dict)  # SLURM job id -> `scontrol show job` output
-    error: BaseException | None = None  # SLURM could not be installed or started, or the run did not end in time
+    submitted: dict[str, str] = field(default_factory=dict)  # SLURM job id -> the submission's name (rule_<rule>)
+    states: dict[str, str] = field(default_factory=dict)  # SLURM job id -> `scontrol show job --details` output
 
 
 class BackgroundSlurmAudit(threading.Thread):
-    """Starts a local SLURM (tests.local_slurm) and runs ``reports/tiny.html`` through it with the site profile, in ``workdir``."""
+    """Starts a local SLURM (tests.local_slurm) and runs :data:`RUNS` through it at once, each with its site profile
+    in its own folder of ``workdir``."""
 
     def __init__(self, workdir: Path) -> None:
         super().__init__(name="slurm-audit", daemon=True)
         self.workdir = workdir
-        self.audit = SlurmAudit()
-        self._process: subprocess.Popen | None = None
+        self.audits = {name: SlurmAudit(workdir / name / "work") for name in RUNS}
+        self.error: BaseException | None = None  # SLURM could not be installed or started, or a run did not end in time
+        self._processes: list[subprocess.Popen] = []
         self._stopped = threading.Event()
 
     def run(self) -> None:
@@ -78,38 +95,52 @@ class BackgroundSlurmAudit(threading.Thread):
             with local_slurm() as conf:
                 if self._stopped.is_set():
                     return
-                profile = site_profile(self.workdir / "profile", int(CORES), 3000)  # the local run's threads: equal results
-                self._process = subprocess.Popen(
-                    [SNAKEMAKE, "reports/tiny.html", "--workflow-profile", str(profile), "--directory", str(self.workdir / "work"), "--configfile", str(TINY)],
-                    cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                    env={**os.environ, "SLURM_CONF": str(conf)},
-                )
-                self.audit.output = self._process.communicate(timeout=TIMEOUT_S)[0]
-                self.audit.returncode = self._process.returncode
-                pattern = r"has been submitted with SLURM jobid (\d+) \(log: \S+/slurm_logs/(\S+?)(?:/tiny)?/\d+\.log\)"
-                self.audit.submitted = dict(re.findall(pattern, self.audit.output))
-                self.audit.states = {
-                    job: subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout for job in self.audit.submitted
-                }
+                for name, targets in RUNS.items():
+                    profile = site_profile(self.workdir / name / "profile", name, int(CORES), 3000)  # the local run's threads: equal results
+                    with open(self.workdir / name / "snakemake.out", "w") as output:
+                        self._processes.append(subprocess.Popen(
+                            [SNAKEMAKE, *targets, "--workflow-profile", str(profile), "--directory", str(self.audits[name].workdir), "--configfile", str(TINY)],
+                            cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env={**os.environ, "SLURM_CONF": str(conf), DEVICE_VARIABLE: "cpu"},
+                        ))
+                deadline = time.monotonic() + TIMEOUT_S
+                for name, process in zip(RUNS, self._processes):
+                    process.wait(timeout=max(1.0, deadline - time.monotonic()))
+                    self._record(name, process.returncode)
         except BaseException as error:  # reported by the test that reads the result
             self._kill()
-            self.audit.error = error
+            self.error = error
 
-    def result(self) -> SlurmAudit:
-        """Wait for the run to end (it has its own timeout; it starts now if it has not started) and return what it left."""
+    def _record(self, name: str, returncode: int) -> None:
+        audit = self.audits[name]
+        audit.returncode = returncode
+        audit.output = (self.workdir / name / "snakemake.out").read_text()
+        pattern = r"has been submitted with SLURM jobid (\d+) \(log: \S+/slurm_logs/(\S+?)(?:/tiny)?/\d+\.log\)"
+        audit.submitted = dict(re.findall(pattern, audit.output))
+        audit.states = {job: subprocess.run(["scontrol", "show", "job", "--details", job], capture_output=True, text=True).stdout for job in audit.submitted}
+
+    def begin(self) -> None:
+        """Start the runs unless they have started."""
         if self.ident is None:
             self.start()
+
+    def result(self) -> dict[str, SlurmAudit]:
+        """Wait for the runs to end (they have a timeout; they start now if they have not started): each profile's audit."""
+        self.begin()
         self.join()
-        return self.audit
+        if self.error is not None:
+            raise self.error
+        return self.audits
 
     def stop(self) -> None:
-        """End the run now if it is still going (Snakemake's whole process group), then wait for SLURM to stop."""
+        """End the runs now if they are still going (Snakemake's whole process groups), then wait for SLURM to stop."""
         self._stopped.set()
         self._kill()
         if self.ident is not None:
             self.join(timeout=120)
 
     def _kill(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            os.killpg(self._process.pid, signal.SIGKILL)
-            self._process.wait()
+        for process in self._processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()

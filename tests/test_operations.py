@@ -141,23 +141,59 @@ def test_a_shard_too_large_for_the_time_cap_stops_the_dag_build_naming_the_shard
     assert result.returncode != 0 and "set features.shard_size to at most 0" in result.stdout + result.stderr, result.stdout[-2000:]
 
 
-@pytest.mark.slurm
-def test_the_tiny_audit_runs_through_a_real_slurm_and_matches_a_local_run(slurm_audit, tiny_audit):
-    """Single-node SLURM from Debian's packages (installed when missing): every job goes through sbatch as its own
-    submission (no groups, no local rules), and the results equal the local run's. The run is a background thread
-    (tests/slurm_run.py); this test reads its result."""
-    run = slurm_audit.result()
-    if run.error is not None:
-        raise run.error
+def _granted(state: str) -> tuple[str, str]:
+    """(partition, the generic resources granted, e.g. ``gpu:1`` or ``(null)``) from ``scontrol show job --details``."""
+    return re.search(r"\bPartition=(\S+)", state).group(1), re.search(r"\bJOB_GRES=(\S+)", state).group(1)
+
+
+def _slurm_run(slurm_runs, profile: str):
+    """One profile's finished run: every listed job submitted once, as its own submission, and COMPLETED."""
+    run = slurm_runs.result()[profile]
     assert run.returncode == 0, run.output[-4000:]
     listed = sorted(f"rule_{rule}" for rule in re.findall(r"^(?:rule|checkpoint) (\w+):$", run.output, re.MULTILINE))
     submitted = sorted(name.split("/")[0] for name in run.submitted.values())  # the plugin's log folder: rule_<rule>[/<wildcards>]
-    assert submitted == listed and len(listed) >= 16 + 2 * 4, (run.submitted, listed)  # two shards
+    assert submitted == listed and listed.count("rule_extract_features") == 2, (run.submitted, listed)  # two shards
     assert all("JobState=COMPLETED" in state for state in run.states.values()), run.states  # slurmctld's own record of each job
-    assert "localrule" not in run.output and listed.count("rule_extract_features") == 2
-    first, second = tiny_audit / "results" / "tiny", slurm_audit.workdir / "work" / "results" / "tiny"
-    for table in ("anomalies.parquet", "pairs.parquet", "explain_plan.parquet", "metrics.parquet", "metrics_summary.parquet"):
+    assert "localrule" not in run.output
+    return run
+
+
+@pytest.mark.slurm
+def test_the_cpu_profile_runs_the_tiny_audit_through_a_real_slurm_and_matches_a_local_run(slurm_runs, tiny_audit):
+    """Single-node SLURM from Debian's packages (installed when missing), the tiny audit to its anomaly scores through
+    profiles/slurm: every job goes through sbatch as its own submission on the ``debug`` partition with no GPU, and the
+    results equal the local run's. The runs are a background thread (tests/slurm_run.py); this test reads their result."""
+    run = _slurm_run(slurm_runs, "slurm")
+    assert len(run.submitted) >= 6 + 3 * 2, run.submitted  # model check, listing, training, reference, two scores; three per shard
+    for job, state in run.states.items():
+        assert _granted(state) == ("debug", "(null)"), (run.submitted[job], state)
+    first, second = tiny_audit / "results" / "tiny", run.workdir / "results" / "tiny"
+    for table in ("embedding_anomalies.parquet", "local_anomalies.parquet"):
         pd.testing.assert_frame_equal(pd.read_parquet(first / table), pd.read_parquet(second / table), check_exact=True)
+
+
+@pytest.mark.slurm
+def test_the_gpu_profile_gets_one_granted_gpu_per_model_job_on_a_real_slurm_and_matches_a_local_run(slurm_runs, tiny_audit):
+    """profiles/slurm-gpu, the tiny audit to its dataset maps, on a node with two GPUs (stand-in device files, tests/local_slurm.py): slurmctld grants
+    each model job (training, extraction, maps) exactly one GPU on the ``gpu`` partition and every other job none on
+    ``debug``; each model job's log says the grant reached it (and, with AUDIT_DEVICE=cpu, that it ran on the CPU on
+    purpose); the maps equal the local run's."""
+    import xarray as xr
+
+    from audit.storage import open_zarr
+
+    run = _slurm_run(slurm_runs, "slurm-gpu")
+    model_jobs = {"rule_train_model", "rule_extract_features", "rule_dataset_maps"}
+    assert sum(name.split("/")[0] in model_jobs for name in run.submitted.values()) == 5, run.submitted
+    for job, state in run.states.items():
+        granted = ("gpu", "gpu:1") if run.submitted[job].split("/")[0] in model_jobs else ("debug", "(null)")
+        assert _granted(state) == granted, (run.submitted[job], state)
+    logs = run.workdir / "logs" / "tiny"
+    for log in [logs / "train_model.log", *logs.glob("extract_features/shard-*.log"), *logs.glob("dataset_maps/shard-*.log")]:
+        assert re.search(r"device cpu \(AUDIT_DEVICE=cpu, granted SLURM_GPUS_ON_NODE=1\)", log.read_text()), (log, log.read_text()[:2000])
+    for shard in ("00000", "00001"):
+        local, remote = (open_zarr(root / "results" / "tiny" / "dataset_maps" / f"shard-{shard}.zarr") for root in (tiny_audit, run.workdir))
+        xr.testing.assert_identical(local.load(), remote.load())
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from audit.runtime import PEAK_MEMORY, stage_run
+from audit.runtime import DEVICE_VARIABLE, PEAK_MEMORY, choose_device, stage_run
 
 
 def test_stage_run_logs_to_its_file_and_restores_the_process(tmp_path):
@@ -48,3 +48,38 @@ def _logged_peak(tmp_path, mib: int) -> float:
 def test_stage_run_logs_its_peak_memory_last_and_it_covers_what_the_stage_held(tmp_path):
     """Two fresh processes, one stage each: the one that held 256 MiB logs a peak at least that much above the other's."""
     assert _logged_peak(tmp_path, 256) - _logged_peak(tmp_path, 0) >= 256 * 0.95
+
+
+@pytest.mark.parametrize(
+    "environment, cuda, device",
+    [
+        ({}, False, "cpu"),
+        ({}, True, "cuda"),
+        ({"CUDA_VISIBLE_DEVICES": ""}, False, "cpu"),  # every GPU hidden on purpose
+        ({"CUDA_VISIBLE_DEVICES": "-1"}, False, "cpu"),
+        ({"SLURM_GPUS_ON_NODE": "0"}, False, "cpu"),
+        ({"SLURM_GPUS_ON_NODE": "1", "CUDA_VISIBLE_DEVICES": "3"}, True, "cuda"),  # the job's own GPU, renumbered 0
+        ({DEVICE_VARIABLE: "cpu", "SLURM_GPUS_ON_NODE": "1"}, False, "cpu"),
+        ({DEVICE_VARIABLE: "cpu"}, True, "cpu"),
+        ({DEVICE_VARIABLE: "cuda:1"}, True, "cuda:1"),
+    ],
+)
+def test_a_model_stage_runs_on_the_named_device_else_the_visible_gpu_else_the_cpu(environment, cuda, device):
+    assert choose_device(environment, cuda) == device
+
+
+@pytest.mark.parametrize(
+    "environment, message",
+    [
+        ({"SLURM_GPUS_ON_NODE": "1"}, "granted a GPU \\(SLURM_GPUS_ON_NODE=1\\).*AUDIT_DEVICE=cpu"),
+        ({"SLURM_JOB_GPUS": "0,1"}, "SLURM_JOB_GPUS=0,1"),
+        ({"CUDA_VISIBLE_DEVICES": "0"}, "CUDA_VISIBLE_DEVICES=0"),
+        ({"CUDA_VISIBLE_DEVICES": "NoDevFiles"}, "CUDA_VISIBLE_DEVICES=NoDevFiles"),  # a count-only gres grant
+        ({DEVICE_VARIABLE: "cuda"}, "sees no CUDA device"),
+        ({DEVICE_VARIABLE: "gpu"}, "name cpu, cuda or cuda:<index>"),
+    ],
+)
+def test_a_job_granted_a_gpu_that_torch_cannot_see_stops_with_a_clear_error(environment, message):
+    """Instead of training and explaining on the CPU while the scheduler bills a GPU (and provenance would say cpu)."""
+    with pytest.raises(ValueError, match=message):
+        choose_device(environment, cuda_available=False)

@@ -19,7 +19,7 @@ import yaml
 
 PACKAGES = ("torch", "timm", "snakemake", "zarr", "numpy", "xarray", "dask", "pandas", "scikit-learn")
 LOG_TIME = re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})")
-DEVICE = re.compile(r"device (cuda \([^)]*\)|cuda|cpu)(?! \(no model)")
+DEVICE = re.compile(r"device (cuda(?::\d+)? \([^)]*\)|cuda(?::\d+)?|cpu)(?! \(no model)")
 
 
 def provenance(config: dict, logs: str | Path, benchmarks: str | Path, image_set: str, workflow: str | Path) -> dict:

@@ -18,6 +18,7 @@ value (NaN, zero), and :func:`open_zarr` refuses the store instead
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -188,6 +189,12 @@ def write_parquet(frame: pd.DataFrame, target: str | os.PathLike) -> None:
     """Write ``frame`` to a Parquet file at ``target``, atomically."""
     with atomic_path(target) as tmp:
         frame.to_parquet(tmp, index=False)
+
+
+def write_json(value, target: str | os.PathLike) -> None:
+    """Write ``value`` (JSON-serialisable) as an indented JSON file at ``target``, atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps(value, indent=1))
 
 
 def concat_images(parts: list[xr.Dataset]) -> xr.Dataset:

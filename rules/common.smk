@@ -1,6 +1,7 @@
 # Input functions, wildcard constraints and shared lists.
 # Params are narrow: each rule gets exactly the config values that change its output (audit.settings), so
 # editing a speed-only setting (batch sizes, workers) reruns nothing.
+import json
 import os
 import re
 from functools import lru_cache
@@ -143,6 +144,23 @@ def _shard_paths(wildcards, pattern):
 
 def image_shards(wildcards):
     return _shard_paths(wildcards, "results/{audit}/images/shard-{shard}.zarr")
+
+
+TRAINING_SHARDS = "results/{audit}/model/trained_shards.json"
+"""The image shards the workflow-trained model was trained on (train_model writes it beside the model)."""
+
+
+def training_image_shards(wildcards):
+    """The image shards train_model reads: those it was trained on once it has been (a grown dataset adds shards to
+    audit, not to train on: the model is trained once), else every shard; every shard again if one of the recorded
+    ones has left the listing (a new dataset)."""
+    record = Path(TRAINING_SHARDS.format(audit=wildcards.audit))
+    current = image_shards(wildcards)
+    if record.exists():
+        trained_on = json.loads(record.read_text())["image_shards"]
+        if set(trained_on) <= set(current):
+            return trained_on
+    return current
 
 
 def image_shard_rejects(wildcards):

@@ -15,15 +15,17 @@ rule check_model:
         "../workflow/scripts/check_model.py"
 
 
+# Trained once: later runs of a grown dataset audit their new images with the same model (the shards it trained on
+# are recorded beside it and stay its input), so the embedding and the history's class drift keep one meaning.
 rule train_model:
     input:
-        images=image_shards,
+        images=ancient(training_image_shards),
         listing=ancient("results/{audit}/listing.parquet"),
     output:
-        "results/{audit}/model/trained.pt",
+        model="results/{audit}/model/trained.pt",
+        shards=TRAINING_SHARDS,
     params:
         settings=model_params,
-        images=present_param,
     resources:
         gpu=1,
     threads: 8

@@ -356,9 +356,8 @@ def test_a_scheduled_run_skips_while_another_holds_the_lock(tmp_path):
     assert [p.name for p in workdir.iterdir()] == [".audit-run.lock"]  # nothing else written
 
 
-def _grown_audit(tmp_path: Path, trained, digits_small, rows: np.ndarray) -> Path:
-    """A manifest audit of the digits ``rows`` (PNG files) with an imported checkpoint: shards of 20 images."""
-    import torch
+def _grown_audit(tmp_path: Path, digits_small, rows: np.ndarray) -> Path:
+    """A manifest audit of the digits ``rows`` (PNG files) whose model the workflow trains (one epoch): shards of 20 images."""
     from PIL import Image
 
     data = tmp_path / "data"
@@ -368,11 +367,9 @@ def _grown_audit(tmp_path: Path, trained, digits_small, rows: np.ndarray) -> Pat
             Image.fromarray(digits_small.images[i].transpose(1, 2, 0)).save(data / f"{digits_small.image_ids[i]}.png")
     labels = [str(digits_small.labels[i]) for i in rows]
     pd.DataFrame({"path": [f"{digits_small.image_ids[i]}.png" for i in rows], "label": labels}).to_csv(data / "manifest.csv", index=False)
-    if not (tmp_path / "model.pth").exists():
-        torch.save(trained[0].state_dict(), tmp_path / "model.pth")
     audit = {
         "dataset": {"source": "manifest", "path": "data/manifest.csv", "image_size": 32, "chunk": 16, "classes": [str(c) for c in range(10)]},
-        "model": {"name": "resnet10t", "kwargs": {"output_stride": 8}, "layer": "layer4", "checkpoint": "model.pth"},
+        "model": {"name": "resnet10t", "kwargs": {"output_stride": 8}, "layer": "layer4", "train": {"epochs": 1}},
         "features": {"shard_size": 20},
         "explain": {"top_anomalies": 1, "top_pairs": 1, "images_per_pair": 1, "methods": ["gradcam", "diffcam"], "sanity": False, "dataset_methods": []},
         "metrics": {"steps": 4, "metrics": ["deletion", "insertion"]},
@@ -382,9 +379,10 @@ def _grown_audit(tmp_path: Path, trained, digits_small, rows: np.ndarray) -> Pat
     return config
 
 
-def test_a_grown_dataset_reruns_only_its_new_shards(trained, digits_small, tmp_path):
-    """Two scheduled runs; between them the manifest gains 10 % more images and loses one. The second run
-    ingests and extracts only the new shard, recomputes the statistics of that shard and of the one that
+def test_a_grown_dataset_reruns_only_its_new_shards(digits_small, tmp_path):
+    """Two scheduled runs; between them the manifest gains 10 % more images and loses one. The second run keeps the
+    model the workflow trained in the first (no image moves split: seeded hashes), ingests and extracts only the new
+    shard, recomputes the statistics of that shard and of the one that
     lost an image, and combines the reference from the shards' statistics: equal to one computed from
     every present image's features. The history has two rows and the report lists the new images."""
     from audit.data.shards import read_listing
@@ -394,11 +392,11 @@ def test_a_grown_dataset_reruns_only_its_new_shards(trained, digits_small, tmp_p
 
     workdir = tmp_path / "work"
     environment = {**os.environ, "SNAKEMAKE_ARGS": f"--cores {CORES}"}
-    config = _grown_audit(tmp_path, trained, digits_small, np.arange(60))
+    config = _grown_audit(tmp_path, digits_small, np.arange(60))
     first = subprocess.run(["bash", str(SCHEDULE), str(config), str(workdir)], capture_output=True, text=True, timeout=600, env=environment)
     assert first.returncode == 0, first.stdout + first.stderr
     grown = np.setdiff1d(np.arange(66), [5])  # 6 new images, digits_small's image 5 removed
-    _grown_audit(tmp_path, trained, digits_small, grown)
+    _grown_audit(tmp_path, digits_small, grown)
     second = subprocess.run(["bash", str(SCHEDULE), str(config), str(workdir)], capture_output=True, text=True, timeout=600, env=environment)
     assert second.returncode == 0, second.stdout + second.stderr
     log = sorted((workdir / "logs" / "runs").glob("*.log"))[-1].read_text()
@@ -406,7 +404,7 @@ def test_a_grown_dataset_reruns_only_its_new_shards(trained, digits_small, tmp_p
     jobs = lambda rule: re.findall(rf"rule {rule}:\n(?:    .*\n)*?    wildcards: audit=grown, shard=(\d+)", log)  # noqa: E731
     assert jobs("ingest_shard") == ["00003"] and jobs("extract_features") == ["00003"]
     assert sorted(jobs("shard_statistics")) == ["00000", "00003"]  # shard 0 lost image 5
-    assert "rule import_model" not in log and "rule reference_stats" in log
+    assert "rule train_model" not in log and "rule reference_stats" in log
     results = workdir / "results" / "grown"
     listing = read_listing(results / "listing.parquet")
     assert listing.groupby("shard")["present"].sum().tolist() == [19, 20, 20, 6]

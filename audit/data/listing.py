@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from audit.data.ingest import screen_rows
-from audit.data.manifest import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, imagefolder_manifest, per_row, read_manifest, split_by_fraction
+from audit.data.manifest import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, imagefolder_manifest, per_row, read_manifest, split_by_fraction, classes_missing_a_split
 from audit.data.shards import LEDGER_COLUMNS, LEDGER_NAME, assign_shards, fingerprint
 from audit.deferred import deferred
 from audit.settings import DatasetSettings
@@ -43,6 +43,10 @@ def dataset_rows(settings: DatasetSettings, image_size: int, trains_model: bool)
     if trains_model and not (manifest["split"] == "train").any():
         manifest = split_by_fraction(manifest, settings.audit_fraction, settings.seed)
         log.info("no train split given: %d of %d images held out by audit_fraction %.2f", (manifest["split"] == "audit").sum(), len(manifest), settings.audit_fraction)
+        for split, labels in classes_missing_a_split(manifest).items():
+            if labels:
+                log.warning("classes with no %s image (their few images all fell in the other split; a split never moves): %s",
+                            "training" if split == "train" else "held-out", ", ".join(labels))
     candidates, rejects, class_names = screen_rows(manifest, list(settings.classes) if settings.classes is not None else None)
     present = sorted(candidates["label"].unique())
     if len(present) < 2:

@@ -183,18 +183,17 @@ def seeded_hash(image_ids: Sequence[str] | np.ndarray | pd.Series, seed: int) ->
 
 def split_by_fraction(table: pd.DataFrame, audit_fraction: float, seed: int) -> pd.DataFrame:
     """The manifest with a stable seeded split: an image is ``audit`` when its id's :func:`seeded_hash`, read as a
-    fraction of [0, 1), is below ``audit_fraction``, else ``train``, so an image keeps its split however the dataset
-    grows or shrinks. Per label of two or more images at least one is ``audit`` (its lowest hash) and one ``train``
-    (its highest): only in such a small class can a new image move an old one."""
-    position = seeded_hash(table["image_id"], seed) / 2.0**64
-    held = position < audit_fraction
-    for _, rows in table.groupby("label", sort=True):
-        at = table.index.get_indexer(rows.index)
-        if len(at) > 1 and not held[at].any():
-            held[at[np.argmin(position[at])]] = True
-        if len(at) > 1 and held[at].all():
-            held[at[np.argmax(position[at])]] = False
+    fraction of [0, 1), is below ``audit_fraction``, else ``train``. An image's split depends on its id and the seed
+    alone, so it never moves however the dataset grows or shrinks; a class of a few images may therefore fall wholly
+    in one split (:func:`classes_missing_a_split` names them)."""
+    held = seeded_hash(table["image_id"], seed) / 2.0**64 < audit_fraction
     return table.assign(split=np.where(held, "audit", "train").astype(object))
+
+
+def classes_missing_a_split(table: pd.DataFrame) -> dict[str, list[str]]:
+    """The labels with no ``train`` image and those with no held-out image: ``{"train": [...], "audit": [...]}``."""
+    splits = table.assign(held=table["split"] != "train").groupby("label")["held"]
+    return {"train": sorted(map(str, splits.all()[lambda held: held].index)), "audit": sorted(map(str, (~splits.any())[lambda none: none].index))}
 
 
 def _relative_id(path: str, root: Path) -> str:

@@ -146,8 +146,19 @@ def image_shards(wildcards):
     return _shard_paths(wildcards, "results/{audit}/images/shard-{shard}.zarr")
 
 
-TRAINING_SHARDS = "results/{audit}/model/trained_shards.json"
-"""The image shards the workflow-trained model was trained on (train_model writes it beside the model)."""
+TRAINING_SHARDS = "results/{audit}/model/training_shards.json"
+"""The index of the image shards the workflow-trained model is trained on (rule training_shards)."""
+
+FEATURE_INDEX = "results/{audit}/features/index.json"
+"""The index of the feature shards and their statistics that reference_stats reads (rule feature_index)."""
+
+
+def write_shard_index(shards, path, log):
+    """An index rule's output: ``shards`` (lists of shard paths by kind) as JSON, written atomically; ``log`` says how many."""
+    from audit.storage import write_json  # on first use: parsing the workflow imports no xarray
+
+    write_json(shards, path)
+    Path(log).write_text("".join(f"{len(paths)} {kind} indexed in {path}\n" for kind, paths in shards.items()))
 
 
 def training_image_shards(wildcards):

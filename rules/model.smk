@@ -15,15 +15,28 @@ rule check_model:
         "../workflow/scripts/check_model.py"
 
 
-# Trained once: later runs of a grown dataset audit their new images with the same model (the shards it trained on
-# are recorded beside it and stay its input), so the embedding and the history's class drift keep one meaning.
+# The image shards the model is trained on, recorded once: later runs of a grown dataset audit their new images with
+# the same model (training_image_shards reads this record back), so the embedding and the history's class drift keep
+# one meaning. An index, not N inputs of train_model: Snakemake's DAG build scans a producer's inputs once per
+# consumer, and the model has three consumers per shard (issue 28.8).
+rule training_shards:
+    input:
+        ancient(training_image_shards),
+    output:
+        TRAINING_SHARDS,
+    localrule: True
+    log:
+        "logs/{audit}/training_shards.log",
+    run:
+        write_shard_index({"image_shards": list(input)}, output[0], log[0])
+
+
 rule train_model:
     input:
-        images=ancient(training_image_shards),
+        shards=TRAINING_SHARDS,
         listing=ancient("results/{audit}/listing.parquet"),
     output:
-        model="results/{audit}/model/trained.pt",
-        shards=TRAINING_SHARDS,
+        "results/{audit}/model/trained.pt",
     params:
         settings=model_params,
     resources:

@@ -1,7 +1,21 @@
+# The feature shards and their statistics as one index: reference_stats has consumers per shard (the dataset maps and
+# sampled metrics), and Snakemake's DAG build scans a producer's inputs once per consumer (issue 28.8).
+rule feature_index:
+    input:
+        features=feature_shards,
+        statistics=statistics_shards,
+    output:
+        FEATURE_INDEX,
+    localrule: True
+    log:
+        "logs/{audit}/feature_index.log",
+    run:
+        write_shard_index({"features": list(input.features), "statistics": list(input.statistics)}, output[0], log[0])
+
+
 rule reference_stats:
     input:
-        statistics=statistics_shards,
-        features=feature_shards,
+        shards=FEATURE_INDEX,
         listing=ancient("results/{audit}/listing.parquet"),
         checkpoint=model_checkpoint,
         rejects="results/{audit}/rejects.parquet",

@@ -33,6 +33,8 @@ def test_building_the_dag_imports_neither_torch_nor_timm(tmp_path):
 
 SHARD_RULES = ("ingest_shard", "extract_features", "shard_statistics", "dataset_maps", "sample_metrics")
 """The rules with one job per shard."""
+INDEX_RULES = {"training_shards", "feature_index"}
+"""The local rules: each writes an index of shard paths (no rule with a shard's worth of inputs has a shard's worth of consumers)."""
 MODEL_RULES = {"train_model", "extract_features", "dataset_maps", "sample_metrics", "explain", "confirm_shortcuts", "confirm_pairs", "metrics"}
 """The rules that declare ``resources: gpu=1``."""
 
@@ -147,14 +149,15 @@ def _granted(state: str) -> tuple[str, str]:
 
 
 def _slurm_run(slurm_runs, profile: str):
-    """One profile's finished run: every listed job submitted once, as its own submission, and COMPLETED."""
+    """One profile's finished run: every listed job but the index rules submitted once, as its own submission, and COMPLETED."""
     run = slurm_runs.result()[profile]
     assert run.returncode == 0, run.output[-4000:]
     listed = sorted(f"rule_{rule}" for rule in re.findall(r"^(?:rule|checkpoint) (\w+):$", run.output, re.MULTILINE))
     submitted = sorted(name.split("/")[0] for name in run.submitted.values())  # the plugin's log folder: rule_<rule>[/<wildcards>]
     assert submitted == listed and listed.count("rule_extract_features") == 2, (run.submitted, listed)  # two shards
     assert all("JobState=COMPLETED" in state for state in run.states.values()), run.states  # slurmctld's own record of each job
-    assert "localrule" not in run.output
+    local = set(re.findall(r"^localrule (\w+):$", run.output, re.MULTILINE))
+    assert local == INDEX_RULES, local  # the index rules write a list of paths in Snakemake's own process; every other job is submitted
     return run
 
 

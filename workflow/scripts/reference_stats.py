@@ -1,4 +1,7 @@
 """Snakemake adapter: reference-group statistics combined from the shards' statistics, concept vectors (Dask) and the class-pair tables."""
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 from stage import dask_setting, stage_settings
@@ -18,13 +21,14 @@ from audit.storage import open_zarr, write_parquet
 def main(snakemake) -> None:
     with stage_run(snakemake.log[0], snakemake.threads), dask_scheduler(dask_setting(snakemake), snakemake.threads):
         settings = stage_settings(snakemake, ReferenceSettings, "reference")
-        features = open_features(snakemake.input.features, read_listing(snakemake.input.listing, PRESENCE_COLUMNS))
+        shards = json.loads(Path(snakemake.input.shards).read_text())
+        features = open_features(shards["features"], read_listing(snakemake.input.listing, PRESENCE_COLUMNS))
         class_names = [str(c) for c in features["class"].values]
         labels = features["label"].values
         rejects = pd.read_parquet(snakemake.input.rejects)
         rejected = dict(zip(rejects["image_id"].astype(str), rejects["reason"].astype(str)))
         concepts = concept_vectors(features["pre_logits"], labels, features["image_id"].values, class_names, settings.concepts, rejected)
-        statistics = (open_zarr(path) for path in snakemake.input.statistics)
+        statistics = (open_zarr(path) for path in shards["statistics"])
         combine_statistics(statistics, class_names, snakemake.output.reference, settings.min_images, extra=concepts)
         reference = open_zarr(snakemake.output.reference)
         class_means = reference["mean"].sel(group=[f"class:{c}" for c in class_names]).values

@@ -1,4 +1,7 @@
-"""Snakemake adapter: train the configured timm model on the train split, checkpoint it, and record the shards it read."""
+"""Snakemake adapter: train the configured timm model on the train split of the indexed image shards and checkpoint it."""
+import json
+from pathlib import Path
+
 from stage import stage_settings
 
 from audit.data.dataset import image_dataset
@@ -8,10 +11,9 @@ from audit.models.checkpoint import save_checkpoint
 from audit.models.train import fit_model
 from audit.runtime import stage_run
 from audit.settings import ModelSettings
-from audit.storage import write_json
 
 with stage_run(snakemake.log[0], snakemake.threads):
-    images = open_images(snakemake.input.images, read_listing(snakemake.input.listing, PRESENCE_COLUMNS))
+    shards = json.loads(Path(snakemake.input.shards).read_text())["image_shards"]
+    images = open_images(shards, read_listing(snakemake.input.listing, PRESENCE_COLUMNS))
     model, meta = fit_model(image_dataset(images), stage_settings(snakemake, ModelSettings, "model"))
-    save_checkpoint(model, meta, snakemake.output.model)
-    write_json({"image_shards": list(snakemake.input.images)}, snakemake.output.shards)
+    save_checkpoint(model, meta, snakemake.output[0])

@@ -24,6 +24,12 @@ include: "rules/metrics.smk"
 include: "rules/report.smk"
 
 
+# Before anything is submitted or run: stop if SLURM still holds jobs of these audits that a killed run left here
+# (README, "Run on a cluster"). Jobs on a cluster run with --no-hooks, so only the run that schedules them checks.
+onstart:
+    refuse_to_run_beside_orphaned_jobs()
+
+
 rule all:
     input:
         all_reports(),

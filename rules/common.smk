@@ -153,6 +153,28 @@ FEATURE_INDEX = "results/{audit}/features/index.json"
 """The index of the feature shards and their statistics that reference_stats reads (rule feature_index)."""
 
 
+def refuse_to_run_beside_orphaned_jobs():
+    """Raise when this user's SLURM queue holds jobs of the config's audits in this working directory: a killed run's
+    jobs that still run would write the same files as this run's (audit.cluster_jobs says how to wait for them)."""
+    from audit.cluster_jobs import describe, jobs_or_none
+
+    jobs = jobs_or_none(os.getcwd(), list(config["audits"]))
+    if jobs:
+        raise RuntimeError(
+            f"{len(jobs)} SLURM jobs of an earlier run of these audits are still queued or running in {os.getcwd()}: "
+            f"{describe(jobs)}. Wait for them (python -m audit.cluster_jobs wait --directory . --configfile <config>) "
+            "or cancel them (... cancel ...), then run the same command with --rerun-incomplete"
+        )
+
+
+def feature_index(wildcards):
+    """The audit's FEATURE_INDEX, named once the listing checkpoint has run. reference_stats reads it and has a
+    parameter from the listing: Snakemake compares a job's parameters in its first DAG pass, before the checkpoint,
+    unless an input waits for the checkpoint, and the stale reason of that pass then reruns the job every time."""
+    listing(wildcards)
+    return FEATURE_INDEX.format(audit=wildcards.audit)
+
+
 def write_shard_index(shards, path, log):
     """An index rule's output: ``shards`` (lists of shard paths by kind) as JSON, written atomically; ``log`` says how many."""
     from audit.storage import write_json  # on first use: parsing the workflow imports no xarray

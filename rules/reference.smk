@@ -15,7 +15,7 @@ rule feature_index:
 
 rule reference_stats:
     input:
-        shards=FEATURE_INDEX,
+        shards=feature_index,
         listing=ancient("results/{audit}/listing.parquet"),
         checkpoint=model_checkpoint,
         rejects="results/{audit}/rejects.parquet",

@@ -18,6 +18,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -63,29 +64,38 @@ RUNS = {
     "slurm-gpu": ("results/tiny/dataset_maps/shard-00000.zarr", "results/tiny/dataset_maps/shard-00001.zarr"),
 }
 """Each cluster profile's targets: the CPU profile to the anomaly scores, the GPU one to the dataset maps."""
+KILLED_RUN = "slurm"
+"""The run whose Snakemake is killed (``kill -9``) while its training job runs, then restarted (README's steps)."""
+KILLED_AT = "rule_train_model_wildcards_tiny"
+"""The SLURM comment of the job that is running when Snakemake is killed."""
 
 
 @dataclass
 class SlurmAudit:
-    """What one profile's run left: Snakemake's output and exit status, and slurmctld's record of every submitted job."""
+    """What one profile's run left: Snakemake's output and exit status, and slurmctld's record of every submitted job.
+
+    For the killed run, ``output`` joins the killed run's and the restart's output, ``refused`` is the output of a
+    restart tried while the orphaned job was still in the queue, and ``orphan`` its SLURM job id."""
 
     workdir: Path
     output: str = ""
     returncode: int | None = None
     submitted: dict[str, str] = field(default_factory=dict)  # SLURM job id -> the submission's name (rule_<rule>)
     states: dict[str, str] = field(default_factory=dict)  # SLURM job id -> `scontrol show job --details` output
+    refused: str = ""
+    orphan: str = ""
 
 
 class BackgroundSlurmAudit(threading.Thread):
     """Starts a local SLURM (tests.local_slurm) and runs :data:`RUNS` through it at once, each with its site profile
-    in its own folder of ``workdir``."""
+    in its own folder of ``workdir``; kills and restarts :data:`KILLED_RUN` on the way."""
 
     def __init__(self, workdir: Path) -> None:
         super().__init__(name="slurm-audit", daemon=True)
         self.workdir = workdir
         self.audits = {name: SlurmAudit(workdir / name / "work") for name in RUNS}
         self.error: BaseException | None = None  # SLURM could not be installed or started, or a run did not end in time
-        self._processes: list[subprocess.Popen] = []
+        self._processes: dict[str, subprocess.Popen] = {}
         self._stopped = threading.Event()
 
     def run(self) -> None:
@@ -95,26 +105,58 @@ class BackgroundSlurmAudit(threading.Thread):
             with local_slurm() as conf:
                 if self._stopped.is_set():
                     return
-                for name, targets in RUNS.items():
-                    profile = site_profile(self.workdir / name / "profile", name, int(CORES), 3000)  # the local run's threads: equal results
-                    with open(self.workdir / name / "snakemake.out", "w") as output:
-                        self._processes.append(subprocess.Popen(
-                            [SNAKEMAKE, *targets, "--workflow-profile", str(profile), "--directory", str(self.audits[name].workdir), "--configfile", str(TINY)],
-                            cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            env={**os.environ, "SLURM_CONF": str(conf), DEVICE_VARIABLE: "cpu"},
-                        ))
+                self._environment = {**os.environ, "SLURM_CONF": str(conf), DEVICE_VARIABLE: "cpu"}
+                for name in RUNS:
+                    site_profile(self.workdir / name / "profile", name, int(CORES), 3000)  # the local run's threads: equal results
+                    self._start(name)
                 deadline = time.monotonic() + TIMEOUT_S
-                for name, process in zip(RUNS, self._processes):
+                self._kill_and_restart(KILLED_RUN, deadline)
+                for name, process in self._processes.items():
                     process.wait(timeout=max(1.0, deadline - time.monotonic()))
                     self._record(name, process.returncode)
         except BaseException as error:  # reported by the test that reads the result
             self._kill()
             self.error = error
 
+    def _command(self, name: str, *options: str) -> list[str]:
+        return [SNAKEMAKE, *RUNS[name], "--workflow-profile", str(self.workdir / name / "profile"),
+                "--directory", str(self.audits[name].workdir), "--configfile", str(TINY), *options]
+
+    def _start(self, name: str, *options: str, output: str = "snakemake.out") -> None:
+        with open(self.workdir / name / output, "w") as stream:
+            self._processes[name] = subprocess.Popen(self._command(name, *options), cwd=ROOT, stdout=stream, stderr=subprocess.STDOUT,
+                                                     text=True, start_new_session=True, env=self._environment)
+
+    def _kill_and_restart(self, name: str, deadline: float) -> None:
+        """``kill -9`` the run's Snakemake while its :data:`KILLED_AT` job runs, with that job suspended so that it stays in
+        the queue; a restart then must refuse to start. With the job resumed: ``audit.cluster_jobs wait``, ``--unlock``
+        and the same command with ``--rerun-incomplete`` (the README's steps)."""
+        audit = self.audits[name]
+        while not (running := [line.split("|")[0] for line in self._squeue() if line.endswith(f"|RUNNING|{KILLED_AT}")]):
+            if self._processes[name].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the {name} run ended or timed out before its job {KILLED_AT} ran")
+            time.sleep(0.5)
+        audit.orphan = running[0]
+        subprocess.run(["scontrol", "suspend", audit.orphan], check=True)
+        os.killpg(self._processes[name].pid, signal.SIGKILL)
+        self._processes[name].wait()
+        run = lambda *command: subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=self._environment, timeout=300)  # noqa: E731
+        unlock = run(*self._command(name, "--unlock"))
+        refused = run(*self._command(name, "--rerun-incomplete"))
+        audit.refused = f"exit {refused.returncode}\n{unlock.stdout}{unlock.stderr}{refused.stdout}{refused.stderr}"
+        subprocess.run(["scontrol", "resume", audit.orphan], check=True)
+        waited = run(sys.executable, "-m", "audit.cluster_jobs", "wait", "--directory", str(audit.workdir), "--configfile", str(TINY), "--poll-seconds", "1")
+        assert waited.returncode == 0, waited.stderr
+        self._start(name, "--rerun-incomplete", output="restart.out")
+
+    def _squeue(self) -> list[str]:
+        """``id|state|comment`` of every job in the queue."""
+        return subprocess.run(["squeue", "--noheader", "--format=%i|%T|%k"], capture_output=True, text=True, env=self._environment).stdout.splitlines()
+
     def _record(self, name: str, returncode: int) -> None:
         audit = self.audits[name]
         audit.returncode = returncode
-        audit.output = (self.workdir / name / "snakemake.out").read_text()
+        audit.output = "".join((self.workdir / name / output).read_text() for output in ("snakemake.out", "restart.out") if (self.workdir / name / output).exists())
         pattern = r"has been submitted with SLURM jobid (\d+) \(log: \S+/slurm_logs/(\S+?)(?:/tiny)?/\d+\.log\)"
         audit.submitted = dict(re.findall(pattern, audit.output))
         audit.states = {job: subprocess.run(["scontrol", "show", "job", "--details", job], capture_output=True, text=True).stdout for job in audit.submitted}
@@ -140,7 +182,7 @@ class BackgroundSlurmAudit(threading.Thread):
             self.join(timeout=120)
 
     def _kill(self) -> None:
-        for process in self._processes:
+        for process in self._processes.values():
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()

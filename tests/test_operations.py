@@ -162,12 +162,17 @@ def _slurm_run(slurm_runs, profile: str):
 
 
 @pytest.mark.slurm
-def test_the_cpu_profile_runs_the_tiny_audit_through_a_real_slurm_and_matches_a_local_run(slurm_runs, tiny_audit):
+def test_the_cpu_profile_runs_the_tiny_audit_through_a_real_slurm_killed_midway_and_matches_a_local_run(slurm_runs, tiny_audit):
     """Single-node SLURM from Debian's packages (installed when missing), the tiny audit to its anomaly scores through
-    profiles/slurm: every job goes through sbatch as its own submission on the ``debug`` partition with no GPU, and the
-    results equal the local run's. The runs are a background thread (tests/slurm_run.py); this test reads their result."""
+    profiles/slurm: every job goes through sbatch as its own submission on the ``debug`` partition with no GPU. Snakemake
+    is killed (``kill -9``) while the training job runs: a restart while that job is still in the queue refuses to
+    start, naming it; after ``audit.cluster_jobs wait`` the restart finishes the audit without submitting the training
+    again (each job submitted once over both runs), and the results equal the local run's. The runs are a background
+    thread (tests/slurm_run.py); this test reads their result."""
     run = _slurm_run(slurm_runs, "slurm")
     assert len(run.submitted) >= 6 + 3 * 2, run.submitted  # model check, listing, training, reference, two scores; three per shard
+    assert run.refused.startswith("exit 1") and "still queued or running" in run.refused and run.orphan in run.refused, run.refused[-3000:]
+    assert run.submitted[run.orphan] == "rule_train_model" and list(run.submitted.values()).count("rule_train_model") == 1, run.submitted
     for job, state in run.states.items():
         assert _granted(state) == ("debug", "(null)"), (run.submitted[job], state)
     first, second = tiny_audit / "results" / "tiny", run.workdir / "results" / "tiny"

@@ -25,7 +25,9 @@ STARTED=$(date -u +%FT%T+00:00)
 mkdir -p "$WORKDIR/logs/runs"
 LOG="$WORKDIR/logs/runs/$(date -u +%Y%m%dT%H%M%SZ).log"
 cd "$REPO"
-# The flock above makes this the only scheduled run here: a lock left by a killed run is stale.
+# The flock above makes this the only scheduled run here: a lock left by a killed run is stale, and SLURM jobs that
+# a killed run left (a cluster profile in SNAKEMAKE_ARGS) are waited for, so that none runs twice at once.
+"$BIN/python" -m audit.cluster_jobs wait --directory "$WORKDIR" --configfile "$CONFIG" >>"$LOG" 2>&1
 "$BIN/snakemake" --unlock --directory "$WORKDIR" --configfile "$CONFIG" >>"$LOG" 2>&1
 # shellcheck disable=SC2086
 # The listing is forced: an ImageFolder tree can change below its class folders, which no file date shows.

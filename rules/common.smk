@@ -149,7 +149,7 @@ def image_shards(wildcards):
 TRAINING_SHARDS = "results/{audit}/model/training_shards.json"
 """The index of the image shards the workflow-trained model is trained on (rule training_shards)."""
 
-FEATURE_INDEX = "results/{audit}/features/index.json"
+FEATURE_INDEX = "results/{audit}/feature_shards.json"
 """The index of the feature shards and their statistics that reference_stats reads (rule feature_index)."""
 
 

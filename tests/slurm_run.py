@@ -132,7 +132,7 @@ class BackgroundSlurmAudit(threading.Thread):
         the queue; a restart then must refuse to start. With the job resumed: ``audit.cluster_jobs wait``, ``--unlock``
         and the same command with ``--rerun-incomplete`` (the README's steps)."""
         audit = self.audits[name]
-        while not (running := [line.split("|")[0] for line in self._squeue() if line.endswith(f"|RUNNING|{KILLED_AT}")]):
+        while not (running := [line.split("|")[0] for line in self._squeue() if line.endswith(f"|RUNNING|{audit.workdir}|{KILLED_AT}")]):
             if self._processes[name].poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the {name} run ended or timed out before its job {KILLED_AT} ran")
             time.sleep(0.5)
@@ -150,8 +150,8 @@ class BackgroundSlurmAudit(threading.Thread):
         self._start(name, "--rerun-incomplete", output="restart.out")
 
     def _squeue(self) -> list[str]:
-        """``id|state|comment`` of every job in the queue."""
-        return subprocess.run(["squeue", "--noheader", "--format=%i|%T|%k"], capture_output=True, text=True, env=self._environment).stdout.splitlines()
+        """``id|state|working directory|comment`` of every job in the queue (both runs' jobs have the same comments)."""
+        return subprocess.run(["squeue", "--noheader", "--format=%i|%T|%Z|%k"], capture_output=True, text=True, env=self._environment).stdout.splitlines()
 
     def _record(self, name: str, returncode: int) -> None:
         audit = self.audits[name]

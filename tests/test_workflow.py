@@ -301,7 +301,8 @@ def test_rerun_redoes_only_the_unfinished_shard(tiny_audit, tmp_path):
     # A run killed during extraction has written some shards and nothing after them.
     shutil.rmtree(shards / "shard-00001.zarr")
     shutil.rmtree(workdir / "results" / "tiny" / "reference.zarr")
-    (workdir / "results" / "tiny" / "pairs.parquet").unlink()
+    for later in ("pairs.parquet", "feature_shards.json"):
+        (workdir / "results" / "tiny" / later).unlink()
     (shards / ".shard-00001.zarr.tmp-99999").mkdir()  # what a killed writer leaves
     result = snakemake("results/tiny/reference.zarr", "--cores", CORES, "--directory", str(workdir), "--configfile", str(TINY))
     assert result.returncode == 0, result.stdout[-3000:]

@@ -2,7 +2,8 @@
 
 The CPU profile (profiles/slurm) runs it to the anomaly scores; the GPU profile (profiles/slurm-gpu) to the
 dataset maps, so that its model jobs (training, extraction, maps) ask for GPUs on the ``gpu`` partition of a node
-with count-only GPUs (tests/local_slurm.py) and run there with ``AUDIT_DEVICE=cpu``. Each job asks for the local
+with two GPUs in its gres (stand-in device files, tests/local_slurm.py) and run there with ``AUDIT_DEVICE=cpu``.
+The CPU run's Snakemake is killed (``kill -9``) while its training job runs and restarted as the README says. Each job asks for the local
 run's threads, so the two runs share the node's CPUs and their results equal the local run's.
 
 Most of a run's time is the SLURM executor waiting between status checks (its interval grows by 10 s

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from audit.models.checkpoint import ModelMeta
+from audit.models.placement import device_of
 from audit.models.preprocess import to_model_input
 from audit.models.tokens import spatial_map
 from audit.settings import FeatureSettings
@@ -80,7 +81,7 @@ def capture_classifier_input(model: nn.Module) -> Iterator[dict[str, torch.Tenso
 
 @torch.no_grad()
 def forward_features(
-    model: nn.Module, meta: ModelMeta, pixels: torch.Tensor, device: str = "cpu", precision: str = "float32"
+    model: nn.Module, meta: ModelMeta, pixels: torch.Tensor, device: str | None = None, precision: str = "float32"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Activations (B, K, h, w), pre-logits (B, D) and logits (B, C) for uint8 images (B, 3, H, W).
 
@@ -89,6 +90,7 @@ def forward_features(
     All float32 on the CPU. ``precision`` ``bfloat16``/``float16`` runs the
     model under autocast on CUDA (ignored on the CPU).
     """
+    device = device or device_of(model)
     x = to_model_input(pixels.to(device, non_blocking=True), meta.mean, meta.std, device)
     dtype = PRECISIONS[precision]
     autocast = torch.autocast("cuda", dtype=dtype) if dtype is not None and x.is_cuda else nullcontext()
@@ -157,7 +159,7 @@ def extract_shard(
     target: str | os.PathLike,
     settings: FeatureSettings,
     chunk: int = 256,
-    device: str = "cpu",
+    device: str | None = None,
 ) -> int:
     """Extract features of images [start, stop) of ``images_path`` into the shard store ``target``.
 
@@ -167,6 +169,7 @@ def extract_shard(
     Raises ``ValueError`` naming the shard and the count per variable when any
     activation, pre-logit or logit is NaN or infinite, and writes nothing then.
     """
+    device = device or device_of(model)
     batch_size, workers, precision = settings.batch_size, settings.workers(device), settings.precision
     images = open_zarr(images_path)
     stop = min(stop, images.sizes["image"])
@@ -185,7 +188,7 @@ def extract_shard(
             rows = coords.isel(image=slice(first - start, first - start + len(pixels)))
             writer.add(feature_part(rows, class_names, activations, pre_logits, logits if meta.head else None))
         if start >= stop:
-            writer.add(_empty_part(model, meta, coords, class_names))
+            writer.add(_empty_part(model, meta, coords, class_names, device, precision))
         if any(nonfinite.values()):
             counts = ", ".join(f"{count} {name}" for name, count in nonfinite.items() if count)
             raise ValueError(
@@ -195,7 +198,7 @@ def extract_shard(
         return writer.close()
 
 
-def _empty_part(model: nn.Module, meta: ModelMeta, coords: xr.Dataset, class_names: Sequence[str]) -> xr.Dataset:
-    """The feature variables of zero images, shaped as the model's."""
-    activations, pre_logits, logits = forward_features(model, meta, torch.zeros(1, *meta.input_size, dtype=torch.uint8))
+def _empty_part(model: nn.Module, meta: ModelMeta, coords: xr.Dataset, class_names: Sequence[str], device: str, precision: str) -> xr.Dataset:
+    """The feature variables of zero images, shaped as the model's (one blank image through the model on ``device``)."""
+    activations, pre_logits, logits = forward_features(model, meta, torch.zeros(1, *meta.input_size, dtype=torch.uint8), device, precision)
     return feature_part(coords, class_names, activations[:0], pre_logits[:0], logits[:0] if meta.head else None)

@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from audit.metrics.perturbation import baseline_images, model_logits
 from audit.models.checkpoint import ModelMeta
+from audit.models.placement import device_of
 from audit.models.registration import GridRegistration
 
 REGION_LIMIT = 0.25
@@ -79,9 +80,9 @@ def pasted(targets: np.ndarray, sources: np.ndarray, region: np.ndarray) -> np.n
     return np.where(region[None, None] if region.ndim == 2 else region[:, None], sources, targets)
 
 
-def class_probability(model: nn.Module, meta: ModelMeta, pixels: np.ndarray, target: int, batch_size: int, device: str) -> tuple[np.ndarray, np.ndarray]:
-    """p(target) (n,) and the predicted class (n,) of uint8 images (n, 3, H, W)."""
-    x = torch.as_tensor(np.ascontiguousarray(pixels), device=device).float().div_(255.0)
+def class_probability(model: nn.Module, meta: ModelMeta, pixels: np.ndarray, target: int, batch_size: int, device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """p(target) (n,) and the predicted class (n,) of uint8 images (n, 3, H, W), run on ``device`` (default: the model's)."""
+    x = torch.as_tensor(np.ascontiguousarray(pixels), device=device or device_of(model)).float().div_(255.0)
     probabilities = torch.softmax(model_logits(model, meta, x, batch_size), dim=-1)
     return probabilities[:, target].cpu().numpy().astype(np.float64), probabilities.argmax(-1).cpu().numpy()
 
@@ -135,7 +136,7 @@ class InterventionOutcome:
 
 def intervene(
     model: nn.Module, meta: ModelMeta, sample: InterventionSample, region: np.ndarray, target: int, baseline: str,
-    batch_size: int = 64, device: str = "cpu", examples: int = 3,
+    batch_size: int = 64, device: str | None = None, examples: int = 3,
 ) -> InterventionOutcome:
     """Insertion into ``sample.targets`` (member i mod m pasted onto target i; donor i mod d for the control) and
     removal from ``sample.members`` (region and its mirror image), for class ``target``."""
@@ -198,7 +199,7 @@ def sample_for(
 
 def confirm_candidates(
     candidates: pd.DataFrame, candidate_maps: np.ndarray, images, labels: np.ndarray, held_out: np.ndarray, image_ids: np.ndarray,
-    model: nn.Module, meta: ModelMeta, registration: GridRegistration, settings, baseline: str, batch_size: int = 64, device: str = "cpu",
+    model: nn.Module, meta: ModelMeta, registration: GridRegistration, settings, baseline: str, batch_size: int = 64, device: str | None = None,
 ):
     """Test every candidate (rows of ``shortcut_candidates.parquet``) by intervention (module docstring).
 

@@ -51,7 +51,7 @@ def contrastive_pair_rows(store: xr.Dataset) -> pd.DataFrame:
 
 def pair_insertion(
     model: nn.Module, meta: ModelMeta, subjects: np.ndarray, regions: np.ndarray, targets: np.ndarray, class_a: int,
-    batch_size: int = 64, device: str = "cpu",
+    batch_size: int = 64, device: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-target effects of pasting subject i mod s's region (and, for the control, its mirror image) onto each of
     ``targets``: ``inserted`` / ``inserted_control`` (change of p(a)) and ``moved`` / ``moved_control`` (1 where the
@@ -69,7 +69,7 @@ def pair_insertion(
 
 def pair_tests(
     saliency: dict[str, xr.Dataset], images, labels: np.ndarray, held_out: np.ndarray, image_ids: np.ndarray, class_names: list[str],
-    model: nn.Module, meta: ModelMeta, settings, batch_size: int = 64, device: str = "cpu",
+    model: nn.Module, meta: ModelMeta, settings, batch_size: int = 64, device: str | None = None,
 ) -> pd.DataFrame:
     """Test every pair direction's contrastive maps by insertion (module docstring): one row per method and direction
     (``PAIR_TEST_COLUMNS``). ``images``: the audit's pixels (N, 3, H, W), indexable (only the sampled images are

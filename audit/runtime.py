@@ -96,6 +96,7 @@ def _device(threads: int) -> str:
     torch.set_num_threads(max(1, int(threads)))
     device = choose_device(dict(os.environ), torch.cuda.is_available())
     if device.startswith("cuda"):
+        reproducible_cuda()
         index = torch.device(device).index or 0
         logging.getLogger(__name__).info("device %s (%s), %d threads", device, torch.cuda.get_device_name(index), torch.get_num_threads())
     else:
@@ -103,6 +104,20 @@ def _device(threads: int) -> str:
         notes += [f"granted {granted}"] if (granted := _granted_gpus(dict(os.environ))) else []
         logging.getLogger(__name__).info("device cpu%s, %d threads", f" ({', '.join(notes)})" if notes else "", torch.get_num_threads())
     return device
+
+
+def reproducible_cuda() -> None:
+    """The same config gives the same result on a GPU too: deterministic cuDNN and cuBLAS kernels
+    (``CUBLAS_WORKSPACE_CONFIG``, set before the first cuBLAS call, unless the site set it) and no TF32 in float32
+    (TF32 rounds a product's inputs to 10 bits: about 1e-3 relative from the CPU). Deterministic algorithms are
+    asked for with ``warn_only``: an operation without one (e.g. adaptive pooling's backward on CUDA) runs, and its
+    warning in the job's log names it."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def choose_device(environment: dict[str, str], cuda_available: bool) -> str:

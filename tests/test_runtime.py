@@ -83,3 +83,18 @@ def test_a_job_granted_a_gpu_that_torch_cannot_see_stops_with_a_clear_error(envi
     """Instead of training and explaining on the CPU while the scheduler bills a GPU (and provenance would say cpu)."""
     with pytest.raises(ValueError, match=message):
         choose_device(environment, cuda_available=False)
+
+
+def test_a_cuda_stage_asks_for_reproducible_kernels_and_no_tf32():
+    """Run in a fresh interpreter (the flags are process-wide): what a CUDA job sets before its first kernel."""
+    code = (
+        "import os, torch\n"
+        "os.environ.pop('CUBLAS_WORKSPACE_CONFIG', None)\n"
+        "from audit.runtime import reproducible_cuda\n"
+        "reproducible_cuda()\n"
+        "b = torch.backends\n"
+        "print(os.environ['CUBLAS_WORKSPACE_CONFIG'], b.cudnn.deterministic, b.cudnn.benchmark, b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32,"
+        " torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == [":4096:8", "True", "False", "False", "False", "True", "True"]

@@ -21,6 +21,7 @@ from audit.metrics.metric import METRIC_COLUMNS, MetricBatch, Randomness, Table
 from audit.metrics.registry import metric
 from audit.models.checkpoint import ModelMeta
 from audit.models.memory_format import inference_copy
+from audit.models.placement import device_of
 from audit.settings import MetricSettings
 
 PLAN_COORDS = ("image_id", "purpose", "variant", "target", "contrasts", "reference", "compare")
@@ -38,7 +39,7 @@ def evaluate_saliency(
     saliency: xr.Dataset,
     method: str,
     settings: MetricSettings,
-    device: str = "cpu",
+    device: str | None = None,
     regions: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """The configured metrics of every map of ``saliency``: a long table (``METRIC_COLUMNS``).
@@ -51,6 +52,7 @@ def evaluate_saliency(
         saliency: a saliency store (``image_map``, and the check maps of ``audit.explain.store.CHECK_MAPS`` it holds).
         regions: object regions (N, H, W) bool and which images have one (N,), for the region metrics.
     """
+    device = device or device_of(model)
     metrics = [metric(name) for name in settings.metrics]
     available = {name for name in CHECK_MAPS if name in saliency} | ({"regions"} if regions is not None else set())
     metrics = [m for m in metrics if set(m.needs) <= available]

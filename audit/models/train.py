@@ -14,6 +14,7 @@ from audit.data.dataset import ImageDataset
 from audit.features import layer_output_shape
 from audit.models.imported import resolve_layer
 from audit.models.checkpoint import ModelMeta, build_model
+from audit.models.placement import device_of
 from audit.models.preprocess import to_model_input
 from audit.settings import ModelSettings, TrainSettings
 
@@ -27,11 +28,13 @@ def train_classifier(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     settings: TrainSettings,
+    device: str | None = None,
 ) -> list[float]:
-    """Train ``model`` in place with AdamW and a one-cycle schedule.
+    """Train ``model`` (already on ``device``) in place with AdamW and a one-cycle schedule.
 
     Args:
         images: uint8 (N, 3, H, W). labels: int (N,).
+        device: where the batches go (the images stay in host memory; each batch is moved).
     Returns:
         the mean training loss of each epoch.
     """
@@ -39,6 +42,7 @@ def train_classifier(
     rng = np.random.default_rng(settings.seed)
     x_all = to_model_input(images, mean, std)
     y_all = torch.as_tensor(labels, dtype=torch.long)
+    device = device or device_of(model)
     steps_per_epoch = int(np.ceil(len(y_all) / settings.batch_size))
     optimiser = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch)
@@ -49,8 +53,8 @@ def train_classifier(
         total = 0.0
         for start in range(0, len(order), settings.batch_size):
             idx = torch.as_tensor(order[start : start + settings.batch_size])
-            x = _random_shift(x_all[idx], settings.shift, rng)
-            loss = F.cross_entropy(model(x), y_all[idx])
+            x = _random_shift(x_all[idx], settings.shift, rng).to(device)
+            loss = F.cross_entropy(model(x), y_all[idx].to(device))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -63,13 +67,14 @@ def train_classifier(
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, mean, std, batch_size: int = 256) -> float:
-    """Top-1 accuracy of ``model`` on uint8 ``images`` (N, 3, H, W)."""
+def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, mean, std, batch_size: int = 256, device: str | None = None) -> float:
+    """Top-1 accuracy of ``model`` (on ``device``) on uint8 ``images`` (N, 3, H, W)."""
     model.eval()
+    device = device or device_of(model)
     correct = 0
     for start in range(0, len(labels), batch_size):
-        x = to_model_input(images[start : start + batch_size], mean, std)
-        correct += (model(x).argmax(1).numpy() == labels[start : start + batch_size]).sum()
+        x = to_model_input(images[start : start + batch_size], mean, std).to(device)
+        correct += (model(x).argmax(1).cpu().numpy() == labels[start : start + batch_size]).sum()
     return float(correct / max(len(labels), 1))
 
 
@@ -83,8 +88,9 @@ def _random_shift(x: torch.Tensor, shift: int, rng: np.random.Generator) -> torc
     return padded[..., shift + dy : shift + dy + h, shift + dx : shift + dx + w]
 
 
-def fit_model(dataset: ImageDataset, settings: ModelSettings) -> tuple[nn.Module, ModelMeta]:
-    """Build timm model ``settings.name`` for ``dataset``, train it on the ``train`` split (``settings.train``), score it on the rest.
+def fit_model(dataset: ImageDataset, settings: ModelSettings, device: str = "cpu") -> tuple[nn.Module, ModelMeta]:
+    """Build timm model ``settings.name`` for ``dataset``, train it on ``device`` on the ``train`` split
+    (``settings.train``), score it on the rest; the model is returned on the CPU.
 
     Normalisation is ``settings.mean``/``std``, else the model's pretrained config. The metadata's
     ``metrics`` get ``train_accuracy``, ``audit_accuracy`` (held-out split) and
@@ -117,11 +123,12 @@ def fit_model(dataset: ImageDataset, settings: ModelSettings) -> tuple[nn.Module
             "dataset.audit_fraction), lay an ImageFolder tree out as train/ and val/ folders, or set model.checkpoint to audit your own model"
         )
     started = time.perf_counter()
-    losses = train_classifier(model, dataset.images[train], dataset.labels[train], meta.mean, meta.std, settings.train)
+    model.to(device)
+    losses = train_classifier(model, dataset.images[train], dataset.labels[train], meta.mean, meta.std, settings.train, device)
     meta.metrics = {
         "final_loss": round(losses[-1], 4),
-        "train_accuracy": round(accuracy(model, dataset.images[train], dataset.labels[train], meta.mean, meta.std), 4),
-        "audit_accuracy": round(accuracy(model, dataset.images[held_out], dataset.labels[held_out], meta.mean, meta.std), 4),
+        "train_accuracy": round(accuracy(model, dataset.images[train], dataset.labels[train], meta.mean, meta.std, device=device), 4),
+        "audit_accuracy": round(accuracy(model, dataset.images[held_out], dataset.labels[held_out], meta.mean, meta.std, device=device), 4),
     }
-    log.info("training figures %s after %.1f s", meta.metrics, time.perf_counter() - started)
-    return model, meta
+    log.info("training figures %s after %.1f s on %s", meta.metrics, time.perf_counter() - started, device)
+    return model.cpu(), meta

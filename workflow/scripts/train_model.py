@@ -12,8 +12,8 @@ from audit.models.train import fit_model
 from audit.runtime import stage_run
 from audit.settings import ModelSettings
 
-with stage_run(snakemake.log[0], snakemake.threads):
+with stage_run(snakemake.log[0], snakemake.threads) as device:
     shards = json.loads(Path(snakemake.input.shards).read_text())["image_shards"]
     images = open_images(shards, read_listing(snakemake.input.listing, PRESENCE_COLUMNS))
-    model, meta = fit_model(image_dataset(images), stage_settings(snakemake, ModelSettings, "model"))
+    model, meta = fit_model(image_dataset(images), stage_settings(snakemake, ModelSettings, "model"), device)
     save_checkpoint(model, meta, snakemake.output[0])

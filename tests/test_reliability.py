@@ -10,7 +10,6 @@ import pytest
 import yaml
 
 from audit.data.manifest import normalise_manifest
-from audit.report import figures
 from tests.workflow import TINY, snakemake
 
 
@@ -18,15 +17,6 @@ def test_blank_image_ids_default_per_row(tmp_path):
     table = pd.DataFrame({"path": ["a/1.png", "b/2.png", "c/3.png"], "label": ["a", "b", "c"], "image_id": ["given", "", None]})
     ids = normalise_manifest(table, tmp_path)["image_id"].tolist()
     assert ids == ["given", "b/2.png", "c/3.png"]
-
-
-def test_names_with_dollars_are_drawn_as_plain_text():
-    names = ["$^$", "cost $5 or $6", "a_b^c"]  # "$^$" is not valid math text: parsed, it raises
-    figures.heatmap(np.eye(3), names, "title with $ sign", ".1f")
-    image = np.zeros((3, 8, 8), np.uint8)
-    figures.map_grid([image], [[np.ones((8, 8))]], ["$id$"], ["Grad-CAM $a$"], signed=[False])
-    anomalies = pd.DataFrame({"class_name": names * 4, "label": [0, 1, 2] * 4, "combined_score": np.arange(-2.0, 10.0), "combined_rank": np.arange(12) % 4 + 1})
-    figures.score_distribution(anomalies, 1)
 
 
 def test_a_config_file_stands_alone(tmp_path):

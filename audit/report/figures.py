@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import functools
 import io
+import math
 import warnings
 from collections.abc import Callable
 
@@ -24,13 +25,18 @@ import seaborn as sns  # noqa: E402
 from audit.anomaly_ranking import OUTLIER_Z  # noqa: E402
 
 
-def plain_text(draw: Callable[..., str]) -> Callable[..., str]:
-    """Draw a figure with math text off (``text.parse_math``), for the figure only."""
+PLAIN_TEXT = {"text.parse_math": False}
+"""Matplotlib settings every report figure is drawn with: names are text, never TeX."""
+
+
+def plain_text(draw: Callable[..., plt.Figure]) -> Callable[..., str]:
+    """A report figure: ``draw``'s figure, built and saved with math text off (:data:`PLAIN_TEXT`, for the figure only),
+    as a PNG data URI. ``draw`` itself stays reachable as ``__wrapped__`` (tests read its texts)."""
 
     @functools.wraps(draw)
     def drawn(*args, **kwargs) -> str:
-        with matplotlib.rc_context({"text.parse_math": False}):
-            return draw(*args, **kwargs)
+        with matplotlib.rc_context(PLAIN_TEXT):
+            return to_data_uri(draw(*args, **kwargs))
 
     return drawn
 
@@ -44,7 +50,7 @@ def to_data_uri(figure: plt.Figure) -> str:
 
 
 @plain_text
-def score_distribution(anomalies: pd.DataFrame, top: int) -> str:
+def score_distribution(anomalies: pd.DataFrame, top: int) -> plt.Figure:
     """Per-class distribution of the combined anomaly score (a robust z, :mod:`audit.anomaly_ranking`; symmetric log
     scale, linear within ±1, ticks as plain numbers), the top-``top`` images by ``combined_rank`` marked, the
     outlier line at ``OUTLIER_Z``."""
@@ -61,16 +67,38 @@ def score_distribution(anomalies: pd.DataFrame, top: int) -> str:
     axis.set_ylim(min(low * 1.5, -2.0), max(high * 2.0, 2 * OUTLIER_Z))  # room above the top points on the log part
     axis.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
     axis.set(xlabel="class", ylabel=f"z: largest robust z in class\n(dotted: {OUTLIER_Z:g})")
-    return to_data_uri(figure)
+    return figure
+
+
+HEATMAP_CELL_INCHES = 0.5
+"""A class × class heatmap's cell side while the figure can still grow (inches)."""
+HEATMAP_MAX_INCHES = 12.0
+"""The largest heatmap (inches a side, the colour bar beside it)."""
+HEATMAP_MIN_POINTS = 6.0
+"""The smallest font a cell's number is written in; smaller cells show colour only."""
 
 
 @plain_text
-def heatmap(matrix: np.ndarray, names: list[str], title: str, fmt: str) -> str:
-    """An annotated class × class heatmap."""
-    figure, axis = plt.subplots(figsize=(5, 4.2))
-    sns.heatmap(pd.DataFrame(matrix, index=names, columns=names), annot=len(names) <= 12, fmt=fmt, cmap="mako", ax=axis, cbar=True)
+def heatmap(matrix: np.ndarray, names: list[str], title: str, fmt: str) -> plt.Figure:
+    """A class × class heatmap, readable at any class count: the figure grows with the classes up to
+    ``HEATMAP_MAX_INCHES``; each cell shows its value (formatted by ``fmt``) while the longest value fits the cell at
+    ``HEATMAP_MIN_POINTS`` or more, else the colours alone tell (the numbers are in pairs.parquet); every k-th class
+    is labelled when the labels would overlap."""
+    count = max(len(names), 1)
+    side = float(np.clip(HEATMAP_CELL_INCHES * count + 1.5, 4.5, HEATMAP_MAX_INCHES))
+    cell_points = 72 * min(0.77 * side, 0.62 * (side + 1.0)) / count  # square cells in matplotlib's default margins, beside the colour bar
+    longest = max((len(format(value, fmt)) for value in np.ravel(matrix)), default=1)
+    font = min(9.0, 0.8 * cell_points / (0.62 * longest), 0.8 * cell_points)  # a digit is about 0.6 of the font size wide
+    label_font = float(np.clip(0.6 * cell_points, 5.0, 9.0))
+    every = max(1, math.ceil(1.5 * label_font / cell_points))  # a label's line is about 1.4 of its font size high
+    figure, axis = plt.subplots(figsize=(side + 1.0, side))
+    sns.heatmap(
+        pd.DataFrame(matrix, index=names, columns=names), annot=font >= HEATMAP_MIN_POINTS, fmt=fmt, annot_kws={"fontsize": font},
+        cmap="mako", ax=axis, cbar=True, square=True, xticklabels=every, yticklabels=every,
+    )
+    axis.tick_params(labelsize=label_font)
     axis.set_title(title)
-    return to_data_uri(figure)
+    return figure
 
 
 @plain_text
@@ -82,7 +110,7 @@ def map_grid(
     signed: list[bool],
     relative: list[bool] | None = None,
     boxes: list[list[tuple[float, float, float, float] | None]] | None = None,
-) -> str:
+) -> plt.Figure:
     """A grid: one row per image, first column the image (in colour), then one overlay per map column, each with its colour scale.
 
     Args:
@@ -127,11 +155,11 @@ def map_grid(
             bar = figure.colorbar(mappable, ax=axes[-1, c + 1], orientation="horizontal", fraction=0.08, pad=0.06)
             bar.set_ticks([-1, 0, 1] if mappable.get_clim()[0] < 0 else [0, 1])  # in units of the map's largest magnitude
             bar.ax.tick_params(labelsize=6)
-    return to_data_uri(figure)
+    return figure
 
 
 @plain_text
-def run_trends(runs: pd.DataFrame) -> str:
+def run_trends(runs: pd.DataFrame) -> plt.Figure:
     """Images, anomalies and the largest class-mean drift per run (``history.parquet`` columns; a last row may be this run)."""
     panels = [("images", "images"), ("anomalies", f"anomalies (robust z > {OUTLIER_Z:g})"), ("max_mean_drift", "largest class-mean shift (÷ class total sd)")]
     figure, axes = plt.subplots(1, len(panels), figsize=(10, 2.8), squeeze=False)
@@ -140,11 +168,11 @@ def run_trends(runs: pd.DataFrame) -> str:
         axis.set(title=title, xlabel="run", ylabel="")
         axis.tick_params(axis="x", labelrotation=30, labelsize=7)
     figure.tight_layout()
-    return to_data_uri(figure)
+    return figure
 
 
 @plain_text
-def perturbation_curves(summary: pd.DataFrame, panels: list[tuple[str, dict[str, str], str]]) -> str:
+def perturbation_curves(summary: pd.DataFrame, panels: list[tuple[str, dict[str, str], str]]) -> plt.Figure:
     """Mean target probability per method along perturbation curves (overall level of the summary).
 
     Args:
@@ -160,11 +188,11 @@ def perturbation_curves(summary: pd.DataFrame, panels: list[tuple[str, dict[str,
     if shown and axes[0][-1].get_legend() is not None:
         sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=7, title=None)
     figure.tight_layout()
-    return to_data_uri(figure)
+    return figure
 
 
 @plain_text
-def strategy_grid(average: np.ndarray, class_mean: np.ndarray, rows: list[dict], signed: bool) -> str:
+def strategy_grid(average: np.ndarray, class_mean: np.ndarray, rows: list[dict], signed: bool) -> plt.Figure:
     """One class's strategies: its mean map over its average image, then a row per cluster — its mean map over the
     average of its exemplars, then each exemplar under its own map. A class of one cluster is one row: the class
     mean map (which is the cluster's) and the exemplars.
@@ -197,4 +225,4 @@ def strategy_grid(average: np.ndarray, class_mean: np.ndarray, rows: list[dict],
         if not axis.images:
             axis.set_axis_off()
     figure.tight_layout()
-    return to_data_uri(figure)
+    return figure

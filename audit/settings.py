@@ -281,12 +281,14 @@ class ReportSettings(StageSettings):
 @dataclass(frozen=True)
 class ClusterSettings(StageSettings):
     """``cluster``: the time limit (``runtime``, minutes) each shard job asks a cluster for (``audit.cluster_time``):
-    the shard's images at the stage's measured rate (s per image), plus an overhead, twice over, capped."""
+    the shard's images at the stage's measured rate (s per image), plus an overhead, twice over, capped. The defaults
+    are rates measured on 2 CPU cores at 224 px (resnet50, vit_small_patch16_224; ``benchmarks/cluster_rates.py``),
+    rounded up: a GPU job or a larger node finishes well within them."""
 
     ingest_seconds_per_image: float = speed_only(0.02)
-    features_seconds_per_image: float = speed_only(0.1)
+    features_seconds_per_image: float = speed_only(0.2)
     statistics_seconds_per_image: float = speed_only(0.002)
-    dataset_maps_seconds_per_image: float = speed_only(0.2)
+    dataset_maps_seconds_per_image: float = speed_only(0.1)
     overhead_minutes: float = speed_only(5.0)
     max_minutes: float = speed_only(1440.0)
 

@@ -106,18 +106,20 @@ def test_anomaly_ranking_quality_against_flags():
 
     table = pd.DataFrame(
         {
-            "class_name": ["a"] * 4 + ["b"] * 3,
+            "class_name": ["all"] * 4 + ["b"] * 3,  # a class named "all" is not the overall row
             "score": [9.0, 1.0, 2.0, 3.0, 5.0, 4.0, np.nan],
             "rank": [1, 4, 3, 2, 1, 2, 3],
             "flagged": [True, False, False, False, False, True, False],
         }
     )
-    quality = ranking_quality(table, top=1).set_index("scope")
+    quality = ranking_quality(table, top=1).set_index(["level", "scope"])
     assert set(quality["ranked_by"]) == {"score"}  # the other rankings' columns are absent here
-    assert quality.loc["a", "auroc"] == 1.0 and quality.loc["a", "average_precision"] == 1.0 and quality.loc["a", "flagged_in_top"] == 1
-    assert quality.loc["b", "auroc"] == 0.0 and quality.loc["b", "flagged_in_top"] == 0
-    # all: flagged scores 9 and 4 against 1, 2, 3, 5 → 7 of 8 pairs ordered right
-    assert quality.loc["all", "auroc"] == pytest.approx(7 / 8) and quality.loc["all", "images"] == 6
+    assert list(quality.index) == [("overall", "all"), ("class", "all"), ("class", "b")]
+    assert quality.loc[("class", "all"), "auroc"] == 1.0 and quality.loc[("class", "all"), "average_precision"] == 1.0
+    assert quality.loc[("class", "all"), "flagged_in_top"] == 1 and quality.loc[("class", "all"), "images"] == 4
+    assert quality.loc[("class", "b"), "auroc"] == 0.0 and quality.loc[("class", "b"), "flagged_in_top"] == 0
+    # overall: flagged scores 9 and 4 against 1, 2, 3, 5 → 7 of 8 pairs ordered right
+    assert quality.loc[("overall", "all"), "auroc"] == pytest.approx(7 / 8) and quality.loc[("overall", "all"), "images"] == 6
     assert ranking_quality(table.drop(columns="flagged"), top=1).empty
 
 

@@ -129,9 +129,13 @@ def test_a_shard_too_large_for_the_time_cap_stops_the_dag_build_naming_the_shard
     """The limit is twice overhead + images × rate, rounded up (closed form); past the cap the dry run fails with the shard
     size that fits, before anything is submitted."""
     from audit.cluster_time import shard_minutes
+    from audit.settings import ClusterSettings
 
     assert shard_minutes(10_000, 0.1, overhead_minutes=5, max_minutes=1440) == 44  # ⌈2 × (5 + 16.67)⌉
     assert shard_minutes(0, 0.1, overhead_minutes=5, max_minutes=1440) == 10
+    defaults = ClusterSettings()  # the measured 2-core CPU rates: 100 shards of 10,000 images fit the default 24 h cap
+    for stage in ("ingest", "features", "statistics", "dataset_maps"):
+        assert shard_minutes(10_000, getattr(defaults, f"{stage}_seconds_per_image"), overhead_minutes=defaults.overhead_minutes, max_minutes=defaults.max_minutes) <= 90
     with pytest.raises(ValueError, match="shard_size to at most 1200"):  # 40 min hold 20 min of work: 1,200 images at 1 s
         shard_minutes(5000, 1.0, overhead_minutes=0, max_minutes=40)
     config = _dag_benchmark().listed_audit(tmp_path, 3)

@@ -71,7 +71,7 @@ def test_empty_classes_leave_the_pairs_and_a_lone_image_is_unranked(tmp_path):
     assert lone["score"].isna().all() and lone["rank"].isna().all()
     assert table.loc[table["label"] == 0, "rank"].tolist() == list(range(1, 31))
     quality = ranking_quality(table.assign(flagged=table["image_id"] == "i60"), 3)  # the unranked image is flagged
-    assert quality.set_index("scope").loc["all", "flagged_in_top"] == 0
+    assert quality.set_index("level").loc["overall", "flagged_in_top"] == 0
     means = reference["mean"].sel(group=[f"class:{n}" for n in names]).values
     weight = rng.normal(size=(4, 4))
     pairs = pair_table(names, weight, np.zeros((4, 4), np.int64), means, reference["class_count"].values)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from audit.report.text import shorten_id
 from tests.browser import broken_images, in_page_links, open_report
 from tests.workflow import ROOT
 
@@ -79,7 +80,7 @@ def _assert_the_workbench_works(report: Path, results: Path, screenshot_prefix: 
         assert sum(row.is_visible() for row in rows.all()) == total
 
         gallery = page.locator("details.gallery").first  # every method's maps of the first class's top images
-        expected = _gallery_tiles(results, gallery.locator("h4").all_text_contents())
+        expected = _gallery_tiles(results, [h.get_attribute("data-image-id") for h in gallery.locator("h4").all()])
         assert not gallery.locator("figure.tile").first.is_visible()  # collapsed until opened
         gallery.locator("summary").click()
         assert gallery.locator("figure.tile").count() == expected > 5 and gallery.locator("figure.tile").first.is_visible()
@@ -92,6 +93,14 @@ def _assert_the_workbench_works(report: Path, results: Path, screenshot_prefix: 
             assert section.count() == 1, (a, b)
             assert section.locator("xpath=./img[contains(@class, 'figure')]").count() == 1, (a, b)  # the grid
             assert section.locator("figure.tile").count() == count, (a, b)  # every map in the gallery
+
+        overall = page.locator("#ranking-quality")  # known anomalies: how well each ranking finds them, the whole audit
+        if overall.count():
+            assert overall.is_visible() and set(overall.locator("tr td:nth-child(2)").all_inner_texts()) == {"all"}
+            per_class = page.locator("#ranking-quality-per-class")  # per class: folded until opened
+            assert not per_class.is_visible()
+            page.locator("details.per-class-quality > summary").click()
+            assert per_class.is_visible() and per_class.locator("tr td").count() > 0
 
         figure = page.locator("img.figure").nth(1)
         figure.click()
@@ -130,6 +139,7 @@ def test_the_demo_reports_open_cleanly_and_every_part_works(audit):
     _assert_the_workbench_works(report, ROOT / "results" / audit, audit)
 
 
+LONG_ID = "/data/hospital-a/scanner-7/2024/03/patient-00412/slide-0007/tile-x0512-y1024.png"
 HOSTILE = ['<script>window.__pwned = 1</script>', '"><img src=x onerror="window.__pwned = 2">']
 
 
@@ -152,7 +162,7 @@ def test_hostile_names_show_as_text_and_run_nothing(tiny_audit, tmp_path):
             similar=inputs.similar.replace({"name": rename, "similar_name": rename}),
             metrics_summary=inputs.metrics_summary.replace({"variant": {"gradcam": HOSTILE[0]}}),
             anomaly_quality=inputs.anomaly_quality.replace({"scope": rename}),
-            rejects=pd.DataFrame({"image_id": HOSTILE, "path": ["p", "q"], "label": HOSTILE, "reason": ["unknown label"] * 2}),
+            rejects=pd.DataFrame({"image_id": HOSTILE + [LONG_ID], "path": ["p", "q", "r"], "label": HOSTILE + ["x"], "reason": ["unknown label"] * 3}),
         )
     )
     path = tmp_path / "hostile.html"
@@ -162,5 +172,11 @@ def test_hostile_names_show_as_text_and_run_nothing(tiny_audit, tmp_path):
         assert all(name in text for name in HOSTILE) and HOSTILE[1] in page.title()
         assert page.evaluate("window.__pwned === undefined")
         assert page.locator("script").count() == 1  # the report's own script, nothing injected
+        long_id = page.locator("span.image-id", has_text=shorten_id(LONG_ID))  # a path: its end shown, all of it on hover
+        assert long_id.count() == 1 and long_id.get_attribute("title") == LONG_ID and LONG_ID not in text
+        table = long_id.locator("xpath=ancestor::table[1]")
+        table.locator("xpath=preceding-sibling::input[1]").fill("scanner-7/2024")  # a part of the id that is not shown
+        shown = [row for row in table.locator("tr:has(td)").all() if row.is_visible()]
+        assert len(shown) == 1 and shown[0].locator("span.image-id").count() == 1  # the filter still finds its row
     assert not log.errors and not log.outside_requests and not log.dialogs, log
 

@@ -75,3 +75,12 @@ def test_a_heatmap_is_readable_at_any_class_count(classes, kind):
     assert max(figure.get_size_inches()) <= figures.HEATMAP_MAX_INCHES + 1.0
     if classes >= 60:
         assert not numbers
+
+
+def test_long_image_ids_keep_their_end():
+    from audit.report.text import ID_CHARACTERS, shorten_id
+
+    path = "/data/site-a/scanner-7/2024/03/patient-00412/tile-x0512-y1024.png"
+    assert shorten_id(path) == "…" + path[-(ID_CHARACTERS - 1) :] and len(shorten_id(path)) == ID_CHARACTERS
+    assert shorten_id("digits-0007") == "digits-0007" and shorten_id(12) == "12"
+    assert shorten_id("x" * ID_CHARACTERS) == "x" * ID_CHARACTERS

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-QUALITY_COLUMNS = ["ranked_by", "scope", "images", "flagged", "auroc", "average_precision", "flagged_in_top"]
+QUALITY_COLUMNS = ["ranked_by", "level", "scope", "images", "flagged", "auroc", "average_precision", "flagged_in_top"]
 RANKINGS = ("combined_score", "score", "local_score", "relative_score", "label_issue", "map_score")
 RANK_COLUMNS = {"combined_score": "combined_rank", "score": "rank", "local_score": "local_rank"}
 """The within-class rank of the rankings that have one, for ``flagged_in_top``."""
@@ -26,7 +26,8 @@ def ranking_quality(anomalies: pd.DataFrame, top: int) -> pd.DataFrame:
         top: the report's per-class top-k; ``flagged_in_top`` counts flagged images ranked ≤ top in their class
             by the rankings of ``RANK_COLUMNS`` (NaN for the others).
     Returns:
-        per ranking, one row per scope (``all``, then each class name); AUROC and AP are NaN
+        per ranking, one row per scope: ``level`` ``overall`` (``scope`` ``all``), then ``class`` (``scope`` the class
+        name; a class may be named "all": tell the overall row by its level); AUROC and AP are NaN
         where a scope has no flagged or no unflagged image. Empty without flags.
     """
     if "flagged" not in anomalies or anomalies["flagged"].isna().all():
@@ -34,8 +35,8 @@ def ranking_quality(anomalies: pd.DataFrame, top: int) -> pd.DataFrame:
     rows = []
     for ranking in (r for r in RANKINGS if r in anomalies and anomalies[r].notna().any()):
         scored = anomalies[anomalies[ranking].notna()]
-        scopes = [("all", scored)] + [(str(name), group) for name, group in scored.groupby("class_name", sort=False)]
-        for scope, group in scopes:
+        scopes = [("overall", "all", scored)] + [("class", str(name), group) for name, group in scored.groupby("class_name", sort=False)]
+        for level, scope, group in scopes:
             flagged = group["flagged"].to_numpy(bool)
             both = 0 < flagged.sum() < len(flagged)
             ranks = RANK_COLUMNS.get(ranking)
@@ -43,6 +44,7 @@ def ranking_quality(anomalies: pd.DataFrame, top: int) -> pd.DataFrame:
             rows.append(
                 {
                     "ranked_by": ranking,
+                    "level": level,
                     "scope": scope,
                     "images": len(group),
                     "flagged": int(flagged.sum()),

@@ -27,6 +27,7 @@ from audit.report.gallery import Gallery
 from audit.report.local import LOCAL_MEANING, LOCAL_TITLE, local_column, oddity
 from audit.report.shortcuts import pair_test_rows, planted_score, shortcut_findings
 from audit.report.strategies import map_versus_embedding, strategy_section
+from audit.report.text import shorten_id
 from audit.similarity import pair_matrix
 
 
@@ -176,7 +177,7 @@ def render_report(inputs: ReportInputs) -> str:
         if top.empty:
             continue
         ids = list(top["image_id"])
-        row_labels = [f"#{r.combined_rank} {r.image_id}\nlabel {name}, pred {predicted(image_index[r.image_id])}\nz {r.combined_score:.1f}, odd {'in ' if r.odd_in == 'one place' else ''}{r.odd_in}" for r in top.itertuples()]
+        row_labels = [f"#{r.combined_rank} {shorten_id(r.image_id)}\nlabel {name}, pred {predicted(image_index[r.image_id])}\nz {r.combined_score:.1f}, odd {'in ' if r.odd_in == 'one place' else ''}{r.odd_in}" for r in top.itertuples()]
         grid = _grid(images, maps, "anomaly", ids, c, image_index, row_labels, {"a": name}, inputs.local_maps)
         rows = [
             {
@@ -201,7 +202,7 @@ def render_report(inputs: ReportInputs) -> str:
             if not chosen:
                 continue
             names = {"a": class_names[a], "b": class_names[b]}
-            row_labels = [f"{i}\nlabel {class_names[a]}, pred {predicted(image_index[i])}" for i in chosen]
+            row_labels = [f"{shorten_id(i)}\nlabel {class_names[a]}, pred {predicted(image_index[i])}" for i in chosen]
             grid = _grid(images, maps, "pair", chosen, a, image_index, row_labels, names)
             tiles = [{"image_id": i, "tiles": gallery.tiles(i, "pair", a, compare=b)} for i in chosen]
             tests = pair_test_rows(inputs.pair_tests, a, b, displays)
@@ -250,10 +251,13 @@ def render_report(inputs: ReportInputs) -> str:
             for c, r in standout.iloc[inputs.full_classes :].iterrows()
         ],
         "anomaly_sections": anomaly_sections,
-        "anomaly_quality": [
-            {**r, "auroc": _number(r["auroc"]), "average_precision": _number(r["average_precision"]), "flagged_in_top": "—" if pd.isna(r["flagged_in_top"]) else int(r["flagged_in_top"])}
-            for r in inputs.anomaly_quality.to_dict("records")
-        ],
+        "anomaly_quality": {
+            level: [
+                {**r, "auroc": _number(r["auroc"]), "average_precision": _number(r["average_precision"]), "flagged_in_top": "—" if pd.isna(r["flagged_in_top"]) else int(r["flagged_in_top"])}
+                for r in inputs.anomaly_quality[inputs.anomaly_quality["level"] == key].to_dict("records")
+            ]
+            for level, key in (("overall", "overall"), ("per_class", "class"))
+        },
         "similarity_figure": similarity_figure,
         "confusion_figure": (
             figures.heatmap(
@@ -285,6 +289,7 @@ def render_report(inputs: ReportInputs) -> str:
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=True, undefined=jinja2.StrictUndefined
     )
+    environment.filters["shorten_id"] = shorten_id
     return environment.get_template("template.html.j2").render(**context)
 
 
@@ -313,7 +318,8 @@ def summary(inputs: ReportInputs, class_names: list[str], standout: pd.DataFrame
     The most anomalous images are the top images of the classes where they stand out most (``class_standout``), linked to their class's section when it is drawn (``full``).
     """
     confused = inputs.pairs[inputs.pairs["confusions"] > 0].sort_values("confusions", ascending=False).head(3)
-    quality = inputs.anomaly_quality[inputs.anomaly_quality["ranked_by"] == "combined_score"].set_index("scope") if not inputs.anomaly_quality.empty else None
+    quality = inputs.anomaly_quality
+    overall_auroc = quality.loc[(quality["ranked_by"] == "combined_score") & (quality["level"] == "overall"), "auroc"] if not quality.empty else pd.Series(dtype=float)
     result = {
         "top_anomalies": [
             {"image_id": r.image_id, "class_name": class_names[c], "score": f"{r.score:.1f}", "standout": _number(r.standout), "anchor": f"class-{c}" if c in full else "other-classes"}
@@ -322,7 +328,7 @@ def summary(inputs: ReportInputs, class_names: list[str], standout: pd.DataFrame
         "confused_pairs": [
             {"a": r.name_a, "b": r.name_b, "confusions": int(r.confusions), "anchor": "pairs"} for r in confused.itertuples()
         ],
-        "auroc": _number(quality.loc["all", "auroc"]) if quality is not None and "all" in quality.index else None,
+        "auroc": _number(overall_auroc.iloc[0]) if len(overall_auroc) else None,
         "best_method": None,
         "warnings": [],
     }

@@ -17,6 +17,7 @@ import xarray as xr
 from audit.explain.registry import explainer
 from audit.anomaly_ranking import OUTLIER_Z, robust_z
 from audit.report import figures
+from audit.report.text import shorten_id
 
 
 def ranked_classes(strategies: pd.DataFrame, shortcuts: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -77,7 +78,7 @@ def strategy_section(
                 "title": _cluster_title(cluster),
                 "mean_map": _upsampled(strategy_maps["cluster_map"][cluster_row[(c, cluster.cluster)]].values, pictures[0].shape[1:]),
                 "average": np.mean(pictures, axis=0).astype(np.uint8),
-                "exemplars": [(p, _upsampled(m, p.shape[1:]), i) for p, m, i in zip(pictures, maps, cluster.exemplars)],
+                "exemplars": [(p, _upsampled(m, p.shape[1:]), shorten_id(i)) for p, m, i in zip(pictures, maps, cluster.exemplars)],
             })
         all_pictures = [e[0] for row in rows for e in row["exemplars"]]
         class_mean = _upsampled(strategy_maps["class_mean_map"].sel({"class": summary["class_name"]}).values, all_pictures[0].shape[1:])
@@ -114,7 +115,7 @@ def _cluster_title(cluster) -> str:
 def _cluster_row(cluster) -> dict:
     return {
         "cluster": int(cluster.cluster), "size": int(cluster.size), "share": _percent(cluster.share), "distinctness": _number(cluster.distinctness),
-        "outside_share": _percent(cluster.outside_share), "shortcut": bool(cluster.candidate_shortcut), "exemplars": ", ".join(cluster.exemplars),
+        "outside_share": _percent(cluster.outside_share), "shortcut": bool(cluster.candidate_shortcut), "exemplars": list(cluster.exemplars),
     }
 
 

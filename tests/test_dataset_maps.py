@@ -86,7 +86,8 @@ def test_other_gradient_cams_in_the_closed_form_equal_the_engines_maps(trained, 
     np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
 
 
-def test_maps_of_a_layer_without_the_closed_form_come_from_one_engine_pass_per_batch(trained, digits_small, shard):
+def test_maps_of_a_layer_without_the_closed_form_come_from_one_engine_pass_per_batch(trained, digits_small, shard, monkeypatch):
+    """Every method's maps of a batch of images (four variants each) come from one forward and one batched VJP."""
     model, _ = trained
     meta, features, reference = shard["layer3"]
     classifier = model.get_classifier()
@@ -95,11 +96,19 @@ def test_maps_of_a_layer_without_the_closed_form_come_from_one_engine_pass_per_b
     plan = _plan(features, settings)
     engine = ExplainerEngine(model, "layer3", digits_small.images.shape[-2:])
     images = digits_small.images[:80]
+    forwards, vjps = [], []
+    hook = engine.model.register_forward_pre_hook(lambda module, args: forwards.append(len(args[0])))
+    grad = torch.autograd.grad
+    monkeypatch.setattr(torch.autograd, "grad", lambda *args, **kwargs: vjps.append(1) or grad(*args, **kwargs))
     ours = shard_maps(
         plan, features, reference, settings, chunk=32,
         model_maps=lambda rows: plan_maps(rows, engine, meta, images, features, reference, settings, {}),
     )
+    hook.remove()
+    monkeypatch.undo()
     assert engine.closed_form is False
+    assert forwards == [16, 16, 16, 16, 16]  # 80 images in chunks of 32 (16 + 16, 16 + 16, 16), each batch of 16 run once
+    assert len(vjps) == len(forwards)  # one batched VJP per batch (the head test needs none: layer3's logits are not its pooled linear map)
     expected = np.stack(plan_maps(plan, ExplainerEngine(model, "layer3", images.shape[-2:]), meta, images, features, reference, settings, {}))
     np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
     store = dataset_map_store(plan, ours, features, {"layer": "layer3"})

@@ -155,3 +155,35 @@ def test_gradcam_beats_a_random_map_on_the_trained_model(trained, digits_small):
     assert means["gradcam"]["deletion_auc"] < means["random"]["deletion_auc"]
     assert means["gradcam"]["insertion_auc"] > means["random"]["insertion_auc"]
     assert means["gradcam"]["fidelity"] > means["random"]["fidelity"]
+
+
+def test_the_batch_size_changes_no_metric_value_including_the_random_draws(trained, digits_small):
+    """``metrics.batch_size`` is speed only: ROAD's noise and the random boxes are drawn per map (seeded by the map's
+    row), so batches of 1, 3 and 7 maps give the same table; another seed gives other draws."""
+    from audit.explain.store import saliency_dataset
+    from audit.metrics.evaluate import evaluate_saliency
+    from audit.settings import MetricSettings
+
+    model, meta = trained
+    count = 7
+    images = digits_small.images[:count]
+    plan = pd.DataFrame(
+        {
+            "method": "random", "image_index": np.arange(count), "image_id": digits_small.image_ids[:count], "purpose": "anomaly",
+            "variant": "random", "target": digits_small.labels[:count], "contrasts": [[]] * count, "reference": "",
+            "compare": (digits_small.labels[:count] + 1) % 10,
+        }
+    )
+    layer_maps = np.random.default_rng(1).random((count, 4, 4)).astype(np.float32)
+    store = saliency_dataset(plan, layer_maps, (4, 4), images.shape[-2:], {})
+
+    def table(batch_size: int, seed: int = 0) -> pd.DataFrame:
+        settings = MetricSettings(steps=4, road_fractions=(0.2, 0.6), boxes_per_size=3, box_sizes=(0.25, 0.5), batch_size=batch_size, seed=seed, metrics=("road", "box_sensitivity"))
+        return evaluate_saliency(model, meta, images, store, "random", settings)
+
+    one = table(1)
+    assert set(one["metric"]) >= {"road_combined", "box_sensitivity_mean"}
+    for batch_size in (3, 7):
+        pd.testing.assert_frame_equal(table(batch_size), one, rtol=1e-5, atol=1e-6)
+    other = table(3, seed=1)
+    assert not np.allclose(other["value"].to_numpy(float), one["value"].to_numpy(float), equal_nan=True)

@@ -53,7 +53,7 @@ def test_noise_only_on_imputed_pixels_and_a_fully_removed_image_is_refused():
     images = torch.rand(2, 3, 8, 8)
     removed = torch.zeros(2, 8, 8, dtype=torch.bool)
     removed[:, :4] = True
-    noisy = noisy_linear_imputation(images, removed, torch.tensor([0.1, 0.2, 0.3]), torch.Generator().manual_seed(0))
+    noisy = noisy_linear_imputation(images, removed, torch.tensor([0.1, 0.2, 0.3]), torch.randn(images.shape, generator=torch.Generator().manual_seed(0)))
     exact = linear_imputation(images, removed)
     difference = noisy - exact
     assert (difference[:, :, 4:] == 0).all()

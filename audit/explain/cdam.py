@@ -24,7 +24,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from audit.deferred import deferred
+from audit.seeding import seeded_generator
 from audit.explain.explainer import EMBEDDING_GRADIENTS, LAYER, LAYER_GRADIENTS, OWN_PASS, Explainer, ReportColumn, Subject
 
 if TYPE_CHECKING:
@@ -48,23 +51,28 @@ def smooth_cdam(
     output: str,
     samples: int,
     noise: float,
+    keys: np.ndarray,
     seed: int = 0,
     chunk: int = 256,
 ) -> torch.Tensor:
     """Smooth CDAM maps (R, h, w) for inputs x (R, 3, H, W) with tokens (R, N, D) at the layer.
 
-    ``coefficients``, ``output``: the objective of each row, as in ``ExplainerEngine.replay``.
+    ``coefficients``, ``output``: the objective of each row, as in ``ExplainerEngine.replay``. ``keys`` (R,): each
+    row's stable number (its plan row): sample s of a row draws its noise from (``seed``, key, s), so a map does not
+    depend on the batch size, the rows beside it or the device.
     """
     layout = engine.layout
     patches = tokens[:, layout.prefix :]
     sigma = noise * (patches.amax(dim=(1, 2)) - patches.amin(dim=(1, 2)))
-    generator = torch.Generator(device=tokens.device).manual_seed(seed)
     total = torch.zeros(len(tokens), *layout.grid, device=tokens.device)
     rows = torch.arange(len(tokens), device=tokens.device).repeat_interleave(samples)
+    sample = np.tile(np.arange(samples), len(tokens))
     for start in range(0, len(rows), chunk):
         part = rows[start : start + chunk]
         noisy = tokens[part].clone()
-        noisy[:, layout.prefix :] += sigma[part, None, None] * torch.randn(noisy[:, layout.prefix :].shape, generator=generator, device=noisy.device)
+        shape = noisy[:, layout.prefix :].shape[1:]
+        draws = [torch.randn(shape, generator=seeded_generator(seed, keys[r], s)) for r, s in zip(part.tolist(), sample[start : start + chunk])]
+        noisy[:, layout.prefix :] += sigma[part, None, None] * torch.stack(draws).to(noisy.device, noisy.dtype)
         _, gradients = engine.replay(x[part], noisy, coefficients[part], output)
         total.index_add_(0, part, token_scores(noisy, gradients, layout.prefix, layout.grid))
     return total / samples
@@ -175,7 +183,7 @@ class SmoothCdam(Cdam):
         coefficients, output = self.objective(batch, rows)
         tokens = batch.layer_pass.tokens[rows.positions]
         return smooth_cdam(
-            batch.engine, batch.x[rows.positions], tokens, coefficients, output, batch.settings.smooth_samples, batch.settings.smooth_noise
+            batch.engine, batch.x[rows.positions], tokens, coefficients, output, batch.settings.smooth_samples, batch.settings.smooth_noise, rows.index
         )
 
 

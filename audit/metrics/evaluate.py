@@ -5,7 +5,8 @@ The metrics are the entries of ``audit.metrics.registry`` named in
 perturbed image of a batch goes through the model in forwards of
 ``settings.batch_size`` images, and what several metrics share (the baseline
 images, the deletion curve) is computed once per batch. Random draws (ROAD's
-noise, the random boxes) come from ``settings.seed`` in map order.
+noise, the random boxes) come from ``settings.seed`` and each map's row (:func:`audit.metrics.metric.map_generators`),
+so the batch size changes no value.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from audit.explain.store import CHECK_MAPS
-from audit.metrics.metric import METRIC_COLUMNS, MetricBatch, Randomness, Table
+from audit.metrics.metric import METRIC_COLUMNS, MetricBatch, Table
 from audit.metrics.registry import metric
 from audit.models.checkpoint import ModelMeta
 from audit.models.memory_format import inference_copy
@@ -64,7 +65,6 @@ def evaluate_saliency(
         targets = torch.as_tensor(saliency["target"].values.copy(), device=device)
         compares = torch.as_tensor(saliency["compare"].values.copy(), device=device)
         checks = {name: saliency[name].values.astype(np.float32) for name in CHECK_MAPS if name in saliency}
-        randomness = Randomness.seeded(settings.seed, device)
         for start in tqdm(range(0, len(maps), settings.batch_size), desc="metrics", unit="batch"):
             part = slice(start, start + settings.batch_size)
             batch = MetricBatch(
@@ -74,7 +74,7 @@ def evaluate_saliency(
                 targets[part], compares[part],
                 {name: values[part] for name, values in checks.items()},
                 (regions[0][index[part]], regions[1][index[part]]) if regions is not None else None,
-                randomness,
+                np.arange(len(maps))[part],
                 dict(saliency.attrs),
             )
             for m in metrics:

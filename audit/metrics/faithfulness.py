@@ -10,7 +10,7 @@ import numpy as np
 from typing import TYPE_CHECKING
 
 from audit.deferred import deferred
-from audit.metrics.metric import CONFIGURED, HIGHER, LOWER, Metric, MetricBatch, Output, Table
+from audit.metrics.metric import BOX_STREAM, CONFIGURED, HIGHER, LOWER, NOISE_STREAM, Metric, MetricBatch, Output, Table, map_generators
 from audit.settings import MetricSettings
 
 if TYPE_CHECKING:
@@ -97,7 +97,8 @@ def road(batch: MetricBatch, table: Table) -> None:
     count = removed.shape[1]
     repeated = x[:, None].expand(-1, count, -1, -1, -1).reshape(-1, *x.shape[1:])
     noise = imputation.NORMALISED_NOISE * torch.tensor(batch.meta.std, dtype=torch.float32, device=x.device)
-    imputed = imputation.noisy_linear_imputation(repeated, removed.reshape(-1, *x.shape[2:]), noise, batch.randomness.noise)
+    standard = batch.standard_normal(NOISE_STREAM, (count, *x.shape[1:])).reshape(-1, *x.shape[1:])
+    imputed = imputation.noisy_linear_imputation(repeated, removed.reshape(-1, *x.shape[2:]), noise, standard)
     probabilities = torch.softmax(batch.logits(imputed.reshape(len(x), count, *x.shape[1:])), dim=-1)
     target_probabilities = probabilities[batch.rows, :, batch.target].cpu().numpy()
     r = len(fractions)
@@ -140,7 +141,9 @@ def box_sensitivity(batch: MetricBatch, table: Table) -> None:
     """Pearson r, per box side, between the saliency summed in random boxes and the target logit's drop when each is blurred."""
     settings, x = batch.settings, batch.x
     size = tuple(x.shape[-2:])
-    placed = boxes.random_boxes(len(x), list(settings.box_sizes), settings.boxes_per_size, size, batch.randomness.boxes).to(x.device)
+    placed = torch.cat(
+        [boxes.random_boxes(1, list(settings.box_sizes), settings.boxes_per_size, size, g) for g in map_generators(settings.seed, batch.map_index, BOX_STREAM)]
+    ).to(x.device)  # each map's boxes from its own seeded generator
     masks = boxes.box_masks(placed, size)
     original = batch.logits(x)[batch.rows, batch.target]
     drop = original[:, None] - batch.perturbed_logits(masks, batch.blurred)[batch.rows, :, batch.target]

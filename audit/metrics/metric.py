@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from audit.deferred import deferred
+from audit.seeding import seeded_generator
 from audit.settings import MetricSettings
 
 if TYPE_CHECKING:
@@ -144,16 +145,17 @@ class Table:
         return pd.concat(frames, ignore_index=True)[METRIC_COLUMNS] if frames else pd.DataFrame(columns=METRIC_COLUMNS)
 
 
-@dataclass
-class Randomness:
-    """The evaluation's random streams, drawn from ``metrics.seed`` in map order: ROAD's noise and the random boxes."""
+NOISE_STREAM = 0
+"""ROAD's imputation noise."""
+BOX_STREAM = 1
+"""The box-sensitivity metric's random boxes."""
 
-    noise: torch.Generator
-    boxes: torch.Generator
 
-    @classmethod
-    def seeded(cls, seed: int, device: str) -> Randomness:
-        return cls(torch.Generator(device=device).manual_seed(seed), torch.Generator().manual_seed(seed))
+def map_generators(seed: int, map_index: np.ndarray, stream: int) -> list[torch.Generator]:
+    """One CPU generator per map for one random ``stream``, seeded by (``metrics.seed``, the stream, the map's row in its
+    saliency store): a map's draws are the same whatever the batch size (speed only), the batch it falls in or the
+    device, since the numbers are drawn on the CPU and then moved."""
+    return [seeded_generator(seed, stream, m) for m in map_index]
 
 
 @dataclass
@@ -164,6 +166,7 @@ class MetricBatch:
         x: images (B, 3, H, W) in [0, 1]. maps: image-resolution maps (B, H, W) float32 on the device.
         target, compare: class indices (B,). checks: check-map name → (B, H, W) float32 numpy (NaN = none).
         regions: object regions (B, H, W) bool and which images have one (B,), or None.
+        map_index: the maps' rows in their saliency store (B,): what seeds each map's random draws.
         store_attrs: the saliency store's attrs (e.g. ``sanity``: what was re-initialised).
     """
 
@@ -176,12 +179,17 @@ class MetricBatch:
     compare: torch.Tensor
     checks: dict[str, np.ndarray]
     regions: tuple[np.ndarray, np.ndarray] | None
-    randomness: Randomness
+    map_index: np.ndarray
     store_attrs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def rows(self) -> torch.Tensor:
         return torch.arange(len(self.x), device=self.x.device)
+
+    def standard_normal(self, stream: int, shape: tuple[int, ...]) -> torch.Tensor:
+        """Standard normal draws (B, *shape) on the batch's device, each map's from its own seeded generator."""
+        draws = [torch.randn(shape, generator=g) for g in map_generators(self.settings.seed, self.map_index, stream)]
+        return torch.stack(draws).to(self.x.device)
 
     @cached_property
     def curve_fractions(self) -> np.ndarray:

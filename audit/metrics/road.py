@@ -286,16 +286,16 @@ def _stream(images: torch.Tensor, hole: torch.Tensor, tolerance: float, max_iter
 
 
 def noisy_linear_imputation(
-    images: torch.Tensor, removed: torch.Tensor, noise: torch.Tensor, generator: torch.Generator | None = None
+    images: torch.Tensor, removed: torch.Tensor, noise: torch.Tensor, standard_normal: torch.Tensor | None = None
 ) -> torch.Tensor:
     """ROAD's replacement: harmonic infill plus Gaussian noise on the removed pixels, (P, C, H, W).
 
     Args:
         images: (P, C, H, W) in [0, 1]. removed: (P, H, W) bool, True = imputed.
         noise: (C,) noise standard deviation per channel in pixel units.
-        generator: on the images' device, for reproducible noise.
+        standard_normal: (P, C, H, W) standard normal draws to scale (reproducible noise); None draws fresh ones.
     """
     filled = linear_imputation(images, removed)
-    jitter = torch.randn(filled.shape, generator=generator, device=filled.device, dtype=filled.dtype)
+    jitter = torch.randn(filled.shape, device=filled.device, dtype=filled.dtype) if standard_normal is None else standard_normal.to(filled.device, filled.dtype, copy=True)
     jitter.mul_(noise.reshape(1, -1, 1, 1).to(filled.dtype)).mul_(removed[:, None])
     return filled.add_(jitter)

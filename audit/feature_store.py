@@ -10,8 +10,9 @@ Store layout (each ``features/shard-NNNNN.zarr``, and their concatenation), dims
     logits      float32 (image, class)           (models with a classifier head only)
     probability float32 (image, class)           softmax of the logits (idem)
 coordinates ``image_id``, ``label``, ``prediction`` (idem), ``split`` along ``image``
-and ``class`` (class names); attrs: model name, layer, head (1 when the model has a classifier), shard start and stop,
-``format_version``. ``unit`` is a feature channel of the explained layer,
+and ``class`` (class names); attrs: model name, layer, head (1 when the model has a classifier), ``precision`` the
+values were computed in (``float32``; ``float16`` or ``bfloat16`` under CUDA autocast) and ``device``, shard start
+and stop, ``format_version``. ``unit`` is a feature channel of the explained layer,
 ``feature`` one of the final embedding.
 """
 from __future__ import annotations
@@ -28,12 +29,18 @@ from audit.similarity import nearness_scores
 from audit.storage import concat_images, open_zarr
 
 
+PRECISIONS = ("float32", "float16", "bfloat16")
+"""The precisions features may be computed in, finest first (``features.precision``; stores before 2026-12-04 have
+none: float32)."""
+
+
 def open_features(paths: Sequence[str | os.PathLike], listing: pd.DataFrame | None = None) -> xr.Dataset:
     """The shard stores concatenated lazily along ``image`` (in the order given), without the images ``listing`` marks absent."""
     shards = [open_zarr(p) for p in paths]
     combined = concat_images(shards)
     first = shards[0].attrs
-    combined = combined.drop_attrs(deep=False).assign_attrs(model=first["model"], layer=first["layer"], head=first["head"])
+    precision = max((s.attrs.get("precision", "float32") for s in shards), key=PRECISIONS.index)  # the coarsest shard's
+    combined = combined.drop_attrs(deep=False).assign_attrs(model=first["model"], layer=first["layer"], head=first["head"], precision=precision)
     return keep_present(combined, listing) if listing is not None else combined
 
 

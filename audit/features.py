@@ -177,7 +177,8 @@ def extract_shard(
     class_names = list(images.attrs["class_names"])
     batches = ShardBatches(images_path, start, stop, batch_size)
     loader = DataLoader(batches, batch_size=None, num_workers=workers, pin_memory=device.startswith("cuda"))
-    attrs = {"model": meta.name, "layer": meta.layer, "head": int(meta.head), "shard_start": start, "shard_stop": stop}
+    computed = precision if device.startswith("cuda") else "float32"  # autocast runs on CUDA only
+    attrs = {"model": meta.name, "layer": meta.layer, "head": int(meta.head), "precision": computed, "device": device, "shard_start": start, "shard_stop": stop}
     nonfinite = {"activation": 0, "pre_logits": 0, "logits": 0}
     with atomic_path(target) as tmp:
         writer = ChunkedZarrWriter(tmp, chunk, attrs)

@@ -86,6 +86,25 @@ def test_other_gradient_cams_in_the_closed_form_equal_the_engines_maps(trained, 
     np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
 
 
+def test_a_head_computed_in_bfloat16_still_counts_as_pool_linear_by_its_stored_precision(trained, shard):
+    """Features extracted under bfloat16 autocast: the head's own bfloat16 logits are too far from float32 for the
+    float32 tolerance (every shard silently took the model pass), within the bfloat16 one; a head that is not
+    pooling + linear stays refused at every precision."""
+    model, _ = trained
+    _, features, _ = shard["layer4"]
+    classifier = model.get_classifier()
+    weight, bias = classifier.weight.detach().numpy(), classifier.bias.detach().numpy()
+    embedding = torch.from_numpy(features["embedding"].values)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = classifier(embedding.bfloat16()).float().numpy()
+    assert not pool_linear_head(features["embedding"].values, logits, weight, bias, "float32")
+    assert pool_linear_head(features["embedding"].values, logits, weight, bias, "bfloat16")
+    for precision in ("float32", "float16", "bfloat16"):
+        assert not pool_linear_head(features["embedding"].values, logits + 0.5 * np.abs(logits).max(), weight, bias, precision)
+    _, layer3, _ = shard["layer3"]
+    assert not pool_linear_head(layer3["embedding"].values, layer3["logits"].values, weight, None, "bfloat16")
+
+
 def test_maps_of_a_layer_without_the_closed_form_come_from_one_engine_pass_per_batch(trained, digits_small, shard, monkeypatch):
     """Every method's maps of a batch of images (four variants each) come from one forward and one batched VJP."""
     model, _ = trained

@@ -6,6 +6,7 @@ from audit.data.dataset import write_image_store
 from audit.feature_store import open_features
 from audit.features import capture_layer, extract_shard, forward_features
 from audit.settings import FeatureSettings
+from audit.storage import open_zarr
 
 
 def test_shards_combine_to_the_model_outputs_with_named_dims(trained, digits_small, tmp_path):
@@ -39,7 +40,8 @@ def test_shards_combine_to_the_model_outputs_with_named_dims(trained, digits_sma
     np.testing.assert_allclose(store["embedding"].values, activations.mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(store["prediction"].values, logits.argmax(1))
     np.testing.assert_allclose(store["probability"].sum("class").values, 1.0, rtol=1e-5)
-    assert store.attrs == {"model": "resnet10t", "layer": "layer4", "head": 1}
+    assert store.attrs == {"model": "resnet10t", "layer": "layer4", "head": 1, "precision": "float32"}
+    assert open_zarr(paths[0]).attrs["device"] == "cpu"
 
 
 def test_an_interrupted_shard_leaves_no_store_and_is_redone(trained, digits_small, tmp_path, monkeypatch):

@@ -40,14 +40,21 @@ CLOSED_FORM = "closed form from stored activations (pool + linear head)"
 MODEL_PASS = "model pass (autograd through the head side)"
 
 
-def pool_linear_head(embedding: np.ndarray, logits: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, tolerance: float = 1e-3) -> bool:
+HEAD_TOLERANCE = {"float32": 1e-3, "float16": 1e-2, "bfloat16": 5e-2}
+"""How far (relative to the largest logit) stored logits may be from the classifier on the stored embedding and the
+head still count as pooling + linear, by the precision the features were computed in (the feature store's
+``precision``): bfloat16 keeps 8 bits, about 4e-3 per value, and a logit sums hundreds of products."""
+
+
+def pool_linear_head(embedding: np.ndarray, logits: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, precision: str = "float32") -> bool:
     """Whether the stored logits (N, C) are the classifier (weight (C, K), bias (C,)) applied to the stored embedding (N, K).
 
     The embedding is the spatial mean of the layer's activations, so then the
     head is pooling + linear on these images and each class's gradient is its
-    classifier row over h·w. Tolerance relative to the largest logit (features
-    may be extracted in half precision).
+    classifier row over h·w. Within ``HEAD_TOLERANCE[precision]`` of the largest logit (features
+    extracted under half-precision autocast are that far from float32).
     """
+    tolerance = HEAD_TOLERANCE[precision]
     embedding, logits = np.asarray(embedding, dtype=np.float64), np.asarray(logits, dtype=np.float64)
     if embedding.shape[1] != np.shape(weight)[1] or logits.shape[1] != np.shape(weight)[0] or not len(logits):
         return False

@@ -31,7 +31,7 @@ with stage_run(snakemake.log[0], snakemake.threads) as device:
     )
     if settings.dataset_splits is not None:
         plan = plan[np.isin(features["split"].values.astype(str)[plan["image_index"]], settings.dataset_splits)]
-    closed = head and pool_linear_head(features["embedding"].values, features["logits"].values, weight, bias)
+    closed = head and pool_linear_head(features["embedding"].values, features["logits"].values, weight, bias, features.attrs.get("precision", "float32"))
     attrs = {
         "model": features.attrs["model"], "layer": features.attrs["layer"], "methods": list(settings.dataset_methods),
         "gradients": CLOSED_FORM if closed else MODEL_PASS,

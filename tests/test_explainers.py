@@ -296,3 +296,29 @@ def test_diffcam_equals_finercam_weights_on_the_lda_head_of_the_same_class_means
 def _plain_upsample(maps, size):
     """Layer maps (M, h, w) on the image as the grad-cam package draws them: bilinear, half-pixel cell centres."""
     return GridRegistration.plain(maps.shape[1:], tuple(size)).upsample(maps, tuple(size))
+
+
+def test_a_batch_out_of_gpu_memory_is_split_and_gives_the_same_maps(trained, digits_small, monkeypatch, caplog):
+    """Out of GPU memory on more than two images (simulated: the CPU has none to run out of): the batch of 8 is split
+    down to twos and retried, the maps equal a run that never ran out; one image that still runs out raises."""
+    model, meta = trained
+    images, targets = digits_small.images[:8], digits_small.labels[:8]
+    contrasts = [[(t + 1) % 10] for t in targets]
+    plan = _plan(["gradcam", "finercam", "scorecam"], targets, contrasts)
+    expected = np.stack(model_maps(ExplainerEngine(model, meta.layer, images.shape[-2:]), meta, images, plan, ExplainSettings(batch_size=8)))
+    layer_pass = ExplainerEngine.layer_pass
+
+    def scarce(self, x, gradients):
+        if len(x) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return layer_pass(self, x, gradients)
+
+    monkeypatch.setattr(ExplainerEngine, "layer_pass", scarce)
+    got = np.stack(model_maps(ExplainerEngine(model, meta.layer, images.shape[-2:]), meta, images, plan, ExplainSettings(batch_size=8)))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+    assert [r.getMessage() for r in caplog.records if "out of GPU memory" in r.getMessage()][:2] == [
+        "out of GPU memory explaining 8 images: retrying as two batches of 4 and 4", "out of GPU memory explaining 4 images: retrying as two batches of 2 and 2",
+    ]
+    monkeypatch.setattr(ExplainerEngine, "layer_pass", lambda self, x, gradients: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("simulated")))
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        model_maps(ExplainerEngine(model, meta.layer, images.shape[-2:]), meta, images, plan, ExplainSettings(batch_size=8))

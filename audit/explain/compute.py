@@ -8,6 +8,7 @@ every method of the batch that needs them.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -24,6 +25,8 @@ from audit.explain.registry import explainer
 from audit.models.checkpoint import ModelMeta
 from audit.models.preprocess import to_model_input
 from audit.settings import ExplainSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -176,7 +179,10 @@ def _batched_maps(
     plan: pd.DataFrame, num_classes: int, settings: ExplainSettings, device: torch.device,
     batch_of: Callable[[np.ndarray, set[str], torch.Tensor, Rows], Batch],
 ) -> list[np.ndarray]:
-    """Visit the plan's images in batches; ``batch_of(images, needs, masked positions, gradient rows)`` gives each batch's model pass."""
+    """Visit the plan's images in batches; ``batch_of(images, needs, masked positions, gradient rows)`` gives each batch's model pass.
+
+    A batch that runs out of GPU memory is split in halves and each retried (down to one image, which then raises):
+    every draw is keyed by its plan row, so the maps do not change."""
     plan = plan.reset_index(drop=True)
     explainers = {name: explainer(name) for name in plan["method"].unique()}
     coefficients = contrast_coefficients(
@@ -187,8 +193,19 @@ def _batched_maps(
     references = plan["reference"].astype(str).to_numpy()
     out: list[np.ndarray | None] = [None] * len(plan)
     subjects = np.unique(image_index)
-    for start in tqdm(range(0, len(subjects), settings.batch_size), desc="explain", unit="batch"):
-        chunk = subjects[start : start + settings.batch_size]
+
+    def explain(chunk: np.ndarray) -> None:
+        try:
+            explain_batch(chunk)
+        except torch.cuda.OutOfMemoryError:
+            if len(chunk) == 1:
+                raise
+            torch.cuda.empty_cache()
+            log.warning("out of GPU memory explaining %d images: retrying as two batches of %d and %d", len(chunk), len(chunk) // 2, len(chunk) - len(chunk) // 2)
+            explain(chunk[: len(chunk) // 2])
+            explain(chunk[len(chunk) // 2 :])
+
+    def explain_batch(chunk: np.ndarray) -> None:
         in_batch = np.flatnonzero(np.isin(image_index, chunk))
         batch_explainers = [explainers[n] for n in np.unique(names[in_batch])]
         needs = set().union(*(e.needs for e in batch_explainers))
@@ -210,6 +227,9 @@ def _batched_maps(
                 maps = list(maps.detach().float().cpu().numpy())
             for r, m in zip(rows.index, maps):
                 out[r] = m
+
+    for start in tqdm(range(0, len(subjects), settings.batch_size), desc="explain", unit="batch"):
+        explain(subjects[start : start + settings.batch_size])
     return out
 
 

@@ -184,6 +184,6 @@ def test_the_batch_size_changes_no_metric_value_including_the_random_draws(train
     one = table(1)
     assert set(one["metric"]) >= {"road_combined", "box_sensitivity_mean"}
     for batch_size in (3, 7):
-        pd.testing.assert_frame_equal(table(batch_size), one, rtol=1e-5, atol=1e-6)
+        pd.testing.assert_frame_equal(table(batch_size), one, rtol=1e-4, atol=1e-4)  # float rounding of other batch shapes; other draws move values by ~0.1
     other = table(3, seed=1)
     assert not np.allclose(other["value"].to_numpy(float), one["value"].to_numpy(float), equal_nan=True)

@@ -33,7 +33,7 @@ from audit.explain.explainer import EMBEDDING_GRADIENTS, LAYER, LAYER_GRADIENTS,
 if TYPE_CHECKING:
     import torch
     from audit.explain.engine import ExplainerEngine
-    from audit.explain.compute import Batch, Rows
+    from audit.explain.batch import Batch, Rows
 else:
     torch = deferred("torch")  # imported on first use: the Snakefile reads this module's declarations
 

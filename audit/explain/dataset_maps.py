@@ -11,7 +11,7 @@ against its own class without it.
 No forward runs where none is needed. When the head after the explained layer
 is global average pooling + linear (checked on the shard's stored logits,
 :func:`pool_linear_head`), the gradient methods' channel weights are rows of the
-classifier (:func:`audit.explain.compute.closed_form_maps`); DiffCAM's weights
+classifier (:func:`closed_form_maps`); DiffCAM's weights
 come from the embeddings and the reference store alone, the leave-one-out ones
 from one eigendecomposition per class. Otherwise one trunk pass per batch
 serves every model method, through the engine. Activations are read one store
@@ -21,6 +21,7 @@ The store's layout is in :mod:`audit.explain.dataset_store`, which writes and re
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import numpy as np
@@ -29,8 +30,10 @@ import torch
 import xarray as xr
 from tqdm import tqdm
 
-from audit.explain.compute import closed_form_maps, method_flags, uses_model
-from audit.explain.engine import closed_form_gradient
+from audit.explain.batch import Batch, Rows
+from audit.explain.compute import batched_maps, method_flags, uses_model
+from audit.explain.engine import LayerPass, closed_form_gradient
+from audit.explain.explainer import LAYER, LAYER_GRADIENTS
 from audit.explain.objectives import contrast_coefficients
 from audit.explain.registry import explainer
 from audit.explain.weighting import direction_maps
@@ -38,12 +41,43 @@ from audit.settings import ExplainSettings
 
 CLOSED_FORM = "closed form from stored activations (pool + linear head)"
 MODEL_PASS = "model pass (autograd through the head side)"
-
-
 HEAD_TOLERANCE = {"float32": 1e-3, "float16": 1e-2, "bfloat16": 5e-2}
 """How far (relative to the largest logit) stored logits may be from the classifier on the stored embedding and the
 head still count as pooling + linear, by the precision the features were computed in (the feature store's
 ``precision``): bfloat16 keeps 8 bits, about 4e-3 per value, and a logit sums hundreds of products."""
+
+STORED_NEEDS = frozenset({LAYER, LAYER_GRADIENTS})
+"""What :func:`closed_form_maps` can serve from stored activations: the layer and closed-form class gradients."""
+
+
+def closed_form_maps(
+    activations: np.ndarray, logits: np.ndarray, weight: np.ndarray, plan: pd.DataFrame, settings: ExplainSettings
+) -> list[np.ndarray]:
+    """Maps of plan rows of layer-gradient methods (Grad-CAM family, Finer-CAM) without running the model.
+
+    Valid when the head after the layer is global average pooling + linear with
+    ``weight`` (C, K) (see :func:`pool_linear_head`):
+    the gradient of each row's objective is then the classifier row over h·w, so
+    the stored activations (N, K, h, w) are all a map needs. ``logits`` (N, C)
+    are the stored ones; ``plan.image_index`` indexes both. Maps (h, w) in plan order.
+    """
+    for name in plan["method"].unique():
+        extra = explainer(name).needs - STORED_NEEDS
+        if extra or not explainer(name).uses_model:
+            raise ValueError(f"{name} needs more than stored activations and closed-form gradients")
+    weight_tensor = torch.as_tensor(np.asarray(weight, dtype=np.float32))
+    cells = activations.shape[-2] * activations.shape[-1]
+
+    def batch_of(chunk: np.ndarray, needs: set[str], masked: torch.Tensor, gradient_rows: Rows) -> Batch:
+        whole = len(chunk) == len(activations)  # chunk is the sorted unique image indices: then all of them, in order
+        stored = LayerPass(
+            torch.from_numpy(np.ascontiguousarray(activations if whole else activations[chunk], dtype=np.float32)),
+            torch.from_numpy(np.asarray(logits if whole else logits[chunk], dtype=np.float32)), None, closed_form_gradient(weight_tensor, cells),
+        )
+        return Batch(None, None, None, needs, masked, settings, {}, gradient_rows, _pass=stored)
+
+    whole = dataclasses.replace(settings, batch_size=max(1, len(activations)))  # no model: one batch per call
+    return batched_maps(plan, len(weight), whole, torch.device("cpu"), batch_of)
 
 
 def pool_linear_head(embedding: np.ndarray, logits: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, precision: str = "float32") -> bool:
@@ -127,7 +161,7 @@ def shard_maps(
     (:func:`closed_form_weights`); activations are then read ``chunk`` images
     at a time, and all of a chunk's channel-sum rows are one batched product,
     one read of the chunk. Other closed-form rows (Grad-CAM++) go through
-    :func:`audit.explain.compute.closed_form_maps`. The rows are taken in image
+    :func:`closed_form_maps`. The rows are taken in image
     order (as :func:`audit.explain.plan.dataset_plan` gives them), the maps returned in the plan's.
     """
     order = np.argsort(plan["image_index"].to_numpy(), kind="stable")

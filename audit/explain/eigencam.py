@@ -19,7 +19,7 @@ from audit.explain.explainer import LAYER, Explainer, ReportColumn
 
 if TYPE_CHECKING:
     import torch
-    from audit.explain.compute import Batch, Rows
+    from audit.explain.batch import Batch, Rows
 else:
     torch = deferred("torch")  # imported on first use: the Snakefile reads this module's declarations
 

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import torch
     import xarray as xr
 
-    from audit.explain.compute import Batch, Rows
+    from audit.explain.batch import Batch, Rows
     from audit.settings import ExplainSettings
 
 # What an explainer needs from the model; the batch runs each at most once for all methods.

@@ -28,7 +28,7 @@ from audit.explain.weighting import channel_sum, constant_over_grid, grid_sum
 
 if TYPE_CHECKING:
     import torch
-    from audit.explain.compute import Batch, Rows
+    from audit.explain.batch import Batch, Rows
 else:
     torch = deferred("torch")  # imported on first use: the Snakefile reads this module's declarations
 

@@ -12,7 +12,7 @@ The store layout is in :mod:`audit.feature_store`, which reads the shards back.
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from audit.models.checkpoint import ModelMeta
+from audit.models.layers import capture_classifier_input, capture_layer
 from audit.models.placement import device_of
 from audit.models.preprocess import to_model_input
 from audit.models.tokens import spatial_map
@@ -31,52 +32,6 @@ from audit.settings import FeatureSettings
 from audit.storage import ChunkedZarrWriter, atomic_path, open_zarr
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@contextmanager
-def capture_layer(model: nn.Module, layer: str) -> Iterator[dict[str, torch.Tensor]]:
-    """Record the output of ``model.<layer>`` in the yielded dict under ``"A"``.
-
-    The tensor stays on its device and in the autograd graph, so gradients
-    with respect to it can be taken after the forward pass.
-    """
-    store: dict[str, torch.Tensor] = {}
-
-    def hook(_module, _inputs, output):
-        store["A"] = output
-
-    handle = model.get_submodule(layer).register_forward_hook(hook)
-    try:
-        yield store
-    finally:
-        handle.remove()
-
-
-@torch.no_grad()
-def layer_output_shape(model: nn.Module, meta: ModelMeta) -> tuple[int, int, int]:
-    """(channels, height, width) of the explained layer; ``ValueError`` if it has no spatial map."""
-    model.eval()
-    with capture_layer(model, meta.layer) as captured:
-        model(torch.zeros(1, *meta.input_size))
-    try:
-        return tuple(spatial_map(model, captured["A"], meta.input_size[-2:]).shape[1:])
-    except ValueError as error:
-        raise ValueError(f"layer {meta.layer!r} of {meta.name}: {error}") from None
-
-
-@contextmanager
-def capture_classifier_input(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
-    """Record the input of the model's classifier (timm ``get_classifier()``) under ``"pre_logits"``."""
-    store: dict[str, torch.Tensor] = {}
-
-    def hook(_module, inputs):
-        store["pre_logits"] = inputs[0]
-
-    handle = model.get_classifier().register_forward_pre_hook(hook)
-    try:
-        yield store
-    finally:
-        handle.remove()
 
 
 @torch.no_grad()

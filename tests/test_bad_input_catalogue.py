@@ -541,7 +541,7 @@ def test_features_that_overflow_stop_the_shard_naming_it_and_the_count(trained, 
     ],
 )
 def test_a_model_or_method_that_does_not_fit_fails_the_first_jobs_check(model, methods, message):
-    from audit.models.compatibility import check_model
+    from audit.preflight import check_model
     from audit.settings import ModelSettings
 
     with pytest.raises((ValueError, TypeError), match=re.escape(message)):

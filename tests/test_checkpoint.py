@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from audit.models.checkpoint import build_model, load_checkpoint, read_classifier, save_checkpoint
-from audit.features import layer_output_shape
+from audit.models.layers import layer_output_shape
 
 
 def test_round_trip_gives_the_same_outputs(trained, tmp_path):
@@ -55,11 +55,15 @@ def test_checkpoint_with_pickled_objects_is_refused(trained, tmp_path):
         load_checkpoint(tmp_path / "unsafe.pt")
 
 
-def test_layer_without_spatial_map_is_rejected(trained):
+def test_layer_without_spatial_map_is_rejected_and_the_models_mode_is_left_as_it_was(trained):
+    import copy
+
     model, meta = trained
     with pytest.raises(ValueError, match=r"global_pool.*a \(B, K, h, w\) map or ViT tokens"):
         layer_output_shape(model, replace(meta, layer="global_pool"))
     assert layer_output_shape(model, meta) == (512, 4, 4)
+    training = copy.deepcopy(model).train()
+    assert layer_output_shape(training, meta) == (512, 4, 4) and training.training  # it used to leave the model in eval mode
 
 
 class _Payload:

@@ -202,7 +202,7 @@ def test_eigencam_agrees_with_the_grad_cam_package_up_to_the_svd_sign(trained, d
     from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 
     from audit.explain.eigencam import eigen_projection
-    from audit.features import capture_layer
+    from audit.models.layers import capture_layer
 
     model, meta = trained
     images = digits_small.images[:10]

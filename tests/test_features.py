@@ -4,7 +4,8 @@ import torch
 
 from audit.data.dataset import write_image_store
 from audit.feature_store import open_features
-from audit.features import capture_layer, extract_shard, forward_features
+from audit.features import extract_shard, forward_features
+from audit.models.layers import capture_layer
 from audit.settings import FeatureSettings
 from audit.storage import open_zarr
 

@@ -69,7 +69,7 @@ def test_timm_names_read_from_source_equal_timms_registry():
 
 def test_check_model_resolves_an_unset_image_size_to_the_pretrained_input():
     """The DAG build leaves an unset image side to check_model (no timm at parse); ingest reads it from model_check.json."""
-    from audit.models.compatibility import check_model
+    from audit.preflight import check_model
     from audit.models.imported import pretrained_image_size
 
     found = check_model(ModelSettings(name="resnet10t", layer="layer4"), ["gradcam"], None)

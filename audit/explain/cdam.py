@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from audit.deferred import deferred
+from audit.models.hooks import recorded
 from audit.seeding import seeded_generator
 from audit.explain.explainer import EMBEDDING_GRADIENTS, LAYER, LAYER_GRADIENTS, OWN_PASS, Explainer, ReportColumn, Subject
 
@@ -106,13 +107,8 @@ def attention_map(engine: ExplainerEngine, x: torch.Tensor) -> torch.Tensor:
     if layout is None or layout.prefix == 0:
         raise ValueError("the attention map needs a ViT with a CLS token")
     attention = engine.model.blocks[-1].attn
-    store: dict[str, torch.Tensor] = {}
-    handle = attention.register_forward_pre_hook(lambda _m, inputs: store.setdefault("input", inputs[0]))
-    try:
-        with torch.no_grad():
-            engine.model(x)
-    finally:
-        handle.remove()
+    with recorded(attention, {}, "input", inputs=True) as store, torch.no_grad():
+        engine.model(x)
     tokens = store["input"]
     batch, count, _ = tokens.shape
     qkv = attention.qkv(tokens).reshape(batch, count, 3, attention.num_heads, attention.head_dim).permute(2, 0, 3, 1, 4)

@@ -17,7 +17,7 @@ grid (non-square grids included).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +26,7 @@ from torch import nn
 
 from audit.explain.weighting import slots
 from audit.models.checkpoint import classifier_module
+from audit.models.hooks import recorded
 from audit.models.memory_format import as_channels_last, inference_copy, is_channels_last
 from audit.models.tokens import as_map, token_layout
 
@@ -88,25 +89,17 @@ class ExplainerEngine:
     @contextmanager
     def _hooked(self, leaf: bool, replacement: torch.Tensor | None = None) -> Iterator[dict[str, torch.Tensor]]:
         """Record the layer's output (as a fresh leaf, or ``replacement`` in its place) and the classifier's input."""
-        store: dict[str, torch.Tensor] = {}
 
-        def hook(_module, _inputs, output):
-            if replacement is not None:
-                output = replacement
-            if leaf:
-                output = output.detach().requires_grad_(True)
-            store["output"] = output
-            return output
+        def transform(output: torch.Tensor) -> torch.Tensor:
+            output = replacement if replacement is not None else output
+            return output.detach().requires_grad_(True) if leaf else output
 
-        handles = [self.module.register_forward_hook(hook)]
-        classifier = self._classifier()
-        if classifier is not None and leaf:
-            handles.append(classifier.register_forward_pre_hook(lambda _m, inputs: store.__setitem__("pre_logits", inputs[0])))
-        try:
+        with ExitStack() as stack:
+            store = stack.enter_context(recorded(self.module, {}, "output", transform=transform if leaf or replacement is not None else None))
+            classifier = self._classifier()
+            if classifier is not None and leaf:
+                stack.enter_context(recorded(classifier, store, "pre_logits", inputs=True))
             yield store
-        finally:
-            for handle in handles:
-                handle.remove()
 
     def _spatial(self, output: torch.Tensor) -> torch.Tensor:
         return as_map(output, self.layout)

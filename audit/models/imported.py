@@ -25,7 +25,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from audit.features import layer_output_shape
+from audit.models.layers import layer_output_shape
 from audit.models.checkpoint import ModelMeta, build_model, load_state_strict
 from audit.models.timm_names import require_timm_model
 from audit.settings import ModelSettings

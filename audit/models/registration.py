@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from audit.models.hooks import recorded
 from audit.models.tokens import spatial_map, token_layout
 
 
@@ -107,20 +108,15 @@ def register_grid(model: nn.Module, layer: str, input_size: tuple[int, int], sam
             return GridRegistration.plain(layout.grid, input_size)
         x = torch.randn(samples, 3, *input_size, generator=torch.Generator().manual_seed(seed)).to(next(model.parameters()).device)
         x.requires_grad_(True)
-        store: dict[str, torch.Tensor] = {}
-        handle = model.get_submodule(layer).register_forward_hook(lambda _m, _i, output: store.__setitem__("A", output))
-        try:
-            with torch.enable_grad():
-                model(x)
-                cells = spatial_map(model, store["A"], input_size).sum(dim=1)  # (n, h, w): Σ_k A_k,ij
-                height, width = cells.shape[1:]
-                grid_i, grid_j = np.meshgrid(_inner(height, per_axis), _inner(width, per_axis), indexing="ij")
-                grid_i, grid_j = grid_i.ravel(), grid_j.ravel()
-                grad_outputs = torch.zeros(len(grid_i), *cells.shape, device=cells.device)
-                grad_outputs[np.arange(len(grid_i)), :, grid_i, grid_j] = 1.0
-                (gradients,) = torch.autograd.grad(cells, x, grad_outputs, is_grads_batched=True)
-        finally:
-            handle.remove()
+        with recorded(model.get_submodule(layer), {}, "A") as store, torch.enable_grad():
+            model(x)
+            cells = spatial_map(model, store["A"], input_size).sum(dim=1)  # (n, h, w): Σ_k A_k,ij
+            height, width = cells.shape[1:]
+            grid_i, grid_j = np.meshgrid(_inner(height, per_axis), _inner(width, per_axis), indexing="ij")
+            grid_i, grid_j = grid_i.ravel(), grid_j.ravel()
+            grad_outputs = torch.zeros(len(grid_i), *cells.shape, device=cells.device)
+            grad_outputs[np.arange(len(grid_i)), :, grid_i, grid_j] = 1.0
+            (gradients,) = torch.autograd.grad(cells, x, grad_outputs, is_grads_batched=True)
         step = (input_size[0] / height, input_size[1] / width)
         weight = gradients.abs().sum(dim=(1, 2))[:, None]  # (cells, 1, H, W): over samples and colours
         box = (max(1, round(step[0])), max(1, round(step[1])))

@@ -11,7 +11,7 @@ from torch import nn
 from tqdm import tqdm
 
 from audit.data.dataset import ImageDataset
-from audit.features import layer_output_shape
+from audit.models.layers import layer_output_shape
 from audit.models.imported import resolve_layer
 from audit.models.checkpoint import ModelMeta, build_model
 from audit.models.placement import device_of

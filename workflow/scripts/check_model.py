@@ -1,7 +1,7 @@
 """Snakemake adapter: check the model, its explained layer and the configured methods before any data is read."""
 from stage import stage_settings
 
-from audit.models.compatibility import check_model
+from audit.preflight import check_model
 from audit.runtime import stage_run
 from audit.settings import ModelSettings
 from audit.storage import write_json

@@ -11,7 +11,7 @@ from __future__ import annotations
 import timm
 
 from audit.explain.registry import explainer
-from audit.features import layer_output_shape
+from audit.models.layers import layer_output_shape
 from audit.models.checkpoint import ModelMeta
 from audit.models.imported import pretrained_image_size, resolve_layer
 from audit.models.timm_names import require_timm_model

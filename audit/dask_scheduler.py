@@ -3,7 +3,8 @@
 The setting (config ``dask.scheduler``, speed-only: it never changes a result):
 
 * ``threads`` (default): Dask's threaded scheduler with the job's threads.
-* ``processes``: Dask's multiprocessing scheduler with as many processes.
+* ``processes``: Dask's multiprocessing scheduler with as many processes, one pool for the whole job (Dask's own
+  starts a fresh pool, each process importing the libraries anew, for every ``compute``).
 * ``local-cluster``: a ``distributed.LocalCluster`` started for the job, one
   single-threaded worker process per job thread; its dashboard link is logged.
 * an address (``tcp://host:8786``, ``tls://…``): a client of that running
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 
 import dask
 
@@ -31,6 +34,19 @@ def check_scheduler(setting: str) -> None:
 
 
 @contextlib.contextmanager
+def _process_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """One pool of ``workers`` processes, set up as Dask sets up the pool it would start per ``compute`` (its
+    multiprocessing context and worker initialiser, and a fixed ``PYTHONHASHSEED`` so that every process hashes
+    alike)."""
+    from dask.multiprocessing import get_context, initialize_worker_process
+
+    if os.environ.get("PYTHONHASHSEED") in (None, "0"):
+        os.environ["PYTHONHASHSEED"] = "6640"  # Dask's own choice for its pools
+    with ProcessPoolExecutor(workers, mp_context=get_context(), initializer=initialize_worker_process) as pool:
+        yield pool
+
+
+@contextlib.contextmanager
 def dask_scheduler(setting: str, workers: int) -> Iterator[int]:
     """Within the block, Dask computes with ``setting`` (module docstring) and ``workers`` workers; yields ``workers``.
 
@@ -39,8 +55,13 @@ def dask_scheduler(setting: str, workers: int) -> Iterator[int]:
     """
     check_scheduler(setting)
     workers = max(1, int(workers))
-    if setting in LOCAL_SCHEDULERS:
+    if setting == "threads":
         with dask.config.set(scheduler=setting, num_workers=workers):
+            log.info("dask: %s scheduler, %d workers", setting, workers)
+            yield workers
+        return
+    if setting == "processes":
+        with _process_pool(workers) as pool, dask.config.set(scheduler=setting, num_workers=workers, pool=pool):
             log.info("dask: %s scheduler, %d workers", setting, workers)
             yield workers
         return

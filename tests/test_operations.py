@@ -266,6 +266,20 @@ def test_both_dask_rules_run_through_snakemake_on_every_scheduler_and_give_the_t
         pd.testing.assert_frame_equal(pd.read_parquet(results / table), pd.read_parquet(threaded / table), check_exact=True)
 
 
+def test_the_processes_scheduler_keeps_one_pool_for_the_whole_job():
+    """Dask's multiprocessing scheduler starts a new pool (each process importing the libraries again) for every
+    compute unless given one: the job's computes share its pool, so every task runs in one of ``workers`` processes."""
+    import os as worker_os
+
+    import dask
+
+    from audit.dask_scheduler import dask_scheduler
+
+    with dask_scheduler("processes", 2):
+        pids = {pid for _ in range(3) for pid in dask.compute(*[dask.delayed(worker_os.getpid)() for _ in range(6)])}
+    assert 1 <= len(pids) <= 2 and worker_os.getpid() not in pids
+
+
 def test_a_bad_dask_scheduler_is_named():
     from audit.dask_scheduler import check_scheduler
 

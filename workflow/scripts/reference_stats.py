@@ -19,7 +19,7 @@ from audit.storage import open_zarr, write_parquet
 
 
 def main(snakemake) -> None:
-    with stage_run(snakemake.log[0], snakemake.threads), dask_scheduler(dask_setting(snakemake), snakemake.threads):
+    with stage_run(snakemake.log[0], snakemake.threads, model=False), dask_scheduler(dask_setting(snakemake), snakemake.threads):
         settings = stage_settings(snakemake, ReferenceSettings, "reference")
         shards = json.loads(Path(snakemake.input.shards).read_text())
         features = open_features(shards["features"], read_listing(snakemake.input.listing, PRESENCE_COLUMNS))

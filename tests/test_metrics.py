@@ -126,6 +126,17 @@ def test_dask_summary_per_method_class_and_overall(rng):
     assert overall.loc["deletion_auc", "direction"] == "lower" and (summary["direction"] != "").all()  # from the metric registry
 
 
+def _anomaly_plan(method: str, digits, count: int) -> pd.DataFrame:
+    """A plan of one ``method`` map per image for the first ``count`` digits (their own class; compare = the next class)."""
+    return pd.DataFrame(
+        {
+            "method": method, "image_index": np.arange(count), "image_id": digits.image_ids[:count], "purpose": "anomaly",
+            "variant": method, "target": digits.labels[:count], "contrasts": [[]] * count, "reference": "",
+            "compare": (digits.labels[:count] + 1) % 10,
+        }
+    )
+
+
 def test_gradcam_beats_a_random_map_on_the_trained_model(trained, digits_small):
     from audit.explain.compute import model_maps
     from audit.settings import ExplainSettings
@@ -137,13 +148,7 @@ def test_gradcam_beats_a_random_map_on_the_trained_model(trained, digits_small):
     model, meta = trained
     count = 48
     images = digits_small.images[:count]
-    plan = pd.DataFrame(
-        {
-            "method": "gradcam", "image_index": np.arange(count), "image_id": digits_small.image_ids[:count], "purpose": "anomaly",
-            "variant": "gradcam", "target": digits_small.labels[:count], "contrasts": [[]] * count, "reference": "",
-            "compare": (digits_small.labels[:count] + 1) % 10,
-        }
-    )
+    plan = _anomaly_plan("gradcam", digits_small, count)
     maps = np.stack(model_maps(ExplainerEngine(model, meta.layer, images.shape[-2:]), meta, images, plan, ExplainSettings(batch_size=48)))
     random_maps = np.random.default_rng(0).random(maps.shape).astype(np.float32)
     means = {}
@@ -167,13 +172,7 @@ def test_the_batch_size_changes_no_metric_value_including_the_random_draws(train
     model, meta = trained
     count = 7
     images = digits_small.images[:count]
-    plan = pd.DataFrame(
-        {
-            "method": "random", "image_index": np.arange(count), "image_id": digits_small.image_ids[:count], "purpose": "anomaly",
-            "variant": "random", "target": digits_small.labels[:count], "contrasts": [[]] * count, "reference": "",
-            "compare": (digits_small.labels[:count] + 1) % 10,
-        }
-    )
+    plan = _anomaly_plan("random", digits_small, count)
     layer_maps = np.random.default_rng(1).random((count, 4, 4)).astype(np.float32)
     store = saliency_dataset(plan, layer_maps, (4, 4), images.shape[-2:], {})
 

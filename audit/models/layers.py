@@ -10,6 +10,7 @@ from torch import nn
 
 from audit.models.checkpoint import ModelMeta
 from audit.models.hooks import recorded
+from audit.models.placement import device_of
 from audit.models.tokens import spatial_map
 
 
@@ -39,7 +40,7 @@ def layer_output_shape(model: nn.Module, meta: ModelMeta) -> tuple[int, int, int
     model.eval()
     try:
         with capture_layer(model, meta.layer) as captured:
-            model(torch.zeros(1, *meta.input_size, device=next(model.parameters()).device))
+            model(torch.zeros(1, *meta.input_size, device=device_of(model)))
         return tuple(spatial_map(model, captured["A"], meta.input_size[-2:]).shape[1:])
     except ValueError as error:
         raise ValueError(f"layer {meta.layer!r} of {meta.name}: {error}") from None

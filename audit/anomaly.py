@@ -28,7 +28,8 @@ import xarray as xr
 from tqdm import tqdm
 
 from audit.feature_store import read_rows
-from audit.reference import LeaveOneOut, ShrunkGaussian
+from audit.reference_groups.gaussian import ShrunkGaussian
+from audit.reference_groups.leave_one_out import LeaveOneOut
 
 
 BLOCK_BYTES = 16 * 2**20

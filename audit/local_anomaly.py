@@ -8,7 +8,7 @@ against the same cell of its class:
   class and cell p the sum Σᵢ xᵢₚ (K,); per cell the sum of outer products Σᵢ xᵢₚ xᵢₚᵀ (K, K) over all images.
 * **Reference** (:func:`cell_reference`): per class and cell the mean μ_cp; per cell the pooled within-class
   covariance Σₚ = (Σᵢ xᵢₚ xᵢₚᵀ − Σ_c n_c μ_cp μ_cpᵀ) / (N − C), shrunk with OAS as the reference store's groups
-  (:func:`audit.reference.oas_gaussian`; Ledoit–Wolf would need every row's fourth moments, which additive
+  (:func:`audit.reference_groups.gaussian.oas_gaussian`; Ledoit–Wolf would need every row's fourth moments, which additive
   statistics do not keep), and its Cholesky factor.
 * **Distance** of image i's cell p, leave-one-out as the global score (:func:`cell_distances`): its class's cell
   mean without the image is μ₋ᵢ = (n μ − x)/(n − 1), so x − μ₋ᵢ = n/(n − 1) · (x − μ) and
@@ -42,7 +42,7 @@ import pandas as pd
 import scipy.linalg
 import xarray as xr
 
-from audit.reference import oas_gaussian
+from audit.reference_groups.gaussian import oas_gaussian
 from audit.storage import ChunkedZarrWriter, atomic_path
 
 

@@ -109,7 +109,7 @@ def _closed_form_job(images: int, threads: int, repeat: int, seed: int, barrier,
 
     from audit.explain.dataset_maps import shard_maps
     from audit.explain.plan import dataset_plan
-    from audit.reference import open_reference, write_reference_store
+    from audit.reference_groups.store import open_reference, write_reference_store
     from audit.storage import open_zarr, write_zarr
 
     torch.set_num_threads(threads)  # as runtime.stage_run does
@@ -142,7 +142,7 @@ def model_pass(args: argparse.Namespace) -> None:
     from audit.features import feature_part, forward_features
     from audit.models.checkpoint import ModelMeta, build_model
     from audit.models.preprocess import to_model_input
-    from audit.reference import open_reference, write_reference_store
+    from audit.reference_groups.store import open_reference, write_reference_store
 
     torch.set_num_threads(2)
     data = synthetic_chunk(0, args.images, 10, 64, seed=0)

@@ -159,7 +159,7 @@ def run_case(case: str, images: int, size: int, batch: int, device: str) -> dict
 
 def _diffcam(maps: int) -> dict:
     from audit.explain.diffcam import diffcam_maps
-    from audit.reference import ShrunkGaussian
+    from audit.reference_groups.gaussian import ShrunkGaussian
 
     rng = np.random.default_rng(0)
     activations = rng.random((maps, 512, 8, 8), dtype=np.float32)

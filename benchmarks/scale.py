@@ -78,7 +78,7 @@ def write_embeddings(path: Path, images: int, channels: int, classes: int, chunk
 
 def reference_peak(path: Path, classes: int) -> dict:
     """Peak memory and time of writing the reference store from the embedding store at ``path``."""
-    from audit.reference import write_reference_store
+    from audit.reference_groups.store import write_reference_store
     from audit.storage import open_zarr
 
     store = open_zarr(path)
@@ -98,7 +98,8 @@ def anomaly_scoring(members: int, channels: int, timed_members: int) -> dict:
     """Seconds per member of the leave-one-out scores of one class: a factorisation per member vs the closed form."""
     import dask.array as da
 
-    from audit.reference import LeaveOneOut, write_reference_store
+    from audit.reference_groups.leave_one_out import LeaveOneOut
+    from audit.reference_groups.store import write_reference_store
     from audit.storage import open_zarr
 
     rng = np.random.default_rng(0)

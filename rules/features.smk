@@ -21,7 +21,7 @@ rule extract_features:
         "../workflow/scripts/extract_features.py"
 
 
-# Per class: count, Σz and a Gram factor of Σzzᵀ of the shard's present images (audit.reference): additive,
+# Per class: count, Σz and a Gram factor of Σzzᵀ of the shard's present images (audit.reference_groups.store): additive,
 # so the reference store combines shards instead of passing over every row. Reruns when the shard's
 # features change or one of its images leaves the dataset (its present digest).
 rule shard_statistics:

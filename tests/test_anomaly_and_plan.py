@@ -7,7 +7,9 @@ import pytest
 from audit.anomaly import anomaly_table
 from audit.explain.plan import explain_plan
 from audit.settings import ExplainSettings
-from audit.reference import LeaveOneOut, group_from_store, oas_gaussian, write_reference_store
+from audit.reference_groups.gaussian import oas_gaussian
+from audit.reference_groups.leave_one_out import LeaveOneOut
+from audit.reference_groups.store import group_from_store, write_reference_store
 from audit.storage import open_zarr
 from audit.similarity import confusion_counts, pair_table, similar_classes
 

@@ -56,7 +56,8 @@ def _ranked(model, meta, data, images: np.ndarray, folder) -> pd.DataFrame:
     from audit.anomaly import anomaly_table
     from audit.features import forward_features
     from audit.local_anomaly import in_memory, local_scores, trimmed_distances
-    from audit.reference import LeaveOneOut, group_from_store, write_reference_store
+    from audit.reference_groups.leave_one_out import LeaveOneOut
+    from audit.reference_groups.store import group_from_store, write_reference_store
     from audit.storage import open_zarr
 
     parts = [forward_features(model, meta, torch.from_numpy(images[start : start + 256])) for start in range(0, len(images), 256)]

@@ -12,7 +12,8 @@ from audit.explain.diffcam import diffcam_maps
 from audit.explain.engine import ExplainerEngine
 from audit.explain.plan import dataset_plan
 from audit.features import feature_part, forward_features
-from audit.reference import LeaveOneOut, write_reference_store
+from audit.reference_groups.leave_one_out import LeaveOneOut
+from audit.reference_groups.store import write_reference_store
 from audit.settings import ExplainSettings
 from audit.storage import open_zarr
 

@@ -4,7 +4,7 @@ import pytest
 from scipy.optimize import minimize
 
 from audit.explain.diffcam import diffcam_maps, diffcam_weights
-from audit.reference import oas_gaussian
+from audit.reference_groups.gaussian import oas_gaussian
 
 
 def _group(rng, n=80, k=8):

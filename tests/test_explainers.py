@@ -15,7 +15,7 @@ from audit.explain.objectives import contrast_coefficients
 from audit.features import forward_features
 from audit.models.registration import GridRegistration
 from audit.models.preprocess import to_model_input
-from audit.reference import ShrunkGaussian
+from audit.reference_groups.gaussian import ShrunkGaussian
 
 PACKAGE_CLASSES = {
     "gradcam": "GradCAM",

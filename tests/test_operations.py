@@ -294,7 +294,8 @@ def _results(folder: Path, z, labels, names) -> None:
 
     from audit.anomaly import anomaly_table
     from audit.anomaly_ranking import combined_ranking
-    from audit.reference import LeaveOneOut, write_reference_store
+    from audit.reference_groups.leave_one_out import LeaveOneOut
+    from audit.reference_groups.store import write_reference_store
     from audit.storage import open_zarr
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -413,7 +414,7 @@ def test_a_grown_dataset_reruns_only_its_new_shards(digits_small, tmp_path):
     every present image's features. The history has two rows and the report lists the new images."""
     from audit.data.shards import read_listing
     from audit.feature_store import open_features
-    from audit.reference import write_reference_store
+    from audit.reference_groups.store import write_reference_store
     from audit.storage import open_zarr
 
     workdir = tmp_path / "work"

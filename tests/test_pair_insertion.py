@@ -95,7 +95,7 @@ def test_pasting_the_dot_of_a_spot_the_difference_pair_moves_the_plain_images(tm
     from audit.models.registration import register_grid
     from audit.models.train import fit_model
     from audit.pair_insertion import pair_tests
-    from audit.reference import write_reference_store
+    from audit.reference_groups.store import write_reference_store
     from audit.settings import ConfirmSettings, ExplainSettings, ModelSettings, TrainSettings
     from audit.similarity import confusion_counts, pair_table
     from audit.storage import open_zarr

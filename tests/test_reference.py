@@ -7,7 +7,9 @@ import xarray as xr
 from sklearn.covariance import OAS
 
 from audit.anomaly import anomaly_table
-from audit.reference import LeaveOneOut, condition_number, embedding_statistics, group_from_store, oas_gaussian, spill_statistics, write_reference_store
+from audit.reference_groups.gaussian import condition_number, oas_gaussian
+from audit.reference_groups.leave_one_out import LeaveOneOut
+from audit.reference_groups.store import embedding_statistics, group_from_store, spill_statistics, write_reference_store
 from audit.storage import open_zarr
 
 

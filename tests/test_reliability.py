@@ -56,7 +56,8 @@ def test_empty_classes_leave_the_pairs_and_a_lone_image_is_unranked(tmp_path):
 
     from audit.anomaly import anomaly_table
     from audit.metrics.anomaly_quality import ranking_quality
-    from audit.reference import LeaveOneOut, write_reference_store
+    from audit.reference_groups.leave_one_out import LeaveOneOut
+    from audit.reference_groups.store import write_reference_store
     from audit.similarity import pair_table
     from audit.storage import open_zarr
 
@@ -139,7 +140,8 @@ def test_results_are_bit_identical_at_the_same_threads_and_close_with_the_same_r
 
     from audit.anomaly import anomaly_table
     from audit.models.train import fit_model
-    from audit.reference import LeaveOneOut, write_reference_store
+    from audit.reference_groups.leave_one_out import LeaveOneOut
+    from audit.reference_groups.store import write_reference_store
     from audit.settings import ModelSettings, TrainSettings
     from audit.storage import open_zarr
 

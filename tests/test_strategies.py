@@ -174,7 +174,7 @@ def test_shortcuts_the_model_learns_are_found_and_confirmed_by_intervention(tmp_
     from audit.intervention import class_probability, confirm_candidates, pasted, shortcut_table
     from audit.models.registration import register_grid
     from audit.models.train import fit_model
-    from audit.reference import write_reference_store
+    from audit.reference_groups.store import write_reference_store
     from audit.settings import ConfirmSettings, ExplainSettings, ModelSettings, TrainSettings
     from audit.storage import open_zarr, write_zarr
     from audit.strategies import audit_strategies

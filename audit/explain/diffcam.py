@@ -19,7 +19,9 @@ from tqdm import tqdm
 
 from audit.explain.explainer import Explainer, ReportColumn, Subject
 from audit.explain.weighting import direction_maps
-from audit.reference import LeaveOneOut, ShrunkGaussian, group_from_store
+from audit.reference_groups.gaussian import ShrunkGaussian
+from audit.reference_groups.leave_one_out import LeaveOneOut
+from audit.reference_groups.store import group_from_store
 
 if TYPE_CHECKING:
     import xarray as xr

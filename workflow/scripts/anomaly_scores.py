@@ -6,7 +6,8 @@ from audit.anomaly import anomaly_table
 from audit.data.manifest import ANOMALY_TRUE
 from audit.data.shards import PRESENCE_COLUMNS, read_listing
 from audit.feature_store import has_classifier, open_features
-from audit.reference import LeaveOneOut, group_from_store, open_reference
+from audit.reference_groups.leave_one_out import LeaveOneOut
+from audit.reference_groups.store import group_from_store, open_reference
 from audit.runtime import stage_run
 from audit.storage import write_parquet
 

@@ -12,7 +12,7 @@ from audit.explain.plan import dataset_plan
 from audit.explain.registry import explainer
 from audit.feature_store import class_scores, has_classifier, open_features
 from audit.models.checkpoint import load_checkpoint, read_classifier
-from audit.reference import open_reference
+from audit.reference_groups.store import open_reference
 from audit.runtime import stage_run
 from audit.settings import ExplainSettings
 from audit.similarity import weight_cosine

@@ -13,7 +13,7 @@ from audit.explain.store import saliency_dataset
 from audit.feature_store import has_classifier, open_features
 from audit.models.checkpoint import load_checkpoint
 from audit.models.registration import register_grid
-from audit.reference import open_reference
+from audit.reference_groups.store import open_reference
 from audit.runtime import stage_run
 from audit.settings import ExplainSettings
 from audit.storage import atomic_path, write_zarr

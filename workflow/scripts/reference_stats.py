@@ -11,7 +11,7 @@ from audit.dask_scheduler import dask_scheduler
 from audit.data.shards import PRESENCE_COLUMNS, read_listing
 from audit.feature_store import has_classifier, open_features
 from audit.models.checkpoint import read_classifier
-from audit.reference import combine_statistics
+from audit.reference_groups.store import combine_statistics
 from audit.runtime import stage_run
 from audit.settings import ReferenceSettings
 from audit.similarity import confusion_counts, pair_table, similar_classes

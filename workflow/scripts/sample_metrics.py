@@ -13,7 +13,7 @@ from audit.metrics.localization import object_regions
 from audit.metrics.sample import listed_sample, sample_rows
 from audit.models.checkpoint import load_checkpoint
 from audit.models.registration import register_grid
-from audit.reference import open_reference
+from audit.reference_groups.store import open_reference
 from audit.runtime import stage_run
 from audit.settings import MetricSettings
 from audit.storage import write_parquet

@@ -1,7 +1,7 @@
 """Snakemake adapter: the per-class sufficient statistics of one feature shard's present images."""
 from audit.data.shards import PRESENCE_COLUMNS, read_listing
 from audit.feature_store import open_features
-from audit.reference import class_statistics
+from audit.reference_groups.store import class_statistics
 from audit.runtime import stage_run
 from audit.storage import write_zarr
 

@@ -1,4 +1,4 @@
-"""Reference-group statistics: per-class and complement Gaussians of embeddings.
+"""The reference store: per-class sufficient statistics combined over shards into every group's shrunk Gaussian.
 
 Everything derives from *sufficient statistics* in float64: per class the
 count n, the sum Σz (K,) and the sum of outer products Σzzᵀ (K, K).
@@ -22,11 +22,7 @@ at most a few K × K matrices are in memory, whatever N and C (1,000 classes ×
 removed afterwards) and the store (C·K² for the class outer products,
 (2C + 2)·K² for the factors).
 
-Covariances are shrunk with the Oracle Approximating Shrinkage (OAS, Chen et
-al. 2010, in scikit-learn's form), which needs only tr(S) and tr(S²) and so
-works from sufficient statistics alone:
-    S_shrunk = (1 − λ) S + λ · tr(S)/K · I.
-Solves use the Cholesky factor; no explicit inverse is formed.
+Each group's covariance is OAS-shrunk (:mod:`audit.reference_groups.gaussian`).
 
 A group with fewer than ``min_images`` images (at least 2) keeps its own mean
 but borrows the *pooled within-class* covariance (the scatter of every image
@@ -55,46 +51,18 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple
+from typing import Iterable, Iterator
 
 import dask
 import dask.array as da
 import numpy as np
-import scipy.linalg
-import scipy.linalg.lapack
 import xarray as xr
 import zarr
 from tqdm import tqdm
 
+from audit.reference_groups.gaussian import ShrunkGaussian, class_eigen, group_gaussian, oas_gaussian
 from audit.storage import EVERY_CHUNK, atomic_path, open_zarr, write_zarr_part
-
-
-@dataclass
-class ShrunkGaussian:
-    """A reference group: mean (K,), shrunk covariance's lower Cholesky factor (K, K), λ, n.
-
-    ``pooled`` marks a group too small for its own covariance, using the pooled
-    within-class one; ``condition`` is the covariance's 1-norm condition number.
-    """
-
-    mean: np.ndarray
-    cholesky: np.ndarray
-    shrinkage: float
-    count: float
-    pooled: bool = False
-    condition: float = float("nan")
-
-    def solve(self, rhs: np.ndarray, dtype: type = np.float64) -> np.ndarray:
-        """S⁻¹ · rhs for rhs (K,) or (K, M), by Cholesky solve in ``dtype`` (float64; float32 for maps, twice as fast)."""
-        return scipy.linalg.cho_solve((self.cholesky.astype(dtype, copy=False), True), np.asarray(rhs, dtype=dtype))
-
-    def mahalanobis_squared(self, z: np.ndarray) -> np.ndarray:
-        """(z − μ)ᵀ S⁻¹ (z − μ) for z (K,) or (M, K)."""
-        diff = np.atleast_2d(np.asarray(z, dtype=np.float64)) - self.mean
-        white = scipy.linalg.solve_triangular(self.cholesky, diff.T, lower=True)
-        return (white**2).sum(0)
 
 
 def class_statistics(embedding: np.ndarray, labels: np.ndarray, num_classes: int) -> xr.Dataset:
@@ -196,54 +164,6 @@ def spill_statistics(statistics: Iterable[xr.Dataset], num_classes: int, directo
     if spill is None:
         raise ValueError("no shard statistics to combine")
     return spill
-
-
-def oas_gaussian(count: float, total: np.ndarray, outer: np.ndarray) -> ShrunkGaussian:
-    """The OAS-shrunk Gaussian of one group from its sufficient statistics.
-
-    Raises ``ValueError`` when ``count`` < 2 (no covariance can be estimated).
-    """
-    if count < 2:
-        raise ValueError(f"a reference group needs at least 2 images, got {count:g}")
-    mean = total / count
-    empirical = outer / count - np.outer(mean, mean)  # maximum-likelihood covariance
-    empirical = (empirical + empirical.T) / 2
-    k = len(mean)
-    mu = np.trace(empirical) / k
-    alpha = np.mean(empirical**2)
-    numerator = alpha + mu**2
-    denominator = (count + 1) * (alpha - mu**2 / k)
-    shrinkage = 1.0 if denominator == 0 else min(numerator / denominator, 1.0)
-    covariance = (1 - shrinkage) * empirical
-    covariance[np.diag_indices(k)] += shrinkage * mu
-    cholesky = np.linalg.cholesky(covariance)
-    return ShrunkGaussian(
-        mean=mean, cholesky=cholesky, shrinkage=float(shrinkage), count=float(count), condition=condition_number(cholesky, covariance)
-    )
-
-
-def group_gaussian(count: float, total: np.ndarray, outer: np.ndarray, pooled: ShrunkGaussian, min_images: int) -> ShrunkGaussian | None:
-    """The group's own OAS Gaussian, its mean with the ``pooled`` covariance when small, or None when empty."""
-    if count >= max(min_images, 2):
-        return oas_gaussian(count, total, outer)
-    if count >= 1:
-        return ShrunkGaussian(
-            mean=total / count, cholesky=pooled.cholesky, shrinkage=pooled.shrinkage, count=float(count), pooled=True, condition=pooled.condition
-        )
-    return None
-
-
-def condition_number(cholesky: np.ndarray, covariance: np.ndarray) -> float:
-    """1-norm condition number of S = L Lᵀ (both given), estimated by LAPACK's ``pocon`` in O(K²).
-
-    Rounded to 4 significant digits: it is an estimate (within a small factor),
-    and its last bits vary between runs with the BLAS threads' scheduling, which
-    would make identical runs give different stores.
-    """
-    reciprocal, info = scipy.linalg.lapack.dpocon(cholesky, np.abs(covariance).sum(axis=0).max(), uplo="L")
-    if info != 0 or reciprocal == 0:
-        return float("inf")
-    return float(f"{1.0 / reciprocal:.4g}")
 
 
 def write_reference_store(
@@ -368,143 +288,6 @@ def _write_region(path: Path, name: str, index: int, matrix: np.ndarray) -> None
 def _read_region(path: Path, name: str, index: int) -> np.ndarray:
     """Read slice ``index`` (K, K) of a variable written by :func:`_write_region`."""
     return np.asarray(zarr.open_array(str(path / name), mode="r")[index])
-
-
-class LeaveOneOut:
-    """Each class without one of its members, from the class statistics of a reference store.
-
-    A class's outer product (K × K) is read when first needed and the last
-    few are cached, so iterate over images class by class.
-    """
-
-    def __init__(self, store: xr.Dataset):
-        self.store = store
-        self.count = store["class_count"].values
-        self.total = store["class_sum"].values
-        self.pooled = group_from_store(store, "pooled-within-class")
-        self.min_images = int(store.attrs["min_images"])
-        self._outer = lru_cache(maxsize=2)(lambda c: self.store["class_outer"].isel({"class": c}).values)
-        self._eigen = lru_cache(maxsize=2)(self._class_eigen)
-
-    def _class_eigen(self, c: int) -> tuple[np.ndarray, np.ndarray]:
-        """The class's covariance eigendecomposition: stored by ``reference_stats`` (once per class for every shard's job),
-        else computed from its sufficient statistics."""
-        if "class_eigenvectors" in self.store:
-            return self.store["class_eigenvalues"].isel({"class": c}).values, self.store["class_eigenvectors"].isel({"class": c}).values
-        return class_eigen(self.count[c], self.total[c], self._outer(c))
-
-    def group(self, label: int, z: np.ndarray) -> ShrunkGaussian | None:
-        """Class ``label`` without the member embedding ``z`` (K,); None when nothing is left."""
-        z = np.asarray(z, dtype=np.float64)
-        outer = self._outer(int(label))
-        return group_gaussian(self.count[label] - 1, self.total[label] - z, outer - np.outer(z, z), self.pooled, self.min_images)
-
-    def member_scores(self, label: int, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Each member against its class without it: (score, λ, pooled), each (M,), for members z (M, K).
-
-        score_i = (z_i − μ₋ᵢ)ᵀ S₋ᵢ⁻¹ (z_i − μ₋ᵢ), in closed form (:meth:`member_directions`) without forming the
-        directions; members outside the closed form against ``group``.
-        """
-        z = np.atleast_2d(np.asarray(z, dtype=np.float64))
-        removal = self._removal(label, z)
-        scores, shrinkage, pooled = np.where(removal.closed, removal.score, np.nan), removal.shrinkage, np.zeros(len(z), bool)
-        for i in np.flatnonzero(~removal.closed):
-            group = self.group(label, z[i])
-            if group is not None:
-                scores[i], shrinkage[i], pooled[i] = group.mahalanobis_squared(z[i])[0], group.shrinkage, group.pooled
-        return scores, shrinkage, pooled
-
-    def member_directions(self, label: int, z: np.ndarray, dtype: type = np.float64) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Each member's DiffCAM direction against its class without it and its centring offset:
-        (w (M, K) in ``dtype``, w·μ₋ᵢ (M,) float64, λ (M,), pooled (M,)), for members z (M, K).
-
-        w_i = S₋ᵢ⁻¹ (z_i − μ₋ᵢ), with μ₋ᵢ and S₋ᵢ the mean and OAS-shrunk
-        covariance of the class without member i (``group``), from the closed
-        form of :meth:`_removal`: w_i = V s_i. The offset needs no (M, K) means:
-        μ₋ᵢ = μ − d/(n − 1) and w_i·d = score_i / a, so w_i·μ₋ᵢ = s_i·(Vᵀμ) − score_i / n.
-        The product V s_i runs in ``dtype`` (float32 for maps). Members outside
-        the closed form take ``group`` (pooled covariance, or NaN when nothing is left).
-        """
-        z = np.atleast_2d(np.asarray(z, dtype=np.float64))
-        removal = self._removal(label, z)
-        weights, offsets = np.full(z.shape, np.nan, dtype), np.full(len(z), np.nan)
-        shrinkage, pooled = removal.shrinkage, np.zeros(len(z), bool)
-        if removal.closed.any():
-            rows = slice(None) if removal.closed.all() else removal.closed  # all of them, but for a member that outweighs its class: no gathered copies
-            _, vectors = self._eigen(int(label))
-            mean = self.total[label] / self.count[label]
-            weights[rows] = removal.direction[rows].astype(dtype, copy=False) @ vectors.T.astype(dtype, copy=False)
-            offsets[rows] = removal.direction[rows] @ (vectors.T @ mean) - removal.score[rows] / self.count[label]
-        for i in np.flatnonzero(~removal.closed):
-            group = self.group(label, z[i])
-            if group is not None:
-                weights[i] = group.solve(z[i] - group.mean, dtype)
-                offsets[i], shrinkage[i], pooled[i] = weights[i].astype(np.float64) @ group.mean, group.shrinkage, group.pooled
-        return weights, offsets, shrinkage, pooled
-
-    def _removal(self, label: int, z: np.ndarray) -> Removal:
-        """Members z (M, K) float64 each removed from class ``label``, in closed form from one eigendecomposition
-        E = V Λ Vᵀ of the class's ML covariance instead of one factorisation per member.
-
-        With n members, d = z_i − μ, a = n/(n−1), b = n/(n−1)²: E₋ᵢ = a E − b d dᵀ;
-        its trace and squared Frobenius norm give OAS's λ₋ᵢ and μ₋ᵢ, so
-        S₋ᵢ = V D Vᵀ − c d dᵀ with D = (1−λ) a Λ + λ μ I and c = (1−λ) b. As
-        z_i − μ₋ᵢ = a d, Sherman–Morrison gives, with u = Vᵀ d, q = Σ u²/D and
-        r = 1 − c q: S₋ᵢ⁻¹ (z_i − μ₋ᵢ) = V s_i with s_i = a (u/D) / r, and the
-        score a² q / r. O(K³) per class (stored by ``reference_stats``), O(K²) per member,
-        all in float64, as r may cancel. ``closed`` is False where the class is too
-        small for its own covariance (``min_images``) and where S₋ᵢ is not positive
-        definite in floating point (a member that outweighs its class); their other values are then meaningless.
-        """
-        count = float(self.count[label])
-        k = z.shape[1]
-        if count - 1 < max(self.min_images, 2):
-            return Removal(np.empty(z.shape), np.full(len(z), np.nan), np.full(len(z), np.nan), np.zeros(len(z), bool))
-        eigenvalues, vectors = self._eigen(int(label))
-        a, b = count / (count - 1), count / (count - 1) ** 2
-        d = z - self.total[label] / count
-        u = d @ vectors
-        squared_norm = np.einsum("mk,mk->m", d, d)
-        trace = a * eigenvalues.sum() - b * squared_norm
-        frobenius = a**2 * (eigenvalues**2).sum() - 2 * a * b * ((u * u) @ eigenvalues) + b**2 * squared_norm**2
-        mu, alpha = trace / k, frobenius / k**2
-        denominator = count * (alpha - mu**2 / k)  # OAS with count − 1 images: (count − 1 + 1) · (…)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            lam = np.where(denominator == 0, 1.0, np.minimum((alpha + mu**2) / denominator, 1.0))
-            slope, floor = (1 - lam) * a, lam * mu  # D = slope · Λ + floor, per member
-            smallest = np.where(slope >= 0, slope * eigenvalues.min(), slope * eigenvalues.max()) + floor
-            direction = np.multiply.outer(slope, eigenvalues)
-            direction += floor[:, None]
-            np.divide(u, direction, out=direction)  # u / D
-            q = np.einsum("mk,mk->m", u, direction)
-            remainder = 1 - (1 - lam) * b * q
-        closed = (smallest > 0) & (remainder > 0)  # S₋ᵢ positive definite, as it is in exact arithmetic
-        factor = a / np.where(closed, remainder, 1.0)
-        direction *= factor[:, None]
-        return Removal(direction, a * factor * q, np.where(closed, lam, np.nan), closed)
-
-
-class Removal(NamedTuple):
-    """Members each removed from their class, in closed form (``LeaveOneOut._removal``); each row meaningful where ``closed``."""
-
-    direction: np.ndarray
-    """(M, K) float64: S₋ᵢ⁻¹ (z_i − μ₋ᵢ) in the class's eigenbasis."""
-    score: np.ndarray
-    """(M,): the squared Mahalanobis distance (z_i − μ₋ᵢ)ᵀ S₋ᵢ⁻¹ (z_i − μ₋ᵢ)."""
-    shrinkage: np.ndarray
-    """(M,): OAS's λ₋ᵢ (NaN where not ``closed``)."""
-    closed: np.ndarray
-    """(M,) bool: whether the closed form holds for the member."""
-
-
-def class_eigen(count: float, total: np.ndarray, outer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues (K,) ascending and eigenvectors (K, K) (columns) of a class's ML covariance Σzzᵀ/n − μμᵀ; NaN for fewer than 2 images."""
-    k = len(total)
-    if count < 2:
-        return np.full(k, np.nan), np.full((k, k), np.nan)
-    mean = total / count
-    empirical = outer / count - np.outer(mean, mean)
-    return np.linalg.eigh((empirical + empirical.T) / 2)
 
 
 def open_reference(path: str | os.PathLike) -> xr.Dataset:

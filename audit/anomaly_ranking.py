@@ -31,22 +31,17 @@ import numpy as np
 import pandas as pd
 
 from audit.local_anomaly import with_local_scores
+from audit.robust import OUTLIER_Z, robust_z
 
-ROBUST_Z = 1.4826  # MAD → standard deviation for a normal distribution
-OUTLIER_Z = 3.5
-"""The robust z above which a score counts as odd within its class (Iglewicz and Hoaglin's cut-off)."""
 
 LEADS = {"score": "overall", "relative_score": "overall", "local_score": "one place"}
 """The scores that the combined ranking takes the largest robust z of, and the kind of oddity each one leading means."""
 
 
-def robust_z(anomalies: pd.DataFrame, column: str = "score") -> pd.Series:
-    """Per row of an ``anomalies.parquet`` table: ``column``'s robust z within its class (``label``),
-    (score − median) / (1.4826 · MAD); NaN for an unscored image and in a class whose MAD is 0."""
-    scores = anomalies[column].astype(float)
-    median = scores.groupby(anomalies["label"]).transform("median")
-    mad = (scores - median).abs().groupby(anomalies["label"]).transform("median") * ROBUST_Z
-    return (scores - median) / mad.where(mad > 0)
+def within_class_z(anomalies: pd.DataFrame, column: str = "score") -> pd.Series:
+    """Per row of an ``anomalies.parquet`` table: ``column``'s :func:`~audit.robust.robust_z` within its class
+    (``label``); NaN for an unscored image and in a class whose MAD is 0."""
+    return anomalies[column].astype(float).groupby(anomalies["label"]).transform(robust_z)
 
 
 def combined_ranking(anomalies: pd.DataFrame) -> pd.DataFrame:
@@ -54,7 +49,7 @@ def combined_ranking(anomalies: pd.DataFrame) -> pd.DataFrame:
     present; NaN when none is finite), ``combined_rank`` (nullable Int64, 1 = highest within the class, none
     without a combined score) and ``odd_in`` (``one place``, ``overall``, or "" without a combined score)."""
     present = [column for column in LEADS if column in anomalies]
-    z = pd.DataFrame({column: robust_z(anomalies, column) for column in present}, index=anomalies.index)
+    z = pd.DataFrame({column: within_class_z(anomalies, column) for column in present}, index=anomalies.index)
     table = anomalies.copy()
     table["combined_score"] = z.max(axis=1, skipna=True)
     leading = z.fillna(-np.inf).to_numpy().argmax(axis=1) if present else np.zeros(len(table), int)

@@ -39,7 +39,8 @@ import pandas as pd
 import xarray as xr
 import yaml
 
-from audit.anomaly_ranking import OUTLIER_Z, outliers_within_class
+from audit.anomaly_ranking import outliers_within_class
+from audit.robust import OUTLIER_Z
 from audit.storage import open_zarr, write_parquet, write_zarr
 
 HISTORY_COLUMNS = [

@@ -45,7 +45,7 @@ from sklearn.cluster import KMeans
 from sklearn.neighbors import NearestNeighbors
 from tqdm import tqdm
 
-from audit.anomaly_ranking import ROBUST_Z
+from audit.robust import robust_z
 from audit.hotspots import class_hotspots, evidence_shares, jaccard
 from audit.settings import StrategySettings
 
@@ -128,10 +128,7 @@ def map_outlier_scores(vectors: np.ndarray, neighbours: int) -> np.ndarray:
     """Robust z within the group of each row's mean distance to its k nearest rows (n,); NaN for fewer than 3 rows or a zero MAD."""
     if len(vectors) < 3:
         return np.full(len(vectors), np.nan)
-    distance = neighbour_distances(vectors, neighbours)[0].mean(axis=1)
-    median = np.median(distance)
-    mad = np.median(np.abs(distance - median)) * ROBUST_Z
-    return (distance - median) / mad if mad > 0 else np.full(len(vectors), np.nan)
+    return robust_z(neighbour_distances(vectors, neighbours)[0].mean(axis=1))
 
 
 @dataclass

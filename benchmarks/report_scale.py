@@ -31,7 +31,8 @@ from audit.metrics.anomaly_quality import ranking_quality  # noqa: E402
 from audit.metrics.summary import summarise_metrics  # noqa: E402
 from audit.reference_groups.leave_one_out import LeaveOneOut  # noqa: E402
 from audit.reference_groups.store import write_reference_store  # noqa: E402
-from audit.report.render import ReportInputs, render_report  # noqa: E402
+from audit.report.inputs import ReportInputs  # noqa: E402
+from audit.report.render import render_report  # noqa: E402
 from audit.similarity import confusion_counts, pair_table, similar_classes  # noqa: E402
 from audit.storage import open_zarr  # noqa: E402
 

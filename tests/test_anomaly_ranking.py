@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from audit.anomaly_ranking import combined_ranking, outliers_within_class, robust_z
+from audit.anomaly_ranking import combined_ranking, outliers_within_class, within_class_z
 
 
 def test_the_combined_score_is_the_largest_robust_z_within_the_class():
@@ -20,7 +20,7 @@ def test_the_combined_score_is_the_largest_robust_z_within_the_class():
     assert ranked.loc[4, "combined_score"] == pytest.approx(37 / 1.4826) and ranked.loc[4, "odd_in"] == "overall"
     assert ranked.loc[2, "combined_score"] == pytest.approx(78 / 1.4826) and ranked.loc[2, "odd_in"] == "one place"
     assert ranked.loc[[2, 4], "combined_rank"].tolist() == [1, 2]
-    expected = pd.concat([robust_z(table, c) for c in ("score", "relative_score", "local_score")], axis=1).max(axis=1)
+    expected = pd.concat([within_class_z(table, c) for c in ("score", "relative_score", "local_score")], axis=1).max(axis=1)
     np.testing.assert_allclose(ranked["combined_score"], expected)
     assert ranked.loc[6, "combined_score"] == pytest.approx(expected[6]) and ranked.loc[6, "odd_in"] == "overall"  # no local score: the others
     assert outliers_within_class(ranked).tolist() == [False, False, True, False, True, False, False, False]
@@ -151,3 +151,13 @@ def test_a_vit_audit_finds_local_marks_on_its_patch_grid(tmp_path):
         found = _check_marks(table, marked, centres, data.flagged, 32)
         assert found["local_score marks"] >= 0.95 and found["within_one_cell"] >= 0.9, found
         assert found["combined_score marks"] >= 0.95 and found["combined_score wrong"] >= 0.93, found
+
+
+def test_the_robust_z_is_the_distance_from_the_median_in_mad_standard_deviations():
+    from audit.robust import robust_z
+
+    values = np.array([1.0, 2.0, np.nan, 3.0, 4.0, 100.0])  # median 3, |v − 3| = 2, 1, 0, 1, 97: MAD 1
+    np.testing.assert_allclose(robust_z(values), (values - 3.0) / 1.4826)
+    assert np.isnan(robust_z(values)[2])
+    assert np.isnan(robust_z(np.array([5.0, 5.0, 5.0, 9.0]))).all()  # MAD 0: no spread to measure against
+    assert np.isnan(robust_z(np.full(3, np.nan))).all()

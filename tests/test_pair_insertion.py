@@ -1,7 +1,6 @@
 """The "why a, not b" insertion test of the report's pairs, on a spot-the-difference set where the answer is known."""
 import numpy as np
 import pandas as pd
-import pytest
 import xarray as xr
 
 from audit.pair_insertion import contrastive_pair_rows, pair_insertion

@@ -90,6 +90,10 @@ def test_every_metric_output_declares_its_direction_conventions_and_headline():
             conventions = output.conventions(MetricSettings(baseline="mean"))
             assert set(conventions) == {"baseline", "steps", "score", "order"}
     assert outputs()["deletion_auc"].conventions(MetricSettings(baseline="mean"))["baseline"] == "mean"
+    ranking = [o for o in outputs().values() if o.ranks_methods]
+    assert len(ranking) == 1 and ranking[0].headline and ranking[0].direction in (HIGHER, LOWER)
+    for check in (o for o in outputs().values() if o.fails_above is not None):
+        assert check.failure.format(variant="v", value=0.5).startswith("v "), check.name
     assert outputs()["fidelity"].conventions(MetricSettings(baseline="mean"))["baseline"] == "blur"
 
 

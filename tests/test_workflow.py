@@ -231,7 +231,8 @@ def test_report_draws_the_standout_classes_in_full_and_lists_the_rest(tiny_audit
     """report.full_classes = 3: three class sections (those whose top image stands out most), the other seven in a table; no link dangles."""
     import re
 
-    from audit.report.render import class_standout, render_report
+    from audit.report.findings import class_standout
+    from audit.report.render import render_report
     from audit.report.strategies import ranked_classes
     from tests.workflow import report_inputs
 
@@ -506,7 +507,7 @@ def test_the_most_faithful_method_is_chosen_among_those_that_pass_the_randomisat
     the summary recommends the next method and names attention as left out, with the failure among the warnings."""
     from types import SimpleNamespace
 
-    from audit.report.render import summary
+    from audit.report.findings import findings
 
     rows = [
         ("attention", "deletion_auc", 0.10, 0.08, 0.12), ("cdam", "deletion_auc", 0.20, 0.15, 0.25), ("gradcam", "deletion_auc", 0.30, 0.26, 0.34),
@@ -514,6 +515,30 @@ def test_the_most_faithful_method_is_chosen_among_those_that_pass_the_randomisat
     ]
     metrics = pd.DataFrame(rows, columns=["method", "metric", "mean", "ci_low", "ci_high"]).assign(level="overall", variant=lambda t: t["method"], n=40)
     inputs = SimpleNamespace(pairs=pd.DataFrame({"confusions": []}), anomaly_quality=pd.DataFrame(), metrics_summary=metrics)
-    found = summary(inputs, ["0", "1"], pd.DataFrame({"standout": [], "image_id": [], "score": []}), set())
+    found = findings(inputs, ["0", "1"], pd.DataFrame({"standout": [], "image_id": [], "score": []}), set())
     assert found["best_method"]["variant"] == "cdam" and found["best_method"]["left_out"] == ["attention"]
-    assert any(w.startswith("attention fails the randomisation check") for w in found["warnings"])
+    assert found["best_method"]["metric"] == "deletion AUC (lower is better)"
+    assert any(w.startswith("attention fails the randomisation check") and "(rank correlation 1.00)" in w for w in found["warnings"])
+
+
+def test_the_summary_ranks_methods_by_the_registry_flagged_output_in_its_direction(monkeypatch):
+    """The ranking output and its direction come from the registry (``ranks_methods``), not a literal metric name:
+    flagged on insertion AUC (higher is better), the highest passing method is recommended; the overlap of the top
+    two intervals is warned about."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from audit.metrics import registry
+    from audit.report.findings import findings
+
+    insertion = replace(registry.outputs()["insertion_auc"], ranks_methods=True)
+    monkeypatch.setattr("audit.report.findings.ranking_output", lambda: insertion)
+    rows = [
+        ("cdam", "insertion_auc", 0.50, 0.45, 0.55), ("gradcam", "insertion_auc", 0.70, 0.62, 0.78), ("scorecam", "insertion_auc", 0.60, 0.52, 0.66),
+        ("gradcam", "deletion_auc", 0.9, 0.8, 1.0),
+    ]
+    metrics = pd.DataFrame(rows, columns=["method", "metric", "mean", "ci_low", "ci_high"]).assign(level="overall", variant=lambda t: t["method"], n=40)
+    inputs = SimpleNamespace(pairs=pd.DataFrame({"confusions": []}), anomaly_quality=pd.DataFrame(), metrics_summary=metrics)
+    found = findings(inputs, ["0", "1"], pd.DataFrame({"standout": [], "image_id": [], "score": []}), set())
+    assert found["best_method"]["variant"] == "gradcam" and found["best_method"]["metric"] == "insertion AUC (higher is better)"
+    assert found["warnings"] == ["its 95 % interval overlaps that of scorecam (0.600 [0.520, 0.660]): on these images the two are not told apart"]

@@ -36,7 +36,7 @@ def report_inputs(results: Path, **changes):
     from audit.data.shards import read_listing
     from audit.explain.dataset_store import open_dataset_maps
     from audit.feature_store import open_features
-    from audit.report.render import ReportInputs
+    from audit.report.inputs import ReportInputs
     from audit.storage import open_zarr
 
     listing = read_listing(results / "listing.parquet")

@@ -35,7 +35,7 @@ def _curve(settings: MetricSettings) -> int:
 DELETION_CURVE = Output(
     "deletion_curve", LOWER, CONFIGURED, "steps", order=MOST_FIRST, per="fraction", curve=("deletion", "deletion", "fraction removed (most relevant first)")
 )
-DELETION_AUC = Output("deletion_auc", LOWER, CONFIGURED, "steps", order=MOST_FIRST, headline="deletion AUC")
+DELETION_AUC = Output("deletion_auc", LOWER, CONFIGURED, "steps", order=MOST_FIRST, headline="deletion AUC", ranks_methods=True)
 CONFIDENCE_DROP = Output(
     "relative_confidence_drop", HIGHER, CONFIGURED, "steps", order="most-relevant-first; minus the compare class's drop",
     headline="RD", per="fraction",

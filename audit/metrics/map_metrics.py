@@ -60,7 +60,11 @@ def _region_metric(output: Output, function):
     return compute
 
 
-SANITY = Output("sanity_similarity", LOWER, score=SALIENCY, order="classifier head re-initialised", headline="similarity after randomisation")
+SANITY = Output(
+    "sanity_similarity", LOWER, score=SALIENCY, order="classifier head re-initialised", headline="similarity after randomisation",
+    fails_above=0.8,  # Spearman r with the randomised model's map: above it the map ignores what the model learned
+    failure="{variant} fails the randomisation check: its maps barely change when the model is re-initialised (rank correlation {value:.2f})",
+)
 RANDOM_LOGIT = Output(
     "random_logit_similarity", LOWER, score=SALIENCY, order="Spearman r with the map of a random other class", headline="similarity to a random class's map",
 )

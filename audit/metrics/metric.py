@@ -61,6 +61,10 @@ class Output:
         per: ``fraction`` or ``parameter`` when the output has one row per fraction or parameter.
         headline_parameter: for per-parameter outputs, the parameter the headline shows.
         curve: for a curve over the fraction, the report's (panel title, line label, x-axis label); () when none.
+        ranks_methods: the headline the report's summary ranks methods by ("most faithful"): one output has it.
+        fails_above: an overall mean above which a method fails this output's check (the summary warns with
+            ``failure`` and leaves the method out of its ranking); None when the output is no check.
+        failure: the warning's text, with ``{variant}`` and ``{value}`` (the overall mean) filled in.
     """
 
     name: str
@@ -73,6 +77,9 @@ class Output:
     per: str = ""
     headline_parameter: str = ""
     curve: tuple[str, str, str] = ()
+    ranks_methods: bool = False
+    fails_above: float | None = None
+    failure: str = ""
 
     def conventions(self, settings: MetricSettings) -> dict[str, Any]:
         value = getattr(settings, self.steps) if self.steps else 0
@@ -83,6 +90,11 @@ class Output:
     @property
     def arrow(self) -> str:
         return {HIGHER: " ↑", LOWER: " ↓"}.get(self.direction, "")
+
+    @property
+    def better(self) -> str:
+        """In words which way is better, e.g. "lower is better"; "" for a reference value."""
+        return f"{self.direction} is better" if self.direction in (HIGHER, LOWER) else ""
 
 
 @dataclass(frozen=True)

@@ -24,3 +24,14 @@ def metric(name: str) -> Metric:
 def outputs() -> dict[str, Output]:
     """Every output of every metric, by the ``metric`` column's value."""
     return {o.name: o for m in METRICS.values() for o in m.outputs}
+
+
+def ranking_output() -> Output:
+    """The headline the report's summary ranks methods by (the one output with ``ranks_methods``)."""
+    (ranking,) = [o for o in outputs().values() if o.ranks_methods]
+    return ranking
+
+
+def checks() -> list[Output]:
+    """The outputs that a method fails above a limit (``fails_above``), in registry order."""
+    return [o for o in outputs().values() if o.fails_above is not None]

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from audit.anomaly_ranking import OUTLIER_Z  # noqa: E402
+from audit.robust import OUTLIER_Z  # noqa: E402
 
 
 PLAIN_TEXT = {"text.parse_math": False}

@@ -6,7 +6,6 @@ p(class) before and after); unconfirmed candidates follow. With no candidate the
 """
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import xarray as xr
 

@@ -15,9 +15,10 @@ import scipy.ndimage
 import xarray as xr
 
 from audit.explain.registry import explainer
-from audit.anomaly_ranking import OUTLIER_Z, robust_z
+from audit.anomaly_ranking import within_class_z
+from audit.robust import OUTLIER_Z
 from audit.report import figures
-from audit.report.text import shorten_id
+from audit.report.text import number, percent, shorten_id
 
 
 def ranked_classes(strategies: pd.DataFrame, shortcuts: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -94,7 +95,7 @@ def strategy_section(
         "variant": str(strategy_maps.attrs["variant"]),
         "classes": drawn,
         "other_classes": [
-            {"name": r.class_name, "images": int(r.images), "clusters": int(r.clusters), "distinctness": _number(r.distinctness), "share": _percent(r.share), "shortcut": bool(r.shortcut)}
+            {"name": r.class_name, "images": int(r.images), "clusters": int(r.clusters), "distinctness": number(r.distinctness, ".2f"), "share": percent(r.share), "shortcut": bool(r.shortcut)}
             for r in ranked.iloc[full:].itertuples()
         ],
         "has_outside": bool(strategies["outside_share"].notna().any()),
@@ -109,22 +110,14 @@ def _upsampled(saliency: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def _cluster_title(cluster) -> str:
     flag = "\ncandidate shortcut" if cluster.candidate_shortcut else ""
-    return f"cluster {cluster.cluster}: {cluster.size} ({_percent(cluster.share)}){flag}"
+    return f"cluster {cluster.cluster}: {cluster.size} ({percent(cluster.share)}){flag}"
 
 
 def _cluster_row(cluster) -> dict:
     return {
-        "cluster": int(cluster.cluster), "size": int(cluster.size), "share": _percent(cluster.share), "distinctness": _number(cluster.distinctness),
-        "outside_share": _percent(cluster.outside_share), "shortcut": bool(cluster.candidate_shortcut), "exemplars": list(cluster.exemplars),
+        "cluster": int(cluster.cluster), "size": int(cluster.size), "share": percent(cluster.share), "distinctness": number(cluster.distinctness, ".2f"),
+        "outside_share": percent(cluster.outside_share), "shortcut": bool(cluster.candidate_shortcut), "exemplars": list(cluster.exemplars),
     }
-
-
-def _number(value: float) -> str:
-    return "—" if pd.isna(value) else f"{value:.2f}"
-
-
-def _percent(value: float) -> str:
-    return "—" if pd.isna(value) else f"{100 * value:.0f} %"
 
 
 ORDINARY = 1.0  # ... and below which it is ordinary
@@ -137,11 +130,11 @@ def map_versus_embedding(anomalies: pd.DataFrame, listed: int = 20) -> dict | No
     """
     if "map_score" not in anomalies or anomalies["map_score"].isna().all():
         return None
-    table = anomalies.assign(embedding_z=robust_z(anomalies)).dropna(subset=["embedding_z", "map_score"])
+    table = anomalies.assign(embedding_z=within_class_z(anomalies)).dropna(subset=["embedding_z", "map_score"])
 
     def listing(chosen: pd.DataFrame, key: pd.Series) -> list[dict]:
         return [
-            {"image_id": r.image_id, "class_name": r.class_name, "map_z": _number(r.map_score), "embedding_z": _number(r.embedding_z), "cluster": int(r.map_cluster)}
+            {"image_id": r.image_id, "class_name": r.class_name, "map_z": number(r.map_score, ".2f"), "embedding_z": number(r.embedding_z, ".2f"), "cluster": int(r.map_cluster)}
             for r in chosen.assign(key=key).sort_values("key", ascending=False).head(listed).itertuples()
         ]
 

@@ -11,7 +11,8 @@ from audit.feature_store import open_features
 from audit.history import read_run_history
 from audit.models.checkpoint import read_meta
 from audit.report.provenance import provenance
-from audit.report.render import ReportInputs, render_report
+from audit.report.inputs import ReportInputs
+from audit.report.render import render_report
 from audit.runtime import stage_run
 from audit.storage import atomic_path, open_zarr
 

@@ -28,7 +28,7 @@ from audit.models.layers import capture_classifier_input, capture_layer
 from audit.models.placement import device_of
 from audit.models.preprocess import to_model_input
 from audit.models.tokens import spatial_map
-from audit.settings import FeatureSettings
+from audit.settings import DatasetSettings, FeatureSettings
 from audit.storage import ChunkedZarrWriter, atomic_path, open_zarr
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -113,7 +113,7 @@ def extract_shard(
     stop: int,
     target: str | os.PathLike,
     settings: FeatureSettings,
-    chunk: int = 256,
+    chunk: int = DatasetSettings.chunk,
     device: str | None = None,
 ) -> int:
     """Extract features of images [start, stop) of ``images_path`` into the shard store ``target``.

@@ -36,6 +36,7 @@ import xarray as xr
 from torch import nn
 from tqdm import tqdm
 
+from audit.bootstrap import percentile_interval
 from audit.metrics.perturbation import baseline_images, model_logits
 from audit.models.checkpoint import ModelMeta
 from audit.models.placement import device_of
@@ -94,13 +95,12 @@ def removed(pixels: np.ndarray, region: np.ndarray, baseline: str) -> np.ndarray
     return np.where(region[None, None], replacement, pixels)
 
 
-def bootstrap_interval(values: np.ndarray, resamples: int, rng: np.random.Generator) -> tuple[float, float, float]:
+def mean_and_interval(values: np.ndarray, resamples: int, rng: np.random.Generator) -> tuple[float, float, float]:
     """Mean and percentile-bootstrap 95 % interval of ``values`` (n,); NaN for none."""
     values = np.asarray(values, dtype=np.float64)
     if not len(values):
         return float("nan"), float("nan"), float("nan")
-    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
-    return float(values.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+    return (float(values.mean()), *percentile_interval(values, rng, resamples))
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,7 @@ def insertion_verdict(effects: dict[str, np.ndarray], resamples: int, seed: int,
     row: dict[str, float | bool] = {}
     effects = {**effects, "effect": effects["inserted"] - effects["inserted_control"]}
     for name, values in effects.items():
-        row[name], row[f"{name}_low"], row[f"{name}_high"] = bootstrap_interval(values, resamples, rng)
+        row[name], row[f"{name}_low"], row[f"{name}_high"] = mean_and_interval(values, resamples, rng)
     row["confirmed"] = bool(row["inserted_low"] > row["inserted_control_high"] and row["effect_low"] >= min_effect)
     return row
 

@@ -14,6 +14,12 @@ fields as ``params`` (:meth:`StageSettings.output_values`), so editing a
 speed-only setting reruns nothing; the rule's script takes the speed-only
 values from the config section itself.
 
+A rule passes only the fields its output depends on (the plan job none of
+the methods' parameters, for instance). Settings built from such a part
+(``from_config(..., partial=True)``) refuse to give a field the rule did not
+pass: reading it raises :class:`SettingNotPassed` instead of returning the
+dataclass default, which could differ from the config without anyone noticing.
+
 This module imports nothing heavy: the Snakefile reads it at parse time.
 """
 from __future__ import annotations
@@ -23,6 +29,20 @@ from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, Self, get_type_hints
 
 SPEED_ONLY = "speed_only"
+
+
+class SettingNotPassed(LookupError):
+    """A stage read a setting that its rule does not pass (so a change to it would not rerun the stage)."""
+
+
+class _NotPassed:
+    """The value of a field a partial settings object was not given."""
+
+    def __repr__(self) -> str:
+        return "<not passed>"
+
+
+NOT_PASSED = _NotPassed()
 
 
 def speed_only(default: Any) -> Any:
@@ -39,12 +59,27 @@ def _frozen(value: Any) -> Any:
 class StageSettings:
     """Mixin of the stage settings dataclasses: construction from config sections."""
 
+    def __getattribute__(self, name: str) -> Any:
+        value = object.__getattribute__(self, name)
+        if value is NOT_PASSED:
+            raise SettingNotPassed(
+                f"{type(self).__name__}.{name} was not passed to this stage: add it to its rule's params "
+                "(a change to it must rerun the stage), or read it where it is passed"
+            )
+        return value
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{f.name}={object.__getattribute__(self, f.name)!r}" for f in fields(self))
+        return f"{type(self).__name__}({shown})"
+
     @classmethod
-    def from_config(cls, section: Mapping[str, Any], speed: Mapping[str, Any] | None = None) -> Self:
+    def from_config(cls, section: Mapping[str, Any], speed: Mapping[str, Any] | None = None, partial: bool = False) -> Self:
         """Settings from a validated config ``section``; unknown keys are an error.
 
         ``speed``, when given, supplies the speed-only fields (the rule's
-        ``params`` carry only the others; see :meth:`output_values`).
+        ``params`` carry only the others; see :meth:`output_values`). With
+        ``partial``, ``section`` is the part a rule passes: the fields it lacks
+        are :data:`NOT_PASSED` (reading one raises :class:`SettingNotPassed`).
         """
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(section) - set(known))
@@ -54,7 +89,7 @@ class StageSettings:
         if speed is not None:
             values.update({name: speed[name] for name, f in known.items() if f.metadata.get(SPEED_ONLY) and name in speed})
         hints = get_type_hints(cls)
-        built = {}
+        built = {name: NOT_PASSED for name in known if name not in values} if partial else {}
         for name, value in values.items():
             nested = hints[name]
             if isinstance(nested, type) and is_dataclass(nested) and isinstance(value, Mapping):
@@ -62,6 +97,10 @@ class StageSettings:
             else:
                 built[name] = _frozen(value)
         return cls(**built)
+
+    def with_values(self, **changes: Any) -> Self:
+        """A copy with ``changes``; fields not passed stay not passed (``dataclasses.replace`` would read them)."""
+        return type(self)(**{f.name: object.__getattribute__(self, f.name) for f in fields(self)} | changes)
 
     @classmethod
     def output_values(cls, section: Mapping[str, Any], keys: set[str] | None = None) -> dict[str, Any]:
@@ -89,7 +128,7 @@ class StageSettings:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class DatasetSettings(StageSettings):
     """``dataset``: where the images come from and how they are stored (see the schema for each key)."""
 
@@ -108,7 +147,7 @@ class DatasetSettings(StageSettings):
     fingerprint: str = "stat"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class TrainSettings(StageSettings):
     """``model.train``: optimisation of the demo's model. ``shift`` is the largest random translation, in pixels."""
 
@@ -120,7 +159,7 @@ class TrainSettings(StageSettings):
     seed: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class ModelSettings(StageSettings):
     """``model``: the timm architecture, its weights and the explained layer."""
 
@@ -134,7 +173,7 @@ class ModelSettings(StageSettings):
     train: TrainSettings = field(default_factory=TrainSettings)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class FeatureSettings(StageSettings):
     """``features``: extraction shards. ``loader_workers`` ``auto`` = none on the CPU, 4 with CUDA."""
 
@@ -150,7 +189,7 @@ class FeatureSettings(StageSettings):
         return int(self.loader_workers)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class ReferenceSettings(StageSettings):
     """``reference``: reference groups, concept vectors and class similarity."""
 
@@ -159,7 +198,7 @@ class ReferenceSettings(StageSettings):
     top_similar: int = 3
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class ExplainSettings(StageSettings):
     """``explain``: which images are explained, by which methods, with which parameters.
 
@@ -201,7 +240,7 @@ DATASET_KEYS = frozenset({"dataset_methods", "dataset_splits", "finer_contrasts"
 """The ``explain`` keys every dataset-maps job reads, beside the parameters its methods declare."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class MetricSettings(StageSettings):
     """``metrics``: which metrics, and their conventions (see ``audit.metrics.registry``)."""
 
@@ -222,7 +261,7 @@ class MetricSettings(StageSettings):
     batch_size: int = speed_only(32)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class StrategySettings(StageSettings):
     """``strategies``: clusters and hot spots of each class's dataset maps (``audit.strategies``, ``audit.hotspots``)."""
 
@@ -240,7 +279,7 @@ class StrategySettings(StageSettings):
     seed: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class ConfirmSettings(StageSettings):
     """``confirm``: the test of each shortcut candidate by intervention on the model (``audit.intervention``)."""
 
@@ -253,7 +292,7 @@ class ConfirmSettings(StageSettings):
     classes_per_job: int = speed_only(50)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class LocalSettings(StageSettings):
     """``local``: the per-cell anomaly score of the explained layer (``audit.local_anomaly``)."""
 
@@ -264,21 +303,21 @@ class LocalSettings(StageSettings):
     block: int = speed_only(256)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class DaskSettings(StageSettings):
     """``dask``: where the Dask stages (reference statistics, metric summaries) compute (``audit.dask_scheduler``)."""
 
     scheduler: str = speed_only("threads")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class ReportSettings(StageSettings):
     """``report``: how much of a large audit the HTML report draws."""
 
     full_classes: int = 50
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class ClusterSettings(StageSettings):
     """``cluster``: the time limit (``runtime``, minutes) each shard job asks a cluster for (``audit.cluster_time``):
     the shard's images at the stage's measured rate (s per image), plus an overhead, twice over, capped. The defaults

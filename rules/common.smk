@@ -26,6 +26,7 @@ from audit.settings import (
     MetricSettings,
     ModelSettings,
     ReferenceSettings,
+    ReportSettings,
     StrategySettings,
 )
 

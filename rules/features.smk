@@ -6,7 +6,7 @@ rule extract_features:
         directory("results/{audit}/features/shard-{shard}.zarr"),
     params:
         settings=feature_params,
-        chunk=lambda wildcards: audit_config(wildcards)["dataset"]["chunk"],
+        dataset=lambda wildcards: DatasetSettings.output_values(audit_config(wildcards)["dataset"], {"chunk"}),
     resources:
         runtime=shard_runtime("features"),
         gpu=1,

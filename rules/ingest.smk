@@ -10,7 +10,7 @@ checkpoint list_images:
         trains_model=trains_model,
         folders=folder_dates,
         manifest=dataset_stamp,
-        shard_size=lambda wildcards: audit_config(wildcards)["features"]["shard_size"],
+        features=lambda wildcards: FeatureSettings.output_values(audit_config(wildcards)["features"], {"shard_size"}),
     conda:
         "../workflow/envs/audit.yaml"
     log:

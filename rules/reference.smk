@@ -92,7 +92,7 @@ rule anomalies:
         anomalies=report("results/{audit}/anomalies.parquet", caption="../workflow/report/anomalies.rst", category="Audits", subcategory="{audit}", labels={"audit": "{audit}", "artefact": "anomaly scores"}),
         quality="results/{audit}/anomaly_quality.parquet",
     params:
-        top=lambda wildcards: audit_config(wildcards)["explain"]["top_anomalies"],
+        explain=lambda wildcards: ExplainSettings.output_values(audit_config(wildcards)["explain"], {"top_anomalies"}),
     conda:
         "../workflow/envs/audit.yaml"
     log:

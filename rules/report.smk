@@ -24,10 +24,9 @@ rule report:
     output:
         report("reports/{audit}.html", caption="../workflow/report/audit_report.rst", category="Audits", subcategory="{audit}", labels={"audit": "{audit}", "artefact": "HTML report"}),
     params:
-        top_anomalies=lambda wildcards: audit_config(wildcards)["explain"]["top_anomalies"],
-        top_pairs=lambda wildcards: audit_config(wildcards)["explain"]["top_pairs"],
+        explain=lambda wildcards: ExplainSettings.output_values(audit_config(wildcards)["explain"], {"top_anomalies", "top_pairs"}),
+        settings=lambda wildcards: ReportSettings.output_values(audit_config(wildcards)["report"]),
         methods=explain_methods,
-        full_classes=lambda wildcards: audit_config(wildcards)["report"]["full_classes"],
         logs="logs/{audit}",
         benchmarks="benchmarks/rules/{audit}",
     conda:

@@ -15,6 +15,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from audit.settings import DatasetSettings
 from audit.storage import open_zarr, write_zarr
 
 
@@ -62,7 +63,7 @@ class ImageDataset:
         return ds.chunk({"image": chunk})
 
 
-def write_image_store(dataset: ImageDataset, path: str | os.PathLike, chunk: int = 256) -> None:
+def write_image_store(dataset: ImageDataset, path: str | os.PathLike, chunk: int = DatasetSettings.chunk) -> None:
     """Write ``dataset`` to ``images.zarr`` at ``path`` (atomic)."""
     write_zarr(dataset.to_xarray(chunk), path)
 

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from audit.data.decode import DecodedImage, RejectedImage, decode
 from audit.data.manifest import ANOMALY_FALSE, ANOMALY_TRUE, LINE_PROBLEM
+from audit.settings import DatasetSettings
 from audit.storage import ChunkedZarrWriter, atomic_path
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def normalised_labels(labels: pd.Series) -> pd.Series:
 
 
 def ingest_manifest(
-    manifest: pd.DataFrame, target: str | os.PathLike, size: int, classes: Sequence[str] | None = None, chunk: int = 256, workers: int = 4
+    manifest: pd.DataFrame, target: str | os.PathLike, size: int, classes: Sequence[str] | None = None, chunk: int = DatasetSettings.chunk, workers: int = DatasetSettings.workers
 ) -> pd.DataFrame:
     """Decode the manifest's images (a table from ``audit.data.manifest``: normalised) into ``images.zarr`` at ``target``; return the rejects table.
 
@@ -102,8 +103,8 @@ def ingest_rows(
     target: str | os.PathLike,
     size: int,
     class_names: Sequence[str],
-    chunk: int = 256,
-    workers: int = 4,
+    chunk: int = DatasetSettings.chunk,
+    workers: int = DatasetSettings.workers,
     with_masks: bool = False,
     with_boxes: bool = False,
     with_flags: bool = False,

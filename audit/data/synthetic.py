@@ -11,6 +11,7 @@ import os
 import numpy as np
 import xarray as xr
 
+from audit.settings import DatasetSettings
 from audit.storage import ChunkedZarrWriter, atomic_path
 
 
@@ -36,7 +37,7 @@ def synthetic_chunk(first: int, count: int, num_classes: int, size: int, seed: i
     )
 
 
-def write_synthetic_images(target: str | os.PathLike, count: int, num_classes: int, size: int, seed: int = 0, chunk: int = 256) -> None:
+def write_synthetic_images(target: str | os.PathLike, count: int, num_classes: int, size: int, seed: int = 0, chunk: int = DatasetSettings.chunk) -> None:
     """Write an ``images.zarr`` store of ``count`` synthetic images of ``num_classes`` classes."""
     with atomic_path(target) as tmp:
         writer = ChunkedZarrWriter(tmp, chunk, attrs={"class_names": [f"class-{c}" for c in range(num_classes)]})

@@ -54,7 +54,7 @@ def smooth_cdam(
     noise: float,
     keys: np.ndarray,
     seed: int = 0,
-    chunk: int = 256,
+    samples_per_pass: int = 256,
 ) -> torch.Tensor:
     """Smooth CDAM maps (R, h, w) for inputs x (R, 3, H, W) with tokens (R, N, D) at the layer.
 
@@ -68,11 +68,11 @@ def smooth_cdam(
     total = torch.zeros(len(tokens), *layout.grid, device=tokens.device)
     rows = torch.arange(len(tokens), device=tokens.device).repeat_interleave(samples)
     sample = np.tile(np.arange(samples), len(tokens))
-    for start in range(0, len(rows), chunk):
-        part = rows[start : start + chunk]
+    for start in range(0, len(rows), samples_per_pass):
+        part = rows[start : start + samples_per_pass]
         noisy = tokens[part].clone()
         shape = noisy[:, layout.prefix :].shape[1:]
-        draws = [torch.randn(shape, generator=seeded_generator(seed, keys[r], s)) for r, s in zip(part.tolist(), sample[start : start + chunk])]
+        draws = [torch.randn(shape, generator=seeded_generator(seed, keys[r], s)) for r, s in zip(part.tolist(), sample[start : start + samples_per_pass])]
         noisy[:, layout.prefix :] += sigma[part, None, None] * torch.stack(draws).to(noisy.device, noisy.dtype)
         _, gradients = engine.replay(x[part], noisy, coefficients[part], output)
         total.index_add_(0, part, token_scores(noisy, gradients, layout.prefix, layout.grid))
@@ -80,7 +80,7 @@ def smooth_cdam(
 
 
 def integrated_cdam(
-    engine: ExplainerEngine, x: torch.Tensor, tokens: torch.Tensor, coefficients: torch.Tensor, output: str, steps: int, chunk: int = 256
+    engine: ExplainerEngine, x: torch.Tensor, tokens: torch.Tensor, coefficients: torch.Tensor, output: str, steps: int, samples_per_pass: int = 256
 ) -> torch.Tensor:
     """Integrated CDAM maps (R, h, w): integrated gradients from zero patch tokens to ``tokens`` (R, N, D)."""
     layout = engine.layout
@@ -88,8 +88,8 @@ def integrated_cdam(
     mean_gradient = torch.zeros_like(tokens)
     rows = torch.arange(len(tokens), device=tokens.device).repeat_interleave(steps)
     scale = alphas.repeat(len(tokens))
-    for start in range(0, len(rows), chunk):
-        part, alpha = rows[start : start + chunk], scale[start : start + chunk]
+    for start in range(0, len(rows), samples_per_pass):
+        part, alpha = rows[start : start + samples_per_pass], scale[start : start + samples_per_pass]
         path = tokens[part].clone()
         path[:, layout.prefix :] *= alpha[:, None, None]
         _, gradients = engine.replay(x[part], path, coefficients[part], output)

@@ -21,7 +21,6 @@ The store's layout is in :mod:`audit.explain.dataset_store`, which writes and re
 """
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 import numpy as np
@@ -76,7 +75,7 @@ def closed_form_maps(
         )
         return Batch(None, None, None, needs, masked, settings, {}, gradient_rows, _pass=stored)
 
-    whole = dataclasses.replace(settings, batch_size=max(1, len(activations)))  # no model: one batch per call
+    whole = settings.with_values(batch_size=max(1, len(activations)))  # no model: one batch per call
     return batched_maps(plan, len(weight), whole, torch.device("cpu"), batch_of)
 
 

@@ -12,32 +12,19 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 
+from audit.bootstrap import RESAMPLES, percentile_interval
 from audit.metrics.registry import outputs
 
 SUMMARY_KEYS = ["method", "variant", "metric", "fraction", "parameter"]
 SUMMARY_COLUMNS = ["level", "target", *SUMMARY_KEYS, "direction", "mean", "ci_low", "ci_high", "n"]
 
 
-BOOTSTRAP_BLOCK = 1 << 22  # resampled indices drawn at a time (32 MiB of int64)
-
-
-def bootstrap_interval(values: np.ndarray, resamples: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` (1-D); NaN for fewer than two values.
-
-    Resamples are drawn in blocks of at most ``BOOTSTRAP_BLOCK`` indices, so memory
-    stays bounded whatever n (one (resamples × n) index array at n = 100,000 was 1.5 GiB).
-    """
+def bootstrap_interval(values: np.ndarray, resamples: int = RESAMPLES, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (1-D), resampled from ``seed``; NaN for fewer than two values."""
     values = np.asarray(values, dtype=np.float64)
     if len(values) < 2:
         return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    block = max(1, min(resamples, BOOTSTRAP_BLOCK // len(values)))
-    means = np.concatenate(
-        [values[rng.integers(0, len(values), size=(min(block, resamples - start), len(values)))].mean(axis=1) for start in range(0, resamples, block)]
-    )
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(low), float(high)
+    return percentile_interval(values, np.random.default_rng(seed), resamples, level)
 
 
 def _summary(group: pd.DataFrame, resamples: int, seed: int) -> pd.Series:
@@ -47,7 +34,7 @@ def _summary(group: pd.DataFrame, resamples: int, seed: int) -> pd.Series:
     return pd.Series({"mean": values.mean() if len(values) else np.nan, "ci_low": low, "ci_high": high, "n": len(values)})
 
 
-def summarise_metrics(metrics: pd.DataFrame | dd.DataFrame, resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
+def summarise_metrics(metrics: pd.DataFrame | dd.DataFrame, resamples: int = RESAMPLES, seed: int = 0) -> pd.DataFrame:
     """Per-method overall and per-class means with 95 % bootstrap intervals (``SUMMARY_COLUMNS``).
 
     Args:

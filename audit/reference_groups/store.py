@@ -62,6 +62,7 @@ import zarr
 from tqdm import tqdm
 
 from audit.reference_groups.gaussian import ShrunkGaussian, class_eigen, group_gaussian, oas_gaussian
+from audit.settings import ReferenceSettings
 from audit.storage import EVERY_CHUNK, atomic_path, open_zarr, write_zarr_part
 
 
@@ -171,7 +172,7 @@ def write_reference_store(
     labels: np.ndarray,
     class_names: list[str],
     target: str | os.PathLike,
-    min_images: int = 10,
+    min_images: int = ReferenceSettings.min_images,
     num_workers: int = 1,
     scratch: str | os.PathLike | None = None,
     extra: xr.Dataset | None = None,
@@ -185,7 +186,7 @@ def combine_statistics(
     statistics: Iterable[xr.Dataset],
     class_names: list[str],
     target: str | os.PathLike,
-    min_images: int = 10,
+    min_images: int = ReferenceSettings.min_images,
     scratch: str | os.PathLike | None = None,
     extra: xr.Dataset | None = None,
 ) -> None:

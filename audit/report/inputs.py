@@ -7,6 +7,7 @@ import pandas as pd
 import xarray as xr
 
 from audit.history import RunHistory
+from audit.settings import ReportSettings
 
 
 @dataclass
@@ -48,7 +49,7 @@ class ReportInputs:
     top_pairs: int
     history: RunHistory | None = None
     provenance: dict | None = None
-    full_classes: int = 50
+    full_classes: int = ReportSettings.full_classes
     strategies: pd.DataFrame | None = None
     strategy_maps: xr.Dataset | None = None
     dataset_maps: xr.Dataset | None = None

@@ -1,6 +1,6 @@
 """Snakemake adapter: every image of one shard mapped at layer resolution by the dataset methods."""
 import numpy as np
-from stage import stage_settings
+from stage import config_settings, stage_settings
 
 from audit.data.shards import PRESENCE_COLUMNS, read_listing
 from audit.data.sources import PixelRows, open_images
@@ -14,7 +14,7 @@ from audit.feature_store import class_scores, has_classifier, open_features
 from audit.models.checkpoint import load_checkpoint, read_classifier
 from audit.reference_groups.store import open_reference
 from audit.runtime import stage_run
-from audit.settings import ExplainSettings
+from audit.settings import DatasetSettings, ExplainSettings
 from audit.similarity import weight_cosine
 from audit.storage import write_zarr
 
@@ -47,6 +47,6 @@ with stage_run(snakemake.log[0], snakemake.threads) as device:
         def model_rows(rows):
             return model_maps(engine, meta, images, rows, settings, concepts)
 
-    chunk = snakemake.config["audits"][snakemake.wildcards.audit]["dataset"]["chunk"]
+    chunk = config_settings(snakemake, DatasetSettings, "dataset").chunk  # images read at a time: never changes a map
     maps = shard_maps(plan, features, reference, settings, chunk, weight if closed else None, model_rows)
     write_zarr(dataset_map_store(plan, maps, features, attrs), snakemake.output[0])

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from stage import dask_setting, stage_settings
+from stage import config_settings, stage_settings
 
 from audit.concepts import concept_vectors
 from audit.dask_scheduler import dask_scheduler
@@ -13,13 +13,13 @@ from audit.feature_store import has_classifier, open_features
 from audit.models.checkpoint import read_classifier
 from audit.reference_groups.store import combine_statistics
 from audit.runtime import stage_run
-from audit.settings import ReferenceSettings
+from audit.settings import DaskSettings, ReferenceSettings
 from audit.similarity import confusion_counts, pair_table, similar_classes
 from audit.storage import open_zarr, write_parquet
 
 
 def main(snakemake) -> None:
-    with stage_run(snakemake.log[0], snakemake.threads, model=False), dask_scheduler(dask_setting(snakemake), snakemake.threads):
+    with stage_run(snakemake.log[0], snakemake.threads, model=False), dask_scheduler(config_settings(snakemake, DaskSettings, "dask").scheduler, snakemake.threads):
         settings = stage_settings(snakemake, ReferenceSettings, "reference")
         shards = json.loads(Path(snakemake.input.shards).read_text())
         features = open_features(shards["features"], read_listing(snakemake.input.listing, PRESENCE_COLUMNS))

@@ -3,6 +3,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
+from stage import stage_settings
 
 from audit.data.shards import read_listing, shard_digests
 from audit.data.sources import open_images
@@ -10,10 +11,11 @@ from audit.explain.dataset_store import open_dataset_maps
 from audit.feature_store import open_features
 from audit.history import read_run_history
 from audit.models.checkpoint import read_meta
-from audit.report.provenance import provenance
 from audit.report.inputs import ReportInputs
+from audit.report.provenance import provenance
 from audit.report.render import render_report
 from audit.runtime import stage_run
+from audit.settings import ExplainSettings, ReportSettings
 from audit.storage import atomic_path, open_zarr
 
 
@@ -36,6 +38,7 @@ def strategy_inputs(given, listing) -> dict:
 
 with stage_run(snakemake.log[0], snakemake.threads, model=False):
     listing = read_listing(snakemake.input.listing)
+    explain = stage_settings(snakemake, ExplainSettings, "explain", param="explain")
     inputs = ReportInputs(
         audit=snakemake.wildcards.audit,
         images=open_images(snakemake.input.images, listing),  # lazy: the report reads only the images it shows
@@ -50,9 +53,9 @@ with stage_run(snakemake.log[0], snakemake.threads, model=False):
         reference=open_zarr(snakemake.input.reference)[["covariance", "class_count", "class_nonfinite"]].load(),
         saliency={method: open_zarr(Path(snakemake.input.saliency) / f"{method}.zarr").load() for method in snakemake.params.methods},
         model=asdict(read_meta(snakemake.input.checkpoint)),
-        top_anomalies=snakemake.params.top_anomalies,
-        top_pairs=snakemake.params.top_pairs,
-        full_classes=snakemake.params.full_classes,
+        top_anomalies=explain.top_anomalies,
+        top_pairs=explain.top_pairs,
+        full_classes=stage_settings(snakemake, ReportSettings, "report").full_classes,
         history=read_run_history(Path(snakemake.input.anomalies).parent),
         pair_tests=pd.read_parquet(snakemake.input.pair_tests[0]) if snakemake.input.pair_tests else None,
         local_maps=open_zarr(snakemake.input.local_maps),  # lazy: the report reads only the maps it shows

@@ -50,6 +50,11 @@ def speed_only(default: Any) -> Any:
     return field(default=default, metadata={SPEED_ONLY: True})
 
 
+def _plain(value: Any) -> Any:
+    """A default as a config value would be: tuples as lists (YAML's form)."""
+    return [_plain(v) for v in value] if isinstance(value, tuple) else value
+
+
 def _frozen(value: Any) -> Any:
     if isinstance(value, list):
         return tuple(_frozen(v) for v in value)
@@ -104,15 +109,17 @@ class StageSettings:
 
     @classmethod
     def output_values(cls, section: Mapping[str, Any], keys: set[str] | None = None) -> dict[str, Any]:
-        """The part of a config ``section`` that changes the stage's output: every field but the speed-only ones.
+        """The part of a config ``section`` that changes the stage's output: every field but the speed-only ones
+        (an optional key the section leaves out with its default, so that a partial settings object has it).
 
         ``keys`` restricts it further (e.g. to the parameters of the configured explainers).
         """
+        defaults = cls.defaults()
         chosen = {}
         for f in fields(cls):
-            if f.metadata.get(SPEED_ONLY) or f.name not in section or (keys is not None and f.name not in keys):
+            if f.metadata.get(SPEED_ONLY) or (keys is not None and f.name not in keys):
                 continue
-            chosen[f.name] = section[f.name]
+            chosen[f.name] = section[f.name] if f.name in section else _plain(defaults[f.name])  # an optional key left out: its default
         return chosen
 
     @classmethod

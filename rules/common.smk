@@ -265,8 +265,8 @@ def explain_methods(wildcards):
 
 
 def metric_methods(wildcards):
-    """The methods whose maps are scored: the metrics score class probabilities, so none without a classifier."""
-    return explain_methods(wildcards) if has_head(wildcards) else []
+    """The methods whose maps are scored (a backbone without a classifier gets the metrics that read maps alone)."""
+    return explain_methods(wildcards)
 
 
 def dataset_params(wildcards):

@@ -60,9 +60,18 @@ def test_the_schema_method_list_is_the_registry():
     assert all(m in listed for m in ExplainSettings().methods)
 
 
-def test_the_schema_metric_list_is_the_registry():
+def test_the_schema_dataset_method_list_is_the_registry_layer_resolution_methods():
+    """Every layer-resolution method may be named (those too costly for every image get the preflight's reason)."""
+    pattern = AUDIT["explain"]["properties"]["dataset_methods"]["items"]["pattern"]
+    listed = re.fullmatch(r"\^\((.*)\)\(\?!\\n\)\$", pattern).group(1).split("|")
+    assert listed == [name for name, entry in EXPLAINERS.items() if entry.resolution == "layer"]
+    assert all(name in listed and explainer(name).dataset_map_problem() is None for name in ExplainSettings().dataset_methods)
+
+
+def test_the_schema_metric_list_is_the_registry_and_its_default_leaves_out_the_opt_in_ones():
     spec = AUDIT["metrics"]["properties"]["metrics"]
-    assert spec["items"]["enum"] == list(METRICS) == spec["default"]
+    assert spec["items"]["enum"] == list(METRICS)
+    assert spec["default"] == [name for name, entry in METRICS.items() if not entry.opt_in] == list(MetricSettings().metrics)
 
 
 def test_every_explainer_declares_what_the_rest_of_the_code_asks():

@@ -404,13 +404,17 @@ def test_users_imagefolder_and_checkpoint_end_to_end(tmp_path, digits_small):
     assert "logits" not in features and "prediction" not in features.coords
     assert features.sizes["feature"] == 512
     assert sorted(p.name for p in (results / "saliency").glob("*.zarr")) == ["diffcam.zarr", "eigencam.zarr"]  # Grad-CAM needs logits
-    assert pd.read_parquet(results / "metrics.parquet").empty
+    backbone_metrics = pd.read_parquet(results / "metrics.parquet")  # the metrics that read maps alone (no masks here)
+    assert set(backbone_metrics["method"]) == {"diffcam", "eigencam"}
+    assert set(backbone_metrics["metric"]) == {"compactness", "sparseness", "complexity", "concentration"} and backbone_metrics["value"].notna().all()
     pairs = pd.read_parquet(results / "pairs.parquet")
     assert pairs["weight_cosine"].isna().all() and pairs["mean_distance"].is_monotonic_increasing
     assert pd.read_parquet(results / "anomalies.parquet")["score"].notna().sum() == 56
     assert set(pd.read_parquet(results / "strategies.parquet")["class"]) == {0, 1, 2}  # DiffCAM's dataset maps, clustered
     html = (tmp_path / "reports" / "backbone.html").read_text()
-    assert "a backbone without a classifier head" in html and "No faithfulness metrics" in html
+    assert "a backbone without a classifier head" in html and "only the metrics that read the maps alone are computed" in html
+    quality = html[html.index('id="quality"') : html.index("<summary>Conventions</summary>")]
+    assert "sparseness (Gini)" in quality and "deletion AUC" not in quality and "ROAD" not in quality
 
 
 def test_a_killed_dataset_maps_shard_is_redone_alone(tiny_audit, tmp_path):

@@ -64,9 +64,9 @@ def batched_maps(
     every draw is keyed by its plan row, so the maps do not change."""
     plan = plan.reset_index(drop=True)
     explainers = {name: explainer(name) for name in plan["method"].unique()}
-    coefficients = contrast_coefficients(
-        num_classes, plan["target"].tolist(), [list(c) for c in plan["contrasts"]], settings.finer_gamma
-    ).to(device)
+    contrasts = [list(c) for c in plan["contrasts"]]
+    gamma = settings.finer_gamma if any(contrasts) else 0.0  # only contrastive (Finer-CAM) rows weigh other classes
+    coefficients = contrast_coefficients(num_classes, plan["target"].tolist(), contrasts, gamma).to(device)
     image_index = plan["image_index"].to_numpy()
     names = plan["method"].to_numpy()
     references = plan["reference"].astype(str).to_numpy()

@@ -46,7 +46,8 @@ def evaluate_saliency(
     """The configured metrics of every map of ``saliency``: a long table (``METRIC_COLUMNS``).
 
     The model is used through an eval-mode copy (channels-last for a CNN); the caller's model is not changed.
-    Metrics that need a check map the store lacks, or object regions where there are none, are left out.
+    Metrics that need a check map the store lacks, or object regions where there are none, are left out, and for a
+    backbone without a classifier (``meta.head`` False) those that need one: the map-only metrics remain.
 
     Args:
         images: uint8 (N, 3, H, W) indexed by the store's ``image_index``.
@@ -56,7 +57,7 @@ def evaluate_saliency(
     device = device or device_of(model)
     metrics = [metric(name) for name in settings.metrics]
     available = {name for name in CHECK_MAPS if name in saliency} | ({"regions"} if regions is not None else set())
-    metrics = [m for m in metrics if set(m.needs) <= available]
+    metrics = [m for m in metrics if set(m.needs) <= available and (meta.head or not m.needs_classifier)]
     table = Table(settings)
     maps = saliency["image_map"].values.astype(np.float32)
     if len(maps) and metrics:

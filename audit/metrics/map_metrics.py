@@ -82,24 +82,24 @@ def _similarity_to(check: str, output: Output, described_by: str = ""):
 
 
 MAP_METRICS = (
-    Metric("compactness", (COMPACTNESS,), _map_property(COMPACTNESS, compactness), description="share of pixels below 5 % of the peak magnitude"),
-    Metric("sparseness", (SPARSENESS,), _map_property(SPARSENESS, sparseness), description="Gini index of the map's magnitudes (Quantus)"),
-    Metric("complexity", (COMPLEXITY,), _map_property(COMPLEXITY, complexity), description="entropy of the normalised magnitudes (Quantus)"),
+    Metric("compactness", (COMPACTNESS,), _map_property(COMPACTNESS, compactness), needs_classifier=False, description="share of pixels below 5 % of the peak magnitude"),
+    Metric("sparseness", (SPARSENESS,), _map_property(SPARSENESS, sparseness), needs_classifier=False, description="Gini index of the map's magnitudes (Quantus)"),
+    Metric("complexity", (COMPLEXITY,), _map_property(COMPLEXITY, complexity), needs_classifier=False, description="entropy of the normalised magnitudes (Quantus)"),
     Metric(
         "concentration", (CONCENTRATION,), _map_property(CONCENTRATION, concentration),
-        description="share of the positive energy inside the map's own Otsu region (Diffusion-CAM)",
+        needs_classifier=False, description="share of the positive energy inside the map's own Otsu region (Diffusion-CAM)",
     ),
     Metric(
         "localization", (ENERGY_POINTING_GAME, REGION_SHARE, IOU, PIXEL_AUPRC), localization, needs=(REGIONS,),
-        description="energy pointing game, IoU at thresholds and Otsu's, pixel AUPRC against masks or boxes; the region's share as chance level",
+        needs_classifier=False, description="energy pointing game, IoU at thresholds and Otsu's, pixel AUPRC against masks or boxes; the region's share as chance level",
     ),
     Metric(
         "object_contrast", (OBJECT_CONTRAST,), _region_metric(OBJECT_CONTRAST, object_contrast), needs=(REGIONS,),
-        description="mean positive saliency inside the object over outside (Diffusion-CAM)",
+        needs_classifier=False, description="mean positive saliency inside the object over outside (Diffusion-CAM)",
     ),
     Metric(
         "otsu_f_measure", (OTSU_F_MEASURE,), _region_metric(OTSU_F_MEASURE, otsu_f_measure), needs=(REGIONS,),
-        description="F1 of the map's Otsu region against the object region (Diffusion-CAM)",
+        needs_classifier=False, description="F1 of the map's Otsu region against the object region (Diffusion-CAM)",
     ),
     Metric(
         "sanity", (SANITY,), _similarity_to("randomised_model_map", SANITY, described_by="randomisation"), needs=("randomised_model_map",),

@@ -108,6 +108,9 @@ class Metric:
         forwards: model forwards one map costs when the metric runs alone.
         needs: ``check`` maps it needs from the saliency store (e.g. ``randomised_model_map``), or ``regions``.
         description: one line for the docs.
+        needs_classifier: whether it scores class outputs (or checks what a map owes to the classifier); the others
+            read the maps alone and run for a backbone without a classifier too.
+        opt_in: computed only when ``metrics.metrics`` names it (the schema's default list leaves it out).
     """
 
     name: str
@@ -116,6 +119,8 @@ class Metric:
     forwards: Callable[[MetricSettings], int] = lambda settings: 0
     needs: tuple[str, ...] = ()
     description: str = ""
+    needs_classifier: bool = True
+    opt_in: bool = False
 
     def output(self, name: str) -> Output:
         return next(o for o in self.outputs if o.name == name)

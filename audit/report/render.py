@@ -148,11 +148,13 @@ class _Report:
         if inputs.metrics.empty:
             return {"has_metrics": False, "quality": None, "quality_by_class": [], "curves_figure": None, "metric_conventions": []}
         drawn = {self.class_names[c] for c in full}
+        overall = inputs.metrics_summary[inputs.metrics_summary["level"] == "overall"]
+        panels = [panel for panel in curve_panels() if overall["metric"].isin(list(panel[1])).any()]
         return {
             "has_metrics": True,
             "quality": quality_table(inputs.metrics_summary),
             "quality_by_class": [r for r in quality_by_class(inputs.metrics_summary, self.class_names) if r["class"] in drawn],
-            "curves_figure": figures.perturbation_curves(inputs.metrics_summary, curve_panels()),
+            "curves_figure": figures.perturbation_curves(inputs.metrics_summary, panels) if panels else None,
             "metric_conventions": inputs.metrics[["metric", "baseline", "steps", "score", "order"]].drop_duplicates("metric").to_dict("records"),
         }
 

@@ -125,7 +125,7 @@ def _closed_form_job(images: int, threads: int, repeat: int, seed: int, barrier,
                 start = time.perf_counter()
                 reference = open_reference(Path(folder) / "reference.zarr")
                 plan = dataset_plan(source["image_id"].values, source["label"].values, source["probability"].values, settings, METHODS)
-                shard_maps(plan, source, reference, settings, chunk=1024, classifier_weight=weight)
+                shard_maps(plan, source, reference, settings, read_size=1024, classifier_weight=weight)
                 timings.setdefault(label, []).append(time.perf_counter() - start)
     queue.put((seed, timings))
 

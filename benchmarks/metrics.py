@@ -68,7 +68,7 @@ def _setup(maps: int, size: int, grey: bool = False):
 def run_case(case: str, maps: int, size: int, batch: int, grey: bool) -> dict:
     from audit.metrics.evaluate import evaluate_saliency, forwards_per_map
     from audit.metrics.perturbation import model_logits, removal_masks
-    from audit.metrics.road import NORMALISED_NOISE, noisy_linear_imputation
+    from audit.metrics.imputation import NORMALISED_NOISE, noisy_linear_imputation
     from audit.models.preprocess import normalise
     from audit.settings import MetricSettings
 

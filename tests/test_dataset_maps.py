@@ -59,9 +59,9 @@ def test_closed_form_maps_from_stored_activations_equal_the_engines_autograd_map
     plan = _plan(features, settings)
     assert set(plan["variant"]) == {"gradcam", "finercam top-3 predictions", "diffcam vs all others", "diffcam vs own class"}
     assert len(plan) == 4 * 80
-    ours = shard_maps(plan, features, reference, settings, chunk=24, classifier_weight=weight)  # chunks do not align with batches
+    ours = shard_maps(plan, features, reference, settings, read_size=24, classifier_weight=weight)  # chunks do not align with batches
     shuffled = np.random.default_rng(0).permutation(len(plan))  # rows in any order: maps come back in the plan's
-    np.testing.assert_array_equal(shard_maps(plan.iloc[shuffled], features, reference, settings, chunk=24, classifier_weight=weight), ours[shuffled])
+    np.testing.assert_array_equal(shard_maps(plan.iloc[shuffled], features, reference, settings, read_size=24, classifier_weight=weight), ours[shuffled])
     engine = ExplainerEngine(model, "layer4", digits_small.images.shape[-2:])
     engine.closed_form = False  # the oracle takes the gradient through the head by autograd
     expected = np.stack(plan_maps(plan, engine, meta, digits_small.images[:80], features, reference, settings, {}))
@@ -80,7 +80,7 @@ def test_other_gradient_cams_in_the_closed_form_equal_the_engines_maps(trained, 
     methods = ["layercam", "hirescam", "gradcampp", "xgradcam", "diffcam"]
     plan = dataset_plan(features["image_id"].values, features["label"].values, features["probability"].values, settings, methods)
     weight = model.get_classifier().weight.detach().numpy()
-    ours = shard_maps(plan, features, reference, settings, chunk=24, classifier_weight=weight)
+    ours = shard_maps(plan, features, reference, settings, read_size=24, classifier_weight=weight)
     engine = ExplainerEngine(model, "layer4", digits_small.images.shape[-2:])
     engine.closed_form = False
     expected = np.stack(plan_maps(plan, engine, meta, digits_small.images[:80], features, reference, settings, {}))
@@ -145,7 +145,7 @@ def test_leave_one_out_diffcam_for_every_image_equals_one_factorisation_per_imag
     settings = ExplainSettings()
     plan = _plan(features, settings)
     own = plan[plan["variant"] == "diffcam vs own class"]
-    ours = shard_maps(own, features, reference, settings, chunk=50)
+    ours = shard_maps(own, features, reference, settings, read_size=50)
     leave_one_out = LeaveOneOut(reference)
     activations, embedding, labels = features["activation"].values, features["embedding"].values, features["label"].values
     checked, worst = 0, 0.0
@@ -180,7 +180,7 @@ def test_the_vectorised_dataset_plan_gives_each_image_the_rows_it_gets_as_a_subj
     methods = ["gradcam", "finercam", "diffcam"]
     plan = dataset_plan(image_ids, labels, scores, settings, methods, similarity)
     explainers = [explainer(m) for m in methods]
-    similar_by = "by weight" if by_weight else "predictions"
+    similar_by = "weights" if by_weight else "prediction"
     expected = pd.DataFrame(
         [row for i in np.flatnonzero(labels >= 0) for row in _subject_rows(
             explainers, int(i), image_ids, "dataset", int(labels[i]), None, scores[i],

@@ -11,7 +11,7 @@ from audit.explain.compute import model_maps
 from audit.settings import ExplainSettings
 from audit.explain.diffcam import diffcam_weights
 from audit.explain.engine import ExplainerEngine
-from audit.explain.objectives import contrast_coefficients
+from audit.explain.objectives import objective_coefficients
 from audit.features import forward_features
 from audit.models.registration import GridRegistration
 from audit.models.preprocess import to_model_input
@@ -288,7 +288,7 @@ def test_diffcam_equals_finercam_weights_on_the_lda_head_of_the_same_class_means
     engine = ExplainerEngine(Model(), "trunk", (side, side))
     layer_pass = engine.layer_pass(torch.as_tensor(rng.normal(size=(2, 3, side, side))), gradients=True)
     c, d = 0, 2
-    alpha = layer_pass.gradients(torch.tensor([0]), contrast_coefficients(classes, [c], [[d]], gamma=1.0).double()).mean(dim=(2, 3))[0]
+    alpha = layer_pass.gradients(torch.tensor([0]), objective_coefficients(classes, [c], [[d]], gamma=1.0).double()).mean(dim=(2, 3))[0]
     group = ShrunkGaussian(mean=means[d], cholesky=cholesky, shrinkage=0.0, count=100.0)
     np.testing.assert_allclose(alpha.numpy() * side * side, diffcam_weights(means[c], group)[0], rtol=1e-8)
 

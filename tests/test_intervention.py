@@ -115,7 +115,7 @@ def test_classes_with_a_confirmed_shortcut_lead_the_strategies_section():
     """Confirmed first, then any candidate (a hot spot counts as one), then the most distinct cluster."""
     import pandas as pd
 
-    from audit.report.strategies import ranked_classes
+    from audit.report.strategy_section import ranked_classes
 
     strategies = pd.DataFrame({
         "class": [0, 0, 1, 2, 3], "class_name": ["a", "a", "b", "c", "d"], "cluster": [0, 1, 0, 0, 0], "size": [30, 10, 40, 40, 40],

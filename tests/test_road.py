@@ -11,7 +11,7 @@ from audit.explain.store import saliency_dataset
 from audit.metrics.evaluate import evaluate_saliency
 from audit.settings import MetricSettings
 from audit.metrics.perturbation import removal_masks
-from audit.metrics.road import linear_imputation, noisy_linear_imputation
+from audit.metrics.imputation import linear_imputation, noisy_linear_imputation
 from audit.models.preprocess import normalise
 from tests.test_metrics import META, QuadrantModel
 

@@ -233,7 +233,7 @@ def test_report_draws_the_standout_classes_in_full_and_lists_the_rest(tiny_audit
 
     from audit.report.findings import class_standout
     from audit.report.render import render_report
-    from audit.report.strategies import ranked_classes
+    from audit.report.strategy_section import ranked_classes
     from tests.workflow import report_inputs
 
     results = tiny_audit / "results" / "tiny"

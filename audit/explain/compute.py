@@ -19,7 +19,7 @@ from tqdm import tqdm
 from audit.explain.batch import Batch, Rows
 from audit.explain.engine import ExplainerEngine
 from audit.explain.explainer import EMBEDDING_GRADIENTS, LAYER, LAYER_GRADIENTS, MASKED_SCORES, Explainer
-from audit.explain.objectives import contrast_coefficients
+from audit.explain.objectives import objective_coefficients
 from audit.explain.registry import explainer
 from audit.models.checkpoint import ModelMeta
 from audit.models.preprocess import to_model_input
@@ -47,8 +47,8 @@ def model_maps(
         concepts: the reference store's concept name → vector (D,) over the final embedding.
     """
 
-    def batch_of(chunk: np.ndarray, needs: set[str], masked: torch.Tensor, gradient_rows: Rows) -> Batch:
-        x = to_model_input(images[chunk], meta.mean, meta.std, engine.device)
+    def batch_of(batch_images: np.ndarray, needs: set[str], masked: torch.Tensor, gradient_rows: Rows) -> Batch:
+        x = to_model_input(images[batch_images], meta.mean, meta.std, engine.device)
         return Batch(engine, meta, x, needs, masked, settings, concepts or {}, gradient_rows)
 
     return batched_maps(plan, len(meta.class_names), settings, engine.device, batch_of)
@@ -66,39 +66,39 @@ def batched_maps(
     explainers = {name: explainer(name) for name in plan["method"].unique()}
     contrasts = [list(c) for c in plan["contrasts"]]
     gamma = settings.finer_gamma if any(contrasts) else 0.0  # only contrastive (Finer-CAM) rows weigh other classes
-    coefficients = contrast_coefficients(num_classes, plan["target"].tolist(), contrasts, gamma).to(device)
+    coefficients = objective_coefficients(num_classes, plan["target"].tolist(), contrasts, gamma).to(device)
     image_index = plan["image_index"].to_numpy()
     names = plan["method"].to_numpy()
     references = plan["reference"].astype(str).to_numpy()
     out: list[np.ndarray | None] = [None] * len(plan)
     subjects = np.unique(image_index)
 
-    def explain(chunk: np.ndarray) -> None:
+    def explain(batch_images: np.ndarray) -> None:
         try:
-            explain_batch(chunk)
+            explain_batch(batch_images)
         except torch.cuda.OutOfMemoryError:
-            if len(chunk) == 1:
+            if len(batch_images) == 1:
                 raise
             torch.cuda.empty_cache()
-            log.warning("out of GPU memory explaining %d images: retrying as two batches of %d and %d", len(chunk), len(chunk) // 2, len(chunk) - len(chunk) // 2)
-            explain(chunk[: len(chunk) // 2])
-            explain(chunk[len(chunk) // 2 :])
+            log.warning("out of GPU memory explaining %d images: retrying as two batches of %d and %d", len(batch_images), len(batch_images) // 2, len(batch_images) - len(batch_images) // 2)
+            explain(batch_images[: len(batch_images) // 2])
+            explain(batch_images[len(batch_images) // 2 :])
 
-    def explain_batch(chunk: np.ndarray) -> None:
-        in_batch = np.flatnonzero(np.isin(image_index, chunk))
+    def explain_batch(batch_images: np.ndarray) -> None:
+        in_batch = np.flatnonzero(np.isin(image_index, batch_images))
         batch_explainers = [explainers[n] for n in np.unique(names[in_batch])]
         needs = set().union(*(e.needs for e in batch_explainers))
         if needs & {LAYER_GRADIENTS, EMBEDDING_GRADIENTS, MASKED_SCORES}:
             needs.add(LAYER)
 
         def rows_of(index: np.ndarray) -> Rows:
-            return Rows(index, torch.as_tensor(np.searchsorted(chunk, image_index[index]), device=device), coefficients[index], references[index])
+            return Rows(index, torch.as_tensor(np.searchsorted(batch_images, image_index[index]), device=device), coefficients[index], references[index])
 
         def needing(need: str) -> np.ndarray:
             return in_batch[np.isin(names[in_batch], [e.name for e in batch_explainers if need in e.needs])]
 
-        masked = torch.as_tensor(np.unique(np.searchsorted(chunk, image_index[needing(MASKED_SCORES)])), device=device)
-        batch = batch_of(chunk, needs, masked, rows_of(needing(LAYER_GRADIENTS)))
+        masked = torch.as_tensor(np.unique(np.searchsorted(batch_images, image_index[needing(MASKED_SCORES)])), device=device)
+        batch = batch_of(batch_images, needs, masked, rows_of(needing(LAYER_GRADIENTS)))
         for method in batch_explainers:
             rows = rows_of(in_batch[names[in_batch] == method.name])
             maps = method.maps(batch, rows)

@@ -14,8 +14,8 @@ is global average pooling + linear (checked on the shard's stored logits,
 classifier (:func:`closed_form_maps`); DiffCAM's weights
 come from the embeddings and the reference store alone, the leave-one-out ones
 from one eigendecomposition per class. Otherwise one trunk pass per batch
-serves every model method, through the engine. Activations are read one store
-chunk at a time.
+serves every model method, through the engine. Activations are read ``read_size``
+images at a time.
 
 The store's layout is in :mod:`audit.explain.dataset_store`, which writes and reads it without torch.
 """
@@ -33,7 +33,7 @@ from audit.explain.batch import Batch, Rows
 from audit.explain.compute import batched_maps, method_flags, uses_model
 from audit.explain.engine import LayerPass, closed_form_gradient
 from audit.explain.explainer import LAYER, LAYER_GRADIENTS
-from audit.explain.objectives import contrast_coefficients
+from audit.explain.objectives import objective_coefficients
 from audit.explain.registry import explainer
 from audit.explain.weighting import direction_maps
 from audit.settings import ExplainSettings
@@ -67,11 +67,11 @@ def closed_form_maps(
     weight_tensor = torch.as_tensor(np.asarray(weight, dtype=np.float32))
     cells = activations.shape[-2] * activations.shape[-1]
 
-    def batch_of(chunk: np.ndarray, needs: set[str], masked: torch.Tensor, gradient_rows: Rows) -> Batch:
-        whole = len(chunk) == len(activations)  # chunk is the sorted unique image indices: then all of them, in order
+    def batch_of(batch_images: np.ndarray, needs: set[str], masked: torch.Tensor, gradient_rows: Rows) -> Batch:
+        whole = len(batch_images) == len(activations)  # the sorted unique image indices of the batch: then all of them, in order
         stored = LayerPass(
-            torch.from_numpy(np.ascontiguousarray(activations if whole else activations[chunk], dtype=np.float32)),
-            torch.from_numpy(np.asarray(logits if whole else logits[chunk], dtype=np.float32)), None, closed_form_gradient(weight_tensor, cells),
+            torch.from_numpy(np.ascontiguousarray(activations if whole else activations[batch_images], dtype=np.float32)),
+            torch.from_numpy(np.asarray(logits if whole else logits[batch_images], dtype=np.float32)), None, closed_form_gradient(weight_tensor, cells),
         )
         return Batch(None, None, None, needs, masked, settings, {}, gradient_rows, _pass=stored)
 
@@ -107,7 +107,7 @@ def closed_form_weights(plan: pd.DataFrame, classifier_weight: np.ndarray, cells
     keys = np.column_stack([pd.factorize(plan["method"])[0], plan["target"].to_numpy(np.int64), pd.factorize(plan["contrasts"].map(tuple))[0]])
     _, first, shared = np.unique(keys, axis=0, return_index=True, return_inverse=True)
     distinct = plan.iloc[first]
-    coefficients = contrast_coefficients(len(classifier_weight), distinct["target"].tolist(), distinct["contrasts"].tolist(), settings.finer_gamma)
+    coefficients = objective_coefficients(len(classifier_weight), distinct["target"].tolist(), distinct["contrasts"].tolist(), settings.finer_gamma)
     gradient = closed_form_gradient(torch.as_tensor(np.asarray(classifier_weight, dtype=np.float32)), cells)(None, coefficients)[:, :, 0, 0]
     weights = torch.empty_like(gradient)
     names = distinct["method"].to_numpy()
@@ -119,7 +119,7 @@ def closed_form_weights(plan: pd.DataFrame, classifier_weight: np.ndarray, cells
 
 class _Directions:
     """Plan rows whose maps are Σ_k w_k A_k − offset (then ReLU'd where ``rectify``), from several methods, in one
-    table over the plan's rows: in image order, a chunk's rows are one slice of it, taken without a copy."""
+    table over the plan's rows: in image order, a read's rows are one slice of it, taken without a copy."""
 
     def __init__(self, rows: int, channels: int):
         self.weights = np.empty((rows, channels), np.float32)  # the sum runs in float32
@@ -147,7 +147,7 @@ def shard_maps(
     features: xr.Dataset,
     reference: xr.Dataset,
     settings: ExplainSettings,
-    chunk: int,
+    read_size: int,
     classifier_weight: np.ndarray | None = None,
     model_maps: Callable[[pd.DataFrame], list[np.ndarray]] | None = None,
 ) -> np.ndarray:
@@ -157,9 +157,9 @@ def shard_maps(
     given, else ``model_maps(rows)`` (the engine over the rows' images). Stored
     methods' channel weights are computed once for the shard from the
     embeddings. Grad-CAM-like rows under the closed form are channel sums too
-    (:func:`closed_form_weights`); activations are then read ``chunk`` images
-    at a time, and all of a chunk's channel-sum rows are one batched product,
-    one read of the chunk. Other closed-form rows (Grad-CAM++) go through
+    (:func:`closed_form_weights`); activations are then read ``read_size`` images
+    at a time, and all of a read's channel-sum rows are one batched product,
+    one read of those images. Other closed-form rows (Grad-CAM++) go through
     :func:`closed_form_maps`. The rows are taken in image
     order (as :func:`audit.explain.plan.dataset_plan` gives them), the maps returned in the plan's.
     """
@@ -184,23 +184,23 @@ def shard_maps(
         embedding = features["embedding"].isel(image=rows["image_index"].to_numpy()).values
         directions.add(rows.index.to_numpy(), *explainer(name).stored_directions(embedding, reference, rows, settings), rectify=False)
     image_index = plan["image_index"].to_numpy()
-    for start in tqdm(range(0, features.sizes["image"], chunk), desc="dataset maps", unit="chunk"):
-        stop = min(start + chunk, features.sizes["image"])
+    for start in tqdm(range(0, features.sizes["image"], read_size), desc="dataset maps", unit="read"):
+        stop = min(start + read_size, features.sizes["image"])
         here = slice(*np.searchsorted(image_index, [start, stop]))
         positions, weights, offsets, rectify = directions.part(here)
-        chunk_generic = generic[here]
-        if not (len(positions) or chunk_generic.any()):
+        read_generic = generic[here]
+        if not (len(positions) or read_generic.any()):
             continue
         part = features.isel(image=slice(start, stop))
         activations = part["activation"].values
-        chunk_out = out[here]
-        if chunk_generic.any():
-            chosen = plan[here][chunk_generic].assign(image_index=lambda r: r["image_index"] - start)
-            chunk_out[chunk_generic] = np.stack(closed_form_maps(activations, part["logits"].values, classifier_weight, chosen, settings))
-        if len(positions):  # every direction row of the chunk in one batched channel sum: one read of its activations
+        read_out = out[here]
+        if read_generic.any():
+            chosen = plan[here][read_generic].assign(image_index=lambda r: r["image_index"] - start)
+            read_out[read_generic] = np.stack(closed_form_maps(activations, part["logits"].values, classifier_weight, chosen, settings))
+        if len(positions):  # every direction row of the read in one batched channel sum: one read of its activations
             maps = direction_maps(activations, weights, offsets, image_index[here][positions] - start)
             maps[rectify] = np.maximum(maps[rectify], 0.0)
-            chunk_out[positions] = maps
+            read_out[positions] = maps
     maps = np.empty_like(out)
     maps[order] = out
     return maps

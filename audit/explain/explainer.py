@@ -52,7 +52,8 @@ class Subject:
         index: position in the feature store. purpose: ``anomaly`` or ``pair``.
         target: its class. pair_class: the other class of a pair subject, else None.
         compare: the class of the relative confidence drop and of class sensitivity.
-        similar: the classes most similar to the target (Finer-CAM's contrasts), ``similar_by`` says how chosen.
+        similar: the classes most similar to the target (Finer-CAM's contrasts); ``similar_by`` says how they were chosen,
+            as ``explain.finer_similarity`` names it (``prediction`` or ``weights``).
         concepts: concept references explained for the subject (``class:<target>``, ``concept:<name>``).
     """
 

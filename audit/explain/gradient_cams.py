@@ -83,6 +83,10 @@ class GradientCam(Explainer):
         return self.cam(batch.layer_pass.activations, rows.positions, batch.class_gradients(rows)).clamp_min(0)
 
 
+SIMILAR_WORDS = {"prediction": "predictions", "weights": "by weight"}
+"""How a Finer-CAM variant's name says its contrasts were chosen (``explain.finer_similarity``)."""
+
+
 @dataclass(frozen=True)
 class ContrastCam(GradientCam):
     """Finer-CAM: the CAM of the target minus γ times the mean of its contrast classes."""
@@ -91,7 +95,7 @@ class ContrastCam(GradientCam):
 
     def rows(self, subject: Subject) -> list[dict[str, Any]]:
         if subject.pair_class is None:
-            contrasts, words = list(subject.similar), f"top-{len(subject.similar)} {subject.similar_by}"
+            contrasts, words = list(subject.similar), f"top-{len(subject.similar)} {SIMILAR_WORDS[subject.similar_by]}"
         else:
             contrasts, words = [subject.pair_class], "vs pair class"
         return [{**subject.base(), "method": self.name, "variant": f"{self.name} {words}", "contrasts": contrasts}]

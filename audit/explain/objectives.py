@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 
-def contrast_coefficients(num_classes: int, targets: Sequence[int], contrasts: Sequence[Sequence[int]], gamma: float) -> torch.Tensor:
+def objective_coefficients(num_classes: int, targets: Sequence[int], contrasts: Sequence[Sequence[int]], gamma: float) -> torch.Tensor:
     """Objective rows e_target − γ · mean_t e_contrast_t (R, C); an empty contrast list gives e_target.
 
     The objective of row r is coefficients[r] · y, so by linearity its

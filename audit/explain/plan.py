@@ -64,7 +64,7 @@ def explain_plan(
             anomaly contrasts are the T classes most similar by weight, else by the image's prediction rank.
         concepts: named concepts (``concept:<name>``) that concept methods map for every subject, beside its own class.
     """
-    similar_by = "predictions" if weight_similarity is None else "by weight"
+    similar_by = "prediction" if weight_similarity is None else "weights"  # explain.finer_similarity's values
     explainers = [explainer(name) for name in methods]
     rows: list[dict] = []
 
@@ -127,7 +127,7 @@ def dataset_plan(
     compare = others_ranked(scores, targets)[:, 0]
     contrasts = others_ranked(similarity, targets)[:, : settings.finer_contrasts]
     combinations, combination_of = np.unique(np.column_stack([targets, compare, contrasts]), axis=0, return_inverse=True)
-    similar_by = "predictions" if weight_similarity is None else "by weight"
+    similar_by = "prediction" if weight_similarity is None else "weights"  # explain.finer_similarity's values
     explainers = [explainer(name) for name in methods]
     templates = []
     for number, (target, compare_class, *similar) in enumerate(combinations.tolist()):

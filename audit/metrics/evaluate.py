@@ -57,7 +57,7 @@ def evaluate_saliency(
     device = device or device_of(model)
     metrics = [metric(name) for name in settings.metrics]
     available = {name for name in CHECK_MAPS if name in saliency} | ({"regions"} if regions is not None else set())
-    metrics = [m for m in metrics if set(m.needs) <= available and (meta.head or not m.needs_classifier)]
+    metrics = [m for m in metrics if set(m.reads) <= available and (meta.head or not m.needs_classifier)]
     table = Table(settings)
     maps = saliency["image_map"].values.astype(np.float32)
     if len(maps) and metrics:

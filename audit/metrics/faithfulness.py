@@ -1,6 +1,6 @@
 """Metrics that perturb the image and ask the model again: deletion, insertion, fidelity, ROAD, class and box sensitivity.
 
-Definitions and conventions in ``audit.metrics.perturbation``, ``road`` and
+Definitions and conventions in ``audit.metrics.perturbation``, ``imputation`` (ROAD's) and
 ``boxes``; each entry's forwards per map are what it sends through the model
 when it runs alone (the benchmarks' bound, tested against the images the model sees).
 """
@@ -16,13 +16,12 @@ from audit.settings import MetricSettings
 if TYPE_CHECKING:
     import torch
 
-    from audit.metrics import boxes, perturbation
-    from audit.metrics import road as imputation
+    from audit.metrics import boxes, imputation, perturbation
 else:  # imported on first use: the registry's declarations are read without torch
     torch = deferred("torch")
     boxes = deferred("audit.metrics.boxes")
     perturbation = deferred("audit.metrics.perturbation")
-    imputation = deferred("audit.metrics.road")  # not ``road``: that is the metric below
+    imputation = deferred("audit.metrics.imputation")
 
 MOST_FIRST = "most-relevant-first"
 LEAST_FIRST = "least-relevant-first"
@@ -178,7 +177,7 @@ FAITHFULNESS = (
     ),
     Metric(
         "class_sensitivity", (CLASS_SENSITIVITY,), class_sensitivity, forwards=lambda s: 2 * _curve(s) + len(s.drop_fractions),
-        needs=("compare_class_map",),
+        reads=("compare_class_map",),
         description="deletion AUC of the target with the compare class's map minus with its own map",
     ),
     Metric(

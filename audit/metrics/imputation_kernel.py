@@ -1,7 +1,7 @@
 """The CPU kernel of ROAD's linear imputation: one compiled preconditioned CG per image.
 
 Same problem, preconditioner and stopping rule as the batched torch solve in
-``audit.metrics.road`` (which runs on accelerators), but each system runs as
+``audit.metrics.imputation`` (which runs on accelerators), but each system runs as
 fused loops over its own cache-resident arrays: on a CPU the torch version is
 bound by memory traffic (about 25 whole-array passes per CG step, one per
 operator call), this one by arithmetic (about 5 passes, vectorised by LLVM).

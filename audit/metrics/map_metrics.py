@@ -90,23 +90,23 @@ MAP_METRICS = (
         needs_classifier=False, description="share of the positive energy inside the map's own Otsu region (Diffusion-CAM)",
     ),
     Metric(
-        "localization", (ENERGY_POINTING_GAME, REGION_SHARE, IOU, PIXEL_AUPRC), localization, needs=(REGIONS,),
+        "localization", (ENERGY_POINTING_GAME, REGION_SHARE, IOU, PIXEL_AUPRC), localization, reads=(REGIONS,),
         needs_classifier=False, description="energy pointing game, IoU at thresholds and Otsu's, pixel AUPRC against masks or boxes; the region's share as chance level",
     ),
     Metric(
-        "object_contrast", (OBJECT_CONTRAST,), _region_metric(OBJECT_CONTRAST, object_contrast), needs=(REGIONS,),
+        "object_contrast", (OBJECT_CONTRAST,), _region_metric(OBJECT_CONTRAST, object_contrast), reads=(REGIONS,),
         needs_classifier=False, description="mean positive saliency inside the object over outside (Diffusion-CAM)",
     ),
     Metric(
-        "otsu_f_measure", (OTSU_F_MEASURE,), _region_metric(OTSU_F_MEASURE, otsu_f_measure), needs=(REGIONS,),
+        "otsu_f_measure", (OTSU_F_MEASURE,), _region_metric(OTSU_F_MEASURE, otsu_f_measure), reads=(REGIONS,),
         needs_classifier=False, description="F1 of the map's Otsu region against the object region (Diffusion-CAM)",
     ),
     Metric(
-        "sanity", (SANITY,), _similarity_to("randomised_model_map", SANITY, described_by="randomisation"), needs=("randomised_model_map",),
+        "sanity", (SANITY,), _similarity_to("randomised_model_map", SANITY, described_by="randomisation"), reads=("randomised_model_map",),
         description="Spearman r of the map and its map after re-initialising the head (or head and last block)",
     ),
     Metric(
-        "random_logit", (RANDOM_LOGIT,), _similarity_to("random_class_map", RANDOM_LOGIT), needs=("random_class_map",),
+        "random_logit", (RANDOM_LOGIT,), _similarity_to("random_class_map", RANDOM_LOGIT), reads=("random_class_map",),
         description="Spearman r of the map and the same method's map for a random other class (Sixt et al. 2020)",
     ),
 )

@@ -106,7 +106,8 @@ class Metric:
         outputs: the rows it writes.
         compute: adds the batch's values to the table: ``compute(batch, table)``.
         forwards: model forwards one map costs when the metric runs alone.
-        needs: ``check`` maps it needs from the saliency store (e.g. ``randomised_model_map``), or ``regions``.
+        reads: the ``check`` maps it reads from the saliency store (e.g. ``randomised_model_map``), or ``regions``;
+            a metric whose inputs are absent is left out.
         description: one line for the docs.
         needs_classifier: whether it scores class outputs (or checks what a map owes to the classifier); the others
             read the maps alone and run for a backbone without a classifier too.
@@ -117,7 +118,7 @@ class Metric:
     outputs: tuple[Output, ...]
     compute: Callable[[MetricBatch, Table], None]
     forwards: Callable[[MetricSettings], int] = lambda settings: 0
-    needs: tuple[str, ...] = ()
+    reads: tuple[str, ...] = ()
     description: str = ""
     needs_classifier: bool = True
     opt_in: bool = False

@@ -23,7 +23,7 @@ from audit.report.map_grid import MapIndex, map_grid
 from audit.report.quality import curve_panels, quality_by_class, quality_table
 from audit.report.shortcuts import pair_test_rows, planted_score, shortcut_findings
 from audit.report.since_last_run import since_last_run
-from audit.report.strategies import map_versus_embedding, strategy_section
+from audit.report.strategy_section import map_versus_embedding, strategy_section
 from audit.report.text import number, shorten_id
 from audit.similarity import pair_matrix
 

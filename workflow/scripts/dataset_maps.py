@@ -47,6 +47,6 @@ with stage_run(snakemake.log[0], snakemake.threads) as device:
         def model_rows(rows):
             return model_maps(engine, meta, images, rows, settings, concepts)
 
-    chunk = config_settings(snakemake, DatasetSettings, "dataset").chunk  # images read at a time: never changes a map
-    maps = shard_maps(plan, features, reference, settings, chunk, weight if closed else None, model_rows)
+    read_size = config_settings(snakemake, DatasetSettings, "dataset").chunk  # images read at a time (a store chunk): never changes a map
+    maps = shard_maps(plan, features, reference, settings, read_size, weight if closed else None, model_rows)
     write_zarr(dataset_map_store(plan, maps, features, attrs), snakemake.output[0])

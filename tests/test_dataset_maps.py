@@ -121,7 +121,7 @@ def test_maps_of_a_layer_without_the_closed_form_come_from_one_engine_pass_per_b
     grad = torch.autograd.grad
     monkeypatch.setattr(torch.autograd, "grad", lambda *args, **kwargs: vjps.append(1) or grad(*args, **kwargs))
     ours = shard_maps(
-        plan, features, reference, settings, chunk=32,
+        plan, features, reference, settings, read_size=32,
         model_maps=lambda rows: plan_maps(rows, engine, meta, images, features, reference, settings, {}),
     )
     hook.remove()

@@ -191,3 +191,17 @@ def test_the_vectorised_dataset_plan_gives_each_image_the_rows_it_gets_as_a_subj
     pd.testing.assert_frame_equal(
         plan.assign(contrasts=plan["contrasts"].map(tuple)), expected.assign(contrasts=expected["contrasts"].map(tuple)), check_dtype=False
     )
+
+
+def test_dataset_maps_of_methods_that_contrast_no_class_read_no_finer_gamma():
+    """The dataset-maps job is passed Finer-CAM's γ only when a dataset method declares it: with gradcam alone, its
+    closed-form maps come from settings without γ (reading it would raise)."""
+    from audit.explain.dataset_maps import closed_form_weights
+    from audit.settings import DATASET_KEYS
+
+    rng = np.random.default_rng(0)
+    plan = pd.DataFrame({"method": "gradcam", "target": [0, 1, 2], "contrasts": [[], [], []], "image_index": [0, 1, 2]})
+    section = {**ExplainSettings.defaults(), "dataset_methods": ["gradcam"]}
+    partial = ExplainSettings.from_config(ExplainSettings.output_values(section, set(DATASET_KEYS)), partial=True)
+    weight = rng.normal(size=(3, 5))
+    np.testing.assert_array_equal(closed_form_weights(plan, weight, 4, partial), closed_form_weights(plan, weight, 4, ExplainSettings()))

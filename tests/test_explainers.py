@@ -322,3 +322,23 @@ def test_a_batch_out_of_gpu_memory_is_split_and_gives_the_same_maps(trained, dig
     monkeypatch.setattr(ExplainerEngine, "layer_pass", lambda self, x, gradients: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("simulated")))
     with pytest.raises(torch.cuda.OutOfMemoryError):
         model_maps(ExplainerEngine(model, meta.layer, images.shape[-2:]), meta, images, plan, ExplainSettings(batch_size=8))
+
+
+@pytest.mark.parametrize("name", ["gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "scorecam", "finercam", "finercam_score", "inputgrad", "eigencam"])
+def test_a_method_reads_no_setting_beyond_what_it_declares(trained, digits_small, name):
+    """An explain job passes each method's declared parameters and the job's own keys, nothing else: with settings
+    holding only those (others raise when read), the method's maps are those computed with every setting given
+    (a γ other than the default included, so that reading a default would show)."""
+    from audit.explain.registry import explainer
+    from audit.settings import JOB_KEYS
+
+    model, meta = trained
+    images, targets = digits_small.images[:4], digits_small.labels[:4]
+    plan = _plan([name], targets, [[(t + 1) % 10] for t in targets])
+    section = {**ExplainSettings.defaults(), "finer_gamma": 0.3, "methods": [name]}
+    passed = ExplainSettings.output_values(section, set(JOB_KEYS) | set(explainer(name).parameters))
+    partial = ExplainSettings.from_config(passed, speed={"batch_size": 4, "score_batch": 64}, partial=True)
+    engine = ExplainerEngine(model, meta.layer, images.shape[-2:])
+    got = np.stack(model_maps(engine, meta, images, plan, partial))
+    expected = np.stack(model_maps(engine, meta, images, plan, ExplainSettings.from_config(section | {"batch_size": 4})))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())

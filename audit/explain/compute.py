@@ -19,7 +19,7 @@ from tqdm import tqdm
 from audit.explain.batch import Batch, Rows
 from audit.explain.engine import ExplainerEngine
 from audit.explain.explainer import EMBEDDING_GRADIENTS, LAYER, LAYER_GRADIENTS, MASKED_SCORES, Explainer
-from audit.explain.objectives import objective_coefficients
+from audit.explain.objectives import objective_coefficients, plan_gamma
 from audit.explain.registry import explainer
 from audit.models.checkpoint import ModelMeta
 from audit.models.preprocess import to_model_input
@@ -65,8 +65,7 @@ def batched_maps(
     plan = plan.reset_index(drop=True)
     explainers = {name: explainer(name) for name in plan["method"].unique()}
     contrasts = [list(c) for c in plan["contrasts"]]
-    gamma = settings.finer_gamma if any(contrasts) else 0.0  # only contrastive (Finer-CAM) rows weigh other classes
-    coefficients = objective_coefficients(num_classes, plan["target"].tolist(), contrasts, gamma).to(device)
+    coefficients = objective_coefficients(num_classes, plan["target"].tolist(), contrasts, plan_gamma(contrasts, settings)).to(device)
     image_index = plan["image_index"].to_numpy()
     names = plan["method"].to_numpy()
     references = plan["reference"].astype(str).to_numpy()

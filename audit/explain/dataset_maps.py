@@ -33,7 +33,7 @@ from audit.explain.batch import Batch, Rows
 from audit.explain.compute import batched_maps, method_flags, uses_model
 from audit.explain.engine import LayerPass, closed_form_gradient
 from audit.explain.explainer import LAYER, LAYER_GRADIENTS
-from audit.explain.objectives import objective_coefficients
+from audit.explain.objectives import objective_coefficients, plan_gamma
 from audit.explain.registry import explainer
 from audit.explain.weighting import direction_maps
 from audit.settings import ExplainSettings
@@ -107,7 +107,7 @@ def closed_form_weights(plan: pd.DataFrame, classifier_weight: np.ndarray, cells
     keys = np.column_stack([pd.factorize(plan["method"])[0], plan["target"].to_numpy(np.int64), pd.factorize(plan["contrasts"].map(tuple))[0]])
     _, first, shared = np.unique(keys, axis=0, return_index=True, return_inverse=True)
     distinct = plan.iloc[first]
-    coefficients = objective_coefficients(len(classifier_weight), distinct["target"].tolist(), distinct["contrasts"].tolist(), settings.finer_gamma)
+    coefficients = objective_coefficients(len(classifier_weight), distinct["target"].tolist(), distinct["contrasts"].tolist(), plan_gamma(distinct["contrasts"], settings))
     gradient = closed_form_gradient(torch.as_tensor(np.asarray(classifier_weight, dtype=np.float32)), cells)(None, coefficients)[:, :, 0, 0]
     weights = torch.empty_like(gradient)
     names = distinct["method"].to_numpy()

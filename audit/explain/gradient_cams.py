@@ -83,6 +83,8 @@ class GradientCam(Explainer):
         return self.cam(batch.layer_pass.activations, rows.positions, batch.class_gradients(rows)).clamp_min(0)
 
 
+FINER_PARAMETERS = ("finer_gamma", "finer_contrasts", "finer_similarity")
+"""The ``explain`` settings every Finer-CAM variant reads."""
 SIMILAR_WORDS = {"prediction": "predictions", "weights": "by weight"}
 """How a Finer-CAM variant's name says its contrasts were chosen (``explain.finer_similarity``)."""
 
@@ -91,7 +93,7 @@ SIMILAR_WORDS = {"prediction": "predictions", "weights": "by weight"}
 class ContrastCam(GradientCam):
     """Finer-CAM: the CAM of the target minus γ times the mean of its contrast classes."""
 
-    parameters: tuple[str, ...] = ("finer_gamma", "finer_contrasts", "finer_similarity")
+    parameters: tuple[str, ...] = FINER_PARAMETERS
 
     def rows(self, subject: Subject) -> list[dict[str, Any]]:
         if subject.pair_class is None:

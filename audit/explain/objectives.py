@@ -6,6 +6,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from audit.settings import ExplainSettings
+
 
 def objective_coefficients(num_classes: int, targets: Sequence[int], contrasts: Sequence[Sequence[int]], gamma: float) -> torch.Tensor:
     """Objective rows e_target − γ · mean_t e_contrast_t (R, C); an empty contrast list gives e_target.
@@ -23,3 +25,9 @@ def objective_coefficients(num_classes: int, targets: Sequence[int], contrasts: 
         share = torch.as_tensor(np.repeat(gamma / np.maximum(counts, 1), counts), dtype=coefficients.dtype)
         coefficients.index_put_((rows, classes), -share, accumulate=True)
     return coefficients
+
+
+def plan_gamma(contrasts: Sequence[Sequence[int]], settings: ExplainSettings) -> float:
+    """Finer-CAM's γ (``explain.finer_gamma``) when a row contrasts other classes; 0 otherwise, without reading it:
+    a job whose methods do not contrast classes is not passed γ (a change to it must not rerun the job)."""
+    return settings.finer_gamma if any(len(c) for c in contrasts) else 0.0

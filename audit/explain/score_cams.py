@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from audit.deferred import deferred
 from audit.explain.explainer import MASKED_SCORES
-from audit.explain.gradient_cams import ContrastCam, GradientCam
+from audit.explain.gradient_cams import FINER_PARAMETERS, ContrastCam, GradientCam
 from audit.explain.weighting import channel_sum
 
 if TYPE_CHECKING:
@@ -43,7 +43,13 @@ class ScoreCam(GradientCam):
 
 @dataclass(frozen=True)
 class ContrastScoreCam(ScoreCam, ContrastCam):
-    """Finer-CAM on Score-CAM weights."""
+    """Finer-CAM on Score-CAM weights.
+
+    The fields are declared again where both bases have one: a dataclass takes each field's default from the last
+    base in reverse MRO order (ScoreCam, whose ``parameters`` are Explainer's empty default).
+    """
+
+    parameters: tuple[str, ...] = FINER_PARAMETERS
 
 
 SCORE_CAMS = (

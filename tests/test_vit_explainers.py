@@ -170,3 +170,23 @@ def test_vit_gradcam_agrees_with_grad_cam_package(vit):
     for mine, reference in zip(ours, theirs):
         if mine.std() > 1e-7 or reference.std() > 1e-7:
             assert np.corrcoef(mine.ravel(), reference.ravel())[0, 1] >= 0.99
+
+
+@pytest.mark.parametrize("name", ["cdam", "cdam_smooth", "cdam_integrated", "cdam_concept", "attention", "gradcam"])
+def test_a_vit_method_reads_no_setting_beyond_what_it_declares(vit, name):
+    """With settings holding only the method's declared parameters and the job's keys (others raise when read), the
+    maps equal those computed with every setting given (non-default values, so that reading a default would show)."""
+    from audit.explain.registry import explainer
+    from audit.settings import JOB_KEYS
+
+    model, meta, images = vit
+    targets = np.array([0, 1, 2, 3, 4, 0])
+    plan = _plan([name], targets, "concept:x" if name == "cdam_concept" else "")
+    concepts = {"concept:x": np.random.default_rng(1).normal(size=32)}
+    section = {**ExplainSettings.defaults(), "smooth_samples": 3, "smooth_noise": 0.1, "integrated_steps": 5, "methods": [name]}
+    passed = ExplainSettings.output_values(section, set(JOB_KEYS) | set(explainer(name).parameters))
+    partial = ExplainSettings.from_config(passed, speed={"batch_size": 6}, partial=True)
+    engine = ExplainerEngine(model, LAYER, SIZE)
+    got = np.stack(model_maps(engine, meta, images, plan, partial, concepts))
+    expected = np.stack(model_maps(engine, meta, images, plan, ExplainSettings.from_config(section | {"batch_size": 6}), concepts))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())

@@ -41,7 +41,7 @@ LEADS = {"score": "overall", "relative_score": "overall", "local_score": "one pl
 def within_class_z(anomalies: pd.DataFrame, column: str = "score") -> pd.Series:
     """Per row of an ``anomalies.parquet`` table: ``column``'s :func:`~audit.robust.robust_z` within its class
     (``label``); NaN for an unscored image and in a class whose MAD is 0."""
-    return anomalies[column].astype(float).groupby(anomalies["label"]).transform(robust_z)
+    return pd.Series(robust_z(anomalies[column].to_numpy(dtype=float), anomalies["label"].to_numpy()), index=anomalies.index)
 
 
 def combined_ranking(anomalies: pd.DataFrame) -> pd.DataFrame:

@@ -3,7 +3,7 @@ rule check_model:
         "results/{audit}/model_check.json",
     params:
         settings=model_params,
-        methods=lambda wildcards: list(dict.fromkeys(audit_config(wildcards)["explain"]["methods"] + audit_config(wildcards)["explain"]["dataset_methods"])),
+        explain=lambda wildcards: ExplainSettings.output_values(audit_config(wildcards)["explain"], {"methods", "dataset_methods"}),
         image_size=image_size,
     conda:
         "../workflow/envs/audit.yaml"

@@ -3,9 +3,11 @@ from stage import stage_settings
 
 from audit.preflight import check_model
 from audit.runtime import stage_run
-from audit.settings import ModelSettings
+from audit.settings import ExplainSettings, ModelSettings
 from audit.storage import write_json
 
 with stage_run(snakemake.log[0], snakemake.threads):
-    found = check_model(stage_settings(snakemake, ModelSettings, "model"), list(snakemake.params.methods), snakemake.params.image_size)
+    explain = stage_settings(snakemake, ExplainSettings, "explain", param="explain")
+    methods = list(dict.fromkeys(explain.methods + explain.dataset_methods))  # every configured method, checked against the model
+    found = check_model(stage_settings(snakemake, ModelSettings, "model"), methods, snakemake.params.image_size)
     write_json(found, snakemake.output[0])

@@ -18,7 +18,9 @@ Same random images, same model (timm resnet10t, output_stride 8: layer4 is
   ``FinerWeightedTarget``).
 * ``ours_scorecam`` / ``package_scorecam``: single-target Score-CAM (4 images);
   ``…_scorecam4``: four targets per image (ours shares the masked forwards).
-* ``diffcam``: DiffCAM maps from stored 512×8×8 activations against one reference group.
+* ``diffcam``: DiffCAM maps of every image from stored 512×8×8 activations and embeddings (the dataset maps' path),
+  against all other classes and against the own class without the image, beside one plain read of the activations
+  (the memory bound).
 
 The layer3 variants exercise the batched head-side VJP (no closed form).
 """
@@ -157,20 +159,67 @@ def run_case(case: str, images: int, size: int, batch: int, device: str) -> dict
     return result
 
 
-def _diffcam(maps: int) -> dict:
-    from audit.explain.diffcam import diffcam_maps
-    from audit.reference_groups.gaussian import ShrunkGaussian
+def _diffcam(maps: int, read_size: int = 4096) -> dict:
+    """DiffCAM maps of every image from stored 512×8×8 float32 activations and their stored embeddings, through the
+    dataset maps' path (``shard_maps``: the weights from the embeddings, then one batched channel sum per read of
+    ``read_size`` images), against all other classes and against the own class without the image (leave-one-out),
+    beside one plain read of the same activations (a torch sum over them: the memory bound)."""
+    import tempfile
+
+    import dask.array as da
+    import pandas as pd
+    import xarray as xr
+
+    from audit.explain.dataset_maps import shard_maps
+    from audit.explain.registry import explainer
+    from audit.explain.weighting import direction_maps
+    from audit.reference_groups.store import open_reference, write_reference_store
+    from audit.settings import ExplainSettings
 
     rng = np.random.default_rng(0)
-    activations = rng.random((maps, 512, 8, 8), dtype=np.float32)
-    root = rng.normal(size=(512, 512))
-    group = ShrunkGaussian(mean=rng.random(512), cholesky=np.linalg.cholesky(root @ root.T / 512 + np.eye(512)), shrinkage=0.1, count=1000.0)
-    diffcam_maps(activations[:256], group)
-    started = time.perf_counter()
-    for s in range(0, maps, 4096):
-        diffcam_maps(activations[s : s + 4096], group)
-    seconds = time.perf_counter() - started
-    return {"case": "diffcam", "images": maps, "seconds": round(seconds, 3), "maps_per_s": round(maps / seconds, 1)}
+    classes = 10
+    labels = np.arange(maps) % classes
+    activations = rng.random((maps, 512, 8, 8), dtype=np.float32) + labels[:, None, None, None].astype(np.float32) / classes
+    embedding = activations.mean(axis=(2, 3), dtype=np.float64)
+    features = xr.Dataset({"activation": (("image", "unit", "y", "x"), activations), "embedding": (("image", "unit"), embedding)})
+
+    def plan(kind: str) -> pd.DataFrame:
+        return pd.DataFrame({"method": "diffcam", "image_index": np.arange(maps), "target": labels, "contrasts": [[]] * maps,
+                             "reference": [f"{kind}:{c}" for c in labels]})
+
+    def read() -> None:
+        for s in range(0, maps, read_size):
+            torch.from_numpy(activations[s : s + read_size]).sum()
+
+    with tempfile.TemporaryDirectory() as scratch:
+        write_reference_store(da.from_array(embedding, chunks=(4096, 512)), labels, [str(c) for c in range(classes)], f"{scratch}/reference.zarr")
+        reference = open_reference(f"{scratch}/reference.zarr")
+        settings = ExplainSettings()
+        diffcam = explainer("diffcam")
+        others, loo = plan("others"), plan("own-class-loo")
+        square = torch.from_numpy(rng.random((512, 512), dtype=np.float32))
+        weights, offsets = diffcam.stored_directions(embedding, reference, others, settings)
+        work = {
+            "read": read,
+            "others": lambda: shard_maps(others, features, reference, settings, read_size),
+            "own-class-loo": lambda: shard_maps(loo, features, reference, settings, read_size),
+            "others_weights": lambda: diffcam.stored_directions(embedding, reference, others, settings),
+            "loo_weights": lambda: diffcam.stored_directions(embedding, reference, loo, settings),
+            "channel_sums": lambda: [direction_maps(activations[s : s + read_size], weights[s : s + read_size], offsets[s : s + read_size]) for s in range(0, maps, read_size)],
+            "solve_flops": lambda: torch.from_numpy(embedding.astype(np.float32)) @ square,  # one K × K product per map: what a solve costs
+        }
+        seconds = {}
+        for name, run in work.items():
+            run()  # warm-up: the first touch of every page, the BLAS threads
+            started = time.perf_counter()
+            run()
+            seconds[name] = time.perf_counter() - started
+    rates = {name: round(maps / t, 1) for name, t in seconds.items()}
+    return {
+        "case": "diffcam", "images": maps, "read_per_s": rates["read"], "maps_per_s": rates["others"], "loo_maps_per_s": rates["own-class-loo"],
+        "vs_read": round(rates["others"] / rates["read"], 3), "loo_vs_read": round(rates["own-class-loo"] / rates["read"], 3),
+        "parts_per_s": {name: rates[name] for name in ("others_weights", "loo_weights", "channel_sums", "solve_flops")},
+    }
 
 
 def main() -> None:

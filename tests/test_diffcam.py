@@ -47,3 +47,23 @@ def test_uncentred_map_is_weighted_channel_sum(rng):
     weights = np.linalg.solve(covariance, (activations.mean(axis=(2, 3)) - group.mean).T).T
     expected = np.einsum("mk,mkhw->mhw", weights, activations)
     np.testing.assert_allclose(diffcam_maps(activations, group, centre=False), expected, rtol=1e-9)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_channel_sum_kernel_is_the_weighted_sum_of_each_rows_image(rng, threads):
+    """Rows in any order, several per image, images without rows, more images than one thread's share: each row's map
+    is Σ_k w_k A_k of its own image (an einsum in float64 as the oracle), float32 and float64 activations alike."""
+    from audit.explain.channel_sum_kernel import weighted_channel_sums
+    from audit.explain.weighting import direction_maps
+
+    activations = rng.normal(size=(150, 7, 3, 4)).astype(np.float32)
+    positions = rng.integers(0, 150, size=260)
+    positions[:5] = [149, 0, 149, 3, 0]
+    weights = rng.normal(size=(260, 7)).astype(np.float32)
+    expected = np.einsum("rk,rkyx->ryx", weights.astype(np.float64), activations[positions].astype(np.float64))
+    got = weighted_channel_sums(activations, weights, positions, threads)
+    assert got.dtype == np.float32 and got.shape == (260, 3, 4)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    offsets = rng.normal(size=260)
+    for dtype in (np.float32, np.float64):  # float64 takes torch's batched product
+        np.testing.assert_allclose(direction_maps(activations.astype(dtype), weights, offsets, positions), expected - offsets[:, None, None], rtol=1e-5, atol=1e-5)

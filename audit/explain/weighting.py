@@ -9,8 +9,11 @@ from audit.deferred import deferred
 
 if TYPE_CHECKING:
     import torch
-else:
-    torch = deferred("torch")  # imported on first use: the Snakefile reads this module's declarations
+
+    from audit.explain import channel_sum_kernel
+else:  # imported on first use: the Snakefile reads this module's declarations
+    torch = deferred("torch")
+    channel_sum_kernel = deferred("audit.explain.channel_sum_kernel")
 
 
 def constant_over_grid(gradients: torch.Tensor) -> bool:
@@ -55,14 +58,17 @@ def direction_maps(activations: np.ndarray, weights: np.ndarray, offsets: np.nda
     """Σ_k w_k A_k − offset (M, h, w) float64 for channel weights w (M, K) and ``offsets`` (M,).
 
     ``activations`` (M, K, h, w), one per row; or (B, K, h, w) with ``positions`` (M,), the image of each row,
-    so the rows' activations are not gathered (:func:`channel_sum`). The weighted channel sum runs in the
-    activations' own dtype (one batched matrix product in torch, no float64 copy of float32 activations);
-    the offset is subtracted in float64.
+    so the rows' activations are not gathered. The weighted channel sum runs in the activations' own dtype: float32
+    ones through the CPU kernel (:mod:`audit.explain.channel_sum_kernel`, each image read once), others through
+    one batched matrix product in torch (:func:`channel_sum`); the offset is subtracted in float64.
     """
-    a = torch.from_numpy(np.ascontiguousarray(activations))
-    rows = torch.arange(len(a)) if positions is None else torch.as_tensor(np.asarray(positions, dtype=np.int64))
-    w = torch.from_numpy(np.ascontiguousarray(weights)).to(a.dtype)[:, :, None, None]
-    maps = channel_sum(w, a, rows).double().numpy()
+    rows = np.arange(len(activations)) if positions is None else np.asarray(positions, dtype=np.int64)
+    if np.asarray(activations).dtype == np.float32:
+        maps = channel_sum_kernel.weighted_channel_sums(activations, weights, rows, torch.get_num_threads()).astype(np.float64)
+    else:
+        a = torch.from_numpy(np.ascontiguousarray(activations))
+        w = torch.from_numpy(np.ascontiguousarray(weights)).to(a.dtype)[:, :, None, None]
+        maps = channel_sum(w, a, torch.from_numpy(rows)).double().numpy()
     if offsets is not None:
         maps -= np.asarray(offsets, dtype=np.float64)[:, None, None]
     return maps

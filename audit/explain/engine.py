@@ -28,6 +28,7 @@ from audit.explain.weighting import slots
 from audit.models.checkpoint import classifier_module
 from audit.models.hooks import recorded
 from audit.models.memory_format import as_channels_last, inference_copy, is_channels_last
+from audit.models.placement import device_of
 from audit.models.tokens import as_map, token_layout
 
 
@@ -84,7 +85,7 @@ class ExplainerEngine:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return torch.device(device_of(self.model))
 
     @contextmanager
     def _hooked(self, leaf: bool, replacement: torch.Tensor | None = None) -> Iterator[dict[str, torch.Tensor]]:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from audit.models.hooks import recorded
+from audit.models.placement import device_of
 from audit.models.tokens import spatial_map, token_layout
 
 
@@ -106,7 +107,7 @@ def register_grid(model: nn.Module, layer: str, input_size: tuple[int, int], sam
     try:
         if layout is not None:
             return GridRegistration.plain(layout.grid, input_size)
-        x = torch.randn(samples, 3, *input_size, generator=torch.Generator().manual_seed(seed)).to(next(model.parameters()).device)
+        x = torch.randn(samples, 3, *input_size, generator=torch.Generator().manual_seed(seed)).to(device_of(model))
         x.requires_grad_(True)
         with recorded(model.get_submodule(layer), {}, "A") as store, torch.enable_grad():
             model(x)

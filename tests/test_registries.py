@@ -141,3 +141,22 @@ def test_no_module_outside_the_methods_and_metrics_tests_their_names():
         names = ([] if own_methods else list(EXPLAINERS)) + ([] if own_metrics else list(METRICS))
         found += [f"{path.relative_to(ROOT)}: {name}" for name in names if re.search(rf"[\"']{name}[\"']", text)]
     assert not found, found
+
+
+def test_partial_settings_refuse_a_field_their_rule_did_not_pass():
+    """A rule's params carry some fields: the others raise when read (not their dataclass default), an optional key the
+    config leaves out is passed with its default, speed-only fields come from the config, copies stay partial."""
+    from audit.settings import SettingNotPassed
+
+    section = {**ExplainSettings.defaults(), "finer_gamma": 0.3, "batch_size": 5}
+    passed = ExplainSettings.output_values(section, {"top_anomalies", "methods"})
+    settings = ExplainSettings.from_config(passed, speed=section, partial=True)
+    assert settings.top_anomalies == 3 and settings.batch_size == 5
+    with pytest.raises(SettingNotPassed, match="ExplainSettings.finer_gamma was not passed to this stage"):
+        settings.finer_gamma
+    assert "finer_gamma=<not passed>" in repr(settings)
+    with pytest.raises(SettingNotPassed):
+        settings.with_values(batch_size=9).finer_gamma
+    assert settings.with_values(batch_size=9).batch_size == 9
+    model = ModelSettings.from_config(ModelSettings.output_values({"name": "resnet10t"}), partial=True)
+    assert model.mean is None and model.train == TrainSettings()  # left out of the config: the default is its value

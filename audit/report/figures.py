@@ -176,16 +176,15 @@ def perturbation_curves(summary: pd.DataFrame, panels: list[tuple[str, dict[str,
     """Mean target probability per method along perturbation curves (overall level of the summary).
 
     Args:
-        panels: (title, {metric: line label}, x-axis label) per panel; panels without data are left out.
+        panels: (title, {metric: line label}, x-axis label) per panel, each with data (``quality.curve_panels``).
     """
     overall = summary[summary["level"] == "overall"]
-    shown = [(title, names, label) for title, names, label in panels if overall["metric"].isin(list(names)).any()]
-    figure, axes = plt.subplots(1, max(1, len(shown)), figsize=(4.2 * max(1, len(shown)), 3.4), squeeze=False)
-    for axis, (title, names, label) in zip(axes[0], shown):
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for axis, (title, names, label) in zip(axes[0], panels):
         data = overall[overall["metric"].isin(list(names))].assign(order=lambda d: d["metric"].map(names))
         sns.lineplot(data=data, x="fraction", y="mean", hue="variant", style="order" if len(names) > 1 else None, marker="o", markersize=3, ax=axis, legend="auto" if axis is axes[0][-1] else False)
         axis.set(title=title, xlabel=label, ylabel="target probability", ylim=(0, 1.02))
-    if shown and axes[0][-1].get_legend() is not None:
+    if axes[0][-1].get_legend() is not None:
         sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=7, title=None)
     figure.tight_layout()
     return figure

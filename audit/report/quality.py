@@ -8,14 +8,16 @@ from audit.metrics.metric import Output
 from audit.metrics.registry import outputs
 
 
-def curve_panels() -> list[tuple[str, dict[str, str], str]]:
-    """The curve figure's panels from the registry: (title, {output name: line label}, x-axis label), in registry order."""
+def curve_panels(summary: pd.DataFrame) -> list[tuple[str, dict[str, str], str]]:
+    """The curve figure's panels from the registry that have data in ``summary``'s overall level: (title, {output name:
+    line label}, x-axis label), in registry order."""
     panels: dict[str, tuple[str, dict[str, str], str]] = {}
     for output in outputs().values():
         if output.curve:
             title, label, axis = output.curve
             panels.setdefault(title, (title, {}, axis))[1][output.name] = label
-    return list(panels.values())
+    present = summary.loc[summary["level"] == "overall", "metric"]
+    return [panel for panel in panels.values() if present.isin(list(panel[1])).any()]
 
 
 def headline_columns(summary: pd.DataFrame) -> list[tuple[Output, float | None, str, str]]:

@@ -148,8 +148,7 @@ class _Report:
         if inputs.metrics.empty:
             return {"has_metrics": False, "quality": None, "quality_by_class": [], "curves_figure": None, "metric_conventions": []}
         drawn = {self.class_names[c] for c in full}
-        overall = inputs.metrics_summary[inputs.metrics_summary["level"] == "overall"]
-        panels = [panel for panel in curve_panels() if overall["metric"].isin(list(panel[1])).any()]
+        panels = curve_panels(inputs.metrics_summary)
         return {
             "has_metrics": True,
             "quality": quality_table(inputs.metrics_summary),

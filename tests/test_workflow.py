@@ -545,4 +545,25 @@ def test_the_summary_ranks_methods_by_the_registry_flagged_output_in_its_directi
     inputs = SimpleNamespace(pairs=pd.DataFrame({"confusions": []}), anomaly_quality=pd.DataFrame(), metrics_summary=metrics)
     found = findings(inputs, ["0", "1"], pd.DataFrame({"standout": [], "image_id": [], "score": []}), set())
     assert found["best_method"]["variant"] == "gradcam" and found["best_method"]["metric"] == "insertion AUC (higher is better)"
-    assert found["warnings"] == ["its 95 % interval overlaps that of scorecam (0.600 [0.520, 0.660]): on these images the two are not told apart"]
+    assert found["warnings"] == [
+        "its 95 % interval overlaps that of scorecam (0.600 [0.520, 0.660]): on these images the two are not told apart",
+        "not checked for similarity after randomisation (not computed): a method that fails it could be the one named",
+    ]
+
+
+def test_the_summary_says_when_its_recommendation_has_no_interval_or_no_check():
+    """One map per method gives no interval, and without the randomisation check's values nothing was checked: the
+    recommendation stays, with both said, not a confident pick."""
+    from types import SimpleNamespace
+
+    from audit.report.findings import findings
+
+    rows = [("cdam", "deletion_auc", 0.20, np.nan, np.nan, 1), ("gradcam", "deletion_auc", 0.30, np.nan, np.nan, 1)]
+    metrics = pd.DataFrame(rows, columns=["method", "metric", "mean", "ci_low", "ci_high", "n"]).assign(level="overall", variant=lambda t: t["method"])
+    inputs = SimpleNamespace(pairs=pd.DataFrame({"confusions": []}), anomaly_quality=pd.DataFrame(), metrics_summary=metrics)
+    found = findings(inputs, ["0", "1"], pd.DataFrame({"standout": [], "image_id": [], "score": []}), set())
+    assert found["best_method"]["variant"] == "cdam"
+    assert found["warnings"] == [
+        "its 95 % interval or that of gradcam is unknown (fewer than two maps): the two are not told apart",
+        "not checked for similarity after randomisation (not computed): a method that fails it could be the one named",
+    ]

@@ -71,6 +71,13 @@ def findings(inputs: ReportInputs, class_names: list[str], standout: pd.DataFram
             result["warnings"].append(
                 f"its 95 % interval overlaps that of {ranked.iloc[1]['variant']} ({interval_cell(ranked.iloc[1])}): on these images the two are not told apart"
             )
+        elif len(ranked) > 1 and ranked.iloc[:2][["ci_low", "ci_high"]].isna().any(axis=None):
+            result["warnings"].append(
+                f"its 95 % interval or that of {ranked.iloc[1]['variant']} is unknown (fewer than two maps): the two are not told apart"
+            )
+        unchecked = [check.headline for check in checks() if not (overall["metric"] == check.name).any()]
+        if unchecked:
+            result["warnings"].append(f"not checked for {', '.join(unchecked)} (not computed): a method that fails it could be the one named")
     result["warnings"] += [check.failure.format(variant=row.variant, value=row.mean) for row, check in failures]
     return result
 

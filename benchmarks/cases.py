@@ -14,10 +14,23 @@ def print_case(result: dict) -> None:
 
 
 def run_cases(script: str, cases: list[str], options: list[str]) -> dict[str, dict]:
-    """Run ``script --case <case> <options>`` for each case, one process each; print and return their results."""
+    """Run ``script --case <case> <options>`` for each case, one process each; print and return their results.
+
+    A case that fails is printed with the end of its error and the next one runs (on a lent GPU machine one call has
+    to say as much as it can); the results hold the cases that ran (:func:`exit_if_any_failed` at the script's end)."""
     results = {}
     for case in cases:
-        output = subprocess.run([sys.executable, script, "--case", case, *options], check=True, capture_output=True, text=True).stdout
-        results[case] = json.loads(output.strip().splitlines()[-1])
+        done = subprocess.run([sys.executable, script, "--case", case, *options], capture_output=True, text=True)
+        if done.returncode != 0:
+            print(json.dumps({"case": case, "error": done.stderr.strip()[-2000:]}), flush=True)
+            continue
+        results[case] = json.loads(done.stdout.strip().splitlines()[-1])
         print(json.dumps(results[case]), flush=True)
     return results
+
+
+def exit_if_any_failed(cases: list[str], results: dict[str, dict]) -> None:
+    """Exit 1 naming the cases without a result."""
+    failed = [case for case in cases if case not in results]
+    if failed:
+        raise SystemExit(f"cases that failed: {', '.join(failed)}")

@@ -64,7 +64,7 @@ def run(folder: Path, model: str, layer: str, size: int, large: int, small: int,
     started = time.perf_counter()
     targets = [f"results/rates/dataset_maps/shard-{shard:05d}.zarr" for shard in (0, 1)]  # they and what they need
     result = subprocess.run(
-        [str(Path(sys.executable).with_name("snakemake")), *targets, "--cores", str(cores), "--directory", str(folder / "work"), "--configfile", str(config)],
+        [sys.executable, "-m", "snakemake", *targets, "--cores", str(cores), "--directory", str(folder / "work"), "--configfile", str(config)],
         cwd=ROOT, capture_output=True, text=True,
     )
     if result.returncode != 0:

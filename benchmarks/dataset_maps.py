@@ -144,12 +144,18 @@ def model_pass(args: argparse.Namespace) -> None:
     from audit.models.preprocess import to_model_input
     from audit.reference_groups.store import open_reference, write_reference_store
 
+    from audit.runtime import reproducible_cuda
+
+    device = args.device
     torch.set_num_threads(2)
+    if device.startswith("cuda"):
+        reproducible_cuda()
+    synchronize = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     data = synthetic_chunk(0, args.images, 10, 64, seed=0)
     images, labels, image_ids = data["pixels"].values, data["label"].values, data["image_id"].values
     meta = ModelMeta(name="resnet10t", kwargs={"output_stride": 8}, class_names=[str(c) for c in range(10)], input_size=(3, 64, 64),
                      mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), layer="layer3")
-    model = build_model(meta).eval()
+    model = build_model(meta).eval().to(device)
     activations, pre_logits, logits = forward_features(model, meta, torch.from_numpy(images))
     features = feature_part(data, meta.class_names, activations, pre_logits, logits)
     settings = ExplainSettings(batch_size=64)
@@ -158,20 +164,23 @@ def model_pass(args: argparse.Namespace) -> None:
         reference = open_reference(Path(folder) / "reference.zarr")
         plan = dataset_plan(image_ids, labels, features["probability"].values, settings, METHODS)
         engine = ExplainerEngine(model, "layer3", (64, 64))
+        synchronize()
         start = time.perf_counter()
         shard_maps(plan, features, reference, settings, 1024, model_maps=lambda rows: model_maps(engine, meta, images, rows, settings))
+        synchronize()
         ours = time.perf_counter() - start
         assert engine.closed_form is False
         bound_engine = ExplainerEngine(model, "layer3", (64, 64))
         start = time.perf_counter()
         for first in range(0, args.images, settings.batch_size):
-            x = to_model_input(images[first : first + settings.batch_size], meta.mean, meta.std)
+            x = to_model_input(images[first : first + settings.batch_size], meta.mean, meta.std, device)
             layer_pass = bound_engine.layer_pass(x, gradients=True)
-            positions = torch.arange(len(x)).repeat(2)
-            coefficients = torch.randn(2 * len(x), 10)
+            positions = torch.arange(len(x), device=device).repeat(2)
+            coefficients = torch.randn(2 * len(x), 10, device=device)
             layer_pass.gradients(positions, coefficients)
+        synchronize()
         bound = time.perf_counter() - start
-    print(f"{args.images:,} images at 64 px, layer3 (256×8×8): dataset maps {args.images / ours:,.0f} images/s, "
+    print(f"{args.images:,} images at 64 px, layer3 (256×8×8) on {device}: dataset maps {args.images / ours:,.0f} images/s, "
           f"forward + batched VJP {args.images / bound:,.0f} images/s: ratio {bound / ours:.2f}")
 
 
@@ -240,6 +249,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="closed-form: runs per job")
     parser.add_argument("--targets", type=int, default=64, help="confirmation: target images per candidate")
     parser.add_argument("--members", type=int, default=16, help="confirmation: members (and donors) per candidate")
+    parser.add_argument("--device", default="cpu", help="model-pass: the model's device")
     args = parser.parse_args()
     {"closed-form": closed_form, "model-pass": model_pass, "clustering": clustering, "confirmation": confirmation}[args.case](args)
 

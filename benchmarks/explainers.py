@@ -32,7 +32,7 @@ import time
 import numpy as np
 import torch
 
-from cases import print_case, run_cases  # benchmarks/cases.py (run from the repository root: python benchmarks/...)
+from cases import exit_if_any_failed, print_case, run_cases  # benchmarks/cases.py (run from the repository root: python benchmarks/...)
 
 CASES = [
     "forward", "forward_cl", "forward_grad", "ours_gradcam", "package_gradcam", "ours_4x4", "package_4x4",
@@ -75,6 +75,7 @@ def run_case(case: str, images: int, size: int, batch: int, device: str) -> dict
     from audit.explain.compute import model_maps
     from audit.explain.engine import ExplainerEngine
     from audit.models.preprocess import to_model_input
+    from audit.runtime import reproducible_cuda
     from audit.settings import ExplainSettings
 
     name, _, layer = case.partition("@")
@@ -83,6 +84,8 @@ def run_case(case: str, images: int, size: int, batch: int, device: str) -> dict
         return _diffcam(images * 64)
     count = min(images, 4) if "scorecam" in name else images
     pixels = np.random.default_rng(0).integers(0, 256, size=(count, 3, size, size), dtype=np.uint8)
+    if device.startswith("cuda"):
+        reproducible_cuda()  # as every CUDA job runs: deterministic kernels, no TF32 (the package's cases too)
     model, meta = _setup(size, layer, device)
     module = model.get_submodule(layer)
     batches = [to_model_input(pixels[s : s + batch], meta.mean, meta.std, device) for s in range(0, count, batch)]
@@ -251,6 +254,7 @@ def main() -> None:
     for label, (a, b) in ratios.items():
         if a in rate and b in rate:
             print(f"{label}: {rate[a] / rate[b]:.2f}x")
+    exit_if_any_failed(args.cases, results)
 
 
 if __name__ == "__main__":

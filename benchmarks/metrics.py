@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cases import print_case, run_cases  # benchmarks/cases.py (run from the repository root: python benchmarks/...)
+from cases import exit_if_any_failed, print_case, run_cases  # benchmarks/cases.py (run from the repository root: python benchmarks/...)
 
 def _perturbing_metrics() -> list[str]:
     """The registry's metrics that send images through the model (those with a forward bound)."""
@@ -164,6 +164,7 @@ def main() -> None:
         print(f"ROAD ours / package: {results['ours_road']['maps_per_s'] / results['package_road']['maps_per_s']:.2f}x")
     if "ours_imputation" in results and "package_imputation" in results:
         print(f"imputation ours / package: {results['ours_imputation']['imputations_per_s'] / results['package_imputation']['imputations_per_s']:.2f}x")
+    exit_if_any_failed(args.cases, results)
 
 
 if __name__ == "__main__":

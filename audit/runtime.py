@@ -111,13 +111,16 @@ def reproducible_cuda() -> None:
     (``CUBLAS_WORKSPACE_CONFIG``, set before the first cuBLAS call, unless the site set it) and no TF32 in float32
     (TF32 rounds a product's inputs to 10 bits: about 1e-3 relative from the CPU). Deterministic algorithms are
     asked for with ``warn_only``: an operation without one (e.g. adaptive pooling's backward on CUDA) runs, and its
-    warning in the job's log names it."""
+    warning in the job's log names it. A ViT's attention leaves the memory-efficient kernel, whose backward is not
+    deterministic (seen on an H200: CDAM's gradients through it), for the exact one (attention over a few hundred
+    tokens: little time or memory)."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cuda.enable_mem_efficient_sdp(False)
 
 
 def choose_device(environment: dict[str, str], cuda_available: bool) -> str:

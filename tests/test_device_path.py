@@ -47,8 +47,11 @@ def test_extraction_follows_the_models_device_including_an_empty_shard(device, t
     from audit.feature_store import open_features
     from audit.features import extract_shard, forward_features
     from audit.models.placement import device_of
+    from audit.runtime import reproducible_cuda
     from audit.settings import FeatureSettings
 
+    if device.startswith("cuda"):
+        reproducible_cuda()  # as every CUDA job runs: without it cuDNN's TF32 moved activations by up to 5e-3 relative
     model, meta = trained
     placed = copy.deepcopy(model).to(device)
     assert device_of(placed).startswith(device) and device_of(torch.nn.ReLU()) == "cpu"
@@ -74,6 +77,7 @@ def _maps_on(device: str, model, meta, images, plan, settings, concepts=None) ->
     from audit.explain.engine import ExplainerEngine
 
     engine = ExplainerEngine(copy.deepcopy(model).to(device), meta.layer, images.shape[-2:])
+    assert not engine.channels_last or device == "cpu"  # channels-last ran 20× slower on CUDA (audit.models.memory_format)
     return model_maps(engine, meta, images, plan, settings, concepts or {})
 
 

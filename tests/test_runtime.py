@@ -94,7 +94,7 @@ def test_a_cuda_stage_asks_for_reproducible_kernels_and_no_tf32():
         "reproducible_cuda()\n"
         "b = torch.backends\n"
         "print(os.environ['CUBLAS_WORKSPACE_CONFIG'], b.cudnn.deterministic, b.cudnn.benchmark, b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32,"
-        " torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())\n"
+        " torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(), b.cuda.mem_efficient_sdp_enabled())\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.split() == [":4096:8", "True", "False", "False", "False", "True", "True"]
+    assert result.stdout.split() == [":4096:8", "True", "False", "False", "False", "True", "True", "False"]

@@ -1,4 +1,8 @@
-"""Channels-last memory format for CNNs: faster convolutions (≈ 1.4× on this CPU), the same values.
+"""Channels-last memory format for CNNs on the CPU: faster convolutions (≈ 1.4× on a 2-core CPU), the same values.
+
+On CUDA, in float32 with the deterministic kernels every CUDA job asks for (:func:`audit.runtime.reproducible_cuda`),
+channels-last ran 20× slower than the plain layout (an H200: 155 against 3,160 images/s, resnet10t at 224 px;
+benchmarks/README.md), so a model on the GPU keeps its layout.
 
 Stages that run a caller's model work on their own copy (:func:`inference_copy`),
 so eval mode, frozen parameters and the memory format never leak back.
@@ -10,16 +14,18 @@ import copy
 import torch
 from torch import nn
 
+from audit.models.placement import device_of
 from audit.models.tokens import token_layout
 
 
 def inference_copy(model: nn.Module, input_size: tuple[int, int]) -> nn.Module:
-    """A copy of ``model`` in eval mode with frozen parameters, channels-last for a CNN (a ViT's token model as it is).
+    """A copy of ``model`` in eval mode with frozen parameters, channels-last for a CNN on the CPU (a ViT's token
+    model, and any model on a GPU, as it is).
 
     ``input_size`` (H, W) tells a ViT from a CNN. The caller's model is not changed.
     """
     copied = copy.deepcopy(model).eval().requires_grad_(False)
-    if token_layout(copied, input_size) is None:
+    if device_of(copied) == "cpu" and token_layout(copied, input_size) is None:
         copied.to(memory_format=torch.channels_last)
     return copied
 

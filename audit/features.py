@@ -135,8 +135,7 @@ def extract_shard(
     computed = precision if device.startswith("cuda") else "float32"  # autocast runs on CUDA only
     attrs = {"model": meta.name, "layer": meta.layer, "head": int(meta.head), "precision": computed, "device": device, "shard_start": start, "shard_stop": stop}
     nonfinite = {"activation": 0, "pre_logits": 0, "logits": 0}
-    with atomic_path(target) as tmp:
-        writer = ChunkedZarrWriter(tmp, chunk, attrs)
+    with atomic_path(target) as tmp, ChunkedZarrWriter(tmp, chunk, attrs, background=True) as writer:  # the write beside the next batch's forward
         for first, pixels in tqdm(loader, total=len(batches), desc=f"features {start}:{stop}", unit="batch"):
             activations, pre_logits, logits = forward_features(model, meta, pixels, device, precision)
             for name, values in zip(nonfinite, (activations, pre_logits, logits)):

@@ -23,6 +23,7 @@ import os
 import shutil
 import time
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -210,13 +211,27 @@ class ChunkedZarrWriter:
     (appended; the last chunk may be short), so every write is chunk-aligned
     and memory stays at about one chunk. One writer per store; wrap the path
     in :func:`atomic_path`.
+
+    With ``background``, each write (compression included) runs in a thread of its own while the caller
+    computes the next parts; at most one write is in flight (memory: about two chunks), the writes keep their
+    order, and an error in one is raised by the next ``add`` or by ``close``. Use the writer as a context manager
+    then, so that a write still in flight ends before the store's folder is removed after an error.
     """
 
-    def __init__(self, path: str | os.PathLike, chunk: int, attrs: dict | None = None):
+    def __init__(self, path: str | os.PathLike, chunk: int, attrs: dict | None = None, background: bool = False):
         self.path, self.chunk, self.attrs = path, chunk, attrs or {}
         self.buffer: list[xr.Dataset] = []
         self.buffered = 0
         self.written = 0
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="zarr-writer") if background else None
+        self._in_flight: Future | None = None
+
+    def __enter__(self) -> "ChunkedZarrWriter":
+        return self
+
+    def __exit__(self, *error) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
 
     def add(self, part: xr.Dataset) -> None:
         """Queue ``part`` (a dataset with an ``image`` dimension) and write every full chunk."""
@@ -226,16 +241,27 @@ class ChunkedZarrWriter:
             self._flush(whole_chunks_only=True)
 
     def close(self) -> int:
-        """Write what is left; return the number of images written (a store of zero images when only empty parts were added)."""
+        """Write what is left and wait for every write; return the number of images written (a store of zero images
+        when only empty parts were added)."""
         if self.buffered or (self.buffer and not self.written):
             self._flush(whole_chunks_only=False)
+        self._wait()
         return self.written
+
+    def _wait(self) -> None:
+        if self._in_flight is not None:
+            in_flight, self._in_flight = self._in_flight, None
+            in_flight.result()
 
     def _flush(self, whole_chunks_only: bool) -> None:
         pending = concat_images(self.buffer)
         count = (self.buffered // self.chunk) * self.chunk if whole_chunks_only else self.buffered
-        head = pending.isel(image=slice(0, count))
-        write_zarr_part(head.assign_attrs(self.attrs), self.path, append=self.written > 0, image_chunk=self.chunk)
+        head = pending.isel(image=slice(0, count)).assign_attrs(self.attrs)
+        self._wait()  # the previous write first: appends keep their order
+        if self._executor is None:
+            write_zarr_part(head, self.path, append=self.written > 0, image_chunk=self.chunk)
+        else:
+            self._in_flight = self._executor.submit(write_zarr_part, head, self.path, append=self.written > 0, image_chunk=self.chunk)
         self.written += count
         rest = pending.isel(image=slice(count, None))
         self.buffer = [rest] if rest.sizes["image"] else []

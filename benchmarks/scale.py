@@ -31,9 +31,10 @@ import numpy as np
 import torch
 
 
-def extraction(images: int, size: int, batch_size: int, threads: int, workers: int, device: str = "cpu") -> dict:
+def extraction(images: int, size: int, batch_size: int, threads: int, workers: int, device: str = "cpu", repeat: int = 3) -> dict:
     """Plain forward (images in memory, on ``device``) against ``extract_shard`` of the same images (a model on
-    ``device``: the extraction runs there, CUDA with the deterministic kernels every CUDA job asks for)."""
+    ``device``: the extraction runs there, CUDA with the deterministic kernels every CUDA job asks for), alternated
+    ``repeat`` times in one process; the medians and the median of the paired ratios."""
     from audit.data.synthetic import write_synthetic_images
     from audit.features import extract_shard
     from audit.settings import FeatureSettings
@@ -48,25 +49,29 @@ def extraction(images: int, size: int, batch_size: int, threads: int, workers: i
     meta = ModelMeta("resnet10t", {"output_stride": 8}, [f"c{i}" for i in range(10)], (3, size, size), (0.5,) * 3, (0.25,) * 3, "layer4")
     model = build_model(meta).eval().to(device)
     synchronize = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    settings = FeatureSettings(batch_size=batch_size, loader_workers=workers)
+    plain, extracted = [], []
     with tempfile.TemporaryDirectory() as scratch:
         store = Path(scratch) / "images.zarr"
         write_synthetic_images(store, images, 10, size, chunk=256)
         pixels = open_zarr(store)["pixels"].values
         with torch.no_grad():  # warm-up
             model(to_model_input(pixels[:batch_size], meta.mean, meta.std, device))
-        synchronize()
-        started = time.perf_counter()
-        with torch.no_grad():
-            for first in range(0, images, batch_size):
-                model(to_model_input(pixels[first : first + batch_size], meta.mean, meta.std, device))
-        synchronize()
-        plain = images / (time.perf_counter() - started)
-        started = time.perf_counter()
-        settings = FeatureSettings(batch_size=batch_size, loader_workers=workers)
-        extract_shard(model, meta, store, 0, images, Path(scratch) / "shard.zarr", settings, chunk=256)
-        extracted = images / (time.perf_counter() - started)
-    return {"images": images, "size": size, "batch_size": batch_size, "threads": threads, "loader_workers": workers, "device": device,
-            "plain_forward_img_s": round(plain, 1), "extraction_img_s": round(extracted, 1), "ratio": round(extracted / plain, 3)}
+        for attempt in range(repeat):
+            synchronize()
+            started = time.perf_counter()
+            with torch.no_grad():
+                for first in range(0, images, batch_size):
+                    model(to_model_input(pixels[first : first + batch_size], meta.mean, meta.std, device))
+            synchronize()
+            plain.append(images / (time.perf_counter() - started))
+            started = time.perf_counter()
+            extract_shard(model, meta, store, 0, images, Path(scratch) / f"shard-{attempt}.zarr", settings, chunk=256)
+            extracted.append(images / (time.perf_counter() - started))
+    ratios = np.array(extracted) / np.array(plain)
+    return {"images": images, "size": size, "batch_size": batch_size, "threads": threads, "loader_workers": workers, "device": device, "repeat": repeat,
+            "plain_forward_img_s": round(float(np.median(plain)), 1), "extraction_img_s": round(float(np.median(extracted)), 1),
+            "ratio": round(float(np.median(ratios)), 3), "ratios": [round(float(r), 3) for r in ratios]}
 
 
 def write_embeddings(path: Path, images: int, channels: int, classes: int, chunk: int = 4096) -> None:
@@ -138,6 +143,7 @@ def main() -> None:
     ex.add_argument("--threads", type=int, default=2)
     ex.add_argument("--workers", type=int, default=1)
     ex.add_argument("--device", default="cpu")
+    ex.add_argument("--repeat", type=int, default=3, help="forward and extraction alternated this many times")
     ref = sub.add_parser("reference")
     ref.add_argument("--images", type=int, nargs="+", default=[10_000, 100_000])
     ref.add_argument("--channels", type=int, default=512)
@@ -151,7 +157,7 @@ def main() -> None:
     if args.what == "anomaly":
         print(json.dumps(anomaly_scoring(args.members, args.channels, args.timed_members)))
     elif args.what == "extraction":
-        print(json.dumps(extraction(args.images, args.size, args.batch_size, args.threads, args.workers, args.device)))
+        print(json.dumps(extraction(args.images, args.size, args.batch_size, args.threads, args.workers, args.device, args.repeat)))
     elif args.measure:
         print(json.dumps(reference_peak(args.measure, args.classes)))
     else:

@@ -24,6 +24,7 @@ Everything printed also goes to ``--out``/smoke.log. Exits 1 if any step failed.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -62,12 +63,14 @@ class Log:
         self.stream.write(text + "\n")
 
 
-def start(log: Log, command: list[str], output: Path) -> subprocess.Popen:
-    """``command`` started in the repository root, its output into the file ``output`` (:func:`finish` reads it)."""
+def start(log: Log, command: list[str], output: Path, threads: int | None = None) -> subprocess.Popen:
+    """``command`` started in the repository root (its math libraries on ``threads`` threads, when given), its
+    output into the file ``output`` (:func:`finish` reads it)."""
     log("$ " + " ".join(command[1:] if command[0] == sys.executable else command))
     output.parent.mkdir(parents=True, exist_ok=True)
+    environment = {**os.environ, **({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {})}
     with open(output, "w") as stream:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=stream, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(command, cwd=ROOT, stdout=stream, stderr=subprocess.STDOUT, text=True, env=environment)
     process.output, process.started = output, time.perf_counter()
     return process
 
@@ -95,8 +98,10 @@ def run_step(log: Log, command: list[str], seconds: float, output: Path) -> bool
 
 
 def run_audits(log: Log, folders: list[Path], seconds: float) -> bool:
-    """Both tiny audits into each of ``folders``, the runs at once (Snakemake, 6 cores each); whether all succeeded."""
-    command = [*SNAKEMAKE, "reports/tiny.html", "reports/tiny_vit.html", "--cores", "6", "--configfile", str(ROOT / "tests" / "data" / "tiny.yaml")]
+    """Both tiny audits into each of ``folders``, the runs at once (Snakemake, 6 cores each, up to three model jobs at
+    once on the one GPU: on an H200 each job's start took 12-15 s, and one at a time made those starts the whole run);
+    whether all succeeded."""
+    command = [*SNAKEMAKE, "reports/tiny.html", "reports/tiny_vit.html", "--cores", "6", "--resources", "gpu=3", "--configfile", str(ROOT / "tests" / "data" / "tiny.yaml")]
     started = time.perf_counter()
     runs = [start(log, [*command, "--directory", str(folder)], folder.with_suffix(".out")) for folder in folders]
     done = [finish(log, run, seconds - (time.perf_counter() - started), f"[{folder.name}] ") for folder, run in zip(folders, runs)]
@@ -129,7 +134,7 @@ def differences(first: Path, second: Path) -> list[str]:
 
 def jobs_off_the_gpu(folder: Path) -> list[str]:
     """Logs of model jobs that do not say ``device cuda``."""
-    logs = [log for rule in MODEL_RULES for log in (folder / "logs").rglob(f"{rule}*.log")]
+    logs = [log for rule in MODEL_RULES for log in (folder / "logs").rglob(f"{rule}.log")]  # not explain_plan.log for explain
     logs += [log for rule in MODEL_RULES for log in (folder / "logs").rglob(f"{rule}/*.log")]
     return sorted({str(log.relative_to(folder)) for log in logs if "device cuda" not in log.read_text(errors="replace")})
 
@@ -153,7 +158,7 @@ def main() -> None:
         raise SystemExit("torch sees no CUDA device: run this on a GPU machine")
     log(f"GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}, Python {sys.version.split()[0]}")
     failed = []
-    tests = start(log, [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TESTS], args.scratch / "tests.out") if "tests" in args.steps else None
+    tests = start(log, [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TESTS], args.scratch / "tests.out", threads=4) if "tests" in args.steps else None
     if "audits" in args.steps:  # beside the tests: they take the GPU for seconds, the audits mostly start jobs
         runs = [args.scratch / "first", args.scratch / "second"]
         if not run_audits(log, runs, min(330.0, left() - 60)):

@@ -5,14 +5,12 @@ A group is summarised by its count n, sum Σz (K,) and sum of outer products
 (OAS, Chen et al. 2010, in scikit-learn's form), which needs only tr(S) and
 tr(S²) and so works from sufficient statistics alone:
     S_shrunk = (1 − λ) S + λ · tr(S)/K · I.
-Solves use the Cholesky factor; the inverse is formed (from the factor) only for float32 solves of many
-right-hand sides at once (DiffCAM's weights of a shard, :meth:`ShrunkGaussian.solve`). A group with
+Solves use the Cholesky factor; no explicit inverse is formed. A group with
 fewer than ``min_images`` images (at least 2) keeps its own mean but borrows
 the *pooled within-class* covariance (:func:`group_gaussian`).
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,25 +34,8 @@ class ShrunkGaussian:
     condition: float = float("nan")
 
     def solve(self, rhs: np.ndarray, dtype: type = np.float64) -> np.ndarray:
-        """S⁻¹ · rhs for rhs (K,) or (K, M) in ``dtype`` (float64; float32 for maps).
-
-        By Cholesky solve; in float32 with at least K/2 right-hand sides, as one product with S⁻¹ (formed once in
-        float64 from the factor, :meth:`inverse`): the same flops per column as the two triangular solves, run as a
-        matrix product (about 4× faster on a CPU), and closer to the float64 solve (about 4e-7 relative against 1e-6 for
-        the float32 solve, at condition numbers 1e2–1e6). Forming S⁻¹ costs about as much as K/3 solves, hence the
-        threshold."""
-        rhs = np.asarray(rhs, dtype=dtype)
-        if np.dtype(dtype) == np.float32 and rhs.ndim == 2 and rhs.shape[1] >= len(self.mean) / 2:
-            return self.inverse.astype(np.float32) @ rhs
-        return scipy.linalg.cho_solve((self.cholesky.astype(dtype, copy=False), True), rhs)
-
-    @functools.cached_property
-    def inverse(self) -> np.ndarray:
-        """S⁻¹ (K, K) float64, symmetric, from the Cholesky factor (LAPACK ``potri``)."""
-        lower, info = scipy.linalg.lapack.dpotri(self.cholesky, lower=1)
-        if info != 0:
-            raise np.linalg.LinAlgError(f"potri failed (info {info}): the covariance's factor is singular")
-        return np.tril(lower) + np.tril(lower, -1).T
+        """S⁻¹ · rhs for rhs (K,) or (K, M), by Cholesky solve in ``dtype`` (float64; float32 for maps, twice as fast)."""
+        return scipy.linalg.cho_solve((self.cholesky.astype(dtype, copy=False), True), np.asarray(rhs, dtype=dtype))
 
     def mahalanobis_squared(self, z: np.ndarray) -> np.ndarray:
         """(z − μ)ᵀ S⁻¹ (z − μ) for z (K,) or (M, K)."""

@@ -13,6 +13,14 @@ def print_case(result: dict) -> None:
     print(json.dumps(result))
 
 
+def synchronize(device: str) -> None:
+    """Wait for the device's queued kernels (CUDA), so that a timer read after it covers them; nothing on the CPU."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
 def run_cases(script: str, cases: list[str], options: list[str]) -> dict[str, dict]:
     """Run ``script --case <case> <options>`` for each case, one process each; print and return their results.
 

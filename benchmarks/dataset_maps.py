@@ -40,6 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from audit.settings import ExplainSettings, StrategySettings  # noqa: E402
+from cases import synchronize  # noqa: E402  (benchmarks/cases.py: run from the repository root)
 
 METHODS = ["gradcam", "finercam", "diffcam"]
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
@@ -150,7 +151,6 @@ def model_pass(args: argparse.Namespace) -> None:
     torch.set_num_threads(2)
     if device.startswith("cuda"):
         reproducible_cuda()
-    synchronize = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     data = synthetic_chunk(0, args.images, 10, 64, seed=0)
     images, labels, image_ids = data["pixels"].values, data["label"].values, data["image_id"].values
     meta = ModelMeta(name="resnet10t", kwargs={"output_stride": 8}, class_names=[str(c) for c in range(10)], input_size=(3, 64, 64),
@@ -164,10 +164,10 @@ def model_pass(args: argparse.Namespace) -> None:
         reference = open_reference(Path(folder) / "reference.zarr")
         plan = dataset_plan(image_ids, labels, features["probability"].values, settings, METHODS)
         engine = ExplainerEngine(model, "layer3", (64, 64))
-        synchronize()
+        synchronize(device)
         start = time.perf_counter()
         shard_maps(plan, features, reference, settings, 1024, model_maps=lambda rows: model_maps(engine, meta, images, rows, settings))
-        synchronize()
+        synchronize(device)
         ours = time.perf_counter() - start
         assert engine.closed_form is False
         bound_engine = ExplainerEngine(model, "layer3", (64, 64))
@@ -178,7 +178,7 @@ def model_pass(args: argparse.Namespace) -> None:
             positions = torch.arange(len(x), device=device).repeat(2)
             coefficients = torch.randn(2 * len(x), 10, device=device)
             layer_pass.gradients(positions, coefficients)
-        synchronize()
+        synchronize(device)
         bound = time.perf_counter() - start
     print(f"{args.images:,} images at 64 px, layer3 (256×8×8) on {device}: dataset maps {args.images / ours:,.0f} images/s, "
           f"forward + batched VJP {args.images / bound:,.0f} images/s: ratio {bound / ours:.2f}")

@@ -32,7 +32,7 @@ import time
 import numpy as np
 import torch
 
-from cases import exit_if_any_failed, print_case, run_cases  # benchmarks/cases.py (run from the repository root: python benchmarks/...)
+from cases import exit_if_any_failed, print_case, run_cases, synchronize  # benchmarks/cases.py (run from the repository root: python benchmarks/...)
 
 CASES = [
     "forward", "forward_cl", "forward_grad", "ours_gradcam", "package_gradcam", "ours_4x4", "package_4x4",
@@ -63,11 +63,6 @@ def _plan(methods: list[str], images: int, targets: int):
                 contrasts = [(c + k) % 10 for k in (1, 2, 3)] if m.startswith("finercam") else []
                 rows.append({"method": m, "image_index": i, "target": c, "contrasts": contrasts, "reference": ""})
     return pd.DataFrame(rows)
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def run_case(case: str, images: int, size: int, batch: int, device: str) -> dict:
@@ -151,10 +146,10 @@ def run_case(case: str, images: int, size: int, batch: int, device: str) -> dict
         torch.cuda.reset_peak_memory_stats()
     if "scorecam" not in name:  # Score-CAM runs thousands of forwards: long enough without a warm-up
         work()
-    _sync(device)
+    synchronize(device)
     started = time.perf_counter()
     work()
-    _sync(device)
+    synchronize(device)
     seconds = time.perf_counter() - started
     result = {"case": case, "images": count, "seconds": round(seconds, 3), "images_per_s": round(count / seconds, 2)}
     if device.startswith("cuda"):

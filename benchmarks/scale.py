@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cases import synchronize  # benchmarks/cases.py (run from the repository root: python benchmarks/...)
+
 
 def extraction(images: int, size: int, batch_size: int, threads: int, workers: int, device: str = "cpu", repeat: int = 3) -> dict:
     """Plain forward (images in memory, on ``device``) against ``extract_shard`` of the same images (a model on
@@ -48,7 +50,6 @@ def extraction(images: int, size: int, batch_size: int, threads: int, workers: i
         reproducible_cuda()
     meta = ModelMeta("resnet10t", {"output_stride": 8}, [f"c{i}" for i in range(10)], (3, size, size), (0.5,) * 3, (0.25,) * 3, "layer4")
     model = build_model(meta).eval().to(device)
-    synchronize = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     settings = FeatureSettings(batch_size=batch_size, loader_workers=workers)
     plain, extracted = [], []
     with tempfile.TemporaryDirectory() as scratch:
@@ -58,12 +59,12 @@ def extraction(images: int, size: int, batch_size: int, threads: int, workers: i
         with torch.no_grad():  # warm-up
             model(to_model_input(pixels[:batch_size], meta.mean, meta.std, device))
         for attempt in range(repeat):
-            synchronize()
+            synchronize(device)
             started = time.perf_counter()
             with torch.no_grad():
                 for first in range(0, images, batch_size):
                     model(to_model_input(pixels[first : first + batch_size], meta.mean, meta.std, device))
-            synchronize()
+            synchronize(device)
             plain.append(images / (time.perf_counter() - started))
             started = time.perf_counter()
             extract_shard(model, meta, store, 0, images, Path(scratch) / f"shard-{attempt}.zarr", settings, chunk=256)

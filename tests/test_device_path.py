@@ -13,7 +13,17 @@ from audit.settings import ModelSettings, TrainSettings
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA device"))]
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:
+    """Each test's device, set up as every job on it is: on CUDA, ``audit.runtime.reproducible_cuda`` (deterministic
+    kernels, no TF32: without it cuDNN's TF32 moved activations by up to 5e-3 relative from the CPU)."""
+    from audit.runtime import reproducible_cuda
+
+    if request.param.startswith("cuda"):
+        reproducible_cuda()
+    return request.param
+
+
 def test_training_runs_on_the_device_it_is_given_and_returns_a_cpu_model(device, digits_small, monkeypatch):
     """Every training and scoring forward runs on ``device`` (it used to train on the CPU whatever the job was granted,
     and to fail on ``.numpy()`` of a CUDA tensor); the model comes back on the CPU, ready to save."""
@@ -37,7 +47,6 @@ def test_training_runs_on_the_device_it_is_given_and_returns_a_cpu_model(device,
     assert abs(again - meta.metrics["audit_accuracy"]) <= 1 / held_out.sum() + 1e-4  # the CPU copy scores as it did on the device
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_extraction_follows_the_models_device_including_an_empty_shard(device, trained, digits_small, tmp_path):
     """A model on ``device`` and no device named: every shard (one whose images were all rejected too: it runs one
     blank image to learn the shapes) is extracted there and equals the CPU's features within float32 tolerance."""
@@ -47,11 +56,8 @@ def test_extraction_follows_the_models_device_including_an_empty_shard(device, t
     from audit.feature_store import open_features
     from audit.features import extract_shard, forward_features
     from audit.models.placement import device_of
-    from audit.runtime import reproducible_cuda
     from audit.settings import FeatureSettings
 
-    if device.startswith("cuda"):
-        reproducible_cuda()  # as every CUDA job runs: without it cuDNN's TF32 moved activations by up to 5e-3 relative
     model, meta = trained
     placed = copy.deepcopy(model).to(device)
     assert device_of(placed).startswith(device) and device_of(torch.nn.ReLU()) == "cpu"
@@ -97,17 +103,13 @@ def _method_plan(methods: list[str], targets, reference: str = "") -> pd.DataFra
     ])
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layer", ["layer4", "layer3"])
 def test_every_cnn_method_gives_the_cpus_maps_on_the_device_and_the_same_maps_twice(device, layer, trained, digits_small):
     """Each CNN method's maps at the closed-form layer and at one that takes the batched VJP: on ``device`` they equal
     the CPU's (float32 without TF32: 1e-3 of each map's range), and a second run there is bit-identical (deterministic
     kernels, ``audit.runtime.reproducible_cuda`` as every CUDA job calls it)."""
-    from audit.runtime import reproducible_cuda
     from audit.settings import ExplainSettings
 
-    if device.startswith("cuda"):
-        reproducible_cuda()
     model, meta = trained
     meta = type(meta)(**{**meta.__dict__, "layer": layer})
     images, targets = digits_small.images[:6], digits_small.labels[:6]
@@ -118,7 +120,6 @@ def test_every_cnn_method_gives_the_cpus_maps_on_the_device_and_the_same_maps_tw
     _assert_same_maps(_maps_on(device, model, meta, images, plan, settings), on_device, plan, exact=True)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_every_vit_method_gives_the_cpus_maps_on_the_device_and_the_same_maps_twice(device):
     """CDAM (class, Smooth with its CPU-drawn noise, Integrated, concept), attention and Grad-CAM on a small ViT: on
     ``device`` the CPU's maps within 1e-3 of each map's range, and a second run bit-identical (CDAM's token scatter
@@ -126,11 +127,8 @@ def test_every_vit_method_gives_the_cpus_maps_on_the_device_and_the_same_maps_tw
     import timm
 
     from audit.models.checkpoint import ModelMeta
-    from audit.runtime import reproducible_cuda
     from audit.settings import ExplainSettings
 
-    if device.startswith("cuda"):
-        reproducible_cuda()
     torch.manual_seed(0)
     size = (16, 24)
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5, img_size=size, patch_size=4, embed_dim=32, depth=2, num_heads=2, reg_tokens=2).eval()
@@ -146,7 +144,6 @@ def test_every_vit_method_gives_the_cpus_maps_on_the_device_and_the_same_maps_tw
         _assert_same_maps(_maps_on(device, model, meta, images, plan, settings, concepts), on_device, plan, exact=True)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_metric_values_on_the_device_equal_the_cpus_including_the_random_draws(device, trained, digits_small):
     """Deletion, insertion, ROAD (noise drawn per map on the CPU) and the random boxes on ``device``: the CPU's table
     within float32 tolerance (another draw would move ROAD by ~0.1), and the same table twice there."""
@@ -154,11 +151,8 @@ def test_metric_values_on_the_device_equal_the_cpus_including_the_random_draws(d
 
     from audit.explain.store import saliency_dataset
     from audit.metrics.evaluate import evaluate_saliency
-    from audit.runtime import reproducible_cuda
     from audit.settings import MetricSettings
 
-    if device.startswith("cuda"):
-        reproducible_cuda()
     model, meta = trained
     count = 6
     images = digits_small.images[:count]

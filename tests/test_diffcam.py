@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from audit.explain.diffcam import diffcam_maps, diffcam_weights
+from audit.explain.diffcam import diffcam_maps, diffcam_weights, precision_weights
 from audit.reference_groups.gaussian import ShrunkGaussian, oas_gaussian
 
 
@@ -71,13 +71,16 @@ def test_the_channel_sum_kernel_is_the_weighted_sum_of_each_rows_image(rng, thre
 
 @pytest.mark.parametrize("condition", [1e2, 1e4, 1.3e5, 1e6])
 def test_float32_weights_are_the_float64_solve_within_1e_5(rng, condition):
-    """The maps' S⁻¹ d in float32 (:data:`audit.explain.diffcam.MAP_DTYPE`): each column within 1e-5 of the float64
-    solve's norm, at the condition numbers a reference store records (up to 1.3e5 seen)."""
+    """The maps' S⁻¹ d in float32 (:data:`audit.explain.diffcam.MAP_DTYPE`), by the float32 solve and by the product
+    with the stored float32 precision: each column within 1e-5 of the float64 solve's norm, at the condition numbers
+    a reference store records (up to 1.3e5 seen)."""
     k = 64
     basis, _ = np.linalg.qr(rng.normal(size=(k, k)))
     spectrum = np.geomspace(1.0, 1.0 / condition, k)
-    group = ShrunkGaussian(mean=np.zeros(k), cholesky=np.linalg.cholesky((basis * spectrum) @ basis.T), shrinkage=0.0, count=float(k))
+    mean = rng.normal(size=k)
+    group = ShrunkGaussian(mean=mean, cholesky=np.linalg.cholesky((basis * spectrum) @ basis.T), shrinkage=0.0, count=float(k))
     rhs = rng.normal(size=(k, 50)) * np.sqrt(spectrum.mean())
-    exact, got = group.solve(rhs), group.solve(rhs, np.float32)
-    assert got.dtype == np.float32
-    assert (np.linalg.norm(got - exact, axis=0) / np.linalg.norm(exact, axis=0)).max() < 1e-5
+    exact = group.solve(rhs)
+    for got in (group.solve(rhs, np.float32), precision_weights(rhs.T + mean, mean, group.precision()).T):
+        assert got.dtype == np.float32
+        assert (np.linalg.norm(got - exact, axis=0) / np.linalg.norm(exact, axis=0)).max() < 1e-5

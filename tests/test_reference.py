@@ -9,7 +9,7 @@ from sklearn.covariance import OAS
 from audit.anomaly import anomaly_table
 from audit.reference_groups.gaussian import condition_number, oas_gaussian
 from audit.reference_groups.leave_one_out import LeaveOneOut
-from audit.reference_groups.store import embedding_statistics, group_from_store, spill_statistics, write_reference_store
+from audit.reference_groups.store import embedding_statistics, group_from_store, group_precision, spill_statistics, write_reference_store
 from audit.storage import open_zarr
 
 
@@ -71,6 +71,10 @@ def test_store_groups_match_direct_estimates(rng, tmp_path):
         np.testing.assert_allclose(group.mean, z32[rows].mean(0), rtol=1e-10)
         np.testing.assert_allclose(group.cholesky @ group.cholesky.T, direct.covariance_, rtol=1e-8, atol=1e-10)
         covariance = group.cholesky @ group.cholesky.T
+        mean, precision = group_precision(store, name)
+        assert precision.dtype == np.float32 and (precision == precision.T).all()
+        np.testing.assert_allclose(mean, group.mean)
+        np.testing.assert_allclose(precision @ covariance, np.eye(len(mean)), atol=1e-5)
         assert np.linalg.cond(covariance, 1) / 3 <= store["condition"].sel(group=name).item() <= np.linalg.cond(covariance, 1) * (1 + 5e-4)
     np.testing.assert_allclose(store["class_outer"].values[0], z32[labels == 0].T @ z32[labels == 0])
     members = np.flatnonzero(labels == 2)
@@ -118,6 +122,9 @@ def test_small_and_empty_classes_fall_back_instead_of_failing(rng, tmp_path):
     np.testing.assert_allclose(small.cholesky, pooled.cholesky)
     with pytest.raises(ValueError, match="has no images"):
         group_from_store(store, "class:d")
+    with pytest.raises(ValueError, match="has no images"):
+        group_precision(store, "class:d")
+    np.testing.assert_array_equal(group_precision(store, "class:b")[1], group_precision(store, "pooled-within-class")[1])
 
     table = anomaly_table(z, labels, labels, np.arange(34).astype(str), np.full(34, "audit"), LeaveOneOut(store), ["a", "b", "c", "d"])
     singleton = table[table["label"] == 2].iloc[0]

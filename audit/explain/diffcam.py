@@ -21,7 +21,7 @@ from audit.explain.explainer import Explainer, ReportColumn, Subject
 from audit.explain.weighting import direction_maps
 from audit.reference_groups.gaussian import ShrunkGaussian
 from audit.reference_groups.leave_one_out import LeaveOneOut
-from audit.reference_groups.store import group_from_store
+from audit.reference_groups.store import group_from_store, group_precision
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -30,16 +30,23 @@ if TYPE_CHECKING:
 
 
 MAP_DTYPE = np.float32
-"""The precision of the Cholesky solves (vs a group) and of the last product (leave-one-out) behind DiffCAM's
-maps: about twice as fast as float64, and the channel sum runs in float32 anyway. Against float64: at most 4e-7
-of a map's largest magnitude on 512 synthetic channels with conditions up to 1.3e5, 9e-7 on the tests' trained
-model; the dataset-map store keeps float16 (5e-4). Anomaly scores keep float64."""
+"""The precision of the weights behind DiffCAM's maps: the product with a group's stored float32 precision S⁻¹
+(vs a group) and the last product (leave-one-out). The channel sum runs in float32 anyway. Against float64: at most
+1e-6 of the weights' norm at conditions up to 1e6 (tested), 4e-7 of a map's largest magnitude on 512 synthetic
+channels, 9e-7 on the tests' trained model; the dataset-map store keeps float16 (5e-4). Anomaly scores keep float64."""
 
 
 def diffcam_weights(embedding: np.ndarray, group: ShrunkGaussian, dtype: type = np.float64) -> np.ndarray:
     """w* = S⁻¹(z − μ) (M, K) for embeddings ``embedding`` (M, K), by Cholesky solve in ``dtype``."""
     diff = np.atleast_2d(np.asarray(embedding, dtype=np.float64)) - group.mean
     return group.solve(diff.T, dtype).T
+
+
+def precision_weights(embedding: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """w* = S⁻¹(z − μ) (M, K) in ``precision``'s dtype for embeddings (M, K), from a stored precision S⁻¹ (K, K):
+    one product (S⁻¹ is symmetric, so the rows' product is (z − μ) S⁻¹)."""
+    diff = (np.atleast_2d(np.asarray(embedding, dtype=np.float64)) - mean).astype(precision.dtype)
+    return diff @ precision
 
 
 def diffcam_maps(activations: np.ndarray, group: ShrunkGaussian, centre: bool = True) -> np.ndarray:
@@ -97,7 +104,8 @@ class DiffCam(Explainer):
         ``others:<c>`` and ``class:<c>`` name groups of the reference store;
         ``own-class-loo:<c>`` is class c without the image itself, in closed form
         per class (``LeaveOneOut.member_directions``: one eigendecomposition per
-        class, not one factorisation per image).
+        class, not one factorisation per image). A group's weights are one product
+        with its stored precision (a Cholesky solve for a store without one).
         """
         class_names = list(reference["class"].values)
         leave_one_out = LeaveOneOut(reference)
@@ -110,9 +118,16 @@ class DiffCam(Explainer):
             if kind == "own-class-loo":
                 weights[positions], centred, _, _ = leave_one_out.member_directions(int(c), embedding[positions], MAP_DTYPE)
             else:
-                group = group_from_store(reference, f"{kind}:{class_names[int(c)]}")
-                weights[positions] = diffcam_weights(embedding[positions], group, MAP_DTYPE)
-                centred = weights[positions] @ group.mean
+                name = f"{kind}:{class_names[int(c)]}"
+                stored = group_precision(reference, name)
+                if stored is not None:
+                    mean, precision = stored
+                    weights[positions] = precision_weights(embedding[positions], mean, precision)
+                else:
+                    group = group_from_store(reference, name)
+                    mean = group.mean
+                    weights[positions] = diffcam_weights(embedding[positions], group, MAP_DTYPE)
+                centred = weights[positions] @ mean
             if settings.diffcam_centre:
                 offsets[positions] = centred
         return weights, offsets

@@ -20,7 +20,8 @@ class's factor rows, its groups' Cholesky factors written into the store — so
 at most a few K × K matrices are in memory, whatever N and C (1,000 classes ×
 2,048 channels included). Disk: the spilled factor rows (at most N·K float64,
 removed afterwards) and the store (C·K² for the class outer products,
-(2C + 2)·K² for the factors).
+(2C + 2)·K² float64 for the factors and as many float32 for the precisions: 50 GB at
+1,000 classes × K = 2,048).
 
 Each group's covariance is OAS-shrunk (:mod:`audit.reference_groups.gaussian`).
 
@@ -35,7 +36,9 @@ variables ``count`` (group), ``mean`` (group, channel), ``shrinkage`` (group),
 ``condition`` (group, 1-norm condition number of the shrunk covariance,
 LAPACK's estimate), ``covariance`` (group:
 ``own``, ``pooled`` or ``none``), ``cholesky`` (group, unit, unit_b,
-lower factor of the shrunk covariance, one chunk per group) and the class
+lower factor of the shrunk covariance, one chunk per group), ``precision`` (group, unit, unit_b,
+float32: its inverse S⁻¹, formed once here from the factor so that DiffCAM's weights are one product per group;
+NaN for an empty group) and the class
 sufficient statistics ``class_count`` (class), ``class_sum`` (class, channel),
 ``class_outer`` (class, unit, unit_b, one chunk per class),
 ``class_nonfinite`` (class), and each class's covariance eigendecomposition
@@ -217,6 +220,7 @@ def _write_groups(spill: ClassSpill, class_names: list[str], path: Path, min_ima
     template = xr.Dataset(
         {
             "cholesky": (("group", "unit", "unit_b"), da.zeros((len(names), k, k), chunks=(1, k, k))),
+            "precision": (("group", "unit", "unit_b"), da.zeros((len(names), k, k), chunks=(1, k, k), dtype=np.float32)),
             "class_outer": (("class", "unit", "unit_b"), da.zeros((num_classes, k, k), chunks=(1, k, k))),
             "class_eigenvectors": (("class", "unit", "unit_b"), da.zeros((num_classes, k, k), chunks=(1, k, k))),
         },
@@ -266,11 +270,13 @@ def _write_groups(spill: ClassSpill, class_names: list[str], path: Path, min_ima
 
 
 def _write_group(path: Path, g: int, group: ShrunkGaussian | None, k: int) -> dict:
-    """Write group ``g``'s Cholesky factor (NaN when empty); return its small values for the store."""
+    """Write group ``g``'s Cholesky factor and precision (NaN when empty); return its small values for the store."""
     if group is None:
         _write_region(path, "cholesky", g, np.full((k, k), np.nan))
+        _write_region(path, "precision", g, np.full((k, k), np.nan, np.float32))
         return {"count": 0.0, "mean": np.full(k, np.nan), "shrinkage": np.nan, "condition": np.nan, "covariance": "none"}
     _write_region(path, "cholesky", g, group.cholesky)
+    _write_region(path, "precision", g, group.precision())
     return {
         "count": group.count,
         "mean": group.mean,
@@ -312,3 +318,14 @@ def group_from_store(store: xr.Dataset, name: str) -> ShrunkGaussian:
         pooled=str(g["covariance"].values) == "pooled",
         condition=float(g["condition"]),
     )
+
+
+def group_precision(store: xr.Dataset, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """One named group's mean (K,) float64 and precision S⁻¹ (K, K) float32 from a reference store; None when the
+    store predates the ``precision`` variable (then :func:`group_from_store` and a solve); ``ValueError`` if empty."""
+    if "precision" not in store:
+        return None
+    g = store.sel(group=name)
+    if str(g["covariance"].values) == "none":
+        raise ValueError(f"reference group {name!r} has no images")
+    return g["mean"].values, g["precision"].values

@@ -112,7 +112,13 @@ def write_zarr(dataset: xr.Dataset, target: str | os.PathLike) -> None:
 
 
 def write_zarr_part(
-    dataset: xr.Dataset, path: str | os.PathLike, append: bool, image_chunk: int | None = None, mode: str = "w", compute: bool = True
+    dataset: xr.Dataset,
+    path: str | os.PathLike,
+    append: bool,
+    image_chunk: int | None = None,
+    mode: str = "w",
+    compute: bool = True,
+    encoding: dict[str, dict] | None = None,
 ) -> None:
     """Create the Zarr v3 store at ``path`` from ``dataset``, or append it along ``image``.
 
@@ -120,6 +126,7 @@ def write_zarr_part(
     every variable with that dimension (other dimensions whole). ``mode="a"``
     adds ``dataset``'s variables to an existing store; ``compute=False``
     writes the metadata only (the arrays are filled later, chunk by chunk).
+    ``encoding`` (on creation) sets variables' Zarr encodings, e.g. ``{"name": {"compressors": None}}``.
     Not atomic by itself: for a single writer building a store under a
     temporary name (see :func:`atomic_path`). Never use it from parallel writers.
     """
@@ -132,11 +139,11 @@ def write_zarr_part(
             path, append_dim="image", zarr_format=3, consolidated=False, write_empty_chunks=True
         )
     else:
-        encoding = {}
+        encoding = {name: dict(values) for name, values in (encoding or {}).items()}
         if image_chunk is not None:
             for name, variable in converted.variables.items():
                 if "image" in variable.dims:
-                    encoding[name] = {"chunks": tuple(image_chunk if d == "image" else n for d, n in zip(variable.dims, variable.shape))}
+                    encoding.setdefault(name, {})["chunks"] = tuple(image_chunk if d == "image" else n for d, n in zip(variable.dims, variable.shape))
         converted.to_zarr(path, mode=mode, zarr_format=3, consolidated=False, encoding=encoding, compute=compute, write_empty_chunks=True)
 
 

@@ -111,23 +111,23 @@ class DiffCam(Explainer):
         leave_one_out = LeaveOneOut(reference)
         embedding = np.asarray(embedding)  # float64 a group at a time, below
         weights, offsets = np.empty(embedding.shape, MAP_DTYPE), np.zeros(len(rows))
-        positions_of = pd.Series(np.arange(len(rows)), index=rows.index)
-        for reference_name, group_rows in tqdm(rows.groupby("reference", sort=False), desc="diffcam", unit="group"):
+        groups = rows.groupby("reference", sort=False).indices  # name → the rows' positions
+        for reference_name, positions in tqdm(groups.items(), desc="diffcam", unit="group"):
             kind, c = reference_name.split(":")
-            positions = positions_of[group_rows.index].to_numpy()
             if kind == "own-class-loo":
-                weights[positions], centred, _, _ = leave_one_out.member_directions(int(c), embedding[positions], MAP_DTYPE)
+                group_weights, centred, _, _ = leave_one_out.member_directions(int(c), embedding[positions], MAP_DTYPE)
             else:
                 name = f"{kind}:{class_names[int(c)]}"
                 stored = group_precision(reference, name)
                 if stored is not None:
                     mean, precision = stored
-                    weights[positions] = precision_weights(embedding[positions], mean, precision)
+                    group_weights = precision_weights(embedding[positions], mean, precision)
                 else:
                     group = group_from_store(reference, name)
                     mean = group.mean
-                    weights[positions] = diffcam_weights(embedding[positions], group, MAP_DTYPE)
-                centred = weights[positions] @ mean
+                    group_weights = diffcam_weights(embedding[positions], group, MAP_DTYPE)
+                centred = group_weights @ mean
+            weights[positions] = group_weights
             if settings.diffcam_centre:
                 offsets[positions] = centred
         return weights, offsets

@@ -226,7 +226,9 @@ def _write_groups(spill: ClassSpill, class_names: list[str], path: Path, min_ima
         },
         coords={"group": names, "class": class_names},
     )
-    write_zarr_part(template, path, append=False, compute=False)
+    # the precision is dense float32 that zstd barely shrinks; read once per group by DiffCAM, where decompressing it
+    # took 1.1 of the 1.7 ms that Zarr spends per group (benchmarks/README.md)
+    write_zarr_part(template, path, append=False, compute=False, encoding={"precision": {"compressors": None}})
 
     total_outer, scatter = np.zeros((k, k)), np.zeros((k, k))
     for c in tqdm(range(num_classes), desc="class outer products", unit="class"):

@@ -4,8 +4,9 @@
 leaves out the images the listing marks absent (:mod:`audit.data.shards`).
 
 Store layout (each ``features/shard-NNNNN.zarr``, and their concatenation), dims named:
-    activation  float32 (image, unit, layer_y, layer_x)   the layer's output A on its grid
-    embedding   float32 (image, unit)                     z = spatial mean of A
+    activation        float16 (image, unit, layer_y, layer_x)   the layer's output A on its grid, ÷ its image's scale
+    activation_scale  float32 (image)                            the image's largest |A|: A = activation · scale
+    embedding   float32 (image, unit)                     z = spatial mean of A (of the float32 A, before it is rounded)
     pre_logits  float32 (image, feature)         the classifier's input (the model's final embedding)
     logits      float32 (image, class)           (models with a classifier head only)
     probability float32 (image, class)           softmax of the logits (idem)
@@ -14,6 +15,11 @@ and ``class`` (class names); attrs: model name, layer, head (1 when the model ha
 values were computed in (``float32``; ``float16`` or ``bfloat16`` under CUDA autocast) and ``device``, shard start
 and stop, ``format_version``. ``unit`` is a feature channel of the explained layer,
 ``feature`` one of the final embedding.
+
+The activations are stored as float16 × a per-image scale (largest magnitude 1, as the dataset maps are) and without
+compression: within 2⁻¹² of the image's largest |A| (relative 2⁻¹¹ for values above 2⁻¹⁴ of it), half of float32's
+bytes, and read several times faster than zstd's float32 (issue 30.2, ``benchmarks/README.md``). Read them with
+:func:`activation_values`; stores written before this (float32, no scale) read the same way.
 """
 from __future__ import annotations
 
@@ -34,14 +40,58 @@ PRECISIONS = ("float32", "float16", "bfloat16")
 none: float32)."""
 
 
-def open_features(paths: Sequence[str | os.PathLike], listing: pd.DataFrame | None = None) -> xr.Dataset:
-    """The shard stores concatenated lazily along ``image`` (in the order given), without the images ``listing`` marks absent."""
-    shards = [open_zarr(p) for p in paths]
+ACTIVATION_ENCODING = {"compressors": None}
+"""The activations' Zarr encoding: float16 that zstd would shrink by about half again, at a third of the read speed."""
+
+
+def quantize_activations(activations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Activations (B, K, h, w) float32 as stored: float16 A / s (B, K, h, w) and the scale s (B,) float32, each image's
+    largest |A| (1 for an all-zero image)."""
+    import torch
+
+    values = torch.from_numpy(np.ascontiguousarray(activations, dtype=np.float32))
+    largest = values.abs().amax(dim=tuple(range(1, values.ndim))) if len(values) else torch.zeros(0)
+    scale = torch.where(largest > 0, largest, torch.ones_like(largest))
+    return (values / scale.view(-1, *[1] * (values.ndim - 1))).half().numpy(), scale.numpy()
+
+
+def activation_values(features: xr.Dataset, out: np.ndarray | None = None) -> np.ndarray:
+    """The activations A (n, K, h, w) float32 of a feature store or a slice of it, read now: the stored values times
+    their image's scale (float32 stores without a scale as they are).
+
+    ``out``: a float32 array of that shape to write them into (a buffer reused read after read: a fresh 100 MB array
+    costs its page faults, more than the conversion itself).
+    """
+    import torch
+
+    stored = features["activation"].values
+    if "activation_scale" not in features and out is None:
+        return np.asarray(stored, dtype=np.float32)
+    values = torch.from_numpy(out) if out is not None else torch.empty(stored.shape, dtype=torch.float32)
+    values.copy_(torch.from_numpy(stored))  # torch's vectorised conversion (numpy's float16 cast is 20× slower)
+    if "activation_scale" not in features:
+        return values.numpy()
+    values.mul_(torch.from_numpy(features["activation_scale"].values.astype(np.float32)).view(-1, *[1] * (stored.ndim - 1)))
+    return values.numpy()
+
+
+def open_features(paths: Sequence[str | os.PathLike], listing: pd.DataFrame | None = None, dask: bool = True) -> xr.Dataset:
+    """The shard stores concatenated lazily along ``image`` (in the order given), without the images ``listing`` marks
+    absent; Dask-backed, or with ``dask=False`` read from Zarr when indexed (for a stage that reads a slice at a time).
+
+    Shards written before the activations were stored as float16 get a scale of 1."""
+    shards = [_with_scale(open_zarr(p, dask)) for p in paths]
     combined = concat_images(shards)
     first = shards[0].attrs
     precision = max((s.attrs.get("precision", "float32") for s in shards), key=PRECISIONS.index)  # the coarsest shard's
     combined = combined.drop_attrs(deep=False).assign_attrs(model=first["model"], layer=first["layer"], head=first["head"], precision=precision)
     return keep_present(combined, listing) if listing is not None else combined
+
+
+def _with_scale(shard: xr.Dataset) -> xr.Dataset:
+    if "activation_scale" in shard:
+        return shard
+    return shard.assign(activation_scale=("image", np.ones(shard.sizes["image"], np.float32)))
 
 
 def has_classifier(features: xr.Dataset) -> bool:

@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
+from audit.feature_store import ACTIVATION_ENCODING, quantize_activations
 from audit.models.checkpoint import ModelMeta
 from audit.models.layers import capture_classifier_input, capture_layer
 from audit.models.placement import device_of
@@ -58,13 +59,16 @@ def forward_features(
 def feature_part(
     coords: xr.Dataset, class_names: Sequence[str], activations: np.ndarray, pre_logits: np.ndarray, logits: np.ndarray | None
 ) -> xr.Dataset:
-    """The feature variables of a run of images whose ``image_id``, ``label``, ``split`` are in ``coords``.
+    """The feature variables of a run of images whose ``image_id``, ``label``, ``split`` are in ``coords``, as stored
+    (:mod:`audit.feature_store`: the activations float16 × a per-image scale, the embedding from the float32 ones).
 
     ``logits`` None (a backbone without a classifier) leaves out logits, probability and prediction.
     """
+    stored, scale = quantize_activations(activations)
     part = xr.Dataset(
         {
-            "activation": (("image", "unit", "layer_y", "layer_x"), activations),
+            "activation": (("image", "unit", "layer_y", "layer_x"), stored),
+            "activation_scale": ("image", scale),
             "embedding": (("image", "unit"), activations.mean(axis=(2, 3))),
             "pre_logits": (("image", "feature"), pre_logits),
         },
@@ -135,7 +139,7 @@ def extract_shard(
     computed = precision if device.startswith("cuda") else "float32"  # autocast runs on CUDA only
     attrs = {"model": meta.name, "layer": meta.layer, "head": int(meta.head), "precision": computed, "device": device, "shard_start": start, "shard_stop": stop}
     nonfinite = {"activation": 0, "pre_logits": 0, "logits": 0}
-    with atomic_path(target) as tmp, ChunkedZarrWriter(tmp, chunk, attrs, background=True) as writer:  # the write beside the next batch's forward
+    with atomic_path(target) as tmp, ChunkedZarrWriter(tmp, chunk, attrs, background=True, encoding={"activation": ACTIVATION_ENCODING}) as writer:  # the write beside the next batch's forward
         for first, pixels in tqdm(loader, total=len(batches), desc=f"features {start}:{stop}", unit="batch"):
             activations, pre_logits, logits = forward_features(model, meta, pixels, device, precision)
             for name, values in zip(nonfinite, (activations, pre_logits, logits)):

@@ -25,6 +25,7 @@ import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Iterator
 
@@ -101,14 +102,14 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def write_zarr(dataset: xr.Dataset, target: str | os.PathLike) -> None:
-    """Write ``dataset`` as a Zarr v3 store at ``target``, atomically.
+def write_zarr(dataset: xr.Dataset, target: str | os.PathLike, encoding: dict[str, dict] | None = None) -> None:
+    """Write ``dataset`` as a Zarr v3 store at ``target``, atomically (``encoding``: as :func:`write_zarr_part`'s).
 
     Strings are stored as variable-length UTF-8 (numpy ``StringDType``), the
     string type with a Zarr v3 specification.
     """
     with atomic_path(target) as tmp:
-        write_zarr_part(dataset, tmp, append=False)
+        write_zarr_part(dataset, tmp, append=False, encoding=encoding)
 
 
 def write_zarr_part(
@@ -214,7 +215,7 @@ def concat_images(parts: list[xr.Dataset]) -> xr.Dataset:
 class ChunkedZarrWriter:
     """Build a Zarr v3 store along ``image`` from parts of any length, in whole chunks.
 
-    Parts are buffered and written as whole chunks of ``chunk`` images
+    Parts are buffered and written as whole chunks of ``chunk`` images (``encoding``: as :func:`write_zarr_part`'s)
     (appended; the last chunk may be short), so every write is chunk-aligned
     and memory stays at about one chunk. One writer per store; wrap the path
     in :func:`atomic_path`.
@@ -225,8 +226,8 @@ class ChunkedZarrWriter:
     then, so that a write still in flight ends before the store's folder is removed after an error.
     """
 
-    def __init__(self, path: str | os.PathLike, chunk: int, attrs: dict | None = None, background: bool = False):
-        self.path, self.chunk, self.attrs = path, chunk, attrs or {}
+    def __init__(self, path: str | os.PathLike, chunk: int, attrs: dict | None = None, background: bool = False, encoding: dict[str, dict] | None = None):
+        self.path, self.chunk, self.attrs, self.encoding = path, chunk, attrs or {}, encoding
         self.buffer: list[xr.Dataset] = []
         self.buffered = 0
         self.written = 0
@@ -265,10 +266,11 @@ class ChunkedZarrWriter:
         count = (self.buffered // self.chunk) * self.chunk if whole_chunks_only else self.buffered
         head = pending.isel(image=slice(0, count)).assign_attrs(self.attrs)
         self._wait()  # the previous write first: appends keep their order
+        write = partial(write_zarr_part, head, self.path, append=self.written > 0, image_chunk=self.chunk, encoding=self.encoding)
         if self._executor is None:
-            write_zarr_part(head, self.path, append=self.written > 0, image_chunk=self.chunk)
+            write()
         else:
-            self._in_flight = self._executor.submit(write_zarr_part, head, self.path, append=self.written > 0, image_chunk=self.chunk)
+            self._in_flight = self._executor.submit(write)
         self.written += count
         rest = pending.isel(image=slice(count, None))
         self.buffer = [rest] if rest.sizes["image"] else []

@@ -10,7 +10,7 @@ Run:
 closed-form: Grad-CAM, Finer-CAM (T = 3) and DiffCAM against all other classes
 and against the own class without the image, for every image, from stored
 activations (512 × 8 × 8, 10 classes) and a reference store: once from
-activations in memory, once from a feature shard on disk (Zarr read included),
+activations in memory, once from each kind of feature shard on disk in ``STORES`` (Zarr read included),
 reference store opened and plan built within the time. Each job runs with one
 thread by default, as the ``dataset_maps`` rule runs (it has no ``threads:``, so
 Snakemake gives it one and sets ``OPENBLAS_NUM_THREADS=1``); ``--jobs 2`` runs
@@ -43,6 +43,12 @@ from audit.settings import ExplainSettings, StrategySettings  # noqa: E402
 from cases import synchronize  # noqa: E402  (benchmarks/cases.py: run from the repository root)
 
 METHODS = ["gradcam", "finercam", "diffcam"]
+STORES = {  # label: (activations as float16 × a per-image scale, their Zarr encoding, read through Dask)
+    "float32, zstd, read through Dask (the store before issue 30.2)": (False, {}, True),
+    "float32, uncompressed, read through Zarr": (False, {"compressors": None}, False),
+    "float16 × scale, uncompressed, read through Zarr (the store now)": (True, {"compressors": None}, False),
+}
+"""The feature shards compared from disk: how the activations are stored and how the job reads them."""
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 """What Snakemake sets to a job's threads before it runs the job's script (snakemake.shell)."""
 
@@ -93,7 +99,7 @@ def closed_form(args: argparse.Namespace) -> None:
             if any(job.exitcode not in (None, 0) for job in jobs):
                 raise SystemExit("a benchmark job failed (its traceback is above)") from None
     results = [result for _, result in sorted(finished)]
-    for label in ("activations in memory", "feature shard on disk"):
+    for label in results[0]:
         seconds = np.array([result[label] for result in results])  # (jobs, repeats)
         for job, row in enumerate(seconds):
             print(f"{label}, job {job}: {args.images:,} images in " + ", ".join(f"{s:.2f} s" for s in row)
@@ -110,6 +116,7 @@ def _closed_form_job(images: int, threads: int, repeat: int, seed: int, barrier,
 
     from audit.explain.dataset_maps import shard_maps
     from audit.explain.plan import dataset_plan
+    from audit.feature_store import quantize_activations
     from audit.reference_groups.store import open_reference, write_reference_store
     from audit.storage import open_zarr, write_zarr
 
@@ -119,8 +126,15 @@ def _closed_form_job(images: int, threads: int, repeat: int, seed: int, barrier,
     timings: dict[str, list[float]] = {}
     with TemporaryDirectory() as folder:
         write_reference_store(da.from_array(features["embedding"].values, chunks=4096), features["label"].values, list(features["class"].values), Path(folder) / "reference.zarr")
-        write_zarr(features.chunk({"image": 256}), Path(folder) / "shard.zarr")
-        for label, source in (("activations in memory", features), ("feature shard on disk", open_zarr(Path(folder) / "shard.zarr"))):
+        sources = {"activations in memory": features}
+        for number, (label, (rounded, encoding, dask)) in enumerate(STORES.items()):
+            stored = features
+            if rounded:
+                activation, scale = quantize_activations(features["activation"].values)
+                stored = features.assign(activation=(features["activation"].dims, activation), activation_scale=("image", scale))
+            write_zarr(stored.chunk({"image": 256}), Path(folder) / f"{number}.zarr", {"activation": encoding})
+            sources[f"shard on disk: {label}"] = open_zarr(Path(folder) / f"{number}.zarr", dask)
+        for label, source in sources.items():
             for _ in range(repeat):
                 barrier.wait()  # the jobs run side by side
                 start = time.perf_counter()

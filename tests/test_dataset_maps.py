@@ -5,12 +5,13 @@ import pandas as pd
 import pytest
 import torch
 
-from audit.explain.compute import plan_maps
+from audit.explain.compute import plan_maps, uses_model
 from audit.explain.dataset_maps import pool_linear_head, shard_maps
 from audit.explain.dataset_store import dataset_map_store
 from audit.explain.diffcam import diffcam_maps
 from audit.explain.engine import ExplainerEngine
 from audit.explain.plan import dataset_plan
+from audit.feature_store import activation_values
 from audit.features import feature_part, forward_features
 from audit.reference_groups.leave_one_out import LeaveOneOut
 from audit.reference_groups.store import write_reference_store
@@ -22,7 +23,8 @@ METHODS = ["gradcam", "finercam", "diffcam"]
 
 @pytest.fixture(scope="module")
 def shard(trained, digits_small, tmp_path_factory):
-    """80 digits' features at layer4 (pool + linear head) and layer3 (head-side autograd), with their reference stores."""
+    """80 digits' features at layer4 (pool + linear head) and layer3 (head-side autograd) as the store keeps them
+    (float16 activations × a per-image scale), their reference stores, and the float32 activations."""
     model, meta = trained
     images = digits_small.images[:80]
     coords = {"image_id": np.array([f"d{i}" for i in range(80)]), "label": digits_small.labels[:80], "split": np.array(["audit"] * 80)}
@@ -33,7 +35,7 @@ def shard(trained, digits_small, tmp_path_factory):
         features = feature_part(_Coords(coords), meta.class_names, activations, pre_logits, logits)
         path = tmp_path_factory.mktemp(layer) / "reference.zarr"
         write_reference_store(da.from_array(features["embedding"].values, chunks=40), coords["label"], list(meta.class_names), path, min_images=3)
-        out[layer] = (layer_meta, features, open_zarr(path).load())
+        out[layer] = (layer_meta, features, open_zarr(path).load(), activations)
     return out
 
 
@@ -50,7 +52,7 @@ def _plan(features, settings):
 
 def test_closed_form_maps_from_stored_activations_equal_the_engines_autograd_maps(trained, digits_small, shard):
     model, _ = trained
-    meta, features, reference = shard["layer4"]
+    meta, features, reference, _ = shard["layer4"]
     settings = ExplainSettings(batch_size=16)
     classifier = model.get_classifier()
     weight, bias = classifier.weight.detach().numpy(), classifier.bias.detach().numpy()
@@ -75,7 +77,7 @@ def test_other_gradient_cams_in_the_closed_form_equal_the_engines_maps(trained, 
     """LayerCAM and HiResCAM are channel sums under the closed form (one batched product with DiffCAM's rows);
     Grad-CAM++ and XGradCAM are not, and go through the engine's maps on stored activations."""
     model, _ = trained
-    meta, features, reference = shard["layer4"]
+    meta, features, reference, _ = shard["layer4"]
     settings = ExplainSettings(batch_size=16)
     methods = ["layercam", "hirescam", "gradcampp", "xgradcam", "diffcam"]
     plan = dataset_plan(features["image_id"].values, features["label"].values, features["probability"].values, settings, methods)
@@ -92,7 +94,7 @@ def test_a_head_computed_in_bfloat16_still_counts_as_pool_linear_by_its_stored_p
     float32 tolerance (every shard silently took the model pass), within the bfloat16 one; a head that is not
     pooling + linear stays refused at every precision."""
     model, _ = trained
-    _, features, _ = shard["layer4"]
+    _, features, _, _ = shard["layer4"]
     classifier = model.get_classifier()
     weight, bias = classifier.weight.detach().numpy(), classifier.bias.detach().numpy()
     embedding = torch.from_numpy(features["embedding"].values)
@@ -102,14 +104,14 @@ def test_a_head_computed_in_bfloat16_still_counts_as_pool_linear_by_its_stored_p
     assert pool_linear_head(features["embedding"].values, logits, weight, bias, "bfloat16")
     for precision in ("float32", "float16", "bfloat16"):
         assert not pool_linear_head(features["embedding"].values, logits + 0.5 * np.abs(logits).max(), weight, bias, precision)
-    _, layer3, _ = shard["layer3"]
+    _, layer3, _, _ = shard["layer3"]
     assert not pool_linear_head(layer3["embedding"].values, layer3["logits"].values, weight, None, "bfloat16")
 
 
 def test_maps_of_a_layer_without_the_closed_form_come_from_one_engine_pass_per_batch(trained, digits_small, shard, monkeypatch):
     """Every method's maps of a batch of images (four variants each) come from one forward and one batched VJP."""
     model, _ = trained
-    meta, features, reference = shard["layer3"]
+    meta, features, reference, _ = shard["layer3"]
     classifier = model.get_classifier()
     assert not pool_linear_head(features["embedding"].values, features["logits"].values, classifier.weight.detach().numpy(), None)
     settings = ExplainSettings(batch_size=16)
@@ -141,13 +143,14 @@ def test_maps_of_a_layer_without_the_closed_form_come_from_one_engine_pass_per_b
 
 
 def test_leave_one_out_diffcam_for_every_image_equals_one_factorisation_per_image(shard):
-    _, features, reference = shard["layer4"]
+    _, stored, reference, activations = shard["layer4"]
+    features = _unrounded(stored, activations)  # the closed form's arithmetic alone (the rounding: the test below)
     settings = ExplainSettings()
     plan = _plan(features, settings)
     own = plan[plan["variant"] == "diffcam vs own class"]
     ours = shard_maps(own, features, reference, settings, read_size=50)
     leave_one_out = LeaveOneOut(reference)
-    activations, embedding, labels = features["activation"].values, features["embedding"].values, features["label"].values
+    embedding, labels = features["embedding"].values, features["label"].values
     checked, worst = 0, 0.0
     for row, i in enumerate(own["image_index"]):
         group = leave_one_out.group(int(labels[i]), embedding[i])
@@ -161,6 +164,37 @@ def test_leave_one_out_diffcam_for_every_image_equals_one_factorisation_per_imag
     order = np.concatenate([np.flatnonzero(labels == c) for c in np.unique(labels)])
     np.testing.assert_allclose(ours[np.argsort(own["image_index"].to_numpy())].mean(axis=(1, 2))[order], scores, rtol=1e-4)
     print(f"largest difference from the float64 factorisation: {worst:.1e} of the map's largest magnitude")
+
+
+def _unrounded(features, activations):
+    """``features`` with the float32 activations it was made from instead of the stored float16 × scale."""
+    return features.drop_vars("activation_scale").assign(activation=(features["activation"].dims, activations))
+
+
+@pytest.mark.parametrize("layer", ["layer4", "layer3"])
+def test_maps_from_the_float16_store_are_the_float32_activations_maps_within_its_rounding(trained, shard, layer):
+    """The maps read from stored activations (Grad-CAM and Finer-CAM in the closed form at layer4; DiffCAM vs all
+    others and vs its own class at both layers; layer3's gradient maps come from the model, not the store) from the
+    activations as stored (float16 × the image's largest |A|) against the same maps from the float32 activations:
+    each within 1e-3 of the map's range (of its method's median range for an all but flat ReLU'd map), and the
+    activations within 2⁻¹² of the largest."""
+    model, meta = trained
+    _, stored, reference, activations = shard[layer]
+    settings = ExplainSettings()
+    plan = _plan(stored, settings)
+    weight = model.fc.weight.detach().numpy() if layer == "layer4" else None
+
+    def maps(features):
+        return shard_maps(plan[~uses_model(plan)] if weight is None else plan, features, reference, settings, 32, weight)
+
+    rounded, exact = maps(stored), maps(_unrounded(stored, activations))
+    assert np.isfinite(exact).all()
+    error, spread = np.abs(rounded - exact).max(axis=(1, 2)), np.ptp(exact, axis=(1, 2))
+    rows = (plan[~uses_model(plan)] if weight is None else plan).reset_index(drop=True)
+    for variant, at in rows.groupby("variant").indices.items():  # a ReLU'd map can be all but flat: then its method's scale
+        scale = np.maximum(spread[at], np.median(spread[at]))
+        assert 0 < (error[at] / scale).max() < 1e-3, (variant, (error[at] / scale).max())
+    np.testing.assert_allclose(activation_values(stored), activations, rtol=0, atol=float(np.abs(activations).max()) * 2.0**-12)
 
 
 @pytest.mark.parametrize("by_weight", [False, True])

@@ -1,9 +1,10 @@
 """Sharded feature extraction and the lazily combined feature store."""
 import numpy as np
 import torch
+import xarray as xr
 
 from audit.data.dataset import write_image_store
-from audit.feature_store import open_features
+from audit.feature_store import activation_values, open_features
 from audit.features import extract_shard, forward_features
 from audit.models.layers import capture_layer
 from audit.settings import FeatureSettings
@@ -31,7 +32,14 @@ def test_shards_combine_to_the_model_outputs_with_named_dims(trained, digits_sma
     assert list(store["image_id"].values) == list(digits_small.image_ids)
     assert (store["label"].values == digits_small.labels).all()
     activations, pre_logits, logits = forward_features(model, meta, torch.from_numpy(digits_small.images))
-    np.testing.assert_allclose(store["activation"].values, activations, rtol=1e-5, atol=1e-5)
+    # stored as float16 × each image's largest |A|: within 2⁻¹² of it (the rounding of a value in [-1, 1]); the
+    # embedding is the mean of the float32 activations
+    assert store["activation"].dtype == np.float16 and store["activation"].encoding["compressors"] == ()
+    largest = np.abs(activations).max(axis=(1, 2, 3))
+    np.testing.assert_allclose(store["activation_scale"].values, largest, rtol=1e-5)
+    error = np.abs(activation_values(store) - activations).max(axis=(1, 2, 3))
+    assert (error <= largest * (2.0**-12 + 1e-6)).all() and error.max() > 0
+    np.testing.assert_allclose(store["embedding"].values, activations.mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(store["logits"].values, logits, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(store["pre_logits"].values, pre_logits, rtol=1e-5, atol=1e-5)
     # For this CNN the explained layer is the last stage, so the pre-logits are its spatial mean.
@@ -76,3 +84,25 @@ def test_capture_layer_records_the_module_output(trained):
         model(x)
     expected = model.layer4(model.layer3(model.layer2(model.layer1(model.maxpool(model.act1(model.bn1(model.conv1(x))))))))
     torch.testing.assert_close(captured["A"], expected)
+
+
+def test_a_shard_stored_before_float16_activations_reads_beside_a_new_one(tmp_path, rng):
+    """A shard of float32 activations without a scale (stores before issue 30.2) and one of float16 × scale: one
+    feature store, the old activations exactly as written, the new within their rounding, the scale 1 for the old."""
+    from audit.features import feature_part
+    from audit.storage import write_zarr
+
+    activations = np.maximum(rng.normal(size=(6, 4, 3, 3)), 0).astype(np.float32) * np.array([1e-3, 1, 10, 300, 0, 5e4], np.float32)[:, None, None, None]
+    coords = xr.Dataset({"image_id": ("image", [f"i{i}" for i in range(6)]), "label": ("image", np.zeros(6, np.int64)), "split": ("image", ["audit"] * 6)})
+    new = feature_part(coords, ["a"], activations, activations.mean(axis=(2, 3)), np.zeros((6, 1), np.float32))
+    new = new.assign_attrs(model="m", layer="l", head=1)
+    old = new.drop_vars("activation_scale").assign(activation=(new["activation"].dims, activations))
+    write_zarr(old.isel(image=slice(0, 3)), tmp_path / "old.zarr")
+    write_zarr(new.isel(image=slice(3, 6)), tmp_path / "new.zarr")
+    store = open_features([tmp_path / "old.zarr", tmp_path / "new.zarr"])
+    values = activation_values(store)
+    np.testing.assert_array_equal(values[:3], activations[:3])
+    np.testing.assert_array_equal(store["activation_scale"].values[:3], 1.0)
+    assert store["activation_scale"].values[4] == 1.0  # an all-zero image
+    largest = np.abs(activations[3:]).max(axis=(1, 2, 3))
+    assert (np.abs(values[3:] - activations[3:]).max(axis=(1, 2, 3)) <= largest * 2.0**-12).all()

@@ -36,6 +36,7 @@ from audit.explain.explainer import LAYER, LAYER_GRADIENTS
 from audit.explain.objectives import objective_coefficients, plan_gamma
 from audit.explain.registry import explainer
 from audit.explain.weighting import direction_maps
+from audit.feature_store import activation_values
 from audit.settings import ExplainSettings
 
 CLOSED_FORM = "closed form from stored activations (pool + linear head)"
@@ -184,6 +185,7 @@ def shard_maps(
         embedding = features["embedding"].isel(image=rows["image_index"].to_numpy()).values
         directions.add(rows.index.to_numpy(), *explainer(name).stored_directions(embedding, reference, rows, settings), rectify=False)
     image_index = plan["image_index"].to_numpy()
+    buffer = np.empty((min(read_size, features.sizes["image"]), *features["activation"].shape[1:]), np.float32)  # every read's activations
     for start in tqdm(range(0, features.sizes["image"], read_size), desc="dataset maps", unit="read"):
         stop = min(start + read_size, features.sizes["image"])
         here = slice(*np.searchsorted(image_index, [start, stop]))
@@ -192,7 +194,7 @@ def shard_maps(
         if not (len(positions) or read_generic.any()):
             continue
         part = features.isel(image=slice(start, stop))
-        activations = part["activation"].values
+        activations = activation_values(part, out=buffer[: stop - start])
         read_out = out[here]
         if read_generic.any():
             chosen = plan[here][read_generic].assign(image_index=lambda r: r["image_index"] - start)

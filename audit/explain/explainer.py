@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from audit.explain.weighting import direction_maps
+from audit.feature_store import activation_values
 
 if TYPE_CHECKING:
     import torch
@@ -162,7 +163,7 @@ class Explainer:
         """
         index = rows["image_index"].to_numpy()
         weights, offsets = self.stored_directions(features["embedding"].isel(image=index).values, reference, rows, settings)
-        return direction_maps(features["activation"].isel(image=index).values, weights, offsets).astype(np.float32)
+        return direction_maps(activation_values(features.isel(image=index)), weights, offsets).astype(np.float32)
 
     def stored_directions(self, embedding: np.ndarray, reference: xr.Dataset, rows: Any, settings: ExplainSettings) -> tuple[np.ndarray, np.ndarray]:
         """For a method whose map is a channel weighting of the stored activations: each row's weights w (M, K) and offset (M,),

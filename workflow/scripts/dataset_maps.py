@@ -21,7 +21,7 @@ from audit.storage import write_zarr
 with stage_run(snakemake.log[0], snakemake.threads) as device:
     settings = stage_settings(snakemake, ExplainSettings, "explain")
     listing = read_listing(snakemake.input.listing, PRESENCE_COLUMNS)
-    features = open_features([snakemake.input.features], listing)
+    features = open_features([snakemake.input.features], listing, dask=False)  # read a slice at a time, without a Dask graph per read
     reference = open_reference(snakemake.input.reference)
     head = has_classifier(features)
     weight, bias = read_classifier(snakemake.input.checkpoint) if head else (None, None)

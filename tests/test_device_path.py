@@ -164,3 +164,16 @@ def test_metric_values_on_the_device_equal_the_cpus_including_the_random_draws(d
     on_device = evaluate_saliency(placed, meta, images, store, "random", settings)
     pd.testing.assert_frame_equal(on_device, on_cpu, rtol=1e-3, atol=1e-3)
     pd.testing.assert_frame_equal(evaluate_saliency(placed, meta, images, store, "random", settings), on_device, check_exact=True)
+
+
+def test_the_imputations_working_set_fills_a_gpu_and_stays_cache_sized_on_a_cpu(device):
+    """ROAD's torch solve on CUDA takes a quarter of the free memory over its state arrays (the CPU cache's 2 MiB held
+    three 224-px images at a time); off CUDA the cache-sized default."""
+    from audit.metrics.imputation import CACHE_WORKING_ELEMENTS, STATE_ARRAYS, working_set_elements
+
+    elements = working_set_elements(torch.device(device))
+    if device == "cpu":
+        assert elements == CACHE_WORKING_ELEMENTS
+    else:
+        free, _ = torch.cuda.mem_get_info()
+        assert 3 * 224 * 224 * 64 <= elements <= free // (4 * STATE_ARRAYS)

@@ -11,7 +11,7 @@ from audit.explain.store import saliency_dataset
 from audit.metrics.evaluate import evaluate_saliency
 from audit.settings import MetricSettings
 from audit.metrics.perturbation import removal_masks
-from audit.metrics.imputation import linear_imputation, noisy_linear_imputation
+from audit.metrics.imputation import CACHE_WORKING_ELEMENTS, linear_imputation, noisy_linear_imputation, working_set_elements
 from audit.models.preprocess import normalise
 from tests.test_metrics import META, QuadrantModel
 
@@ -34,6 +34,17 @@ def test_imputation_matches_the_reference_sparse_solve(size, compiled):
     reference = torch.stack([NoisyLinearImputer(noise=0.0)(repeated[i], (~removed[i]).float()) for i in range(len(removed))])
     assert (ours - reference).abs().max() < 1e-3
     torch.testing.assert_close(ours[~removed[:, None].expand_as(ours)], repeated[~removed[:, None].expand_as(ours)])
+
+
+def test_the_torch_solve_gives_the_same_infill_whatever_its_working_set():
+    """Two systems at a time or all at once (as a GPU's working set holds them): the same infill within the solve's
+    tolerance; off CUDA the working set is the cache-sized default."""
+    images = _smooth((10, 3, 24, 24), 4)
+    removed = _smooth((10, 1, 24, 24), 5)[:, 0] > 0.5
+    streamed = linear_imputation(images, removed, compiled=False, working_elements=2 * 3 * 24 * 24)
+    together = linear_imputation(images, removed, compiled=False, working_elements=1 << 30)
+    assert (streamed - together).abs().max() < 1e-3
+    assert working_set_elements(torch.device("cpu")) == CACHE_WORKING_ELEMENTS
 
 
 @pytest.mark.parametrize("compiled", [True, False], ids=["cpu-kernel", "torch"])

@@ -18,8 +18,8 @@ an accelerator as one batched torch solve (this module):
   stays CG, and it removes the smooth error that plain Jacobi needs
   hundreds of iterations for (about 25 iterations at 64 px and at 224 px);
 * the torch solve starts from a normalised-convolution pyramid fill, already
-  smooth, and streams the systems through a working set small enough to stay
-  in cache; the CPU kernel starts from zero (a smooth start there saved three
+  smooth, and streams the systems through a working set: small enough to stay
+  in cache off CUDA, a quarter of the free memory on a GPU; the CPU kernel starts from zero (a smooth start there saved three
   of about 24 steps and cost as much).
 
 Then Gaussian noise is added to the imputed pixels only. Units: images in
@@ -203,7 +203,7 @@ def linear_imputation(
     removed: torch.Tensor,
     tolerance: float = 2e-5,
     max_iterations: int = 500,
-    working_elements: int = 1 << 19,
+    working_elements: int | None = None,
     compiled: bool | None = None,
 ) -> torch.Tensor:
     """Harmonic infill of the removed pixels, no noise: (P, C, H, W).
@@ -224,6 +224,8 @@ def linear_imputation(
             the infill within about 5e-4 of the exact solution, below
             ROAD's noise (0.01 · std ≈ 2.5e-3).
         max_iterations: per system; a system still unconverged then keeps its last iterate.
+        working_elements: the torch solve's working set (systems · C · H · W values); default
+            :func:`working_set_elements` of the images' device.
         compiled: force (True) or avoid (False) the CPU kernel; default: on CPU tensors.
     """
     p, c, h, w = images.shape
@@ -239,7 +241,7 @@ def linear_imputation(
             )
             return torch.from_numpy(filled).to(images.device, images.dtype)
         hole = removed[rows, None].to(images.dtype)
-        return _stream(images[rows, :channels], hole, tolerance, max_iterations, working_elements)
+        return _stream(images[rows, :channels], hole, tolerance, max_iterations, working_elements or working_set_elements(images.device))
 
     grey = (images == images[:, :1]).reshape(p, -1).all(dim=1) if c > 1 else torch.zeros(p, dtype=torch.bool, device=images.device)
     out = torch.empty_like(images)
@@ -248,6 +250,24 @@ def linear_imputation(
             rows = slice(None) if bool(chosen.all()) else torch.nonzero(chosen).flatten()
             out[rows] = solve(rows, channels)
     return out
+
+
+CACHE_WORKING_ELEMENTS = 1 << 19
+"""The torch solve's working set off CUDA (systems · C · H · W values, 2 MiB in float32): about a CPU's cache."""
+
+STATE_ARRAYS = 12
+"""float32 arrays of C · H · W per system while the torch solve steps: its state (kept, iterate, residual, direction,
+hole, the preconditioner's levels) and a step's temporaries."""
+
+
+def working_set_elements(device: torch.device, share: float = 0.25) -> int:
+    """The torch solve's working set on ``device``: on CUDA, ``share`` of the free memory over :data:`STATE_ARRAYS`
+    float32 arrays (a GPU is fed enough systems at once to fill it; 2 MiB held 3 images at 224 px), else
+    :data:`CACHE_WORKING_ELEMENTS`."""
+    if device.type != "cuda":
+        return CACHE_WORKING_ELEMENTS
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(CACHE_WORKING_ELEMENTS, int(free * share) // (4 * STATE_ARRAYS))
 
 
 def _stream(images: torch.Tensor, hole: torch.Tensor, tolerance: float, max_iterations: int, working_elements: int) -> torch.Tensor:

@@ -24,7 +24,7 @@ bytes, and read several times faster than zstd's float32 (issue 30.2, ``benchmar
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
@@ -33,6 +33,9 @@ import xarray as xr
 from audit.data.shards import keep_present
 from audit.similarity import nearness_scores
 from audit.storage import concat_images, open_zarr
+
+if TYPE_CHECKING:
+    import torch
 
 
 PRECISIONS = ("float32", "float16", "bfloat16")
@@ -44,15 +47,16 @@ ACTIVATION_ENCODING = {"compressors": None}
 """The activations' Zarr encoding: float16 that zstd would shrink by about half again, at a third of the read speed."""
 
 
-def quantize_activations(activations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Activations (B, K, h, w) float32 as stored: float16 A / s (B, K, h, w) and the scale s (B,) float32, each image's
-    largest |A| (1 for an all-zero image)."""
+def quantize_activations(activations: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Activations (B, K, h, w) as stored: float16 A / s (B, K, h, w) and the scale s (B,) float32, each image's
+    largest |A| (1 for an all-zero image), on the CPU. A tensor is rounded on its own device (a GPU's), so that only
+    the float16 values cross to the CPU."""
     import torch
 
-    values = torch.from_numpy(np.ascontiguousarray(activations, dtype=np.float32))
-    largest = values.abs().amax(dim=tuple(range(1, values.ndim))) if len(values) else torch.zeros(0)
+    values = torch.as_tensor(activations).float()
+    largest = values.abs().amax(dim=tuple(range(1, values.ndim))) if len(values) else values.new_zeros(0)
     scale = torch.where(largest > 0, largest, torch.ones_like(largest))
-    return (values / scale.view(-1, *[1] * (values.ndim - 1))).half().numpy(), scale.numpy()
+    return (values / scale.view(-1, *[1] * (values.ndim - 1))).half().cpu().numpy(), scale.cpu().numpy()
 
 
 def activation_values(features: xr.Dataset, out: np.ndarray | None = None) -> np.ndarray:

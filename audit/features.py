@@ -36,15 +36,14 @@ PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.floa
 
 
 @torch.no_grad()
-def forward_features(
+def forward_tensors(
     model: nn.Module, meta: ModelMeta, pixels: torch.Tensor, device: str | None = None, precision: str = "float32"
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Activations (B, K, h, w), pre-logits (B, D) and logits (B, C) for uint8 images (B, 3, H, W).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Activations (B, K, h, w), pre-logits (B, D) and logits (B, C) for uint8 images (B, 3, H, W), float32 on the
+    model's device.
 
-    ViT tokens are viewed on the patch grid without the CLS/register tokens.
-
-    All float32 on the CPU. ``precision`` ``bfloat16``/``float16`` runs the
-    model under autocast on CUDA (ignored on the CPU).
+    ViT tokens are viewed on the patch grid without the CLS/register tokens. ``precision`` ``bfloat16``/``float16``
+    runs the model under autocast on CUDA (ignored on the CPU).
     """
     device = device or device_of(model)
     x = to_model_input(pixels.to(device, non_blocking=True), meta.mean, meta.std, device)
@@ -53,24 +52,38 @@ def forward_features(
     with capture_layer(model, meta.layer) as captured, capture_classifier_input(model) as head, autocast:
         logits = model(x)
     activations = spatial_map(model, captured["A"], x.shape[-2:])
-    return tuple(t.float().cpu().numpy() for t in (activations, head["pre_logits"], logits))
+    return tuple(t.float() for t in (activations, head["pre_logits"], logits))
+
+
+def forward_features(
+    model: nn.Module, meta: ModelMeta, pixels: torch.Tensor, device: str | None = None, precision: str = "float32"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`forward_tensors` as float32 arrays on the CPU."""
+    return tuple(t.cpu().numpy() for t in forward_tensors(model, meta, pixels, device, precision))
 
 
 def feature_part(
-    coords: xr.Dataset, class_names: Sequence[str], activations: np.ndarray, pre_logits: np.ndarray, logits: np.ndarray | None
+    coords: xr.Dataset,
+    class_names: Sequence[str],
+    activations: np.ndarray | torch.Tensor,
+    pre_logits: np.ndarray | torch.Tensor,
+    logits: np.ndarray | torch.Tensor | None,
 ) -> xr.Dataset:
     """The feature variables of a run of images whose ``image_id``, ``label``, ``split`` are in ``coords``, as stored
     (:mod:`audit.feature_store`: the activations float16 × a per-image scale, the embedding from the float32 ones).
 
-    ``logits`` None (a backbone without a classifier) leaves out logits, probability and prediction.
+    Arrays, or float32 tensors on any device: the rounding, the embedding and the softmax run there, so that
+    from a GPU only the stored values cross to the CPU. ``logits`` None (a backbone without a classifier) leaves
+    out logits, probability and prediction.
     """
+    activations = torch.as_tensor(activations)
     stored, scale = quantize_activations(activations)
     part = xr.Dataset(
         {
             "activation": (("image", "unit", "layer_y", "layer_x"), stored),
             "activation_scale": ("image", scale),
-            "embedding": (("image", "unit"), activations.mean(axis=(2, 3))),
-            "pre_logits": (("image", "feature"), pre_logits),
+            "embedding": (("image", "unit"), activations.mean(dim=(2, 3)).cpu().numpy()),
+            "pre_logits": (("image", "feature"), torch.as_tensor(pre_logits).cpu().numpy()),
         },
         coords={
             "image_id": ("image", coords["image_id"].values.astype(str)),
@@ -81,10 +94,10 @@ def feature_part(
     )
     if logits is None:
         return part
-    probability = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
-    return part.assign(logits=(("image", "class"), logits), probability=(("image", "class"), probability)).assign_coords(
-        prediction=("image", logits.argmax(1).astype(np.int64))
-    )
+    logits = torch.as_tensor(logits)
+    return part.assign(
+        logits=(("image", "class"), logits.cpu().numpy()), probability=(("image", "class"), torch.softmax(logits, dim=1).cpu().numpy())
+    ).assign_coords(prediction=("image", logits.argmax(1).cpu().numpy().astype(np.int64)))
 
 
 class ShardBatches(IterableDataset):
@@ -141,9 +154,9 @@ def extract_shard(
     nonfinite = {"activation": 0, "pre_logits": 0, "logits": 0}
     with atomic_path(target) as tmp, ChunkedZarrWriter(tmp, chunk, attrs, background=True, encoding={"activation": ACTIVATION_ENCODING}) as writer:  # the write beside the next batch's forward
         for first, pixels in tqdm(loader, total=len(batches), desc=f"features {start}:{stop}", unit="batch"):
-            activations, pre_logits, logits = forward_features(model, meta, pixels, device, precision)
+            activations, pre_logits, logits = forward_tensors(model, meta, pixels, device, precision)  # on the device
             for name, values in zip(nonfinite, (activations, pre_logits, logits)):
-                nonfinite[name] += int(values.size - np.isfinite(values).sum())
+                nonfinite[name] += int((~torch.isfinite(values)).sum())
             rows = coords.isel(image=slice(first - start, first - start + len(pixels)))
             writer.add(feature_part(rows, class_names, activations, pre_logits, logits if meta.head else None))
         if start >= stop:
@@ -159,5 +172,5 @@ def extract_shard(
 
 def _empty_part(model: nn.Module, meta: ModelMeta, coords: xr.Dataset, class_names: Sequence[str], device: str, precision: str) -> xr.Dataset:
     """The feature variables of zero images, shaped as the model's (one blank image through the model on ``device``)."""
-    activations, pre_logits, logits = forward_features(model, meta, torch.zeros(1, *meta.input_size, dtype=torch.uint8), device, precision)
+    activations, pre_logits, logits = forward_tensors(model, meta, torch.zeros(1, *meta.input_size, dtype=torch.uint8), device, precision)
     return feature_part(coords, class_names, activations[:0], pre_logits[:0], logits[:0] if meta.head else None)

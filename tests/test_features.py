@@ -5,7 +5,7 @@ import xarray as xr
 
 from audit.data.dataset import write_image_store
 from audit.feature_store import activation_values, open_features
-from audit.features import extract_shard, forward_features
+from audit.features import extract_shard, forward_features, forward_tensors
 from audit.models.layers import capture_layer
 from audit.settings import FeatureSettings
 from audit.storage import open_zarr
@@ -58,7 +58,7 @@ def test_an_interrupted_shard_leaves_no_store_and_is_redone(trained, digits_smal
     write_image_store(digits_small, tmp_path / "images.zarr", chunk=32)
     target = tmp_path / "shard-0.zarr"
     calls = {"n": 0}
-    original = forward_features
+    original = forward_tensors
 
     def failing(*args, **kwargs):
         calls["n"] += 1
@@ -66,13 +66,13 @@ def test_an_interrupted_shard_leaves_no_store_and_is_redone(trained, digits_smal
             raise KeyboardInterrupt  # killed mid-shard, after two chunks were written
         return original(*args, **kwargs)
 
-    monkeypatch.setattr("audit.features.forward_features", failing)
+    monkeypatch.setattr("audit.features.forward_tensors", failing)
     try:
         extract_shard(model, meta, tmp_path / "images.zarr", 0, 160, target, FeatureSettings(batch_size=32, loader_workers=0), chunk=32)
     except KeyboardInterrupt:
         pass
     assert not target.exists() and not list(tmp_path.glob(".shard-0.zarr.tmp-*"))
-    monkeypatch.setattr("audit.features.forward_features", original)
+    monkeypatch.setattr("audit.features.forward_tensors", original)
     assert extract_shard(model, meta, tmp_path / "images.zarr", 0, 160, target, FeatureSettings(batch_size=32, loader_workers=0), chunk=32) == 160
     assert open_features([target]).sizes["image"] == 160
 

@@ -44,7 +44,8 @@ none: float32)."""
 
 
 ACTIVATION_ENCODING = {"compressors": None}
-"""The activations' Zarr encoding: float16 that zstd would shrink by about half again, at a third of the read speed."""
+"""The activations' Zarr encoding: none. zstd would shrink the float16 values by about half again, at about half the
+read speed (``benchmarks/activation_codecs.py``), and the dataset maps from disk are bound by that read."""
 
 
 def quantize_activations(activations: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

@@ -70,13 +70,13 @@ def activation_values(features: xr.Dataset, out: np.ndarray | None = None) -> np
     import torch
 
     stored = features["activation"].values
-    if "activation_scale" not in features and out is None:
+    scale = features["activation_scale"].values.astype(np.float32) if "activation_scale" in features else None
+    if scale is None and out is None:
         return np.asarray(stored, dtype=np.float32)
     values = torch.from_numpy(out) if out is not None else torch.empty(stored.shape, dtype=torch.float32)
     values.copy_(torch.from_numpy(stored))  # torch's vectorised conversion (numpy's float16 cast is 20× slower)
-    if "activation_scale" not in features:
-        return values.numpy()
-    values.mul_(torch.from_numpy(features["activation_scale"].values.astype(np.float32)).view(-1, *[1] * (stored.ndim - 1)))
+    if scale is not None:
+        values.mul_(torch.from_numpy(scale).view(-1, *[1] * (stored.ndim - 1)))
     return values.numpy()
 
 

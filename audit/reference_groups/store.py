@@ -241,6 +241,7 @@ def _write_groups(spill: ClassSpill, class_names: list[str], path: Path, min_ima
     total_count, total_sum = spill.count.sum(), spill.total.sum(0)
 
     summaries: list[dict] = [{}] * len(names)
+    pooled_precision = pooled.precision()  # formed once: every group under min_images borrows it
     eigenvalues = np.full((num_classes, k), np.nan)
     for c in tqdm(range(num_classes), desc="reference groups", unit="class"):
         outer = _read_region(path, "class_outer", c)
@@ -248,10 +249,10 @@ def _write_groups(spill: ClassSpill, class_names: list[str], path: Path, min_ima
         _write_region(path, "class_eigenvectors", c, vectors)
         own = group_gaussian(spill.count[c], spill.total[c], outer, pooled, min_images)
         others = group_gaussian(total_count - spill.count[c], total_sum - spill.total[c], total_outer - outer, pooled, min_images)
-        summaries[c] = _write_group(path, c, own, k)
-        summaries[num_classes + c] = _write_group(path, num_classes + c, others, k)
-    summaries[-2] = _write_group(path, len(names) - 2, group_gaussian(total_count, total_sum, total_outer, pooled, min_images), k)
-    summaries[-1] = _write_group(path, len(names) - 1, pooled, k)
+        summaries[c] = _write_group(path, c, own, k, pooled_precision)
+        summaries[num_classes + c] = _write_group(path, num_classes + c, others, k, pooled_precision)
+    summaries[-2] = _write_group(path, len(names) - 2, group_gaussian(total_count, total_sum, total_outer, pooled, min_images), k, pooled_precision)
+    summaries[-1] = _write_group(path, len(names) - 1, pooled, k, pooled_precision)
 
     small = xr.Dataset(
         {
@@ -271,14 +272,15 @@ def _write_groups(spill: ClassSpill, class_names: list[str], path: Path, min_ima
     write_zarr_part(small, path, append=False, mode="a")
 
 
-def _write_group(path: Path, g: int, group: ShrunkGaussian | None, k: int) -> dict:
-    """Write group ``g``'s Cholesky factor and precision (NaN when empty); return its small values for the store."""
+def _write_group(path: Path, g: int, group: ShrunkGaussian | None, k: int, pooled_precision: np.ndarray) -> dict:
+    """Write group ``g``'s Cholesky factor and precision (NaN when empty; ``pooled_precision`` for a group that
+    borrows the pooled covariance); return its small values for the store."""
     if group is None:
         _write_region(path, "cholesky", g, np.full((k, k), np.nan))
         _write_region(path, "precision", g, np.full((k, k), np.nan, np.float32))
         return {"count": 0.0, "mean": np.full(k, np.nan), "shrinkage": np.nan, "condition": np.nan, "covariance": "none"}
     _write_region(path, "cholesky", g, group.cholesky)
-    _write_region(path, "precision", g, group.precision())
+    _write_region(path, "precision", g, pooled_precision if group.pooled else group.precision())
     return {
         "count": group.count,
         "mean": group.mean,
@@ -309,9 +311,7 @@ def open_reference(path: str | os.PathLike) -> xr.Dataset:
 
 def group_from_store(store: xr.Dataset, name: str) -> ShrunkGaussian:
     """Load one named group (e.g. ``"others:3"``) from a reference store; ``ValueError`` if it is empty."""
-    g = store.sel(group=name)
-    if str(g["covariance"].values) == "none":
-        raise ValueError(f"reference group {name!r} has no images")
+    g = _group_with_images(store, name)
     return ShrunkGaussian(
         mean=g["mean"].values,
         cholesky=g["cholesky"].values,
@@ -327,7 +327,13 @@ def group_precision(store: xr.Dataset, name: str) -> tuple[np.ndarray, np.ndarra
     store predates the ``precision`` variable (then :func:`group_from_store` and a solve); ``ValueError`` if empty."""
     if "precision" not in store:
         return None
+    g = _group_with_images(store, name)
+    return g["mean"].values, g["precision"].values
+
+
+def _group_with_images(store: xr.Dataset, name: str) -> xr.Dataset:
+    """The store's values of one named group; ``ValueError`` if it is empty."""
     g = store.sel(group=name)
     if str(g["covariance"].values) == "none":
         raise ValueError(f"reference group {name!r} has no images")
-    return g["mean"].values, g["precision"].values
+    return g

@@ -148,6 +148,15 @@ def write_zarr_part(
         converted.to_zarr(path, mode=mode, zarr_format=3, consolidated=False, encoding=encoding, compute=compute, write_empty_chunks=True)
 
 
+@contextmanager
+def _snakemake_timestamp_ignored() -> Iterator[None]:
+    """Zarr's warning for the ``.snakemake_timestamp`` file Snakemake leaves inside ``directory()`` outputs, silenced
+    (it is not part of the store; without this every job that lists a store's members logs it)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*snakemake_timestamp.*")
+        yield
+
+
 def open_zarr(path: str | os.PathLike, dask: bool = True) -> xr.Dataset:
     """Open a store written by :func:`write_zarr` lazily; :class:`StoreVersionError` for another format version.
 
@@ -159,9 +168,7 @@ def open_zarr(path: str | os.PathLike, dask: bool = True) -> xr.Dataset:
     ``StringDType`` cannot be cast to fixed-width ``str``). :class:`MissingChunksError`
     when a chunk file of any variable is missing.
     """
-    with warnings.catch_warnings():
-        # Snakemake leaves a .snakemake_timestamp file inside directory() outputs.
-        warnings.filterwarnings("ignore", message=".*snakemake_timestamp.*")
+    with _snakemake_timestamp_ignored():
         dataset = xr.open_zarr(path, zarr_format=3, consolidated=False, **({} if dask else {"chunks": None}))
     version = dataset.attrs.get("format_version")
     if version != FORMAT_VERSION:
@@ -183,8 +190,9 @@ def require_every_chunk(path: str | os.PathLike) -> None:
     The stores are written with every chunk (see the module's docstring), so a variable with fewer chunk files
     than its chunk grid has lost some. One listing of the store's keys per variable.
     """
-    group = zarr.open_group(str(path), mode="r", zarr_format=3)
-    missing = {name: array.nchunks - array.nchunks_initialized for name, array in group.arrays()}
+    with _snakemake_timestamp_ignored():
+        group = zarr.open_group(str(path), mode="r", zarr_format=3)
+        missing = {name: array.nchunks - array.nchunks_initialized for name, array in group.arrays()}
     missing = {name: count for name, count in missing.items() if count}
     if missing:
         counts = ", ".join(f"{name} ({count} of {group[name].nchunks})" for name, count in sorted(missing.items()))

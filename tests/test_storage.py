@@ -53,3 +53,18 @@ def test_a_failed_background_write_is_raised_by_the_next_call(tmp_path, monkeypa
         writer.add(parts[0])
         with pytest.raises(OSError, match="disk full"):
             writer.close()
+
+
+def test_a_store_snakemake_marked_as_a_directory_output_opens_without_a_warning(tmp_path):
+    """Snakemake leaves ``.snakemake_timestamp`` inside a ``directory()`` output; opening the store (and checking its
+    chunks) must not log Zarr's "not recognized" warning in every job that reads it."""
+    import warnings
+
+    from audit.storage import write_zarr
+
+    store = tmp_path / "store.zarr"
+    write_zarr(xr.Dataset({"v": (("image",), np.arange(3.0))}), store)
+    (store / ".snakemake_timestamp").touch()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(open_zarr(store)["v"].values, np.arange(3.0))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import functools
 import io
+import logging
 import math
 import warnings
 from collections.abc import Callable
@@ -24,6 +25,8 @@ import seaborn as sns  # noqa: E402
 
 from audit.robust import OUTLIER_Z  # noqa: E402
 
+# Class names such as "3" are categories on purpose: matplotlib's note that they parse as numbers is noise in the log.
+logging.getLogger("matplotlib.category").setLevel(logging.WARNING)
 
 PLAIN_TEXT = {"text.parse_math": False}
 """Matplotlib settings every report figure is drawn with: names are text, never TeX."""

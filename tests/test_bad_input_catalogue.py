@@ -580,7 +580,7 @@ def _no_temporaries(results: Path) -> list[Path]:
     return [p for p in results.rglob(".*") if ".tmp-" in p.name or ".spill-" in p.name]
 
 
-def test_killed_runs_resume_to_the_clean_runs_results(tiny_audit, tmp_path):
+def test_killed_runs_resume_to_the_clean_runs_results(request, tmp_path):
     """kill -9 in extraction, then in explain, then in metrics; each rerun (after --unlock) resumes, and the
     results are bit-identical to the clean run's (this also checks that the same config gives the same results).
     A second run started while one runs in the directory is refused and starts no job."""
@@ -600,7 +600,7 @@ def test_killed_runs_resume_to_the_clean_runs_results(tiny_audit, tmp_path):
         run = _start(tmp_path, "--rerun-incomplete")
     output = run.communicate(timeout=900)[0]
     assert run.returncode == 0, output[-3000:]
-    first, second_run = tiny_audit / "results" / "tiny", tmp_path / "results" / "tiny"
+    first, second_run = request.getfixturevalue("tiny_audit") / "results" / "tiny", tmp_path / "results" / "tiny"
     assert not _no_temporaries(second_run), _no_temporaries(second_run)
     assert (first / "model" / "trained.pt").read_bytes() == (second_run / "model" / "trained.pt").read_bytes()
     for table in ("rejects.parquet", "anomalies.parquet", "pairs.parquet", "explain_plan.parquet", "metrics.parquet", "metrics_summary.parquet"):

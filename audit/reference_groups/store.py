@@ -252,7 +252,7 @@ def _write_groups(spill: ClassSpill, class_names: list[str], path: Path, min_ima
         summaries[c] = _write_group(path, c, own, k, pooled_precision)
         summaries[num_classes + c] = _write_group(path, num_classes + c, others, k, pooled_precision)
     summaries[-2] = _write_group(path, len(names) - 2, group_gaussian(total_count, total_sum, total_outer, pooled, min_images), k, pooled_precision)
-    summaries[-1] = _write_group(path, len(names) - 1, pooled, k, pooled_precision)
+    summaries[-1] = _write_group(path, len(names) - 1, pooled, k, pooled_precision, is_pooled=True)
 
     small = xr.Dataset(
         {
@@ -272,15 +272,15 @@ def _write_groups(spill: ClassSpill, class_names: list[str], path: Path, min_ima
     write_zarr_part(small, path, append=False, mode="a")
 
 
-def _write_group(path: Path, g: int, group: ShrunkGaussian | None, k: int, pooled_precision: np.ndarray) -> dict:
-    """Write group ``g``'s Cholesky factor and precision (NaN when empty; ``pooled_precision`` for a group that
-    borrows the pooled covariance); return its small values for the store."""
+def _write_group(path: Path, g: int, group: ShrunkGaussian | None, k: int, pooled_precision: np.ndarray, is_pooled: bool = False) -> dict:
+    """Write group ``g``'s Cholesky factor and precision (NaN when empty; ``pooled_precision`` for the pooled group
+    itself, ``is_pooled``, and for a group that borrows its covariance); return its small values for the store."""
     if group is None:
         _write_region(path, "cholesky", g, np.full((k, k), np.nan))
         _write_region(path, "precision", g, np.full((k, k), np.nan, np.float32))
         return {"count": 0.0, "mean": np.full(k, np.nan), "shrinkage": np.nan, "condition": np.nan, "covariance": "none"}
     _write_region(path, "cholesky", g, group.cholesky)
-    _write_region(path, "precision", g, pooled_precision if group.pooled else group.precision())
+    _write_region(path, "precision", g, pooled_precision if is_pooled or group.pooled else group.precision())
     return {
         "count": group.count,
         "mean": group.mean,

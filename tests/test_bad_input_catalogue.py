@@ -583,7 +583,9 @@ def _no_temporaries(results: Path) -> list[Path]:
 def test_killed_runs_resume_to_the_clean_runs_results(request, tmp_path):
     """kill -9 in extraction, then in explain, then in metrics; each rerun (after --unlock) resumes, and the
     results are bit-identical to the clean run's (this also checks that the same config gives the same results).
-    A second run started while one runs in the directory is refused and starts no job."""
+    A second run started while one runs in the directory is refused and starts no job. The clean run
+    (``tiny_audit``) is asked for at the end, so that under pytest-xdist this run goes on beside it instead of
+    waiting for it."""
     from audit.storage import open_zarr
 
     run = _start(tmp_path)
